@@ -1,0 +1,94 @@
+"""Catalog tables. A checkpoint row exists only for a pair whose both halves succeeded:
+the CRIU image set is stored and the read-only filesystem snapshot exists."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Setting(Base):
+    """Key/value settings of the state directory, e.g. where the pool lives."""
+
+    __tablename__ = "settings"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Pod(Base):
+    __tablename__ = "pods"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Host path of the pod's own subvolume.
+    volume: Mapped[str] = mapped_column(Text)
+    # Where the processes see the volume: the volume itself for a pod made by `zap run`, the
+    # original pod's path for a branch (bind-mounted there in the branch's mount namespace).
+    mount_path: Mapped[str] = mapped_column(Text)
+    command: Mapped[list[Any]] = mapped_column(default=list)
+    env: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    cwd: Mapped[str] = mapped_column(Text)
+    # What the user asked for: "running" or "stopped"; the live state is computed from the pid.
+    desired_state: Mapped[str] = mapped_column(String(16), default="running")
+    init_pid: Mapped[Optional[int]] = mapped_column(Integer)
+    init_starttime: Mapped[Optional[int]] = mapped_column(Integer)
+    origin_checkpoint_id: Mapped[Optional[str]] = mapped_column(
+        ForeignKey("checkpoints.id", ondelete="SET NULL", use_alter=True, name="fk_pods_origin")
+    )
+    head_checkpoint_id: Mapped[Optional[str]] = mapped_column(
+        ForeignKey("checkpoints.id", ondelete="SET NULL", use_alter=True, name="fk_pods_head")
+    )
+
+    checkpoints: Mapped[list["Checkpoint"]] = relationship(
+        back_populates="pod", foreign_keys="Checkpoint.pod_id", order_by="Checkpoint.seq"
+    )
+    origin: Mapped[Optional["Checkpoint"]] = relationship(foreign_keys=[origin_checkpoint_id])
+    head: Mapped[Optional["Checkpoint"]] = relationship(foreign_keys=[head_checkpoint_id])
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("pod_id", "seq", name="uq_checkpoints_pod_seq"),)
+
+    id: Mapped[str] = mapped_column(String(12), primary_key=True)
+    pod_id: Mapped[int] = mapped_column(ForeignKey("pods.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    parent_id: Mapped[Optional[str]] = mapped_column(
+        ForeignKey("checkpoints.id", ondelete="SET NULL"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    message: Mapped[str] = mapped_column(Text, default="")
+    # "manual", or "auto" for the ones zap takes itself (e.g. before a restore).
+    kind: Mapped[str] = mapped_column(String(16), default="manual")
+    backend: Mapped[str] = mapped_column(String(16))
+    snapshot_path: Mapped[str] = mapped_column(Text)
+    snapshot_generation: Mapped[Optional[int]] = mapped_column(Integer)
+    # None for a files-only checkpoint (taken of a pod that was not running).
+    image_dir: Mapped[Optional[str]] = mapped_column(Text)
+    raw_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    stored_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    frozen_ms: Mapped[Optional[float]] = mapped_column()
+    dump_ms: Mapped[Optional[float]] = mapped_column()
+    fs_snapshot_ms: Mapped[Optional[float]] = mapped_column()
+    total_ms: Mapped[Optional[float]] = mapped_column()
+    # One entry per dumped process: host pid, pid inside the pod, command line, cwd.
+    processes: Mapped[list[Any]] = mapped_column(default=list)
+
+    pod: Mapped[Pod] = relationship(back_populates="checkpoints", foreign_keys=[pod_id])
+    parent: Mapped[Optional["Checkpoint"]] = relationship(remote_side=[id])
+
+    @property
+    def ref(self) -> str:
+        return f"{self.pod.name}@{self.seq}"

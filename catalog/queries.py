@@ -1,0 +1,102 @@
+"""The catalog queries zap needs, so commands never build SQL themselves."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from zapckpt.errors import NotFound, UsageError
+
+from .models import Checkpoint, Pod, Setting
+
+
+def get_setting(s: Session, key: str) -> str | None:
+    row = s.get(Setting, key)
+    return row.value if row else None
+
+
+def set_setting(s: Session, key: str, value: str) -> None:
+    row = s.get(Setting, key)
+    if row:
+        row.value = value
+    else:
+        s.add(Setting(key=key, value=value))
+
+
+def find_pod(s: Session, name: str) -> Pod | None:
+    return s.scalars(select(Pod).where(Pod.name == name)).one_or_none()
+
+
+def get_pod(s: Session, name: str) -> Pod:
+    pod = find_pod(s, name)
+    if pod is None:
+        raise NotFound(f"no pod named {name!r} (see `zap ps`)")
+    return pod
+
+
+def list_pods(s: Session) -> list[Pod]:
+    return list(s.scalars(select(Pod).order_by(Pod.name)))
+
+
+def checkpoint_counts(s: Session) -> dict[int, int]:
+    rows = s.execute(select(Checkpoint.pod_id, func.count()).group_by(Checkpoint.pod_id))
+    return {pod_id: n for pod_id, n in rows}
+
+
+def next_seq(s: Session, pod: Pod) -> int:
+    top = s.scalar(select(func.max(Checkpoint.seq)).where(Checkpoint.pod_id == pod.id))
+    return (top or 0) + 1
+
+
+def list_checkpoints(s: Session, pod: Pod | None = None) -> list[Checkpoint]:
+    q = select(Checkpoint).options(selectinload(Checkpoint.pod), selectinload(Checkpoint.parent))
+    if pod is not None:
+        q = q.where(Checkpoint.pod_id == pod.id)
+    return list(s.scalars(q.join(Pod, Checkpoint.pod_id == Pod.id).order_by(Pod.name, Checkpoint.seq)))
+
+
+def resolve_ref(s: Session, ref: str) -> Checkpoint:
+    """NAME@N, NAME@latest, or a catalog id (or a unique prefix of one, at least 4 characters)."""
+    if "@" in ref:
+        name, _, what = ref.partition("@")
+        pod = get_pod(s, name)
+        q = select(Checkpoint).where(Checkpoint.pod_id == pod.id)
+        if what == "latest":
+            ck = s.scalars(q.order_by(Checkpoint.seq.desc()).limit(1)).first()
+            if ck is None:
+                raise NotFound(f"pod {name!r} has no checkpoints yet")
+            return ck
+        if not what.isdigit():
+            raise UsageError(f"bad checkpoint reference {ref!r}: expected NAME@N or NAME@latest")
+        ck = s.scalars(q.where(Checkpoint.seq == int(what))).one_or_none()
+        if ck is None:
+            raise NotFound(f"no checkpoint {ref} (see `zap list {name}`)")
+        return ck
+    ref_l = ref.lower()
+    if len(ref_l) < 4 or not all(c in "0123456789abcdef" for c in ref_l):
+        raise UsageError(f"bad checkpoint reference {ref!r}: expected NAME@N, NAME@latest or an id")
+    found = list(s.scalars(select(Checkpoint).where(Checkpoint.id.startswith(ref_l)).limit(2)))
+    if not found:
+        raise NotFound(f"no checkpoint with id {ref!r}")
+    if len(found) > 1:
+        raise UsageError(f"checkpoint id prefix {ref!r} is ambiguous; give more characters")
+    return found[0]
+
+
+def branches_of(s: Session, pod: Pod) -> list[Pod]:
+    """Pods whose origin is one of pod's checkpoints."""
+    q = (
+        select(Pod)
+        .join(Checkpoint, Pod.origin_checkpoint_id == Checkpoint.id)
+        .where(Checkpoint.pod_id == pod.id)
+        .order_by(Pod.name)
+    )
+    return list(s.scalars(q))
+
+
+def children_of_checkpoint(s: Session, ck: Checkpoint) -> list[Checkpoint]:
+    return list(s.scalars(select(Checkpoint).where(Checkpoint.parent_id == ck.id)))
+
+
+def pods_using_mount_path(s: Session, mount_path: str) -> list[Pod]:
+    return list(s.scalars(select(Pod).where(Pod.mount_path == mount_path)))

@@ -1,0 +1,94 @@
+"""The backend interface: check-then-act pairs, so a caller can refuse bad input before it
+changes anything, and the argv of the snapshot command that runs inside the frozen window."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+
+from zapckpt.errors import ZapError
+
+
+class BackendError(ZapError):
+    pass
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    writable_clones: bool
+    in_place_rollback: bool
+    diff: bool
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    path: str
+    generation: int | None
+
+
+class SnapshotBackend(abc.ABC):
+    name: str
+    capabilities: Capabilities
+
+    # --- the pool ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def check_pool(self, path: Path) -> None:
+        """Raise BackendError unless path is a usable directory on this filesystem."""
+
+    @abc.abstractmethod
+    def make_loop_pool(self, image: Path, mountpoint: Path, size: str) -> None:
+        """Create a sparse image file holding a fresh filesystem, and mount it."""
+
+    @abc.abstractmethod
+    def mount_loop_pool(self, image: Path, mountpoint: Path) -> None: ...
+
+    @abc.abstractmethod
+    def unmount_pool(self, mountpoint: Path) -> None: ...
+
+    # --- volumes ----------------------------------------------------------------------------
+    def check_create_volume(self, path: Path) -> None:
+        if path.exists():
+            raise BackendError(f"{path} already exists")
+
+    @abc.abstractmethod
+    def create_volume(self, path: Path) -> None: ...
+
+    @abc.abstractmethod
+    def delete_volume(self, path: Path) -> None:
+        """Delete a volume or snapshot; a missing one is not an error."""
+
+    # --- snapshots --------------------------------------------------------------------------
+    def check_snapshot(self, src: Path, dst: Path) -> None:
+        if not src.is_dir():
+            raise BackendError(f"volume {src} does not exist")
+        if dst.exists():
+            raise BackendError(f"snapshot {dst} already exists")
+        if not dst.parent.is_dir():
+            raise BackendError(f"snapshot directory {dst.parent} does not exist")
+
+    @abc.abstractmethod
+    def snapshot_argv(self, src: Path, dst: Path) -> list[str]:
+        """The command that takes a read-only snapshot; it runs inside CRIU's frozen window, so
+        it must be one short external command (no Python start-up)."""
+
+    @abc.abstractmethod
+    def snapshot(self, src: Path, dst: Path) -> SnapshotInfo:
+        """Read-only snapshot taken outside a frozen window (for stopped pods)."""
+
+    @abc.abstractmethod
+    def describe(self, path: Path) -> SnapshotInfo: ...
+
+    def check_clone(self, snap: Path, dst: Path) -> None:
+        if not snap.is_dir():
+            raise BackendError(f"snapshot {snap} is missing")
+        if dst.exists():
+            raise BackendError(f"{dst} already exists")
+
+    @abc.abstractmethod
+    def clone(self, snap: Path, dst: Path) -> None:
+        """A writable copy of a snapshot (O(1) where the filesystem allows)."""
+
+    @abc.abstractmethod
+    def flush(self, path: Path) -> None:
+        """Write back dirty data before a freeze, so the in-window snapshot has little to do."""

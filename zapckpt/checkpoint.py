@@ -1,0 +1,160 @@
+"""The atomic step: CRIU dumps the pod while its post-dump hook takes the read-only snapshot,
+so memory and files are captured at the same frozen instant. Everything else (flushing dirty
+data, listing processes, compressing and fsyncing images, the catalog) happens before the
+freeze or after the thaw."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import time
+import uuid
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from catalog import Checkpoint, Pod, queries
+
+from . import criu, imagestore, procinfo
+from .context import Context
+from .errors import UsageError, ZapError
+from .pods import live_state
+
+HOOK = """#!/bin/bash
+# CRIU action script: runs in the frozen window; only post-dump does anything.
+[ "$CRTOOLS_SCRIPT_ACTION" = post-dump ] || exit 0
+t0=$EPOCHREALTIME
+{snapshot} >/dev/null 2>{err} || exit 1
+echo "$t0 $EPOCHREALTIME" >{times}
+"""
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def _write_hook(path: Path, argv: list[str], err: Path, times: Path) -> None:
+    path.write_text(
+        HOOK.format(snapshot=shlex.join(argv), err=shlex.quote(str(err)), times=shlex.quote(str(times)))
+    )
+    path.chmod(0o700)
+
+
+def _hook_ms(times: Path) -> float | None:
+    try:
+        t0, t1 = (float(x) for x in times.read_text().split())
+    except (OSError, ValueError):
+        return None
+    return (t1 - t0) * 1000
+
+
+def take(
+    ctx: Context, s: Session, pod: Pod, message: str, *, stop: bool = False, kind: str = "manual"
+) -> Checkpoint:
+    """Checkpoint a running pod and commit it. The caller holds the pod's lock."""
+    t_start = time.perf_counter()
+    if live_state(pod) != "running":
+        raise UsageError(f"pod {pod.name!r} is not running ({live_state(pod)}): nothing to checkpoint")
+    pool = ctx.pool
+    backend = pool.backend
+    ck_id = _new_id()
+    volume = Path(pod.volume)
+    snap = pool.snapshots / ck_id
+    stage = ctx.state.staging / ck_id
+    images = stage / "images"
+    stored_at = ctx.state.images / ck_id
+    backend.check_snapshot(volume, snap)
+
+    # Before the freeze: what runs, and dirty data written back so the snapshot has little to do.
+    processes = [d for p in procinfo.pids_in_pidns(pod.init_pid) if (d := procinfo.describe(p))]
+    backend.flush(volume)
+    stage.mkdir(parents=True, exist_ok=True)
+    hook, hook_err, hook_times = stage / "hook.sh", stage / "hook.err", stage / "hook.times"
+    _write_hook(hook, backend.snapshot_argv(volume, snap), hook_err, hook_times)
+
+    stopped = False
+    try:
+        try:
+            dump_ms = criu.dump(pod.init_pid, images, hook, ctx.log_path(pod.name, "dump"), leave_stopped=stop)
+        except criu.CriuError as e:
+            hook_msg = hook_err.read_text().strip() if hook_err.exists() else ""
+            if hook_msg:
+                raise ZapError(f"filesystem snapshot failed inside the frozen window: {hook_msg.splitlines()[-1]}"
+                               f" (pod resumed; full log: {e.log})") from None
+            raise
+        stopped = stop
+        # After the thaw.
+        stats = criu.read_dump_stats(images)
+        fs_ms = _hook_ms(hook_times)
+        stored = imagestore.ingest(images, stored_at)
+        info = backend.describe(snap)
+        ck = Checkpoint(
+            id=ck_id, pod=pod, seq=queries.next_seq(s, pod), parent_id=pod.head_checkpoint_id,
+            message=message, kind=kind, backend=backend.name, snapshot_path=str(snap),
+            snapshot_generation=info.generation, image_dir=str(stored_at), raw_bytes=stored.raw_bytes,
+            stored_bytes=stored.stored_bytes, frozen_ms=stats.frozen_ms, dump_ms=dump_ms,
+            fs_snapshot_ms=fs_ms, processes=processes,
+        )  # fmt: skip
+        ck.total_ms = (time.perf_counter() - t_start) * 1000
+        s.add(ck)
+        s.flush()  # the row first: pods.head_checkpoint_id references it
+        pod.head_checkpoint_id = ck_id
+        s.commit()
+    except BaseException:
+        s.rollback()
+        if snap.exists():
+            backend.delete_volume(snap)
+        imagestore.delete(stored_at)
+        if stopped:
+            # The dump left the tasks stopped for us to end; the checkpoint failed, so resume them.
+            procinfo.signal_all(procinfo.pids_in_pidns(pod.init_pid), signal.SIGCONT)
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    if stop:
+        procinfo.kill_pod_tree(pod.init_pid)
+        pod.desired_state = "stopped"
+        s.commit()
+    return ck
+
+
+def snapshot_only(ctx: Context, s: Session, pod: Pod, message: str, kind: str = "auto") -> Checkpoint:
+    """A files-only checkpoint of a pod that is not running (nothing to dump)."""
+    pool = ctx.pool
+    ck_id = _new_id()
+    snap = pool.snapshots / ck_id
+    t0 = time.perf_counter()
+    info = pool.backend.snapshot(Path(pod.volume), snap)
+    fs_ms = (time.perf_counter() - t0) * 1000
+    try:
+        ck = Checkpoint(
+            id=ck_id, pod=pod, seq=queries.next_seq(s, pod), parent_id=pod.head_checkpoint_id,
+            message=message, kind=kind, backend=pool.backend.name, snapshot_path=str(snap),
+            snapshot_generation=info.generation, image_dir=None, fs_snapshot_ms=fs_ms, total_ms=fs_ms,
+            processes=[],
+        )  # fmt: skip
+        s.add(ck)
+        s.flush()  # the row first: pods.head_checkpoint_id references it
+        pod.head_checkpoint_id = ck_id
+        s.commit()
+    except BaseException:
+        s.rollback()
+        pool.backend.delete_volume(snap)
+        raise
+    return ck
+
+
+def checkpoint(ctx: Context, name: str, message: str = "", stop: bool = False) -> Checkpoint:
+    with ctx.pod_lock(name):
+        with ctx.catalog.session() as s:
+            pod = queries.get_pod(s, name)
+            return take(ctx, s, pod, message, stop=stop)
+
+
+def delete_checkpoint_data(ctx: Context, ck: Checkpoint) -> None:
+    """Remove a checkpoint's snapshot and stored images (the caller deletes the row)."""
+    ctx.pool.backend.delete_volume(Path(ck.snapshot_path))
+    if ck.image_dir:
+        imagestore.delete(Path(ck.image_dir))

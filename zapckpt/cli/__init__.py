@@ -1,0 +1,54 @@
+"""The `zap` command: argument parsing and error handling; each command is a thin call into
+the core modules. Every failure is one line on stderr and exit code 1 (operation failed) or
+2 (bad input, unknown pod or checkpoint)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+from ..errors import UsageError, ZapError
+from . import checkpoints, pods, system
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like every other bad input
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="zap", description="Atomic checkpoints of running pods with their files.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for module in (system, pods, checkpoints):
+        module.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(argv)
+        if os.geteuid() != 0 and args.command not in ("doctor",):
+            raise ZapError("zap must run as root (it creates namespaces, mounts and runs CRIU)")
+        rc = args.func(args)
+        return rc or 0
+    except ZapError as e:
+        print(f"zap: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("zap: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    except Exception as e:  # noqa: BLE001 - never a traceback for users, unless asked
+        if os.environ.get("ZAP_DEBUG"):
+            traceback.print_exc()
+        print(f"zap: internal error: {e.__class__.__name__}: {e} (ZAP_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""zap checkpoint, list, log, show, restore, branch."""
+
+from __future__ import annotations
+
+from catalog import queries
+
+from .. import checkpoint as ckpt
+from .. import restore as rst
+from ..context import Context
+from ..errors import NotFound
+from ..lineage import render_lineage
+from ..records import checkpoint_record, pod_record
+from .output import emit_json, human_bytes, info, ms, table
+
+
+def register(sub) -> None:
+    p = sub.add_parser("checkpoint", help="atomically checkpoint a pod's processes and files")
+    p.add_argument("name")
+    p.add_argument("-m", "--message", default="")
+    p.add_argument("--stop", action="store_true", help="end the pod after the checkpoint")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_checkpoint)
+
+    p = sub.add_parser("list", help="list checkpoints")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("log", help="show a pod's lineage, branches included")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_log)
+
+    p = sub.add_parser("show", help="show a checkpoint (NAME@N, NAME@latest, id) or a pod")
+    p.add_argument("ref")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("restore", help="roll a pod back to a checkpoint, files and processes")
+    p.add_argument("ref")
+    p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("branch", help="fork a new live pod from a checkpoint")
+    p.add_argument("ref")
+    p.add_argument("new_name")
+    p.add_argument("--no-start", action="store_true", help="create the volume only")
+    p.set_defaults(func=cmd_branch)
+
+
+def cmd_checkpoint(args) -> int:
+    ctx = Context()
+    ck = ckpt.checkpoint(ctx, args.name, args.message, args.stop)
+    with ctx.catalog.session() as s:
+        rec = checkpoint_record(queries.resolve_ref(s, ck.id))
+    if args.json:
+        emit_json(rec)
+        return 0
+    print(rec["ref"])
+    t = rec["timings_ms"]
+    info(f"checkpoint {rec['ref']} is durable: frozen {ms(t['frozen'])} ms (fs snapshot {ms(t['fs_snapshot'])} ms), "
+         f"images {human_bytes(rec['raw_bytes'])} -> {human_bytes(rec['stored_bytes'])}, total {ms(t['total'])} ms"
+         + (", pod stopped" if args.stop else ""))  # fmt: skip
+    return 0
+
+
+def cmd_list(args) -> int:
+    ctx = Context()
+    with ctx.catalog.session() as s:
+        pod = queries.get_pod(s, args.name) if args.name else None
+        recs = [checkpoint_record(c) for c in queries.list_checkpoints(s, pod)]
+    if args.json:
+        emit_json({"checkpoints": recs})
+        return 0
+    rows = [
+        [r["ref"], r["created_at"][:19].replace("T", " "), r["message"] or "-", r["parent"] or "-",
+         human_bytes(r["raw_bytes"]) if r["has_processes"] else "files only", human_bytes(r["stored_bytes"]),
+         ms(r["timings_ms"]["frozen"])]
+        for r in recs
+    ]  # fmt: skip
+    table(["REF", "TIME (UTC)", "MESSAGE", "PARENT", "RAW", "STORED", "FROZEN_MS"], rows)
+    return 0
+
+
+def cmd_log(args) -> int:
+    ctx = Context()
+    with ctx.catalog.session() as s:
+        print(render_lineage(s, queries.get_pod(s, args.name)))
+    return 0
+
+
+def cmd_show(args) -> int:
+    ctx = Context()
+    with ctx.catalog.session() as s:
+        pod = queries.find_pod(s, args.ref) if "@" not in args.ref else None
+        if pod is not None:
+            rec = pod_record(pod, len(pod.checkpoints))
+        else:
+            try:
+                rec = checkpoint_record(queries.resolve_ref(s, args.ref))
+            except NotFound:
+                raise
+    if args.json:
+        emit_json(rec)
+    else:
+        for k, v in rec.items():
+            if k == "processes":
+                for p in v:
+                    print(f"process: pid {p['pid']} (host {p['host_pid']}) cwd {p['cwd']}: {' '.join(p['cmdline'])}")
+            else:
+                print(f"{k}: {v}")
+    return 0
+
+
+def cmd_restore(args) -> int:
+    ctx = Context()
+    ck, saved = rst.restore(ctx, args.ref)
+    with ctx.catalog.session() as s:
+        ref, saved_ref = queries.resolve_ref(s, ck.id).ref, queries.resolve_ref(s, saved.id).ref
+    print(f"restored {ref}")
+    info(f"the state it replaced is kept as {saved_ref} (`zap restore {saved_ref}` undoes this)")
+    return 0
+
+
+def cmd_branch(args) -> int:
+    ctx = Context()
+    pod = rst.branch(ctx, args.ref, args.new_name, start=not args.no_start)
+    print(f"{pod.name} {pod.mount_path}")
+    return 0

@@ -1,0 +1,101 @@
+"""zap run, start, ps, logs, exec, stop, rm."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from catalog import queries
+
+from .. import pods
+from ..context import Context
+from ..records import pod_record
+from .output import emit_json, table
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="start a command as a new pod")
+    p.add_argument("name")
+    p.add_argument("--env", "-e", action="append", default=[], metavar="K=V")
+    p.add_argument("--cwd", metavar="DIR", help="working directory (default: the pod's path)")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("start", help="run a stopped pod's command again in its current volume")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser("ps", help="list pods")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ps)
+
+    p = sub.add_parser("logs", help="show a pod's console log")
+    p.add_argument("name")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("exec", help="run a command inside a running pod")
+    p.add_argument("name")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+    p.set_defaults(func=cmd_exec)
+
+    p = sub.add_parser("stop", help="stop a pod (SIGTERM, then SIGKILL)")
+    p.add_argument("name")
+    p.add_argument("-t", "--time", type=float, default=10.0, help="seconds before SIGKILL (default 10)")
+    p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("rm", help="remove a pod and its volume")
+    p.add_argument("name")
+    p.add_argument("--force", "-f", action="store_true", help="also its checkpoints; stop it if running")
+    p.set_defaults(func=cmd_rm)
+
+
+def _strip_dashes(cmd: list[str]) -> list[str]:
+    return cmd[1:] if cmd and cmd[0] == "--" else cmd
+
+
+def cmd_run(args) -> int:
+    ctx = Context()
+    pod = pods.run(ctx, args.name, _strip_dashes(args.cmd), pods.parse_env(args.env), args.cwd)
+    print(f"{pod.name} {pod.mount_path}")
+    return 0
+
+
+def cmd_start(args) -> int:
+    pod = pods.start(Context(), args.name)
+    print(f"{pod.name} {pod.mount_path}")
+    return 0
+
+
+def cmd_ps(args) -> int:
+    ctx = Context()
+    with ctx.catalog.session() as s:
+        counts = queries.checkpoint_counts(s)
+        recs = [pod_record(p, counts.get(p.id, 0)) for p in queries.list_pods(s)]
+    if args.json:
+        emit_json({"pods": recs})
+        return 0
+    rows = [[r["name"], r["state"], r["pid"] or "-", r["origin"] or "-", r["checkpoints"], r["path"]] for r in recs]
+    table(["NAME", "STATE", "PID", "ORIGIN", "CHECKPOINTS", "PATH"], rows)
+    return 0
+
+
+def cmd_logs(args) -> int:
+    pods.follow_log(Context(), args.name, args.follow, sys.stdout.buffer)
+    return 0
+
+
+def cmd_exec(args) -> int:
+    return pods.exec_in(Context(), args.name, _strip_dashes(args.cmd))
+
+
+def cmd_stop(args) -> int:
+    pod = pods.stop(Context(), args.name, args.time)
+    print(f"stopped {pod.name}")
+    return 0
+
+
+def cmd_rm(args) -> int:
+    pods.remove(Context(), args.name, args.force)
+    print(f"removed {args.name}")
+    return 0

@@ -1,0 +1,58 @@
+"""zap init, deinit, doctor."""
+
+from __future__ import annotations
+
+from ..context import Context
+from ..doctor import report, run_checks
+from ..pool import init_pool
+from ..teardown import deinit
+from .output import emit_json, info
+
+
+def register(sub) -> None:
+    p = sub.add_parser("init", help="create (or re-mount) the storage pool")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--size", help="size of the embedded loop-file btrfs pool (default 8G)")
+    g.add_argument("--pool", metavar="DIR", help="use an existing btrfs directory instead")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("deinit", help="stop all pods, unmount the pool and detach its loop device")
+    p.add_argument("--purge", action="store_true", help="also delete the state directory")
+    p.set_defaults(func=cmd_deinit)
+
+    p = sub.add_parser("doctor", help="check what this machine needs to run zap")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_doctor)
+
+
+def cmd_init(args) -> int:
+    ctx = Context()
+    pool = init_pool(ctx.state, ctx.catalog, size=args.size, pool_dir=args.pool)
+    print(f"pool ready: {pool.path} ({pool.backend.name}, {'loop file ' + str(ctx.state.pool_image) if pool.kind == 'loop' else 'directory'})")
+    print(f"state directory: {ctx.state.root}")
+    return 0
+
+
+def cmd_deinit(args) -> int:
+    ctx = Context()
+    stopped = deinit(ctx, args.purge)
+    if stopped:
+        info(f"stopped pods: {', '.join(stopped)}")
+    print(f"{'purged' if args.purge else 'deinitialised'} {ctx.state.root}")
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    checks = run_checks()
+    doc = report(checks)
+    if args.json:
+        emit_json(doc)
+    else:
+        for c in checks:
+            mark = "ok  " if c.ok else ("FAIL" if c.required else "warn")
+            line = f"[{mark}] {c.name}: {c.detail}"
+            if not c.ok and c.fix:
+                line += f"\n       fix: {c.fix}"
+            print(line)
+        print("all required checks passed" if doc["ok"] else "some required checks failed")
+    return 0 if doc["ok"] else 1

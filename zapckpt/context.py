@@ -1,0 +1,37 @@
+"""What every operation needs: the state directory, the catalog, and (lazily) the pool."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+from typing import Iterator
+
+from catalog import Catalog
+
+from .locks import locked
+from .pool import Pool, ensure_pool
+from .state import StateDir
+
+
+class Context:
+    def __init__(self, state: StateDir | None = None):
+        self.state = state or StateDir.from_env()
+        self.state.ensure()
+        self.catalog = Catalog(self.state.catalog_db)
+
+    @cached_property
+    def pool(self) -> Pool:
+        return ensure_pool(self.state, self.catalog)
+
+    @contextmanager
+    def pod_lock(self, name: str, wait: float | None = None) -> Iterator[None]:
+        with locked(self.state.locks / f"{name}.lock", f"pod {name!r}", wait):
+            yield
+
+    def log_path(self, pod: str, what: str) -> Path:
+        return self.state.logs / f"{pod}-{what}-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}.log"
+
+    def close(self) -> None:
+        self.catalog.dispose()

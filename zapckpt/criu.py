@@ -1,0 +1,193 @@
+"""Running CRIU: where it is, how a pod is dumped and restored, and what its logs say."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import proc
+from .errors import ZapError
+
+# The private CRIU runtime that scripts/install.sh builds where the distribution's CRIU is too old.
+PRIVATE_CRIU = "/opt/zapckpt/bin/criu"
+MIN_MAJOR = 4
+
+# Failures caused by a passing state of the tree; a quick retry usually gets past them.
+TRANSIENT = (
+    "In-flight connection",
+    "Unseizable non-zombie",
+    "Task pid reused while suspending",
+    "zombie found while seizing",
+    "can't interrupt task",
+    "task not stopped after seize",
+    "Collected (",
+)
+RETRIES = 3
+
+
+class CriuError(ZapError):
+    def __init__(self, what: str, log: Path | None, lines: list[str]):
+        self.log = log
+        self.lines = lines
+        detail = "; ".join(lines[-3:]) if lines else "no error in its log"
+        where = f" (full log: {log})" if log else ""
+        super().__init__(f"{what}: {detail}{where}")
+
+    @property
+    def transient(self) -> bool:
+        return any(t in ln for ln in self.lines for t in TRANSIENT)
+
+
+def criu_binary() -> str:
+    """ZAP_CRIU, else the private runtime if installed, else the system's criu."""
+    env = os.environ.get("ZAP_CRIU")
+    if env:
+        return env
+    if os.access(PRIVATE_CRIU, os.X_OK):
+        return PRIVATE_CRIU
+    found = shutil.which("criu")
+    if found:
+        return found
+    raise ZapError("CRIU >= 4 not found: run `make install` (or see `zap doctor`)")
+
+
+def version(binary: str | None = None) -> str:
+    out = proc.run([binary or criu_binary(), "--version"]).stdout
+    for line in out.splitlines():
+        if line.startswith("Version:"):
+            return line.split(":", 1)[1].strip()
+    return out.strip()
+
+
+def log_errors(log: Path) -> list[str]:
+    """The lines of a CRIU log that explain a failure (minus the harmless rlimit line)."""
+    try:
+        text = log.read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in text.splitlines():
+        if ("Error" in line or "rror (" in line) and not any(n in line for n in proc.NOISE):
+            # "(00.012345) Error (criu/x.c:12): text" -> "text"
+            out.append(line.split("): ", 1)[-1].strip())
+    return [ln for ln in out if ln and not ln.startswith("Dumping FAILED") and ln != "Restoring FAILED."]
+
+
+@dataclass
+class DumpStats:
+    freezing_ms: float | None = None
+    frozen_ms: float | None = None
+    memdump_ms: float | None = None
+    memwrite_ms: float | None = None
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, i
+        shift += 7
+
+
+def _fields(buf: bytes) -> dict[int, object]:
+    """Minimal protobuf decoding: varints and length-delimited fields, enough for stats."""
+    out: dict[int, object] = {}
+    i = 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        num, wt = key >> 3, key & 7
+        if wt == 0:
+            out[num], i = _varint(buf, i)
+        elif wt == 2:
+            n, i = _varint(buf, i)
+            out[num] = buf[i : i + n]
+            i += n
+        elif wt == 5:
+            i += 4
+        elif wt == 1:
+            i += 8
+        else:
+            break
+    return out
+
+
+IMG_SERVICE_MAGIC = 0x55105940
+STATS_MAGIC = 0x57093306
+
+
+def read_dump_stats(images: Path) -> DumpStats:
+    """CRIU's own timings from stats-dump (microseconds in the image). frozen_time runs from the
+    moment the whole tree is stopped until it is resumed, post-dump hook included."""
+    try:
+        data = (images / "stats-dump").read_bytes()
+        m1, m2, size = struct.unpack_from("<III", data, 0)
+        if (m1, m2) != (IMG_SERVICE_MAGIC, STATS_MAGIC):
+            return DumpStats()
+        dump = _fields(data[12 : 12 + size]).get(1)
+        f = _fields(dump) if isinstance(dump, bytes) else {}
+    except (FileNotFoundError, struct.error, IndexError):
+        return DumpStats()
+    ms = lambda k: f[k] / 1000.0 if k in f else None  # noqa: E731
+    return DumpStats(freezing_ms=ms(1), frozen_ms=ms(2), memdump_ms=ms(3), memwrite_ms=ms(4))
+
+
+def _keep_log(src: Path, dst: Path) -> Path:
+    """Staging is removed after each operation: the log goes to the state directory."""
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+    except FileNotFoundError:
+        pass
+    return dst
+
+
+def dump(init_pid: int, images: Path, hook: Path, log: Path, *, leave_stopped: bool) -> float:
+    """Dump the tree rooted at init_pid into images; returns the wall time in ms.
+
+    CRIU runs inside the pod's mount namespace, so it does not try to dump that namespace
+    (the files are covered by the snapshot instead); pid, ipc and uts namespaces are dumped.
+    """
+    argv = [
+        "nsenter", "-t", str(init_pid), "-m", "--",
+        criu_binary(), "dump", "-t", str(init_pid), "-D", str(images), "-o", "dump.log",
+        "--leave-stopped" if leave_stopped else "--leave-running",
+        "--file-locks", "--action-script", str(hook),
+    ]  # fmt: skip
+    attempt = 0
+    while True:
+        attempt += 1
+        images.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        res = proc.run(argv, check=False)
+        ms = (time.perf_counter() - t0) * 1000
+        _keep_log(images / "dump.log", log)
+        if res.returncode == 0:
+            return ms
+        err = CriuError("CRIU refused to dump the pod", log, log_errors(log))
+        if not err.lines:
+            err = CriuError("CRIU dump failed", None, [proc.CommandError(argv, res.returncode, res.stderr).reason()])
+        if not err.transient or attempt > RETRIES:
+            raise err
+        time.sleep(0.05 * attempt)
+
+
+def restore(images: Path, pidfile: Path, volume: Path, mount_path: Path, log: Path) -> int:
+    """Restore the tree detached, in a fresh private mount namespace where the volume appears
+    at mount_path; returns the host pid of the restored init."""
+    criu = [criu_binary(), "restore", "-d", "-D", str(images), "-o", "restore.log",
+            "--file-locks", "--pidfile", str(pidfile)]  # fmt: skip
+    inner = ["sh", "-c", 'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(volume), str(mount_path)]
+    argv = ["unshare", "--mount", "--propagation", "private", "--", *inner, *criu]
+    res = proc.run(argv, check=False)
+    _keep_log(images / "restore.log", log)
+    if res.returncode != 0:
+        lines = log_errors(log) or [proc.CommandError(argv, res.returncode, res.stderr).reason()]
+        raise CriuError("CRIU could not restore the pod", log, lines)
+    return int(pidfile.read_text().strip())

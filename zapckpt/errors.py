@@ -1,0 +1,25 @@
+"""Typed errors. The CLI turns each into one line on stderr and its exit code."""
+
+
+class ZapError(Exception):
+    """An operation failed; nothing was left half-done (exit code 1)."""
+
+    exit_code = 1
+
+
+class UsageError(ZapError):
+    """Bad input: a malformed name, an option that does not apply (exit code 2)."""
+
+    exit_code = 2
+
+
+class NotFound(UsageError):
+    """Unknown pod or checkpoint reference (exit code 2)."""
+
+
+class AlreadyExists(UsageError):
+    """A name that is already taken (exit code 2)."""
+
+
+class Busy(ZapError):
+    """Another zap operation holds the lock we need."""

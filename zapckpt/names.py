@@ -1,0 +1,15 @@
+"""Names of pods: short, safe in paths, unambiguous in references."""
+
+import re
+
+from .errors import UsageError
+
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.fullmatch(name or ""):
+        raise UsageError(
+            f"invalid pod name {name!r}: use 1-63 characters a-z 0-9 _ . -, starting with a letter or digit"
+        )
+    return name

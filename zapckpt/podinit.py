@@ -1,0 +1,51 @@
+"""Runs as pid 1 of a new pod, inside its fresh pid/ipc/uts/mount namespaces, then execs the
+pod's command. What CRIU needs to dump the tree later is set up here: a session led from inside
+the pid namespace, no inherited descriptors, and stdio opened inside the pod's mount namespace.
+
+Usage (by zapckpt.pods only): python -m zapckpt.podinit SPEC_JSON
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    ready = os.open(spec["ready"], os.O_WRONLY | os.O_CLOEXEC)
+
+    def fail(msg: str) -> None:
+        os.write(ready, f"error {msg}\n".encode())
+        os._exit(127)
+
+    try:
+        os.setsid()
+        if spec["volume"] != spec["mount_path"]:
+            # A branch: its own volume appears where the original pod's processes expect it.
+            os.makedirs(spec["mount_path"], exist_ok=True)
+            subprocess.run(["mount", "--bind", spec["volume"], spec["mount_path"]], check=True)
+        os.chdir(spec["cwd"])
+        null = os.open("/dev/null", os.O_RDONLY)
+        log = os.open(spec["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.closerange(3, ready)
+        os.closerange(ready + 1, 65536)
+    except Exception as e:  # noqa: BLE001 - reported to zap run through the pipe
+        fail(f"pod set-up failed: {e}")
+    # /proc is still the host's here, so /proc/self names our host pid.
+    os.write(ready, f"pid {os.readlink('/proc/self')}\n".encode())
+    # Python ignores SIGPIPE and SIGXFSZ for itself; the pod's command must get the defaults.
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        os.execvpe(spec["command"][0], spec["command"], spec["env"])
+    except OSError as e:
+        fail(f"cannot run {spec['command'][0]!r}: {e.strerror}")
+
+
+if __name__ == "__main__":
+    main()

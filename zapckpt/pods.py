@@ -1,0 +1,281 @@
+"""Pods: a process tree in its own pid/ipc/uts/mount namespaces, working in its own volume."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from catalog import Pod, queries
+
+from . import procinfo
+from .context import Context
+from .errors import AlreadyExists, UsageError, ZapError
+from .names import check_name
+
+START_TIMEOUT = 30.0
+LOG_DIR = ".zap"
+LOG_NAME = "console.log"
+BASE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "LANG": "C.UTF-8",
+}
+
+
+def live_state(pod: Pod) -> str:
+    if procinfo.is_alive(pod.init_pid, pod.init_starttime):
+        return "running"
+    return "stopped" if pod.desired_state == "stopped" else "dead"
+
+
+def pod_env(pod: Pod) -> dict[str, str]:
+    env = dict(BASE_ENV)
+    env.update(pod.env or {})
+    env["ZAP_POD"] = pod.name
+    env["ZAP_POD_PATH"] = pod.mount_path
+    return env
+
+
+def console_log(pod: Pod) -> Path:
+    """The console log as the host sees it (inside the pod's own volume)."""
+    return Path(pod.volume) / LOG_DIR / LOG_NAME
+
+
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for p in pairs:
+        k, sep, v = p.partition("=")
+        if not sep or not k or not k.replace("_", "a").isalnum() or k[0].isdigit():
+            raise UsageError(f"bad --env {p!r}: expected KEY=VALUE")
+        env[k] = v
+    return env
+
+
+def _resolve_cwd(mount_path: str, cwd: str | None) -> str:
+    if not cwd:
+        return mount_path
+    if not os.path.isabs(cwd):
+        cwd = os.path.join(mount_path, cwd)
+    return os.path.normpath(cwd)
+
+
+def start_processes(pod: Pod) -> tuple[int, int]:
+    """Start pod.command as pid 1 of fresh namespaces; returns (host pid, start time)."""
+    spec = {
+        "command": pod.command,
+        "env": pod_env(pod),
+        "cwd": pod.cwd,
+        "volume": pod.volume,
+        "mount_path": pod.mount_path,
+        "log": os.path.join(pod.mount_path, LOG_DIR, LOG_NAME),
+    }
+    (Path(pod.volume) / LOG_DIR).mkdir(exist_ok=True)
+    # The pod's init reports through a pipe it opens by path: `unshare --fork` stays alive as
+    # the pod's reaper, and it must not hold the write end, or we would never see EOF.
+    r, w = os.pipe()
+    spec["ready"] = f"/proc/{os.getpid()}/fd/{w}"
+    argv = [
+        "unshare", "--pid", "--fork", "--ipc", "--uts", "--mount", "--propagation", "private", "--",
+        sys.executable, "-m", "zapckpt.podinit", json.dumps(spec),
+    ]  # fmt: skip
+    env = {"PATH": BASE_ENV["PATH"], "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True, env=env,
+    )  # fmt: skip
+    pid = None
+    error = None
+    buf = b""
+    deadline = time.monotonic() + START_TIMEOUT
+    with os.fdopen(r, "rb", buffering=0) as f:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([f], [], [], 0.1)
+            if not ready:
+                if child.poll() is not None and w >= 0:
+                    break  # died before it could report
+                continue
+            chunk = f.read(4096)
+            if not chunk:
+                break  # EOF: init exec'd the command (or exited)
+            buf += chunk
+            for line in buf.decode(errors="replace").splitlines():
+                if line.startswith("pid ") and pid is None:
+                    pid = int(line.split()[1])
+                    os.close(w)  # init holds its own copy now; EOF comes with its exec
+                    w = -1
+                elif line.startswith("error "):
+                    error = line[6:]
+        else:
+            error = f"pod {pod.name!r} did not start within {START_TIMEOUT:g}s"
+    if w >= 0:
+        os.close(w)
+    if error or pid is None:
+        if child.poll() is None:
+            for victim in (pid, child.pid):
+                if victim:
+                    try:
+                        os.kill(victim, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        child.wait()
+        err = child.stderr.read().decode(errors="replace").strip().splitlines() if child.stderr else []
+        raise ZapError(error or f"pod {pod.name!r} failed to start: {err[-1] if err else 'unshare failed'}")
+    child.stderr.close()
+    start = procinfo.starttime(pid)
+    return pid, start or 0
+
+
+def run(ctx: Context, name: str, command: list[str], env: dict[str, str], cwd: str | None) -> Pod:
+    check_name(name)
+    if not command:
+        raise UsageError("no command given: zap run NAME -- CMD [ARGS...]")
+    pool = ctx.pool
+    with ctx.pod_lock(name):
+        with ctx.catalog.session() as s:
+            if queries.find_pod(s, name):
+                raise AlreadyExists(f"pod {name!r} already exists")
+        volume = pool.volume_of(name)
+        mount_path = ctx.state.mount_path(name)
+        pool.backend.create_volume(volume)
+        pod = Pod(
+            name=name, volume=str(volume), mount_path=str(mount_path), command=command, env=env,
+            cwd=_resolve_cwd(str(mount_path), cwd), desired_state="running",
+        )  # fmt: skip
+        try:
+            inside = os.path.relpath(pod.cwd, pod.mount_path)
+            if inside.startswith(".."):
+                if not os.path.isdir(pod.cwd):
+                    raise UsageError(f"--cwd {cwd!r} does not exist")
+            else:
+                os.makedirs(os.path.join(pod.volume, inside), exist_ok=True)
+            mount_path.mkdir(parents=True, exist_ok=True)
+            pod.init_pid, pod.init_starttime = start_processes(pod)
+        except BaseException:
+            pool.backend.delete_volume(volume)
+            raise
+        with ctx.catalog.session() as s:
+            s.add(pod)
+        return pod
+
+
+def start(ctx: Context, name: str) -> Pod:
+    """Run the pod's command afresh in its current volume (as `podman start` does)."""
+    with ctx.pod_lock(name):
+        with ctx.catalog.session() as s:
+            pod = queries.get_pod(s, name)
+            if live_state(pod) == "running":
+                raise UsageError(f"pod {name!r} is already running")
+            if not Path(pod.volume).is_dir():
+                raise ZapError(f"the volume of pod {name!r} is missing: {pod.volume}")
+            os.makedirs(pod.mount_path, exist_ok=True)
+            pod.init_pid, pod.init_starttime = start_processes(pod)
+            pod.desired_state = "running"
+            return pod
+
+
+def stop_processes(pod: Pod, timeout: float) -> None:
+    """SIGTERM the pod's init, SIGKILL after timeout; the kernel then ends its pid namespace."""
+    if not procinfo.is_alive(pod.init_pid, pod.init_starttime):
+        return
+    pids = procinfo.pids_in_pidns(pod.init_pid)
+    try:
+        os.kill(pod.init_pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    if not procinfo.wait_gone([pod.init_pid], timeout):
+        procinfo.signal_all(procinfo.pids_in_pidns(pod.init_pid) or pids, signal.SIGKILL)
+    if not procinfo.wait_gone(pids, 10):
+        raise ZapError(f"processes of pod {pod.name!r} did not exit: {pids}")
+
+
+def stop(ctx: Context, name: str, timeout: float = 10.0) -> Pod:
+    with ctx.pod_lock(name):
+        with ctx.catalog.session() as s:
+            pod = queries.get_pod(s, name)
+            stop_processes(pod, timeout)
+            pod.desired_state = "stopped"
+            return pod
+
+
+def remove(ctx: Context, name: str, force: bool) -> None:
+    from .checkpoint import delete_checkpoint_data
+
+    with ctx.pod_lock(name):
+        with ctx.catalog.session() as s:
+            pod = queries.get_pod(s, name)
+            branches = queries.branches_of(s, pod)
+            if not force and (pod.checkpoints or branches):
+                what = []
+                if pod.checkpoints:
+                    what.append(f"{len(pod.checkpoints)} checkpoint(s)")
+                if branches:
+                    what.append("branches " + ", ".join(b.name for b in branches))
+                raise UsageError(f"pod {name!r} has {' and '.join(what)}; use --force to remove it with them")
+            if live_state(pod) == "running" and not force:
+                raise UsageError(f"pod {name!r} is running; stop it first or use --force")
+            stop_processes(pod, 0 if force else 10)
+            pool = ctx.pool
+            for b in branches:
+                b.origin_checkpoint_id = None
+            for ck in list(pod.checkpoints):
+                delete_checkpoint_data(ctx, ck)
+                s.delete(ck)
+            s.flush()
+            pool.backend.delete_volume(Path(pod.volume))
+            s.delete(pod)
+            s.flush()
+            # The mount point may still be where a branch's volume appears: keep it while used.
+            if not queries.pods_using_mount_path(s, pod.mount_path):
+                try:
+                    os.rmdir(pod.mount_path)
+                except OSError:
+                    pass
+
+
+def exec_in(ctx: Context, name: str, command: list[str]) -> int:
+    """Run a command inside the pod's namespaces and working directory; returns its exit code."""
+    if not command:
+        raise UsageError("no command given: zap exec NAME -- CMD [ARGS...]")
+    with ctx.catalog.session() as s:
+        pod = queries.get_pod(s, name)
+        if live_state(pod) != "running":
+            raise UsageError(f"pod {name!r} is not running")
+        # nsenter --wd would resolve the directory before entering the mount namespace, where
+        # the pod's volume is not mounted: change directory inside instead.
+        argv = ["nsenter", "-t", str(pod.init_pid), "-p", "-m", "-i", "-u", "--",
+                "/bin/sh", "-c", 'cd -- "$1" && shift && exec "$@"', "sh", pod.cwd, *command]  # fmt: skip
+        env = pod_env(pod)
+    try:
+        return subprocess.call(argv, env=env)
+    except KeyboardInterrupt:
+        return 130
+
+
+def follow_log(ctx: Context, name: str, follow: bool, out) -> None:
+    with ctx.catalog.session() as s:
+        pod = queries.get_pod(s, name)
+    path = console_log(pod)
+    if not path.exists():
+        return
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                out.write(chunk)
+                out.flush()
+                continue
+            if not follow:
+                return
+            with ctx.catalog.session() as s:
+                pod = queries.get_pod(s, name)
+                running = live_state(pod) == "running"
+            if not running:
+                out.write(f.read())
+                return
+            time.sleep(0.2)

@@ -1,0 +1,105 @@
+"""Reading /proc: is a pod's init alive, which processes share its pid namespace."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Stat:
+    state: str
+    ppid: int
+    starttime: int
+
+
+def read_stat(pid: int) -> Stat | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read().decode("utf-8", "replace")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The command name may hold spaces and parentheses: split after the last ')'.
+    rest = data[data.rindex(")") + 2 :].split()
+    return Stat(state=rest[0], ppid=int(rest[1]), starttime=int(rest[19]))
+
+
+def starttime(pid: int) -> int | None:
+    st = read_stat(pid)
+    return st.starttime if st else None
+
+
+def is_alive(pid: int | None, start: int | None) -> bool:
+    """True if pid runs and is the same process as when we recorded its start time."""
+    if not pid:
+        return False
+    st = read_stat(pid)
+    if st is None or st.state in ("Z", "X"):
+        return False
+    return start is None or st.starttime == start
+
+
+def _pidns(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/pid").st_ino
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+
+
+def pids_in_pidns(init_pid: int) -> list[int]:
+    """Host pids of every live process in init_pid's pid namespace (init first)."""
+    ns = _pidns(init_pid)
+    if ns is None:
+        return []
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            pid = int(entry)
+            if _pidns(pid) == ns:
+                st = read_stat(pid)
+                if st and st.state not in ("Z", "X"):
+                    out.append(pid)
+    out.sort(key=lambda p: (p != init_pid, p))
+    return out
+
+
+def describe(pid: int) -> dict | None:
+    """pid (host), pid inside the pod, command line and cwd of one process."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
+        with open(f"/proc/{pid}/status") as f:
+            nspid = next((ln.split()[1:] for ln in f if ln.startswith("NSpid:")), [str(pid)])
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return {"host_pid": pid, "pid": int(nspid[-1]), "cmdline": argv, "cwd": cwd}
+
+
+def signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def wait_gone(pids: list[int], timeout: float) -> bool:
+    """Wait until none of pids is alive (zombies count as gone); True if they all went."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in pids if is_alive(p, None)]
+        if not alive:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+
+
+def kill_pod_tree(init_pid: int, timeout: float = 5.0) -> None:
+    """SIGKILL the pod's init (the kernel then kills its whole pid namespace) and wait."""
+    pids = pids_in_pidns(init_pid)
+    signal_all(pids, signal.SIGKILL)
+    wait_gone(pids, timeout)

@@ -1,0 +1,135 @@
+"""Rollback in place (`zap restore`) and fork (`zap branch`) from a checkpoint."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from catalog import Checkpoint, Pod, queries
+
+from . import checkpoint as ckpt
+from . import criu, imagestore, procinfo
+from .context import Context
+from .errors import AlreadyExists, ZapError
+from .names import check_name
+from .pods import live_state
+
+
+def _preflight(ck: Checkpoint) -> None:
+    """Refuse before touching anything if the checkpoint cannot be brought back."""
+    if not Path(ck.snapshot_path).is_dir():
+        raise ZapError(f"checkpoint {ck.ref} is damaged: its snapshot {ck.snapshot_path} is missing")
+    if ck.image_dir:
+        try:
+            imagestore.check(Path(ck.image_dir))
+        except imagestore.ImageStoreError as e:
+            raise ZapError(f"checkpoint {ck.ref} cannot be restored: {e}") from None
+
+
+def restore_processes(ctx: Context, ck: Checkpoint, pod: Pod) -> tuple[int, int]:
+    """Materialise ck's images into tmpfs and let CRIU bring the tree back in pod's volume."""
+    stage = ctx.state.staging / f"restore-{ck.id}-{os.getpid()}"
+    try:
+        images = stage / "images"
+        imagestore.materialize(Path(ck.image_dir), images)
+        os.makedirs(pod.mount_path, exist_ok=True)
+        pid = criu.restore(images, stage / "pid", Path(pod.volume), Path(pod.mount_path),
+                           ctx.log_path(pod.name, "restore"))  # fmt: skip
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return pid, procinfo.starttime(pid) or 0
+
+
+def restore(ctx: Context, ref: str) -> tuple[Checkpoint, Checkpoint]:
+    """Roll the pod of `ref` back to it, files and processes; returns (ref, saved-state)."""
+    with ctx.catalog.session() as s:
+        name = queries.resolve_ref(s, ref).pod.name
+    with ctx.pod_lock(name):
+        with ctx.catalog.session() as s:
+            ck = queries.resolve_ref(s, ref)
+            pod = ck.pod
+            _preflight(ck)
+            return ck, _restore_locked(ctx, s, pod, ck, ref)
+
+
+def _restore_locked(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, ref: str) -> Checkpoint:
+    backend = ctx.pool.backend
+    # Keep the state being replaced, so the rollback itself can be undone.
+    msg = f"before restore to {ck.ref}"
+    if live_state(pod) == "running":
+        try:
+            saved = ckpt.take(ctx, s, pod, msg, stop=True, kind="auto")
+        except ZapError as e:
+            raise ZapError(f"cannot save the current state before restoring (nothing changed): {e}; "
+                           f"`zap stop {pod.name}` first to restore without keeping its processes") from None
+    else:
+        saved = ckpt.snapshot_only(ctx, s, pod, msg)
+    volume = Path(pod.volume)
+    new = volume.with_name(f".{volume.name}.restoring")
+    old = volume.with_name(f".{volume.name}.replaced")
+    for leftover in (new, old):
+        backend.delete_volume(leftover)
+    backend.clone(Path(ck.snapshot_path), new)
+    os.rename(volume, old)
+    os.rename(new, volume)
+    try:
+        if ck.image_dir:
+            pod.init_pid, pod.init_starttime = restore_processes(ctx, ck, pod)
+            pod.desired_state = "running"
+        else:
+            pod.init_pid = pod.init_starttime = None
+            pod.desired_state = "stopped"
+    except ZapError as e:
+        # Put the replaced state back, files and (if it had any) processes.
+        backend.delete_volume(volume)
+        os.rename(old, volume)
+        back = ""
+        if saved.image_dir:
+            try:
+                pod.init_pid, pod.init_starttime = restore_processes(ctx, saved, pod)
+                back = " The pod was put back as it was."
+            except ZapError as e2:
+                back = f" Putting the pod back failed too ({e2}); its state is kept as {saved.ref}."
+        s.commit()
+        raise ZapError(f"restore to {ck.ref} failed: {e}.{back}") from None
+    backend.delete_volume(old)
+    pod.head_checkpoint_id = ck.id
+    s.commit()
+    return saved
+
+
+def branch(ctx: Context, ref: str, new_name: str, start: bool = True) -> Pod:
+    """A new pod from ref: a writable snapshot as its volume, the processes restored into fresh
+    namespaces where that volume appears at the original pod's path. The original is untouched."""
+    check_name(new_name)
+    pool = ctx.pool
+    with ctx.pod_lock(new_name):
+        with ctx.catalog.session() as s:
+            ck = queries.resolve_ref(s, ref)
+            if queries.find_pod(s, new_name):
+                raise AlreadyExists(f"pod {new_name!r} already exists")
+            _preflight(ck)
+            src = ck.pod
+            volume = pool.volume_of(new_name)
+            pool.backend.clone(Path(ck.snapshot_path), volume)
+            pod = Pod(
+                name=new_name, volume=str(volume), mount_path=src.mount_path, command=src.command,
+                env=src.env, cwd=src.cwd, desired_state="stopped", origin_checkpoint_id=ck.id,
+                head_checkpoint_id=ck.id,
+            )  # fmt: skip
+            try:
+                if start and ck.image_dir:
+                    pod.init_pid, pod.init_starttime = restore_processes(ctx, ck, pod)
+                    pod.desired_state = "running"
+                s.add(pod)
+                s.commit()
+            except BaseException:
+                s.rollback()
+                if pod.init_pid:
+                    procinfo.kill_pod_tree(pod.init_pid)
+                pool.backend.delete_volume(volume)
+                raise
+            return pod

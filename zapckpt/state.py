@@ -1,0 +1,78 @@
+"""The state directory and what lives in it.
+
+    $ZAP_HOME (default /var/lib/zapckpt)
+      catalog.db          SQLite catalog
+      pool.img, pool/     the embedded loop-file btrfs pool and its mount point
+      images/<ckpt-id>/   stored (zstd) CRIU image sets
+      logs/               CRIU logs of every dump and restore
+      mnt/<name>          where pod <name> and its branches see their volume
+      locks/              one lock file per pod
+    inside the pool:
+      pods/<name>         each pod's volume (a subvolume)
+      snapshots/<id>      each checkpoint's read-only snapshot
+    /dev/shm/zapckpt.<hash>/  tmpfs staging for image sets during dump and restore
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HOME = "/var/lib/zapckpt"
+
+
+@dataclass(frozen=True)
+class StateDir:
+    root: Path
+
+    @classmethod
+    def from_env(cls) -> "StateDir":
+        return cls(Path(os.environ.get("ZAP_HOME") or DEFAULT_HOME).absolute())
+
+    @property
+    def catalog_db(self) -> Path:
+        return self.root / "catalog.db"
+
+    @property
+    def pool_image(self) -> Path:
+        return self.root / "pool.img"
+
+    @property
+    def default_pool_mount(self) -> Path:
+        return self.root / "pool"
+
+    def mount_path(self, pod: str) -> Path:
+        """Where a pod's processes see its volume (bind-mounted in the pod's mount namespace).
+        Never a subvolume itself: volumes are renamed and deleted, and doing that to a mount
+        point would silently detach the mounts of other pods' namespaces."""
+        return self.root / "mnt" / pod
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def locks(self) -> Path:
+        return self.root / "locks"
+
+    @property
+    def staging(self) -> Path:
+        """Image sets are dumped to and materialised in tmpfs: nothing slow in the frozen window."""
+        override = os.environ.get("ZAP_STAGING")
+        if override:
+            return Path(override)
+        tag = hashlib.sha1(str(self.root).encode()).hexdigest()[:10]
+        shm = Path("/dev/shm")
+        base = shm if shm.is_dir() and os.access(shm, os.W_OK) else self.root / "tmp"
+        return base / f"zapckpt.{tag}"
+
+    def ensure(self) -> None:
+        for d in (self.root, self.images, self.logs, self.locks):
+            d.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)

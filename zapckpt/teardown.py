@@ -1,0 +1,55 @@
+"""`zap deinit`: stop every pod, unmount the pool (its loop device goes with it), and with
+--purge delete everything zap stored."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from catalog import queries
+
+from . import procinfo
+from .context import Context
+from .errors import ZapError
+from .pool import existing_pool, unmount_pool
+from .pods import stop_processes
+
+
+def _detach_loops_of(image: Path) -> None:
+    from . import proc
+
+    out = proc.run(["losetup", "-j", str(image)], check=False).stdout
+    for line in out.splitlines():
+        dev = line.split(":", 1)[0]
+        if dev:
+            proc.run(["losetup", "-d", dev], check=False)
+
+
+def deinit(ctx: Context, purge: bool, stop_timeout: float = 3.0) -> list[str]:
+    stopped = []
+    pool = existing_pool(ctx.state, ctx.catalog)
+    if ctx.state.catalog_db.exists():
+        with ctx.catalog.session() as s:
+            for pod in queries.list_pods(s):
+                if procinfo.is_alive(pod.init_pid, pod.init_starttime):
+                    stop_processes(pod, stop_timeout)
+                    pod.desired_state = "stopped"
+                    stopped.append(pod.name)
+    if pool is not None:
+        if purge and pool.kind == "dir":
+            # Our subvolumes inside a user-provided btrfs directory belong to this state.
+            for parent in (pool.snapshots, pool.pods):
+                if parent.is_dir():
+                    for child in parent.iterdir():
+                        pool.backend.delete_volume(child)
+                    parent.rmdir()
+        unmount_pool(ctx.state, pool)
+    _detach_loops_of(ctx.state.pool_image)
+    shutil.rmtree(ctx.state.staging, ignore_errors=True)
+    if purge:
+        ctx.close()
+        if os.path.ismount(ctx.state.default_pool_mount):
+            raise ZapError(f"{ctx.state.default_pool_mount} is still mounted; not deleting {ctx.state.root}")
+        shutil.rmtree(ctx.state.root, ignore_errors=True)
+    return stopped
