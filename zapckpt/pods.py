@@ -260,6 +260,7 @@ def exec_in(ctx: Context, name: str, command: list[str]) -> int:
 def follow_log(ctx: Context, name: str, follow: bool, out) -> None:
     with ctx.catalog.session() as s:
         pod = queries.get_pod(s, name)
+    ctx.pool  # the log is inside the volume: make sure the pool is mounted
     path = console_log(pod)
     if not path.exists():
         return

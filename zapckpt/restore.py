@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from sqlalchemy.orm import Session
 
@@ -29,22 +31,36 @@ def _preflight(ck: Checkpoint) -> None:
             raise ZapError(f"checkpoint {ck.ref} cannot be restored: {e}") from None
 
 
-def restore_processes(ctx: Context, ck: Checkpoint, pod: Pod) -> tuple[int, int]:
-    """Materialise ck's images into tmpfs and let CRIU bring the tree back in pod's volume."""
+@contextmanager
+def materialized(ctx: Context, ck: Checkpoint) -> Iterator[Path | None]:
+    """ck's image set reassembled in tmpfs for CRIU (None for a files-only checkpoint); damaged
+    images fail here, before anything has been changed."""
+    if not ck.image_dir:
+        yield None
+        return
     stage = ctx.state.staging / f"restore-{ck.id}-{os.getpid()}"
     try:
         images = stage / "images"
-        imagestore.materialize(Path(ck.image_dir), images)
-        os.makedirs(pod.mount_path, exist_ok=True)
-        pid = criu.restore(images, stage / "pid", Path(pod.volume), Path(pod.mount_path),
-                           ctx.log_path(pod.name, "restore"))  # fmt: skip
+        try:
+            imagestore.materialize(Path(ck.image_dir), images)
+        except imagestore.ImageStoreError as e:
+            raise ZapError(f"checkpoint {ck.ref} cannot be restored: {e}") from None
+        yield images
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def restore_processes(ctx: Context, images: Path, pod: Pod) -> tuple[int, int]:
+    """Let CRIU bring the tree back, with pod's volume at the pod's path."""
+    os.makedirs(pod.mount_path, exist_ok=True)
+    pid = criu.restore(images, images.parent / "pid", Path(pod.volume), Path(pod.mount_path),
+                       ctx.log_path(pod.name, "restore"))  # fmt: skip
     return pid, procinfo.starttime(pid) or 0
 
 
 def restore(ctx: Context, ref: str) -> tuple[Checkpoint, Checkpoint]:
     """Roll the pod of `ref` back to it, files and processes; returns (ref, saved-state)."""
+    ctx.pool  # mounted (after a reboot or deinit) before anything looks at snapshots
     with ctx.catalog.session() as s:
         name = queries.resolve_ref(s, ref).pod.name
     with ctx.pod_lock(name):
@@ -52,10 +68,11 @@ def restore(ctx: Context, ref: str) -> tuple[Checkpoint, Checkpoint]:
             ck = queries.resolve_ref(s, ref)
             pod = ck.pod
             _preflight(ck)
-            return ck, _restore_locked(ctx, s, pod, ck, ref)
+            with materialized(ctx, ck) as images:
+                return ck, _restore_locked(ctx, s, pod, ck, images)
 
 
-def _restore_locked(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, ref: str) -> Checkpoint:
+def _restore_locked(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images: Path | None) -> Checkpoint:
     backend = ctx.pool.backend
     # Keep the state being replaced, so the rollback itself can be undone.
     msg = f"before restore to {ck.ref}"
@@ -76,8 +93,8 @@ def _restore_locked(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, ref: str
     os.rename(volume, old)
     os.rename(new, volume)
     try:
-        if ck.image_dir:
-            pod.init_pid, pod.init_starttime = restore_processes(ctx, ck, pod)
+        if images is not None:
+            pod.init_pid, pod.init_starttime = restore_processes(ctx, images, pod)
             pod.desired_state = "running"
         else:
             pod.init_pid = pod.init_starttime = None
@@ -89,7 +106,8 @@ def _restore_locked(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, ref: str
         back = ""
         if saved.image_dir:
             try:
-                pod.init_pid, pod.init_starttime = restore_processes(ctx, saved, pod)
+                with materialized(ctx, saved) as saved_images:
+                    pod.init_pid, pod.init_starttime = restore_processes(ctx, saved_images, pod)
                 back = " The pod was put back as it was."
             except ZapError as e2:
                 back = f" Putting the pod back failed too ({e2}); its state is kept as {saved.ref}."
@@ -122,7 +140,8 @@ def branch(ctx: Context, ref: str, new_name: str, start: bool = True) -> Pod:
             )  # fmt: skip
             try:
                 if start and ck.image_dir:
-                    pod.init_pid, pod.init_starttime = restore_processes(ctx, ck, pod)
+                    with materialized(ctx, ck) as images:
+                        pod.init_pid, pod.init_starttime = restore_processes(ctx, images, pod)
                     pod.desired_state = "running"
                 s.add(pod)
                 s.commit()

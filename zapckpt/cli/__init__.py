@@ -30,7 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
+        # Everything after the first `--` is the pod's command, untouched by option parsing.
+        tail: list[str] = []
+        if "--" in argv:
+            i = argv.index("--")
+            argv, tail = argv[:i], argv[i + 1 :]
         args = build_parser().parse_args(argv)
+        if tail:
+            if not hasattr(args, "cmd"):
+                raise UsageError(f"`zap {args.command}` takes no command after --")
+            args.cmd = list(args.cmd or []) + tail
         if os.geteuid() != 0 and args.command not in ("doctor",):
             raise ZapError("zap must run as root (it creates namespaces, mounts and runs CRIU)")
         rc = args.func(args)

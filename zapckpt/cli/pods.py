@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from catalog import queries
@@ -18,7 +17,7 @@ def register(sub) -> None:
     p.add_argument("name")
     p.add_argument("--env", "-e", action="append", default=[], metavar="K=V")
     p.add_argument("--cwd", metavar="DIR", help="working directory (default: the pod's path)")
-    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+    p.add_argument("cmd", nargs="*", metavar="-- CMD [ARGS...]")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("start", help="run a stopped pod's command again in its current volume")
@@ -36,7 +35,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("exec", help="run a command inside a running pod")
     p.add_argument("name")
-    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+    p.add_argument("cmd", nargs="*", metavar="-- CMD [ARGS...]")
     p.set_defaults(func=cmd_exec)
 
     p = sub.add_parser("stop", help="stop a pod (SIGTERM, then SIGKILL)")
@@ -50,13 +49,9 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_rm)
 
 
-def _strip_dashes(cmd: list[str]) -> list[str]:
-    return cmd[1:] if cmd and cmd[0] == "--" else cmd
-
-
 def cmd_run(args) -> int:
     ctx = Context()
-    pod = pods.run(ctx, args.name, _strip_dashes(args.cmd), pods.parse_env(args.env), args.cwd)
+    pod = pods.run(ctx, args.name, args.cmd, pods.parse_env(args.env), args.cwd)
     print(f"{pod.name} {pod.mount_path}")
     return 0
 
@@ -86,7 +81,7 @@ def cmd_logs(args) -> int:
 
 
 def cmd_exec(args) -> int:
-    return pods.exec_in(Context(), args.name, _strip_dashes(args.cmd))
+    return pods.exec_in(Context(), args.name, args.cmd)
 
 
 def cmd_stop(args) -> int:

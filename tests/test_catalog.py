@@ -1,0 +1,80 @@
+"""The catalog on real SQLite: migrations, pragmas, references."""
+
+import sqlite3
+
+import pytest
+from sqlalchemy import text
+
+from catalog import Catalog, Checkpoint, Pod, queries
+from catalog.db import SCHEMA_HEAD
+from catalog.migrate import head_revision
+from zapckpt.errors import NotFound, UsageError
+
+
+def test_schema_head_constant_matches_alembic():
+    assert head_revision() == SCHEMA_HEAD
+
+
+def test_migration_creates_schema_and_pragmas(tmp_path):
+    cat = Catalog(tmp_path / "c.db")
+    with cat.session() as s:
+        assert s.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert s.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        assert s.execute(text("PRAGMA busy_timeout")).scalar() == 30000
+    assert cat.current_revision() == SCHEMA_HEAD
+    tables = {r[0] for r in sqlite3.connect(tmp_path / "c.db").execute("select name from sqlite_master where type='table'")}
+    assert {"pods", "checkpoints", "settings", "alembic_version"} <= tables
+    # Opening again does not migrate again and keeps the data.
+    with cat.session() as s:
+        queries.set_setting(s, "k", "v")
+    cat2 = Catalog(tmp_path / "c.db")
+    with cat2.session() as s:
+        assert queries.get_setting(s, "k") == "v"
+
+
+def _pod(s, name):
+    p = Pod(name=name, volume=f"/v/{name}", mount_path=f"/m/{name}", command=["x"], env={}, cwd="/")
+    s.add(p)
+    s.flush()
+    return p
+
+
+def _ck(s, pod, seq, id_, parent=None):
+    c = Checkpoint(id=id_, pod=pod, seq=seq, parent_id=parent, backend="btrfs", snapshot_path=f"/s/{id_}",
+                   processes=[])  # fmt: skip
+    s.add(c)
+    s.flush()
+    return c
+
+
+def test_refs_resolve_and_foreign_keys(tmp_path):
+    cat = Catalog(tmp_path / "c.db")
+    with cat.session() as s:
+        web = _pod(s, "web")
+        _ck(s, web, 1, "aaaa11112222")
+        _ck(s, web, 2, "aaaa33334444", parent="aaaa11112222")
+        _ck(s, _pod(s, "12"), 1, "bbbb11112222")
+    with cat.session() as s:
+        assert queries.resolve_ref(s, "web@1").id == "aaaa11112222"
+        assert queries.resolve_ref(s, "web@latest").id == "aaaa33334444"
+        assert queries.resolve_ref(s, "aaaa3333").ref == "web@2"
+        assert queries.resolve_ref(s, "12@latest").ref == "12@1"
+        with pytest.raises(UsageError, match="ambiguous"):
+            queries.resolve_ref(s, "aaaa")
+        with pytest.raises(NotFound):
+            queries.resolve_ref(s, "web@3")
+        with pytest.raises(NotFound):
+            queries.resolve_ref(s, "nope@1")
+        with pytest.raises(UsageError):
+            queries.resolve_ref(s, "web@one")
+        with pytest.raises(UsageError):
+            queries.resolve_ref(s, "xyz")
+    # Foreign keys are enforced: a checkpoint of a pod that does not exist is refused.
+    with pytest.raises(Exception, match="FOREIGN KEY"):
+        with cat.session() as s:
+            s.add(Checkpoint(id="cccc", pod_id=999, seq=1, backend="btrfs", snapshot_path="/x", processes=[]))
+    # Deleting a checkpoint clears the parent link of its children (ON DELETE SET NULL).
+    with cat.session() as s:
+        s.delete(queries.resolve_ref(s, "web@1"))
+    with cat.session() as s:
+        assert queries.resolve_ref(s, "web@2").parent_id is None

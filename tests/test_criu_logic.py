@@ -1,0 +1,41 @@
+"""Unit tests of the logic zap puts on top of CRIU's output (log lines, stats image)."""
+
+import struct
+
+from zapckpt import criu
+
+
+def test_log_errors_drop_noise_and_classify_transient(tmp_path):
+    log = tmp_path / "dump.log"
+    log.write_text(
+        "(00.000100) Error (criu/util.c:651): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n"
+        "(00.010000) Warn  (criu/x.c:1): something harmless\n"
+        "(00.020000) Error (criu/sk-inet.c:200): In-flight connection (l) for 1a2b\n"
+        "(00.020100) Error (criu/cr-dump.c:2000): Dumping FAILED.\n"
+    )
+    lines = criu.log_errors(log)
+    assert lines == ["In-flight connection (l) for 1a2b"]
+    err = criu.CriuError("dump failed", log, lines)
+    assert err.transient and "In-flight" in str(err) and str(log) in str(err)
+    log.write_text("(00.1) Error (criu/sk-inet.c:1): Connected TCP socket, consider using --tcp-established option.\n")
+    assert not criu.CriuError("x", log, criu.log_errors(log)).transient
+
+
+def _varint(n):
+    out = b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+def test_read_dump_stats(tmp_path):
+    dump = b"".join(_varint(k << 3) + _varint(v) for k, v in ((1, 1500), (2, 23456), (3, 7000), (4, 9000), (5, 42)))
+    entry = _varint((1 << 3) | 2) + _varint(len(dump)) + dump
+    (tmp_path / "stats-dump").write_bytes(struct.pack("<III", criu.IMG_SERVICE_MAGIC, criu.STATS_MAGIC, len(entry)) + entry)
+    st = criu.read_dump_stats(tmp_path)
+    assert (st.freezing_ms, st.frozen_ms, st.memdump_ms, st.memwrite_ms) == (1.5, 23.456, 7.0, 9.0)
+    (tmp_path / "stats-dump").write_bytes(b"garbage")
+    assert criu.read_dump_stats(tmp_path).frozen_ms is None

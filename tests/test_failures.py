@@ -1,0 +1,183 @@
+"""Bad input and failures: one clear line, the right exit code, and nothing lost: the pod keeps
+running (never frozen), the catalog stays consistent, earlier checkpoints stay intact."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import COUNTER, assert_continuous, counter_values, proc_state, wait_for
+
+
+def _assert_running_and_counting(zap, name):
+    pod = zap.pod(name)
+    assert pod["state"] == "running"
+    assert proc_state(pod["pid"]) in ("R", "S", "D"), f"pod init in state {proc_state(pod['pid'])}"
+    n = len(counter_values(zap.volume(name)))
+    wait_for(lambda: len(counter_values(zap.volume(name))) > n + 20, what=f"{name} to keep counting")
+
+
+def _snapshots(zap):
+    return sorted(p.name for p in (zap.home / "pool" / "snapshots").iterdir())
+
+
+def test_bad_names_unknown_things_and_taken_names(zap):
+    for bad in ("Bad", "a/b", "x" * 64, "", "a b", ".hidden", "a@1"):
+        assert "invalid pod name" in zap.fails("run", bad, "--", "true", code=2)
+    zap.fails("run", "-x", "--", "true", code=2)  # read as an option: still one line, exit 2
+    zap.fails("show", "nope", code=2)
+    zap.fails("show", "nope@1", code=2)
+    zap.fails("restore", "nope@1", code=2)
+    zap.fails("branch", "nope@latest", "x", code=2)
+    zap.fails("checkpoint", "nope", code=2)
+    zap.fails("logs", "nope", code=2)
+    zap.fails("exec", "nope", "--", "true", code=2)
+    zap.fails("stop", "nope", code=2)
+    zap.fails("rm", "nope", code=2)
+    zap.fails("log", "nope", code=2)
+    zap.fails("frobnicate", code=2)
+    zap.fails("run", "x", code=2)  # no command
+    zap.run_counter("web")
+    assert "already exists" in zap.fails("run", "web", "--", "true", code=2)
+    zap.fails("show", "web@1", code=2)
+    zap.fails("show", "web@latest", code=2)
+    zap.fails("show", "web@x", code=2)
+    zap("checkpoint", "web")
+    zap.fails("show", "web@9", code=2)
+    assert "already exists" in zap.fails("branch", "web@1", "web", code=2)
+    assert "invalid pod name" in zap.fails("branch", "web@1", "Web!", code=2)
+    assert "cannot run" in zap.fails("run", "nocmd", "--", "/no/such/binary", code=1)
+    assert [p["name"] for p in zap.json("ps")["pods"]] == ["web"]
+    assert len(_snapshots(zap)) == 1
+
+
+def test_checkpoint_of_stopped_pod_is_refused(zap):
+    zap.run_counter("idle")
+    zap("stop", "-t", "5", "idle")
+    assert zap.pod("idle")["state"] == "stopped"
+    assert "not running" in zap.fails("checkpoint", "idle", code=2)
+    assert zap.json("list")["checkpoints"] == []
+
+
+@pytest.fixture
+def tcp_listener():
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    yield srv.getsockname()[1]
+    srv.close()
+
+
+def test_criu_refusing_the_tree_leaves_pod_running(zap, tcp_listener):
+    # An established TCP connection to the host: CRIU refuses it without --tcp-established.
+    script = (
+        "import socket,time,os;s=socket.create_connection(('127.0.0.1',%d));"
+        "fd=os.open('counter.txt',os.O_WRONLY|os.O_APPEND|os.O_CREAT);i=0\n"
+        "while True:\n i+=1;os.write(fd,b'%%d\\n'%%i);time.sleep(0.001)" % tcp_listener
+    )
+    zap("run", "tcp", "--", "python3", "-c", script)
+    wait_for(lambda: counter_values(zap.volume("tcp")), what="tcp pod")
+    msg = zap.fails("checkpoint", "tcp", code=1)
+    assert "CRIU refused to dump the pod" in msg and "full log:" in msg and "tcp" in msg.lower()
+    log = Path(msg.rsplit("full log: ", 1)[1].rstrip(")"))
+    assert log.is_file()
+    _assert_running_and_counting(zap, "tcp")
+    assert zap.json("list", "tcp")["checkpoints"] == []
+    assert _snapshots(zap) == []
+    assert list((zap.home / "images").iterdir()) == []
+
+
+def test_snapshot_failure_in_the_frozen_window(zap):
+    zap.run_counter("web")
+    zap("checkpoint", "web")
+    snapdir = zap.home / "pool" / "snapshots"
+    # An immutable snapshot directory makes the in-window btrfs snapshot fail for real.
+    subprocess.run(["chattr", "+i", str(snapdir)], check=True)
+    try:
+        msg = zap.fails("checkpoint", "web", code=1)
+    finally:
+        subprocess.run(["chattr", "-i", str(snapdir)], check=True)
+    assert "filesystem snapshot failed inside the frozen window" in msg
+    _assert_running_and_counting(zap, "web")
+    assert [c["ref"] for c in zap.json("list", "web")["checkpoints"]] == ["web@1"]
+    assert len(_snapshots(zap)) == 1
+    assert len(list((zap.home / "images").iterdir())) == 1
+    # Earlier checkpoint intact and the next one gets the next number.
+    assert zap("checkpoint", "web").stdout.strip() == "web@2"
+    zap("branch", "web@1", "again")
+    assert_continuous(wait_for(lambda: counter_values(zap.volume("again")), what="branch"))
+
+
+def test_concurrent_checkpoints_wait_or_fail_clearly(zap):
+    zap.run_counter("web")
+    cmd = [sys.executable, "-m", "zapckpt.cli", "checkpoint", "web"]
+    procs = [subprocess.Popen(cmd, env=zap.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]  # fmt: skip
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert sorted(o[0].strip() for o in outs) == ["web@1", "web@2", "web@3"]
+    # With no patience, the loser says so in one line.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl,sys,time;f=open(sys.argv[1],'w');fcntl.flock(f,fcntl.LOCK_EX);"
+         "print('locked',flush=True);time.sleep(30)", str(zap.home / "locks" / "web.lock")],
+        stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        cp = zap("checkpoint", "web", check=False, env={"ZAP_LOCK_TIMEOUT": "0.5"})
+        assert cp.returncode == 1 and "busy" in cp.stderr and len(cp.stderr.strip().splitlines()) == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    _assert_running_and_counting(zap, "web")
+
+
+def test_damaged_images_refuse_restore_before_touching_anything(zap):
+    zap.run_counter("web")
+    zap("checkpoint", "web")
+    info = zap.json("show", "web@1")
+    pages = next(Path(info["image_dir"]).glob("pages-*.img.zst"))
+    data = bytearray(pages.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    pages.write_bytes(bytes(data))
+    pid = zap.pod("web")["pid"]
+    msg = zap.fails("restore", "web@1", code=1)
+    assert "cannot be restored" in msg and "damaged" in msg
+    assert zap.pod("web")["pid"] == pid
+    _assert_running_and_counting(zap, "web")
+    assert [c["ref"] for c in zap.json("list")["checkpoints"]] == ["web@1"]  # no "before restore" left
+    zap.fails("branch", "web@1", "b", code=1)
+    assert [p["name"] for p in zap.json("ps")["pods"]] == ["web"]
+
+
+def test_pool_full(zap):
+    zap("deinit", "--purge")
+    zap("init", "--size", "256M")
+    sleeper = ["python3", "-c", "import time\nwhile True: time.sleep(0.01)"]
+    zap("run", "fill", "--", *sleeper)
+    zap("checkpoint", "fill")
+    # Fill the pool from the host side until the filesystem says no.
+    blob = os.urandom(1 << 20)
+    with open(zap.volume("fill") / "ballast", "wb") as f:
+        try:
+            while True:
+                f.write(blob)
+                f.flush()
+        except OSError:
+            pass
+    cp = zap("checkpoint", "fill", check=False)
+    # Either the snapshot still fits (metadata only) or it fails cleanly; never half-done.
+    if cp.returncode == 0:
+        assert zap.json("show", "fill@2")["has_processes"]
+    else:
+        assert cp.returncode == 1 and len(cp.stderr.strip().splitlines()) == 1 and "Traceback" not in cp.stderr
+        assert len(_snapshots(zap)) == 1
+    assert zap.json("show", "fill@1")["has_processes"]
+    # A new pod in a full pool: created, or refused in one line.
+    cp = zap("run", "more", "--", *sleeper, check=False)
+    assert cp.returncode == 0 or (cp.returncode == 1 and "Traceback" not in cp.stderr), cp.stderr
+    pod = zap.pod("fill")
+    assert pod["state"] == "running" and proc_state(pod["pid"]) in ("R", "S")

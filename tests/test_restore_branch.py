@@ -1,0 +1,119 @@
+"""Rollback in place, undo of a rollback, and forks, with real CRIU and btrfs."""
+
+from pathlib import Path
+
+from conftest import assert_continuous, counter_values, proc_state, wait_for
+
+
+def _snapshot_values(zap, ref):
+    return counter_values(Path(zap.json("show", ref)["snapshot"]["path"]))
+
+
+def test_restore_in_place_and_undo(zap):
+    zap.run_counter("web")
+    (zap.volume("web") / "note.txt").write_text("before\n")
+    assert zap("checkpoint", "web", "-m", "good state").stdout.strip() == "web@1"
+    at_ckpt = _snapshot_values(zap, "web@1")
+    # Change files after the checkpoint; the restore must undo this too.
+    (zap.volume("web") / "note.txt").write_text("after\n")
+    (zap.volume("web") / "junk.txt").write_text("junk\n")
+    wait_for(lambda: len(counter_values(zap.volume("web"))) > len(at_ckpt) + 500, what="more counting")
+    old_pid = zap.pod("web")["pid"]
+
+    out = zap("restore", "web@1")
+    assert out.stdout.strip() == "restored web@1"
+    assert "web@2" in out.stderr  # the replaced state is kept
+    pod = zap.pod("web")
+    assert pod["state"] == "running" and pod["pid"] != old_pid and pod["head"] == "web@1"
+    vol = zap.volume("web")
+    assert (vol / "note.txt").read_text() == "before\n"
+    assert not (vol / "junk.txt").exists()
+    values = wait_for(lambda: (v := counter_values(vol)) and len(v) > len(at_ckpt) + 50 and v, what="counting")
+    assert values[: len(at_ckpt)] == at_ckpt
+    assert_continuous(values)
+
+    saved = zap.json("show", "web@2")
+    assert saved["message"] == "before restore to web@1" and saved["kind"] == "auto" and saved["has_processes"]
+    saved_values = counter_values(Path(saved["snapshot"]["path"]))
+    assert len(saved_values) > len(at_ckpt) + 500
+
+    # Undo the rollback: back to the state it replaced, files and processes.
+    zap("restore", "web@2")
+    vol = zap.volume("web")
+    assert (vol / "note.txt").read_text() == "after\n" and (vol / "junk.txt").exists()
+    values = wait_for(lambda: (v := counter_values(vol)) and len(v) > len(saved_values) + 50 and v, what="counting")
+    assert values[: len(saved_values)] == saved_values
+    assert_continuous(values)
+    # The next checkpoint descends from web@2.
+    zap("checkpoint", "web")
+    assert zap.json("show", "web@latest")["parent"] == "web@2"
+
+
+def test_branch_while_original_runs_two_at_once_and_branch_of_branch(zap):
+    orig = zap.run_counter("orig")
+    zap("checkpoint", "orig")
+    snap = _snapshot_values(zap, "orig@1")
+    assert zap("branch", "orig@1", "fork-a").stdout.split()[0] == "fork-a"
+    zap("branch", "orig@1", "fork-b")
+    pods = {p["name"]: p for p in zap.json("ps")["pods"]}
+    assert {n: p["state"] for n, p in pods.items()} == {"orig": "running", "fork-a": "running", "fork-b": "running"}
+    assert pods["fork-a"]["origin"] == "orig@1" and pods["orig"]["pid"] == orig["pid"]
+    # Each fork is a fresh pid namespace (pid 1 inside) and sees its own volume at the same path.
+    out = zap("exec", "fork-a", "--", "sh", "-c", 'pwd; grep NSpid /proc/$$/status; echo "$ZAP_POD"').stdout.split("\n")
+    assert out[0] == orig["path"] and out[2] == "fork-a"
+    for name in ("fork-a", "fork-b", "orig"):
+        vol = zap.volume(name)
+        values = wait_for(lambda: (v := counter_values(vol)) and len(v) > len(snap) + 50 and v, what=f"{name} counting")
+        assert values[: len(snap)] == snap
+        assert_continuous(values)
+    # The forks write to their own volumes: they diverge from the original and each other.
+    assert zap.volume("fork-a") != zap.volume("fork-b") != zap.volume("orig")
+
+    zap("checkpoint", "fork-a", "-m", "fork checkpoint")
+    assert zap.json("show", "fork-a@1")["parent"] == "orig@1"
+    zap("branch", "fork-a@1", "fork-a-2")
+    snap2 = _snapshot_values(zap, "fork-a@1")
+    vol = zap.volume("fork-a-2")
+    values = wait_for(lambda: (v := counter_values(vol)) and len(v) > len(snap2) + 50 and v, what="counting")
+    assert_continuous(values)
+    log = zap("log", "orig").stdout
+    assert "branch fork-a" in log and "branch fork-a-2" in log and "fork-a@1" in log
+    # rm refuses while branches and checkpoints depend on the pod.
+    assert "branches" in zap.fails("rm", "orig", code=2)
+    zap("rm", "--force", "orig")
+    assert zap.pod("fork-a")["origin"] is None
+    # The fork keeps running and writing after the original is gone.
+    n = len(counter_values(zap.volume("fork-b")))
+    wait_for(lambda: len(counter_values(zap.volume("fork-b"))) > n + 50, what="fork-b still counting")
+
+
+def test_checkpoint_stop_then_restore_and_stopped_pod_restore(zap):
+    zap.run_counter("job")
+    pid = zap.pod("job")["pid"]
+    zap("checkpoint", "job", "--stop", "-m", "parked")
+    pod = zap.pod("job")
+    assert pod["state"] == "stopped" and proc_state(pid) in (None, "Z")
+    snap = _snapshot_values(zap, "job@1")
+    # --stop leaves the tasks stopped by CRIU until they are killed: not one more value written.
+    assert counter_values(zap.volume("job")) == snap
+    zap("restore", "job@1")
+    assert zap.json("show", "job@2")["has_processes"] is False  # nothing ran, files-only
+    vol = zap.volume("job")
+    values = wait_for(lambda: (v := counter_values(vol)) and len(v) > len(snap) + 50 and v, what="counting")
+    assert values[: len(snap)] == snap
+    assert_continuous(values)
+
+
+def test_branch_no_start_and_start(zap):
+    zap.run_counter("src")
+    zap("checkpoint", "src")
+    zap("branch", "--no-start", "src@1", "files")
+    pod = zap.pod("files")
+    assert pod["state"] == "stopped" and pod["origin"] == "src@1"
+    snap = _snapshot_values(zap, "src@1")
+    assert counter_values(zap.volume("files")) == snap
+    # `zap start` runs the command afresh in the branch's files (the counter resumes from them).
+    zap("start", "files")
+    vol = zap.volume("files")
+    values = wait_for(lambda: (v := counter_values(vol)) and len(v) > len(snap) + 50 and v, what="counting")
+    assert_continuous(values)
