@@ -17,7 +17,7 @@ STAMP="$VENV/.zap-installed"
 ZAP_LINK=/usr/local/bin/zap
 
 APT_PACKAGES=(btrfs-progs fuse3 libfuse3-dev pkg-config util-linux mount debootstrap
-              zstd procps python3 python3-venv python3-dev gcc make rsync)
+              zstd procps e2fsprogs python3 python3-venv python3-dev gcc make rsync)
 
 log()  { echo "[install] $*"; }
 warn() { echo "[install] WARNING: $*" >&2; }
