@@ -50,6 +50,19 @@ def _hook_ms(times: Path) -> float | None:
     return (t1 - t0) * 1000
 
 
+def _record(s: Session, pod: Pod, ck_id: str, message: str, kind: str, backend: str, snap, **fields) -> Checkpoint:
+    """Write the catalog row (both halves exist by now) and move the pod's head to it."""
+    ck = Checkpoint(
+        id=ck_id, pod=pod, seq=queries.next_seq(s, pod), parent_id=pod.head_checkpoint_id, message=message,
+        kind=kind, backend=backend, snapshot_path=snap.path, snapshot_generation=snap.generation, **fields,
+    )  # fmt: skip
+    s.add(ck)
+    s.flush()  # the row first: pods.head_checkpoint_id references it
+    pod.head_checkpoint_id = ck_id
+    s.commit()
+    return ck
+
+
 def take(
     ctx: Context, s: Session, pod: Pod, message: str, *, stop: bool = False, kind: str = "manual"
 ) -> Checkpoint:
@@ -90,18 +103,12 @@ def take(
         fs_ms = _hook_ms(hook_times)
         stored = imagestore.ingest(images, stored_at)
         info = backend.describe(snap)
-        ck = Checkpoint(
-            id=ck_id, pod=pod, seq=queries.next_seq(s, pod), parent_id=pod.head_checkpoint_id,
-            message=message, kind=kind, backend=backend.name, snapshot_path=str(snap),
-            snapshot_generation=info.generation, image_dir=str(stored_at), raw_bytes=stored.raw_bytes,
-            stored_bytes=stored.stored_bytes, frozen_ms=stats.frozen_ms, dump_ms=dump_ms,
-            fs_snapshot_ms=fs_ms, processes=processes,
+        ck = _record(
+            s, pod, ck_id, message, kind, backend.name, info, image_dir=str(stored_at),
+            raw_bytes=stored.raw_bytes, stored_bytes=stored.stored_bytes, frozen_ms=stats.frozen_ms,
+            dump_ms=dump_ms, fs_snapshot_ms=fs_ms, processes=processes,
+            total_ms=(time.perf_counter() - t_start) * 1000,
         )  # fmt: skip
-        ck.total_ms = (time.perf_counter() - t_start) * 1000
-        s.add(ck)
-        s.flush()  # the row first: pods.head_checkpoint_id references it
-        pod.head_checkpoint_id = ck_id
-        s.commit()
     except BaseException:
         s.rollback()
         if snap.exists():
@@ -129,16 +136,8 @@ def snapshot_only(ctx: Context, s: Session, pod: Pod, message: str, kind: str = 
     info = pool.backend.snapshot(Path(pod.volume), snap)
     fs_ms = (time.perf_counter() - t0) * 1000
     try:
-        ck = Checkpoint(
-            id=ck_id, pod=pod, seq=queries.next_seq(s, pod), parent_id=pod.head_checkpoint_id,
-            message=message, kind=kind, backend=pool.backend.name, snapshot_path=str(snap),
-            snapshot_generation=info.generation, image_dir=None, fs_snapshot_ms=fs_ms, total_ms=fs_ms,
-            processes=[],
-        )  # fmt: skip
-        s.add(ck)
-        s.flush()  # the row first: pods.head_checkpoint_id references it
-        pod.head_checkpoint_id = ck_id
-        s.commit()
+        ck = _record(s, pod, ck_id, message, kind, pool.backend.name, info, image_dir=None,
+                     fs_snapshot_ms=fs_ms, total_ms=fs_ms, processes=[])  # fmt: skip
     except BaseException:
         s.rollback()
         pool.backend.delete_volume(snap)
