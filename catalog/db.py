@@ -46,9 +46,15 @@ class Catalog:
         if self._migrated:
             return
         if self.current_revision() != SCHEMA_HEAD:
-            from .migrate import upgrade
+            import fcntl
 
-            upgrade(self.engine)
+            # Two commands on a new catalog must not both create the schema.
+            with open(self.path.with_name(self.path.name + ".migrate.lock"), "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if self.current_revision() != SCHEMA_HEAD:
+                    from .migrate import upgrade
+
+                    upgrade(self.engine)
         self._migrated = True
 
     @contextmanager

@@ -180,4 +180,24 @@ def test_pool_full(zap):
     cp = zap("run", "more", "--", *sleeper, check=False)
     assert cp.returncode == 0 or (cp.returncode == 1 and "Traceback" not in cp.stderr), cp.stderr
     pod = zap.pod("fill")
-    assert pod["state"] == "running" and proc_state(pod["pid"]) in ("R", "S")
+    assert pod["state"] == "running" and proc_state(pod["pid"]) in ("R", "S", "D")
+
+
+def test_interrupted_checkpoint_leaves_nothing_half_done(zap):
+    memhog = Path(__file__).parent / "workloads" / "memhog.py"
+    zap("run", "big", "--env", "MEMHOG_MIB=128", "--", "python3", str(memhog))
+    wait_for(lambda: "holding" in zap("logs", "big").stdout, what="memhog to fill its memory")
+    for delay in (0.7, 1.0, 1.3):
+        p = subprocess.Popen([sys.executable, "-m", "zapckpt.cli", "checkpoint", "big"], env=zap.env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        time.sleep(delay)
+        p.send_signal(2)  # Ctrl-C, somewhere in the dump or the ingest
+        out, err = p.communicate(timeout=120)
+        assert p.returncode in (0, 130), err
+        assert "Traceback" not in err
+        pod = zap.pod("big")
+        assert pod["state"] == "running" and proc_state(pod["pid"]) in ("R", "S", "D"), proc_state(pod["pid"])
+        refs = [c["ref"] for c in zap.json("list")["checkpoints"]]
+        # Whatever was committed is whole; nothing else stays on disk.
+        assert len(_snapshots(zap)) == len(refs)
+        assert len([d for d in (zap.home / "images").iterdir()]) == len(refs)

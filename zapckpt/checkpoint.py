@@ -21,6 +21,7 @@ from . import criu, imagestore, procinfo
 from .context import Context
 from .errors import UsageError, ZapError
 from .pods import live_state
+from .signals import deferred_interrupts
 
 HOOK = """#!/bin/bash
 # CRIU action script: runs in the frozen window; only post-dump does anything.
@@ -149,7 +150,8 @@ def checkpoint(ctx: Context, name: str, message: str = "", stop: bool = False) -
     with ctx.pod_lock(name):
         with ctx.catalog.session() as s:
             pod = queries.get_pod(s, name)
-            return take(ctx, s, pod, message, stop=stop)
+            with deferred_interrupts():
+                return take(ctx, s, pod, message, stop=stop)
 
 
 def delete_checkpoint_data(ctx: Context, ck: Checkpoint) -> None:

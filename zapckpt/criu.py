@@ -139,7 +139,7 @@ def read_dump_stats(images: Path) -> DumpStats:
 
 
 def _keep_log(src: Path, dst: Path) -> Path:
-    """Staging is removed after each operation: the log goes to the state directory."""
+    """Staging is removed after each operation: a failed run's log goes to the state directory."""
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
@@ -165,11 +165,13 @@ def dump(init_pid: int, images: Path, hook: Path, log: Path, *, leave_stopped: b
         attempt += 1
         images.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        res = proc.run(argv, check=False)
+        # Its own session: a Ctrl-C at the terminal must not kill CRIU while its parasite code
+        # runs inside the pod (zap defers the interrupt until CRIU is done, see signals.py).
+        res = proc.run(argv, check=False, own_session=True)
         ms = (time.perf_counter() - t0) * 1000
-        _keep_log(images / "dump.log", log)
         if res.returncode == 0:
             return ms
+        _keep_log(images / "dump.log", log)
         err = CriuError("CRIU refused to dump the pod", log, log_errors(log))
         if not err.lines:
             err = CriuError("CRIU dump failed", None, [proc.CommandError(argv, res.returncode, res.stderr).reason()])
@@ -185,9 +187,9 @@ def restore(images: Path, pidfile: Path, volume: Path, mount_path: Path, log: Pa
             "--file-locks", "--pidfile", str(pidfile)]  # fmt: skip
     inner = ["sh", "-c", 'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(volume), str(mount_path)]
     argv = ["unshare", "--mount", "--propagation", "private", "--", *inner, *criu]
-    res = proc.run(argv, check=False)
-    _keep_log(images / "restore.log", log)
+    res = proc.run(argv, check=False, own_session=True)
     if res.returncode != 0:
+        _keep_log(images / "restore.log", log)
         lines = log_errors(log) or [proc.CommandError(argv, res.returncode, res.stderr).reason()]
         raise CriuError("CRIU could not restore the pod", log, lines)
     return int(pidfile.read_text().strip())

@@ -51,8 +51,10 @@ def run(
     cwd: str | None = None,
     input: str | None = None,
     timeout: float | None = None,
+    own_session: bool = False,
 ) -> Result:
-    """Run argv to completion, capturing stdout and stderr as text."""
+    """Run argv to completion, capturing stdout and stderr as text. own_session keeps terminal
+    signals (Ctrl-C) away from a child that must not die half-way."""
     argv = [str(a) for a in argv]
     try:
         cp = subprocess.run(
@@ -65,6 +67,7 @@ def run(
             cwd=cwd,
             timeout=timeout,
             close_fds=True,
+            start_new_session=own_session,
         )
     except FileNotFoundError:
         raise ToolMissing(argv[0]) from None

@@ -18,6 +18,7 @@ from .context import Context
 from .errors import AlreadyExists, ZapError
 from .names import check_name
 from .pods import live_state
+from .signals import deferred_interrupts
 
 
 def _preflight(ck: Checkpoint) -> None:
@@ -68,7 +69,7 @@ def restore(ctx: Context, ref: str) -> tuple[Checkpoint, Checkpoint]:
             ck = queries.resolve_ref(s, ref)
             pod = ck.pod
             _preflight(ck)
-            with materialized(ctx, ck) as images:
+            with materialized(ctx, ck) as images, deferred_interrupts():
                 return ck, _restore_locked(ctx, s, pod, ck, images)
 
 
@@ -140,7 +141,7 @@ def branch(ctx: Context, ref: str, new_name: str, start: bool = True) -> Pod:
             )  # fmt: skip
             try:
                 if start and ck.image_dir:
-                    with materialized(ctx, ck) as images:
+                    with materialized(ctx, ck) as images, deferred_interrupts():
                         pod.init_pid, pod.init_starttime = restore_processes(ctx, images, pod)
                     pod.desired_state = "running"
                 s.add(pod)
