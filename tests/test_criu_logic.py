@@ -2,7 +2,7 @@
 
 import struct
 
-from zapckpt import criu
+from zapckpt import criu, criu_images
 
 
 def test_log_errors_drop_noise_and_classify_transient(tmp_path):
@@ -34,8 +34,42 @@ def _varint(n):
 def test_read_dump_stats(tmp_path):
     dump = b"".join(_varint(k << 3) + _varint(v) for k, v in ((1, 1500), (2, 23456), (3, 7000), (4, 9000), (5, 42)))
     entry = _varint((1 << 3) | 2) + _varint(len(dump)) + dump
-    (tmp_path / "stats-dump").write_bytes(struct.pack("<III", criu.IMG_SERVICE_MAGIC, criu.STATS_MAGIC, len(entry)) + entry)
+    (tmp_path / "stats-dump").write_bytes(struct.pack("<III", criu_images.IMG_SERVICE_MAGIC, criu_images.STATS_MAGIC, len(entry)) + entry)
     st = criu.read_dump_stats(tmp_path)
     assert (st.freezing_ms, st.frozen_ms, st.memdump_ms, st.memwrite_ms) == (1.5, 23.456, 7.0, 9.0)
     (tmp_path / "stats-dump").write_bytes(b"garbage")
     assert criu.read_dump_stats(tmp_path).frozen_ms is None
+
+
+def test_pagemap_runs_cover_pages_file_of_a_real_dump(zap, tmp_path):
+    from pathlib import Path
+
+    from conftest import wait_for
+    from zapckpt import imagestore
+
+    memhog = Path(__file__).parent / "workloads" / "memhog.py"
+    zap("run", "hog", "--env", "MEMHOG_MIB=8", "--", "python3", str(memhog))
+    wait_for(lambda: "holding" in zap("logs", "hog").stdout, what="memhog")
+    zap("checkpoint", "hog")
+    images = tmp_path / "img"
+    imagestore.materialize(Path(zap.json("show", "hog@1")["image_dir"]), images)
+    pagemaps = sorted(images.glob("pagemap-*.img"))
+    assert pagemaps
+    total_present = 0
+    for pm_path in pagemaps:
+        pm = criu_images.read_pagemap(pm_path)
+        pages = images / f"pages-{pm.pages_id}.img"
+        runs = list(pm.page_runs())
+        assert sum(n for _, n, _ in runs) == pages.stat().st_size
+        vaddrs = [e.vaddr for e in pm.entries]
+        assert vaddrs == sorted(vaddrs) and all(e.nr_pages > 0 for e in pm.entries)
+        total_present += pages.stat().st_size
+    assert total_present >= 8 << 20  # the 8 MiB the workload holds are in there
+    st = criu_images.read_dump_stats(images)
+    assert st.frozen_ms and st.frozen_ms > 0
+    try:
+        criu_images.read_pagemap(images / "inventory.img")
+    except criu_images.ImageFormatError as e:
+        assert "magic" in str(e)
+    else:
+        raise AssertionError("a non-pagemap image was accepted")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import struct
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import proc
+from .criu_images import DumpStats, read_dump_stats  # noqa: F401 - re-exported
 from .errors import ZapError
 
 # The private CRIU runtime that scripts/install.sh builds where the distribution's CRIU is too old.
@@ -75,67 +74,6 @@ def log_errors(log: Path) -> list[str]:
             # "(00.012345) Error (criu/x.c:12): text" -> "text"
             out.append(line.split("): ", 1)[-1].strip())
     return [ln for ln in out if ln and not ln.startswith("Dumping FAILED") and ln != "Restoring FAILED."]
-
-
-@dataclass
-class DumpStats:
-    freezing_ms: float | None = None
-    frozen_ms: float | None = None
-    memdump_ms: float | None = None
-    memwrite_ms: float | None = None
-
-
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    shift = value = 0
-    while True:
-        b = buf[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, i
-        shift += 7
-
-
-def _fields(buf: bytes) -> dict[int, object]:
-    """Minimal protobuf decoding: varints and length-delimited fields, enough for stats."""
-    out: dict[int, object] = {}
-    i = 0
-    while i < len(buf):
-        key, i = _varint(buf, i)
-        num, wt = key >> 3, key & 7
-        if wt == 0:
-            out[num], i = _varint(buf, i)
-        elif wt == 2:
-            n, i = _varint(buf, i)
-            out[num] = buf[i : i + n]
-            i += n
-        elif wt == 5:
-            i += 4
-        elif wt == 1:
-            i += 8
-        else:
-            break
-    return out
-
-
-IMG_SERVICE_MAGIC = 0x55105940
-STATS_MAGIC = 0x57093306
-
-
-def read_dump_stats(images: Path) -> DumpStats:
-    """CRIU's own timings from stats-dump (microseconds in the image). frozen_time runs from the
-    moment the whole tree is stopped until it is resumed, post-dump hook included."""
-    try:
-        data = (images / "stats-dump").read_bytes()
-        m1, m2, size = struct.unpack_from("<III", data, 0)
-        if (m1, m2) != (IMG_SERVICE_MAGIC, STATS_MAGIC):
-            return DumpStats()
-        dump = _fields(data[12 : 12 + size]).get(1)
-        f = _fields(dump) if isinstance(dump, bytes) else {}
-    except (FileNotFoundError, struct.error, IndexError):
-        return DumpStats()
-    ms = lambda k: f[k] / 1000.0 if k in f else None  # noqa: E731
-    return DumpStats(freezing_ms=ms(1), frozen_ms=ms(2), memdump_ms=ms(3), memwrite_ms=ms(4))
 
 
 def _keep_log(src: Path, dst: Path) -> Path:

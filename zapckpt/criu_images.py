@@ -1,0 +1,148 @@
+"""Reading CRIU's image files (what zap needs of them, without CRIU's protobuf definitions).
+
+Image framing (criu/image.c, criu/protobuf.c): a u32 magic (IMG_COMMON_MAGIC, or
+IMG_SERVICE_MAGIC for service images such as stats), the image's own u32 magic, then entries,
+each a little-endian u32 length followed by that many bytes of protobuf."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+IMG_COMMON_MAGIC = 0x54564319
+IMG_SERVICE_MAGIC = 0x55105940
+STATS_MAGIC = 0x57093306
+PAGEMAP_MAGIC = 0x56084025
+PAGE_SIZE = 4096
+
+# PagemapEntry.flags (images/pagemap.proto)
+PE_PARENT = 1 << 0
+PE_LAZY = 1 << 1
+PE_PRESENT = 1 << 2
+
+
+class ImageFormatError(ValueError):
+    pass
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        if i >= len(buf):
+            raise ImageFormatError("truncated varint")
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, i
+        shift += 7
+
+
+def fields(buf: bytes) -> dict[int, object]:
+    """Minimal protobuf decoding: varints and length-delimited fields (last one wins)."""
+    out: dict[int, object] = {}
+    i = 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        num, wt = key >> 3, key & 7
+        if wt == 0:
+            out[num], i = _varint(buf, i)
+        elif wt == 2:
+            n, i = _varint(buf, i)
+            out[num] = buf[i : i + n]
+            i += n
+        elif wt == 5:
+            i += 4
+        elif wt == 1:
+            i += 8
+        else:
+            raise ImageFormatError(f"unsupported protobuf wire type {wt}")
+    return out
+
+
+def entries(data: bytes, magic: int, head: int = IMG_COMMON_MAGIC) -> Iterator[bytes]:
+    """The protobuf entries of one image file, after checking its two magics."""
+    if len(data) < 8:
+        raise ImageFormatError("image too short")
+    m1, m2 = struct.unpack_from("<II", data, 0)
+    if (m1, m2) != (head, magic):
+        raise ImageFormatError(f"unexpected magic {m1:#x}/{m2:#x}")
+    i = 8
+    while i < len(data):
+        if i + 4 > len(data):
+            raise ImageFormatError("truncated entry header")
+        (n,) = struct.unpack_from("<I", data, i)
+        i += 4
+        if i + n > len(data):
+            raise ImageFormatError("truncated entry")
+        yield data[i : i + n]
+        i += n
+
+
+@dataclass
+class DumpStats:
+    freezing_ms: float | None = None
+    frozen_ms: float | None = None
+    memdump_ms: float | None = None
+    memwrite_ms: float | None = None
+
+
+def read_dump_stats(images: Path) -> DumpStats:
+    """CRIU's own timings from stats-dump (microseconds in the image). frozen_time runs from the
+    moment the whole tree is stopped until it is resumed, post-dump hook included."""
+    try:
+        entry = next(entries((images / "stats-dump").read_bytes(), STATS_MAGIC, IMG_SERVICE_MAGIC))
+        dump = fields(entry).get(1)
+        f = fields(dump) if isinstance(dump, bytes) else {}
+    except (OSError, ImageFormatError, StopIteration):
+        return DumpStats()
+    ms = lambda k: f[k] / 1000.0 if k in f else None  # noqa: E731
+    return DumpStats(freezing_ms=ms(1), frozen_ms=ms(2), memdump_ms=ms(3), memwrite_ms=ms(4))
+
+
+@dataclass(frozen=True)
+class PagemapEntry:
+    vaddr: int
+    nr_pages: int
+    flags: int
+
+    @property
+    def present(self) -> bool:
+        """Its pages are in the pages-N.img file (not in a parent image, not lazy)."""
+        return bool(self.flags & PE_PRESENT)
+
+
+@dataclass(frozen=True)
+class Pagemap:
+    pages_id: int
+    entries: list[PagemapEntry]
+
+    def page_runs(self) -> Iterator[tuple[int, int, int]]:
+        """(offset in pages-<pages_id>.img, length, vaddr) of each present run, in file order.
+        The image store cuts page data at these boundaries, so a region that appears or
+        disappears between two dumps does not shift the chunks of every region after it."""
+        off = 0
+        for e in self.entries:
+            if e.present:
+                n = e.nr_pages * PAGE_SIZE
+                yield off, n, e.vaddr
+                off += n
+
+
+def read_pagemap(path: Path) -> Pagemap:
+    it = entries(path.read_bytes(), PAGEMAP_MAGIC)
+    try:
+        head = fields(next(it))
+    except StopIteration:
+        raise ImageFormatError(f"{path.name}: no pagemap head") from None
+    out = []
+    for raw in it:
+        f = fields(raw)
+        # flags absent in old images: then in_parent (field 3) decides, else present.
+        flags = f.get(4)
+        if flags is None:
+            flags = PE_PARENT if f.get(3) else PE_PRESENT
+        out.append(PagemapEntry(vaddr=f.get(1, 0), nr_pages=f.get(2, 0), flags=flags))
+    return Pagemap(pages_id=int(head.get(1, 0)), entries=out)
