@@ -9,6 +9,7 @@ import os
 import sys
 import traceback
 
+from .. import __version__
 from ..errors import UsageError, ZapError
 from . import checkpoints, pods, system
 
@@ -20,6 +21,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="zap", description="Atomic checkpoints of running pods with their files.")
+    p.add_argument("--version", action="version", version=f"zap {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for module in (system, pods, checkpoints):
