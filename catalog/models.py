@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -75,7 +75,10 @@ class Checkpoint(Base):
     backend: Mapped[str] = mapped_column(String(16))
     snapshot_path: Mapped[str] = mapped_column(Text)
     snapshot_generation: Mapped[Optional[int]] = mapped_column(Integer)
-    # None for a files-only checkpoint (taken of a pod that was not running).
+    # How the CRIU image set is kept: None (files-only checkpoint of a pod that was not
+    # running), "cas" (chunks in the content-addressed store, listed in image_files) or "dir"
+    # (schema 0001: one zstd file per image under image_dir).
+    image_format: Mapped[Optional[str]] = mapped_column(String(8))
     image_dir: Mapped[Optional[str]] = mapped_column(Text)
     raw_bytes: Mapped[int] = mapped_column(Integer, default=0)
     stored_bytes: Mapped[int] = mapped_column(Integer, default=0)
@@ -92,3 +95,42 @@ class Checkpoint(Base):
     @property
     def ref(self) -> str:
         return f"{self.pod.name}@{self.seq}"
+
+    @property
+    def has_images(self) -> bool:
+        return self.image_format is not None
+
+
+class Pack(Base):
+    """A file of zstd frames, one per chunk, appended by one ingest."""
+
+    __tablename__ = "packs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    size: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Chunk(Base):
+    """A piece of image data, stored once: a page of a pages-*.img, or a whole small image."""
+
+    __tablename__ = "chunks"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)  # sha256 of the raw data
+    pack_id: Mapped[int] = mapped_column(ForeignKey("packs.id"), index=True)
+    offset: Mapped[int] = mapped_column(Integer)
+    length: Mapped[int] = mapped_column(Integer)  # stored (compressed) bytes
+    raw_length: Mapped[int] = mapped_column(Integer)
+    # How many chunk slots of all image_files rows name this chunk; 0 means garbage.
+    refcount: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ImageFile(Base):
+    """One image file of a checkpoint: its name and the chunks that reassemble it."""
+
+    __tablename__ = "image_files"
+    checkpoint_id: Mapped[str] = mapped_column(ForeignKey("checkpoints.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    raw_bytes: Mapped[int] = mapped_column(Integer)
+    # zstd-compressed array of little-endian int64 chunk ids, in file order.
+    chunk_ids: Mapped[bytes] = mapped_column(LargeBinary)

@@ -45,14 +45,20 @@ def test_pagemap_runs_cover_pages_file_of_a_real_dump(zap, tmp_path):
     from pathlib import Path
 
     from conftest import wait_for
-    from zapckpt import imagestore
+    from catalog import queries
+    from zapckpt import images as image_sets
+    from zapckpt.context import Context
+    from zapckpt.state import StateDir
 
     memhog = Path(__file__).parent / "workloads" / "memhog.py"
     zap("run", "hog", "--env", "MEMHOG_MIB=8", "--", "python3", str(memhog))
     wait_for(lambda: "holding" in zap("logs", "hog").stdout, what="memhog")
     zap("checkpoint", "hog")
     images = tmp_path / "img"
-    imagestore.materialize(Path(zap.json("show", "hog@1")["image_dir"]), images)
+    ctx = Context(StateDir(zap.home))
+    with ctx.catalog.session() as s:
+        image_sets.materialize(ctx, s, queries.resolve_ref(s, "hog@1"), images)
+    ctx.close()
     pagemaps = sorted(images.glob("pagemap-*.img"))
     assert pagemaps
     total_present = 0

@@ -25,6 +25,18 @@ def _snapshots(zap):
     return sorted(p.name for p in (zap.home / "pool" / "snapshots").iterdir())
 
 
+def _packs(zap):
+    d = zap.home / "store" / "packs"
+    return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+
+
+def _catalog_packs(zap):
+    import sqlite3
+
+    with sqlite3.connect(zap.home / "catalog.db") as db:
+        return sorted(r[0] for r in db.execute("SELECT name FROM packs"))
+
+
 def test_bad_names_unknown_things_and_taken_names(zap):
     for bad in ("Bad", "a/b", "x" * 64, "", "a b", ".hidden", "a@1"):
         assert "invalid pod name" in zap.fails("run", bad, "--", "true", code=2)
@@ -88,7 +100,7 @@ def test_criu_refusing_the_tree_leaves_pod_running(zap, tcp_listener):
     _assert_running_and_counting(zap, "tcp")
     assert zap.json("list", "tcp")["checkpoints"] == []
     assert _snapshots(zap) == []
-    assert list((zap.home / "images").iterdir()) == []
+    assert _packs(zap) == [] and _catalog_packs(zap) == []
 
 
 def test_snapshot_failure_in_the_frozen_window(zap):
@@ -105,7 +117,7 @@ def test_snapshot_failure_in_the_frozen_window(zap):
     _assert_running_and_counting(zap, "web")
     assert [c["ref"] for c in zap.json("list", "web")["checkpoints"]] == ["web@1"]
     assert len(_snapshots(zap)) == 1
-    assert len(list((zap.home / "images").iterdir())) == 1
+    assert _packs(zap) == _catalog_packs(zap) and len(_packs(zap)) == 1
     # Earlier checkpoint intact and the next one gets the next number.
     assert zap("checkpoint", "web").stdout.strip() == "web@2"
     zap("branch", "web@1", "again")
@@ -138,8 +150,8 @@ def test_concurrent_checkpoints_wait_or_fail_clearly(zap):
 def test_damaged_images_refuse_restore_before_touching_anything(zap):
     zap.run_counter("web")
     zap("checkpoint", "web")
-    info = zap.json("show", "web@1")
-    pages = next(Path(info["image_dir"]).glob("pages-*.img.zst"))
+    (pack,) = _packs(zap)
+    pages = zap.home / "store" / "packs" / pack
     data = bytearray(pages.read_bytes())
     data[len(data) // 2] ^= 0xFF
     pages.write_bytes(bytes(data))
@@ -200,4 +212,4 @@ def test_interrupted_checkpoint_leaves_nothing_half_done(zap):
         refs = [c["ref"] for c in zap.json("list")["checkpoints"]]
         # Whatever was committed is whole; nothing else stays on disk.
         assert len(_snapshots(zap)) == len(refs)
-        assert len([d for d in (zap.home / "images").iterdir()]) == len(refs)
+        assert _packs(zap) == _catalog_packs(zap)

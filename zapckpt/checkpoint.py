@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 
 from catalog import Checkpoint, Pod, queries
 
-from . import criu, imagestore, procinfo
+from . import criu, procinfo
+from . import images as image_sets
 from .context import Context
 from .errors import UsageError, ZapError
 from .pods import live_state
@@ -51,15 +52,18 @@ def _hook_ms(times: Path) -> float | None:
     return (t1 - t0) * 1000
 
 
-def _record(s: Session, pod: Pod, ck_id: str, message: str, kind: str, backend: str, snap, **fields) -> Checkpoint:
+def _record(s: Session, pod: Pod, ck_id: str, message: str, kind: str, backend: str, snap, before_commit=None,
+            **fields) -> Checkpoint:  # fmt: skip
     """Write the catalog row (both halves exist by now) and move the pod's head to it."""
     ck = Checkpoint(
         id=ck_id, pod=pod, seq=queries.next_seq(s, pod), parent_id=pod.head_checkpoint_id, message=message,
         kind=kind, backend=backend, snapshot_path=snap.path, snapshot_generation=snap.generation, **fields,
     )  # fmt: skip
     s.add(ck)
-    s.flush()  # the row first: pods.head_checkpoint_id references it
+    s.flush()  # the row first: pods.head_checkpoint_id and image_files reference it
     pod.head_checkpoint_id = ck_id
+    if before_commit:
+        before_commit()
     s.commit()
     return ck
 
@@ -78,7 +82,6 @@ def take(
     snap = pool.snapshots / ck_id
     stage = ctx.state.staging / ck_id
     images = stage / "images"
-    stored_at = ctx.state.images / ck_id
     backend.check_snapshot(volume, snap)
 
     # Before the freeze: what runs, and dirty data written back so the snapshot has little to do.
@@ -102,19 +105,24 @@ def take(
         # After the thaw.
         stats = criu.read_dump_stats(images)
         fs_ms = _hook_ms(hook_times)
-        stored = imagestore.ingest(images, stored_at)
         info = backend.describe(snap)
-        ck = _record(
-            s, pod, ck_id, message, kind, backend.name, info, image_dir=str(stored_at),
-            raw_bytes=stored.raw_bytes, stored_bytes=stored.stored_bytes, frozen_ms=stats.frozen_ms,
-            dump_ms=dump_ms, fs_snapshot_ms=fs_ms, processes=processes,
-            total_ms=(time.perf_counter() - t_start) * 1000,
-        )  # fmt: skip
+        store = image_sets.store(ctx)
+        with store.lock():
+            pending = store.ingest(s, images)
+            try:
+                ck = _record(
+                    s, pod, ck_id, message, kind, backend.name, info, image_format="cas",
+                    before_commit=lambda: pending.commit(s, ck_id), raw_bytes=pending.raw_bytes,
+                    stored_bytes=pending.stored_bytes, frozen_ms=stats.frozen_ms, dump_ms=dump_ms,
+                    fs_snapshot_ms=fs_ms, processes=processes, total_ms=(time.perf_counter() - t_start) * 1000,
+                )  # fmt: skip
+            except BaseException:
+                pending.discard()
+                raise
     except BaseException:
         s.rollback()
         if snap.exists():
             backend.delete_volume(snap)
-        imagestore.delete(stored_at)
         if stopped:
             # The dump left the tasks stopped for us to end; the checkpoint failed, so resume them.
             procinfo.signal_all(procinfo.pids_in_pidns(pod.init_pid), signal.SIGCONT)
@@ -137,7 +145,7 @@ def snapshot_only(ctx: Context, s: Session, pod: Pod, message: str, kind: str = 
     info = pool.backend.snapshot(Path(pod.volume), snap)
     fs_ms = (time.perf_counter() - t0) * 1000
     try:
-        ck = _record(s, pod, ck_id, message, kind, pool.backend.name, info, image_dir=None,
+        ck = _record(s, pod, ck_id, message, kind, pool.backend.name, info, image_format=None,
                      fs_snapshot_ms=fs_ms, total_ms=fs_ms, processes=[])  # fmt: skip
     except BaseException:
         s.rollback()
@@ -152,10 +160,3 @@ def checkpoint(ctx: Context, name: str, message: str = "", stop: bool = False) -
             pod = queries.get_pod(s, name)
             with deferred_interrupts():
                 return take(ctx, s, pod, message, stop=stop)
-
-
-def delete_checkpoint_data(ctx: Context, ck: Checkpoint) -> None:
-    """Remove a checkpoint's snapshot and stored images (the caller deletes the row)."""
-    ctx.pool.backend.delete_volume(Path(ck.snapshot_path))
-    if ck.image_dir:
-        imagestore.delete(Path(ck.image_dir))

@@ -1,13 +1,11 @@
-"""Stored CRIU image sets: each image file zstd-compressed (with frame checksums) under
-$ZAP_HOME/images/<checkpoint-id>/, plus a manifest. Written into a temporary directory,
-fsynced, then renamed into place, so a half-written set is never referenced."""
+"""Image sets in the format of catalog schema 0001 (read-only now): each image file
+zstd-compressed (with frame checksums) under $ZAP_HOME/images/<checkpoint-id>/, plus a
+manifest. New checkpoints go to the content-addressed store (chunkstore)."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import zstandard
@@ -15,58 +13,10 @@ import zstandard
 from .errors import ZapError
 
 MANIFEST = "manifest.json"
-SKIP = {"dump.log", "restore.log"}
 
 
 class ImageStoreError(ZapError):
     pass
-
-
-@dataclass(frozen=True)
-class Stored:
-    path: Path
-    raw_bytes: int
-    stored_bytes: int
-
-
-def _fsync_path(path: Path, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def ingest(staging: Path, dest: Path, level: int = 3) -> Stored:
-    """Compress every image of staging into dest; returns once it is durable."""
-    tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    cctx = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True)
-    files, raw, stored = [], 0, 0
-    try:
-        for src in sorted(staging.iterdir()):
-            if src.name in SKIP or not src.is_file():
-                continue
-            out = tmp / (src.name + ".zst")
-            with open(src, "rb") as fi, open(out, "wb") as fo:
-                cctx.copy_stream(fi, fo)
-                fo.flush()
-                os.fsync(fo.fileno())
-            size = src.stat().st_size
-            ssize = out.stat().st_size
-            files.append({"name": src.name, "raw": size, "stored": ssize})
-            raw += size
-            stored += ssize
-        (tmp / MANIFEST).write_text(json.dumps({"version": 1, "files": files}))
-        _fsync_path(tmp / MANIFEST)
-        _fsync_path(tmp, directory=True)
-        os.rename(tmp, dest)
-        _fsync_path(dest.parent, directory=True)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ImageStoreError(f"cannot store the image set in {dest.parent}: {e.strerror or e}") from None
-    return Stored(dest, raw, stored)
 
 
 def manifest(dest: Path) -> list[dict]:

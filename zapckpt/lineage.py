@@ -17,7 +17,7 @@ def _label(ck: Checkpoint, head_id: str | None) -> str:
     parts = [ck.ref, iso(ck.created_at)[:19].replace("T", " ")]
     if ck.message:
         parts.append(repr(ck.message))
-    if ck.image_dir is None:
+    if not ck.has_images:
         parts.append("[files only]")
     if ck.id == head_id:
         parts.append("<- current state descends from here")

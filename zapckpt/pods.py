@@ -204,7 +204,7 @@ def stop(ctx: Context, name: str, timeout: float = 10.0) -> Pod:
 
 
 def remove(ctx: Context, name: str, force: bool) -> None:
-    from .checkpoint import delete_checkpoint_data
+    from .retention import remove_checkpoints
 
     with ctx.pod_lock(name):
         with ctx.catalog.session() as s:
@@ -223,10 +223,7 @@ def remove(ctx: Context, name: str, force: bool) -> None:
             pool = ctx.pool
             for b in branches:
                 b.origin_checkpoint_id = None
-            for ck in list(pod.checkpoints):
-                delete_checkpoint_data(ctx, ck)
-                s.delete(ck)
-            s.flush()
+            remove_checkpoints(ctx, s, list(pod.checkpoints))
             pool.backend.delete_volume(Path(pod.volume))
             s.delete(pod)
             s.flush()

@@ -29,9 +29,9 @@ def checkpoint_record(ck: Checkpoint) -> dict:
         "created_at": iso(ck.created_at),
         "message": ck.message,
         "kind": ck.kind,
-        "has_processes": ck.image_dir is not None,
+        "has_processes": ck.has_images,
         "snapshot": {"backend": ck.backend, "path": ck.snapshot_path, "generation": ck.snapshot_generation},
-        "image_dir": ck.image_dir,
+        "image_format": ck.image_format,
         "raw_bytes": ck.raw_bytes,
         "stored_bytes": ck.stored_bytes,
         "timings_ms": {

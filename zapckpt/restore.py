@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 from catalog import Checkpoint, Pod, queries
 
 from . import checkpoint as ckpt
-from . import criu, imagestore, procinfo
+from . import criu, procinfo
+from . import images as image_sets
 from .context import Context
 from .errors import AlreadyExists, ZapError
 from .names import check_name
@@ -21,31 +22,24 @@ from .pods import live_state
 from .signals import deferred_interrupts
 
 
-def _preflight(ck: Checkpoint) -> None:
+def _preflight(ctx: Context, s: Session, ck: Checkpoint) -> None:
     """Refuse before touching anything if the checkpoint cannot be brought back."""
     if not Path(ck.snapshot_path).is_dir():
         raise ZapError(f"checkpoint {ck.ref} is damaged: its snapshot {ck.snapshot_path} is missing")
-    if ck.image_dir:
-        try:
-            imagestore.check(Path(ck.image_dir))
-        except imagestore.ImageStoreError as e:
-            raise ZapError(f"checkpoint {ck.ref} cannot be restored: {e}") from None
+    image_sets.check(ctx, s, ck)
 
 
 @contextmanager
-def materialized(ctx: Context, ck: Checkpoint) -> Iterator[Path | None]:
+def materialized(ctx: Context, s: Session, ck: Checkpoint) -> Iterator[Path | None]:
     """ck's image set reassembled in tmpfs for CRIU (None for a files-only checkpoint); damaged
     images fail here, before anything has been changed."""
-    if not ck.image_dir:
+    if not ck.has_images:
         yield None
         return
     stage = ctx.state.staging / f"restore-{ck.id}-{os.getpid()}"
     try:
         images = stage / "images"
-        try:
-            imagestore.materialize(Path(ck.image_dir), images)
-        except imagestore.ImageStoreError as e:
-            raise ZapError(f"checkpoint {ck.ref} cannot be restored: {e}") from None
+        image_sets.materialize(ctx, s, ck, images)
         yield images
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -68,8 +62,8 @@ def restore(ctx: Context, ref: str) -> tuple[Checkpoint, Checkpoint]:
         with ctx.catalog.session() as s:
             ck = queries.resolve_ref(s, ref)
             pod = ck.pod
-            _preflight(ck)
-            with materialized(ctx, ck) as images, deferred_interrupts():
+            _preflight(ctx, s, ck)
+            with materialized(ctx, s, ck) as images, deferred_interrupts():
                 return ck, _restore_locked(ctx, s, pod, ck, images)
 
 
@@ -105,9 +99,9 @@ def _restore_locked(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images: 
         backend.delete_volume(volume)
         os.rename(old, volume)
         back = ""
-        if saved.image_dir:
+        if saved.has_images:
             try:
-                with materialized(ctx, saved) as saved_images:
+                with materialized(ctx, s, saved) as saved_images:
                     pod.init_pid, pod.init_starttime = restore_processes(ctx, saved_images, pod)
                 back = " The pod was put back as it was."
             except ZapError as e2:
@@ -130,7 +124,7 @@ def branch(ctx: Context, ref: str, new_name: str, start: bool = True) -> Pod:
             ck = queries.resolve_ref(s, ref)
             if queries.find_pod(s, new_name):
                 raise AlreadyExists(f"pod {new_name!r} already exists")
-            _preflight(ck)
+            _preflight(ctx, s, ck)
             src = ck.pod
             volume = pool.volume_of(new_name)
             pool.backend.clone(Path(ck.snapshot_path), volume)
@@ -140,8 +134,8 @@ def branch(ctx: Context, ref: str, new_name: str, start: bool = True) -> Pod:
                 head_checkpoint_id=ck.id,
             )  # fmt: skip
             try:
-                if start and ck.image_dir:
-                    with materialized(ctx, ck) as images, deferred_interrupts():
+                if start and ck.has_images:
+                    with materialized(ctx, s, ck) as images, deferred_interrupts():
                         pod.init_pid, pod.init_starttime = restore_processes(ctx, images, pod)
                     pod.desired_state = "running"
                 s.add(pod)

@@ -1,0 +1,375 @@
+"""The content-addressed image store.
+
+CRIU writes every page of the process at every dump (this kernel has no soft-dirty tracking),
+so repeated checkpoints must be made cheap here. Page data (pages-*.img) is cut into page-sized
+chunks (runs of the pagemap are page-aligned, so a chunk never straddles two runs); every other
+image is one chunk. A chunk is identified by the sha256 of its content, stored once as its own
+zstd frame (with checksum) in a pack file, and indexed in the catalog (chunks table) with an
+exact reference count. Each checkpoint lists, per image file, the ids of its chunks in order
+(image_files table). docs/image-store.md explains why chunks are one page.
+
+Packs are written and fsynced before the catalog transaction that references them commits;
+space of unreferenced chunks comes back when their pack is rewritten (collect_garbage).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import uuid
+from array import array
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import zstandard
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from .criu_images import PAGE_SIZE, ImageFormatError, read_pagemap
+from .errors import ZapError
+from .locks import locked
+
+CHUNK_PAGES = 1
+SKIP = {"dump.log", "restore.log"}
+LEVEL = 3
+
+
+class StoreError(ZapError):
+    pass
+
+
+def _pack_ids(ids: list[int]) -> bytes:
+    return zstandard.ZstdCompressor(level=3).compress(array("q", ids).tobytes())
+
+
+def _unpack_ids(blob: bytes) -> array:
+    a = array("q")
+    try:
+        a.frombytes(zstandard.ZstdDecompressor().decompress(blob))
+    except zstandard.ZstdError as e:
+        raise StoreError(f"chunk list damaged ({e})") from None
+    return a
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pieces(path: Path, data: memoryview) -> Iterator[memoryview]:
+    """How one image file is cut into chunks."""
+    if path.name.startswith("pages-") and len(data) % PAGE_SIZE == 0:
+        step = CHUNK_PAGES * PAGE_SIZE
+        pm = path.with_name(path.name.replace("pages-", "pagemap-", 1))
+        runs: Iterable[tuple[int, int]] = [(0, len(data))]
+        try:
+            pagemap = read_pagemap(pm) if pm.exists() else None
+            if pagemap is not None and sum(n for _, n, _ in pagemap.page_runs()) == len(data):
+                runs = [(off, n) for off, n, _ in pagemap.page_runs()]
+        except (OSError, ImageFormatError):
+            pass  # the pagemap belongs to another pages file: cut at plain page boundaries
+        for off, n in runs:
+            for o in range(off, off + n, step):
+                yield data[o : min(o + step, off + n)]
+    elif len(data):
+        yield data
+
+
+@dataclass
+class PendingIngest:
+    """An image set written to a new pack but not yet in the catalog."""
+
+    store: "ChunkStore"
+    pack_name: str
+    pack_size: int
+    new_chunks: list[tuple[bytes, int, int, int]]  # hash, offset, length, raw_length
+    files: list[tuple[str, int, list]] = field(default_factory=list)  # name, raw bytes, [id or hash]
+    raw_bytes: int = 0
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(c[2] for c in self.new_chunks)
+
+    def commit(self, s: Session, checkpoint_id: str) -> None:
+        """Index the new chunks and the checkpoint's files; the caller's transaction commits."""
+        cur = s.connection().connection.cursor()
+        pack_id = None
+        if self.new_chunks:
+            cur.execute("INSERT INTO packs (name, size, created_at) VALUES (?, ?, datetime('now'))",
+                        (self.pack_name, self.pack_size))  # fmt: skip
+            pack_id = cur.lastrowid
+            base = (cur.execute("SELECT COALESCE(MAX(id), 0) FROM chunks").fetchone()[0]) + 1
+            cur.executemany(
+                "INSERT INTO chunks (id, hash, pack_id, offset, length, raw_length, refcount) VALUES (?,?,?,?,?,?,0)",
+                [(base + i, h, pack_id, off, ln, raw) for i, (h, off, ln, raw) in enumerate(self.new_chunks)],
+            )
+            new_ids = {h: base + i for i, (h, *_rest) in enumerate(self.new_chunks)}
+        else:
+            new_ids = {}
+        counts: Counter = Counter()
+        rows = []
+        for name, raw, refs in self.files:
+            ids = [r if isinstance(r, int) else new_ids[r] for r in refs]
+            counts.update(ids)
+            rows.append((checkpoint_id, name, raw, _pack_ids(ids)))
+        cur.executemany("INSERT INTO image_files (checkpoint_id, name, raw_bytes, chunk_ids) VALUES (?,?,?,?)", rows)
+        cur.executemany("UPDATE chunks SET refcount = refcount + ? WHERE id = ?", [(n, i) for i, n in counts.items()])
+
+    def discard(self) -> None:
+        self.store.pack_path(self.pack_name).unlink(missing_ok=True)
+
+
+class ChunkStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.packs = self.root / "packs"
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Ingest, release and garbage collection change shared chunks: one at a time."""
+        with locked(self.root / "store.lock", "the image store"):
+            yield
+
+    def pack_path(self, name: str) -> Path:
+        return self.packs / name
+
+    # --- ingest ------------------------------------------------------------------------------
+    def ingest(self, s: Session, staging: Path) -> PendingIngest:
+        """Chunk, deduplicate and compress the image set in staging into a new, fsynced pack.
+        Call with the store lock held, and commit the result in the same lock."""
+        self.packs.mkdir(parents=True, exist_ok=True)
+        cur = s.connection().connection.cursor()
+        known: dict[bytes, int] = dict(cur.execute("SELECT hash, id FROM chunks"))
+        name = f"{uuid.uuid4().hex}.pack"
+        path = self.pack_path(name)
+        pending = PendingIngest(self, name, 0, [])
+        seen: set[bytes] = set()
+        cctx = zstandard.ZstdCompressor(level=LEVEL, write_checksum=True)
+        sha = hashlib.sha256
+        try:
+            with open(path, "wb") as pack:
+                offset = 0
+                for img in sorted(staging.iterdir()):
+                    if img.name in SKIP or not img.is_file():
+                        continue
+                    size = img.stat().st_size
+                    refs: list = []
+                    with open(img, "rb") as f:
+                        data = memoryview(mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)) if size else memoryview(b"")
+                    # data maps the tmpfs file; it is unmapped with the last view of it.
+                    for piece in _pieces(img, data):
+                        h = sha(piece).digest()
+                        cid = known.get(h)
+                        if cid is not None:
+                            refs.append(cid)
+                            continue
+                        refs.append(h)
+                        if h in seen:
+                            continue
+                        seen.add(h)
+                        frame = cctx.compress(piece)
+                        pack.write(frame)
+                        pending.new_chunks.append((h, offset, len(frame), len(piece)))
+                        offset += len(frame)
+                    pending.files.append((img.name, size, refs))
+                    pending.raw_bytes += size
+                pack.flush()
+                os.fsync(pack.fileno())
+            pending.pack_size = offset
+            if not pending.new_chunks:
+                path.unlink()
+            _fsync_dir(self.packs)
+        except OSError as e:
+            path.unlink(missing_ok=True)
+            raise StoreError(f"cannot store the image set in {self.packs}: {e.strerror or e}") from None
+        return pending
+
+    # --- reading -----------------------------------------------------------------------------
+    def _files(self, s: Session, checkpoint_id: str) -> list[tuple[str, int, bytes]]:
+        cur = s.connection().connection.cursor()
+        rows = cur.execute(
+            "SELECT name, raw_bytes, chunk_ids FROM image_files WHERE checkpoint_id = ? ORDER BY name", (checkpoint_id,)
+        ).fetchall()
+        if not rows:
+            raise StoreError("its image set is missing from the catalog")
+        return rows
+
+    def _locations(self, s: Session, ids: Iterable[int]) -> dict[int, tuple[int, int, int, int, str]]:
+        cur = s.connection().connection.cursor()
+        cur.execute("CREATE TEMP TABLE IF NOT EXISTS want (id INTEGER PRIMARY KEY)")
+        cur.execute("DELETE FROM want")
+        cur.executemany("INSERT OR IGNORE INTO want (id) VALUES (?)", ((i,) for i in ids))
+        rows = cur.execute(
+            "SELECT c.id, c.pack_id, c.offset, c.length, c.raw_length, p.name FROM want w "
+            "JOIN chunks c ON c.id = w.id JOIN packs p ON p.id = c.pack_id"
+        ).fetchall()
+        cur.execute("DELETE FROM want")
+        return {r[0]: r[1:] for r in rows}
+
+    def check(self, s: Session, checkpoint_id: str) -> None:
+        """Cheap pre-flight: chunk lists readable, every chunk indexed, every pack present."""
+        ids: set[int] = set()
+        for _name, _raw, blob in self._files(s, checkpoint_id):
+            ids.update(_unpack_ids(blob))
+        loc = self._locations(s, ids)
+        if len(loc) != len(ids):
+            raise StoreError(f"{len(ids) - len(loc)} chunk(s) missing from the index")
+        for name in {v[4] for v in loc.values()}:
+            if not self.pack_path(name).is_file():
+                raise StoreError(f"pack {name} is missing")
+
+    def materialize(self, s: Session, checkpoint_id: str, target: Path) -> int:
+        """Reassemble the image set into target (tmpfs); zstd checksums catch damaged chunks."""
+        target.mkdir(parents=True, exist_ok=True)
+        files = [(n, raw, _unpack_ids(blob)) for n, raw, blob in self._files(s, checkpoint_id)]
+        loc = self._locations(s, {i for _, _, ids in files for i in ids})
+        maps: dict[str, mmap.mmap] = {}
+        dctx = zstandard.ZstdDecompressor()
+        total = 0
+        try:
+            for name, raw, ids in files:
+                with open(target / name, "wb", buffering=1 << 20) as out:
+                    for cid in ids:
+                        try:
+                            _pack_id, off, ln, rawlen, pack = loc[cid]
+                        except KeyError:
+                            raise StoreError(f"{name}: chunk {cid} is missing from the index") from None
+                        mm = maps.get(pack)
+                        if mm is None:
+                            try:
+                                with open(self.pack_path(pack), "rb") as f:
+                                    mm = maps[pack] = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+                            except (OSError, ValueError) as e:
+                                raise StoreError(f"pack {pack} is missing or unreadable ({e})") from None
+                        if off + ln > len(mm):
+                            raise StoreError(f"{name}: chunk {cid} lies past the end of pack {pack} (truncated)")
+                        try:
+                            out.write(dctx.decompress(mm[off : off + ln], max_output_size=rawlen))
+                        except zstandard.ZstdError as e:
+                            raise StoreError(f"{name}: chunk {cid} in pack {pack} is damaged ({e})") from None
+                    total += out.tell()
+                if (target / name).stat().st_size != raw:
+                    raise StoreError(f"{name} reassembled to the wrong size")
+        finally:
+            for mm in maps.values():
+                mm.close()
+        return total
+
+    # --- releasing and collecting -------------------------------------------------------------
+    def release(self, s: Session, checkpoint_id: str) -> None:
+        """Drop a checkpoint's references (its image_files rows go with the checkpoint row)."""
+        cur = s.connection().connection.cursor()
+        counts: Counter = Counter()
+        for (blob,) in cur.execute("SELECT chunk_ids FROM image_files WHERE checkpoint_id = ?", (checkpoint_id,)):
+            counts.update(_unpack_ids(blob))
+        cur.executemany("UPDATE chunks SET refcount = refcount - ? WHERE id = ?", [(n, i) for i, n in counts.items()])
+        cur.execute("DELETE FROM image_files WHERE checkpoint_id = ?", (checkpoint_id,))
+
+    def collect_garbage(self, s: Session) -> list[Path]:
+        """Forget unreferenced chunks and rewrite the packs that held them. Returns the old pack
+        files, to delete once the caller's transaction has committed."""
+        cur = s.connection().connection.cursor()
+        dead_packs = [r[0] for r in cur.execute("SELECT DISTINCT pack_id FROM chunks WHERE refcount <= 0")]
+        old_files = []
+        for pack_id in dead_packs:
+            (pname,) = cur.execute("SELECT name FROM packs WHERE id = ?", (pack_id,)).fetchone()
+            live = cur.execute(
+                "SELECT id, offset, length FROM chunks WHERE pack_id = ? AND refcount > 0 ORDER BY offset", (pack_id,)
+            ).fetchall()
+            cur.execute("DELETE FROM chunks WHERE pack_id = ? AND refcount <= 0", (pack_id,))
+            if live:
+                new_name = f"{uuid.uuid4().hex}.pack"
+                new_path = self.pack_path(new_name)
+                moved, offset = [], 0
+                try:
+                    with open(self.pack_path(pname), "rb") as src, open(new_path, "wb") as dst:
+                        for cid, off, ln in live:
+                            dst.write(os.pread(src.fileno(), ln, off))
+                            moved.append((offset, cid))
+                            offset += ln
+                        dst.flush()
+                        os.fsync(dst.fileno())
+                    _fsync_dir(self.packs)
+                except OSError as e:
+                    new_path.unlink(missing_ok=True)
+                    raise StoreError(f"cannot rewrite pack {pname}: {e.strerror or e}") from None
+                cur.execute("UPDATE packs SET name = ?, size = ? WHERE id = ?", (new_name, offset, pack_id))
+                cur.executemany("UPDATE chunks SET offset = ? WHERE id = ?", moved)
+            else:
+                cur.execute("DELETE FROM packs WHERE id = ?", (pack_id,))
+            old_files.append(self.pack_path(pname))
+        return old_files
+
+    # --- accounting and verification -----------------------------------------------------------
+    def usage(self, s: Session) -> dict:
+        cur = s.connection().connection.cursor()
+        live, raw_live, n = cur.execute(
+            "SELECT COALESCE(SUM(length),0), COALESCE(SUM(raw_length),0), COUNT(*) FROM chunks WHERE refcount > 0"
+        ).fetchone()
+        packs = cur.execute("SELECT COALESCE(SUM(size),0), COUNT(*) FROM packs").fetchone()
+        return {"chunks": n, "chunk_bytes": live, "chunk_raw_bytes": raw_live, "pack_bytes": packs[0], "packs": packs[1]}
+
+    def chunk_ids(self, s: Session, checkpoint_id: str) -> set[int]:
+        ids: set[int] = set()
+        for _n, _r, blob in self._files(s, checkpoint_id):
+            ids.update(_unpack_ids(blob))
+        return ids
+
+    def verify_chunks(self, s: Session, ids: set[int]) -> dict[int, str]:
+        """Re-read and re-hash chunks; returns {chunk id: what is wrong} for the damaged ones."""
+        cur = s.connection().connection.cursor()
+        loc = self._locations(s, ids)
+        hashes = {}
+        for cid in ids:
+            row = cur.execute("SELECT hash FROM chunks WHERE id = ?", (cid,)).fetchone()
+            if row:
+                hashes[cid] = row[0]
+        bad: dict[int, str] = {}
+        dctx = zstandard.ZstdDecompressor()
+        by_pack: dict[str, list[int]] = {}
+        for cid in ids:
+            if cid not in loc:
+                bad[cid] = "missing from the index"
+            else:
+                by_pack.setdefault(loc[cid][4], []).append(cid)
+        for pack, cids in by_pack.items():
+            path = self.pack_path(pack)
+            if not path.is_file():
+                for cid in cids:
+                    bad[cid] = f"pack {pack} is missing"
+                continue
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                for cid in cids:
+                    _p, off, ln, rawlen, _n = loc[cid]
+                    if off + ln > size:
+                        bad[cid] = f"past the end of pack {pack}"
+                        continue
+                    try:
+                        data = dctx.decompress(os.pread(f.fileno(), ln, off), max_output_size=rawlen)
+                    except zstandard.ZstdError as e:
+                        bad[cid] = f"undecodable in pack {pack} ({e})"
+                        continue
+                    if hashlib.sha256(data).digest() != hashes[cid]:
+                        bad[cid] = f"content does not match its hash (pack {pack})"
+        return bad
+
+    def recount(self, s: Session) -> list[tuple[int, int, int]]:
+        """Reference counts recomputed from every checkpoint's chunk lists versus the stored
+        ones: [(chunk id, stored, actual)] for each mismatch."""
+        cur = s.connection().connection.cursor()
+        actual: Counter = Counter()
+        for (blob,) in cur.execute("SELECT chunk_ids FROM image_files"):
+            actual.update(_unpack_ids(blob))
+        out = []
+        for cid, stored in cur.execute("SELECT id, refcount FROM chunks"):
+            if stored != actual.get(cid, 0):
+                out.append((cid, stored, actual.get(cid, 0)))
+        return out

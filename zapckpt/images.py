@@ -1,0 +1,47 @@
+"""Where a checkpoint's CRIU image set is, whatever format holds it: the content-addressed
+store (chunkstore, the default) or, for checkpoints from schema 0001, one zstd file per image
+(imagestore)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from catalog import Checkpoint
+
+from . import imagestore
+from .chunkstore import ChunkStore, StoreError
+from .errors import ZapError
+
+
+class DamagedImages(ZapError):
+    pass
+
+
+def store(ctx) -> ChunkStore:
+    return ChunkStore(ctx.state.root / "store")
+
+
+def check(ctx, s: Session, ck: Checkpoint) -> None:
+    try:
+        if ck.image_format == "cas":
+            with store(ctx).lock():
+                store(ctx).check(s, ck.id)
+        elif ck.image_format == "dir":
+            imagestore.check(Path(ck.image_dir))
+    except (StoreError, imagestore.ImageStoreError) as e:
+        raise DamagedImages(f"checkpoint {ck.ref} is damaged: {e}") from None
+
+
+def materialize(ctx, s: Session, ck: Checkpoint, target: Path) -> None:
+    try:
+        if ck.image_format == "cas":
+            with store(ctx).lock():
+                store(ctx).materialize(s, ck.id, target)
+        elif ck.image_format == "dir":
+            imagestore.materialize(Path(ck.image_dir), target)
+        else:
+            raise DamagedImages(f"checkpoint {ck.ref} holds files only, no processes")
+    except (StoreError, imagestore.ImageStoreError) as e:
+        raise DamagedImages(f"checkpoint {ck.ref} cannot be restored: {e}") from None
