@@ -42,6 +42,8 @@ class Pod(Base):
     cwd: Mapped[str] = mapped_column(Text)
     # What the user asked for: "running" or "stopped"; the live state is computed from the pid.
     desired_state: Mapped[str] = mapped_column(String(16), default="running")
+    # The highest checkpoint number ever given out: numbers are never reused.
+    last_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     init_pid: Mapped[Optional[int]] = mapped_column(Integer)
     init_starttime: Mapped[Optional[int]] = mapped_column(Integer)
     origin_checkpoint_id: Mapped[Optional[str]] = mapped_column(

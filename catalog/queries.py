@@ -44,8 +44,10 @@ def checkpoint_counts(s: Session) -> dict[int, int]:
 
 
 def next_seq(s: Session, pod: Pod) -> int:
+    """Take the pod's next checkpoint number (never one given out before)."""
     top = s.scalar(select(func.max(Checkpoint.seq)).where(Checkpoint.pod_id == pod.id))
-    return (top or 0) + 1
+    pod.last_seq = max(pod.last_seq or 0, top or 0) + 1
+    return pod.last_seq
 
 
 def list_checkpoints(s: Session, pod: Pod | None = None) -> list[Checkpoint]:

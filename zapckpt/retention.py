@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session
 from catalog import Checkpoint, Pod
 
 from . import imagestore, images
-from .errors import UsageError
 
 
 def _aware(t: datetime) -> datetime:
@@ -77,8 +76,6 @@ class Decision:
 def plan_prune(s: Session, cks: list[Checkpoint], keep_last: int, keep_hourly: int, keep_daily: int) -> list[Decision]:
     """restic forget: keep the newest N; the newest of each of the last N hours / days that
     have checkpoints; and anything a branch comes from."""
-    if not (keep_last or keep_hourly or keep_daily):
-        raise UsageError("give a policy: --keep-last N, --keep-hourly N and/or --keep-daily N")
     newest_first = sorted(cks, key=lambda c: (_aware(c.created_at), c.seq), reverse=True)
     reasons: dict[str, list[str]] = {c.id: [] for c in cks}
     for c in newest_first[:keep_last]:

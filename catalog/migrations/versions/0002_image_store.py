@@ -1,4 +1,4 @@
-"""content-addressed image store: packs, chunks, image_files; checkpoints.image_format
+"""content-addressed image store: packs, chunks, image_files; checkpoints.image_format; pods.last_seq
 
 Revision ID: 0002
 Revises: 0001
@@ -41,11 +41,17 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("checkpoints") as batch:
         batch.add_column(sa.Column("image_format", sa.String(8), nullable=True))
+    # Checkpoint numbers are never reused, even after the newest ones are removed.
+    with op.batch_alter_table("pods") as batch:
+        batch.add_column(sa.Column("last_seq", sa.Integer(), nullable=False, server_default="0"))
+    op.execute("UPDATE pods SET last_seq = COALESCE((SELECT MAX(seq) FROM checkpoints WHERE pod_id = pods.id), 0)")
     # Image sets written by schema 0001 are one zstd file per image in image_dir.
     op.execute("UPDATE checkpoints SET image_format = 'dir' WHERE image_dir IS NOT NULL")
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("pods") as batch:
+        batch.drop_column("last_seq")
     with op.batch_alter_table("checkpoints") as batch:
         batch.drop_column("image_format")
     op.drop_table("image_files")

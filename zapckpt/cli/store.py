@@ -1,0 +1,78 @@
+"""zap rmckpt, prune, df, verify: the image store and retention."""
+
+from __future__ import annotations
+
+from .. import maintenance
+from ..context import Context
+from .output import emit_json, human_bytes, info, table
+
+
+def register(sub) -> None:
+    p = sub.add_parser("rmckpt", help="remove a checkpoint (snapshot and images)")
+    p.add_argument("ref")
+    p.set_defaults(func=cmd_rmckpt)
+
+    p = sub.add_parser("prune", help="remove checkpoints outside a keep policy (like restic forget)")
+    p.add_argument("name")
+    p.add_argument("--keep-last", type=int, metavar="N")
+    p.add_argument("--keep-hourly", type=int, metavar="N")
+    p.add_argument("--keep-daily", type=int, metavar="N")
+    p.add_argument("--dry-run", "-n", action="store_true", help="only say what would be removed")
+    p.add_argument("--force", action="store_true", help="allow a policy that removes every checkpoint")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("df", help="raw and stored bytes per pod and in total, and the dedup ratio")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_df)
+
+    p = sub.add_parser("verify", help="re-hash every chunk of a checkpoint (or of all)")
+    p.add_argument("ref", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
+
+
+def cmd_rmckpt(args) -> int:
+    ref = maintenance.rmckpt(Context(), args.ref)
+    print(f"removed {ref}")
+    return 0
+
+
+def cmd_prune(args) -> int:
+    decisions = maintenance.prune(Context(), args.name, args.keep_last, args.keep_hourly, args.keep_daily,
+                                  dry_run=args.dry_run, force=args.force)  # fmt: skip
+    if args.json:
+        emit_json({"dry_run": args.dry_run, "checkpoints": decisions})
+        return 0
+    table(["REF", "ACTION", "WHY"], [[d["ref"], d["action"], d["why"]] for d in decisions])
+    removed = sum(d["action"] != "keep" for d in decisions)
+    info(f"{'would remove' if args.dry_run else 'removed'} {removed} of {len(decisions)} checkpoint(s)")
+    return 0
+
+
+def cmd_df(args) -> int:
+    doc = maintenance.df(Context())
+    if args.json:
+        emit_json(doc)
+        return 0
+    rows = [[p["pod"], p["checkpoints"], human_bytes(p["raw_bytes"]), human_bytes(p["stored_bytes"]),
+             f"{p['dedup_ratio']:.1f}x" if p["dedup_ratio"] else "-"] for p in doc["pods"]]  # fmt: skip
+    t = doc["total"]
+    rows.append(["TOTAL", t["checkpoints"], human_bytes(t["raw_bytes"]), human_bytes(t["stored_bytes"]),
+                 f"{t['dedup_ratio']:.1f}x" if t["dedup_ratio"] else "-"])  # fmt: skip
+    table(["POD", "CHECKPOINTS", "RAW", "STORED", "DEDUP"], rows)
+    print(f"packs on disk: {human_bytes(t['pack_bytes'])} in {t['packs']} file(s)")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    doc = maintenance.verify(Context(), args.ref)
+    if args.json:
+        emit_json(doc)
+    else:
+        for d in doc["damage"]:
+            print(f"damaged: {d['what']}; affects {', '.join(d['affects']) or 'no checkpoint'}")
+        print(f"verified {doc['chunks_checked']} chunk(s) of {doc['checkpoints_checked']} checkpoint(s): "
+              + ("OK" if doc["ok"] else f"{len(doc['damage'])} problem(s)"))  # fmt: skip
+    return 0 if doc["ok"] else 1
+
