@@ -62,6 +62,11 @@ def remove_checkpoints(ctx, s: Session, cks: list[Checkpoint]) -> None:
     backend = ctx.pool.backend
     for snap in snapshots:
         backend.delete_volume(snap)
+        if snap.parent.parent.name == "imported":  # imports keep their own directory
+            try:
+                snap.parent.rmdir()
+            except OSError:
+                pass
     for d in dirs:
         imagestore.delete(d)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .. import maintenance
+from .. import maintenance, transfer
 from ..context import Context
 from .output import emit_json, human_bytes, info, table
 
@@ -25,6 +25,16 @@ def register(sub) -> None:
     p = sub.add_parser("df", help="raw and stored bytes per pod and in total, and the dedup ratio")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_df)
+
+    p = sub.add_parser("export", help="write a checkpoint (images and snapshot) to one file")
+    p.add_argument("ref")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="import a checkpoint exported by `zap export`, as a new pod")
+    p.add_argument("file")
+    p.add_argument("--name", help="name of the new pod (default: the exported pod's name)")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("verify", help="re-hash every chunk of a checkpoint (or of all)")
     p.add_argument("ref", nargs="?")
@@ -62,6 +72,24 @@ def cmd_df(args) -> int:
                  f"{t['dedup_ratio']:.1f}x" if t["dedup_ratio"] else "-"])  # fmt: skip
     table(["POD", "CHECKPOINTS", "RAW", "STORED", "DEDUP"], rows)
     print(f"packs on disk: {human_bytes(t['pack_bytes'])} in {t['packs']} file(s)")
+    return 0
+
+
+def cmd_export(args) -> int:
+    out = transfer.export(Context(), args.ref, args.file)
+    print(f"exported {args.ref} to {out} ({human_bytes(out.stat().st_size)})")
+    return 0
+
+
+def cmd_import(args) -> int:
+    ctx = Context()
+    ck = transfer.import_(ctx, args.file, args.name)
+    with ctx.catalog.session() as s:
+        from catalog import queries
+
+        ref = queries.resolve_ref(s, ck.id).ref
+    print(ref)
+    info(f"imported as {ref}; `zap branch {ref} NEW` or `zap restore {ref}` brings it to life")
     return 0
 
 
