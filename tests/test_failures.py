@@ -205,7 +205,7 @@ def test_interrupted_checkpoint_leaves_nothing_half_done(zap):
         time.sleep(delay)
         p.send_signal(2)  # Ctrl-C, somewhere in the dump or the ingest
         out, err = p.communicate(timeout=120)
-        assert p.returncode in (0, 130), err
+        assert p.returncode in (0, 130, -2), err  # -2: the ^C landed while Python was exiting
         assert "Traceback" not in err
         pod = zap.pod("big")
         assert pod["state"] == "running" and proc_state(pod["pid"]) in ("R", "S", "D"), proc_state(pod["pid"])
