@@ -78,3 +78,28 @@ def test_refs_resolve_and_foreign_keys(tmp_path):
         s.delete(queries.resolve_ref(s, "web@1"))
     with cat.session() as s:
         assert queries.resolve_ref(s, "web@2").parent_id is None
+
+
+def test_upgrade_from_0001_keeps_data(tmp_path):
+    """A catalog written by schema 0001 is upgraded in place: old image sets are marked as the
+    per-directory format, and checkpoint numbering continues after the highest one."""
+    from catalog.migrate import upgrade
+
+    cat = Catalog(tmp_path / "c.db")
+    upgrade(cat.engine, "0001")
+    with cat.engine.begin() as conn:
+        conn.execute(text("INSERT INTO pods (id, name, created_at, volume, mount_path, command, env, cwd, desired_state) "
+                          "VALUES (1, 'web', '2026-01-01', '/v', '/m', '[]', '{}', '/', 'stopped')"))  # fmt: skip
+        for seq, img in ((1, "'/images/a'"), (2, "NULL")):
+            conn.execute(text(
+                "INSERT INTO checkpoints (id, pod_id, seq, created_at, message, kind, backend, snapshot_path, image_dir, "
+                f"raw_bytes, stored_bytes, processes) VALUES ('ck{seq}', 1, {seq}, '2026-01-01', '', 'manual', 'btrfs', "
+                f"'/s{seq}', {img}, 0, 0, '[]')"))  # fmt: skip
+    with cat.session() as s:  # opening migrates to the head
+        a, b = queries.resolve_ref(s, "web@1"), queries.resolve_ref(s, "web@2")
+        assert (a.image_format, a.has_images) == ("dir", True)
+        assert (b.image_format, b.has_images) == (None, False)
+        pod = queries.get_pod(s, "web")
+        assert pod.last_seq == 2
+        assert queries.next_seq(s, pod) == 3
+    assert cat.current_revision() == SCHEMA_HEAD
