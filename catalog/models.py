@@ -120,8 +120,11 @@ class Chunk(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)  # sha256 of the raw data
     pack_id: Mapped[int] = mapped_column(ForeignKey("packs.id"), index=True)
+    # The zstd frame that holds it (shared with the other new chunks of its group) and where
+    # the chunk starts inside the decompressed frame.
     offset: Mapped[int] = mapped_column(Integer)
-    length: Mapped[int] = mapped_column(Integer)  # stored (compressed) bytes
+    length: Mapped[int] = mapped_column(Integer)  # the frame's stored (compressed) bytes
+    start: Mapped[int] = mapped_column(Integer, default=0)
     raw_length: Mapped[int] = mapped_column(Integer)
     # How many chunk slots of all image_files rows name this chunk; 0 means garbage.
     refcount: Mapped[int] = mapped_column(Integer, default=0)

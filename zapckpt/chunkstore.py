@@ -3,9 +3,11 @@
 CRIU writes every page of the process at every dump (this kernel has no soft-dirty tracking),
 so repeated checkpoints must be made cheap here. Page data (pages-*.img) is cut into page-sized
 chunks (runs of the pagemap are page-aligned, so a chunk never straddles two runs); every other
-image is one chunk. A chunk is identified by the sha256 of its content, stored once as its own
-zstd frame (with checksum) in a pack file, and indexed in the catalog (chunks table) with an
-exact reference count. Each checkpoint lists, per image file, the ids of its chunks in order
+image is one chunk. A chunk is identified by the sha256 of its content and stored once. New
+chunks are compressed in groups (one zstd frame, with checksum, per GROUP chunks) on worker
+threads while the main thread goes on hashing: a frame is large enough for zstd to run without
+the GIL. A chunk's index row (chunks table) says which frame of which pack holds it and where
+inside the frame it starts, with an exact reference count. Each checkpoint lists, per image file, the ids of its chunks in order
 (image_files table). docs/image-store.md explains why chunks are one page.
 
 Packs are written and fsynced before the catalog transaction that references them commits;
@@ -17,9 +19,11 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import threading
 import uuid
 from array import array
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +38,10 @@ from .errors import ZapError
 from .locks import locked
 
 CHUNK_PAGES = 1
-WRITE_BUFFER = 8 << 20  # pack writes: one syscall per 8 MiB, not per 4 KiB frame
+GROUP = 64  # new chunks per zstd frame (256 KiB of pages)
+WORKERS = 2  # compressing threads
+WRITE_BUFFER = 8 << 20
+MAX_FRAME = 1 << 30  # a frame is GROUP pages, or one whole small image  # pack writes: one syscall per 8 MiB, not per 4 KiB frame
 SKIP = {"dump.log", "restore.log"}
 LEVEL = 3
 
@@ -90,13 +97,10 @@ class PendingIngest:
     store: "ChunkStore"
     pack_name: str
     pack_size: int
-    new_chunks: list[tuple[bytes, int, int, int]]  # hash, offset, length, raw_length
+    new_chunks: list[tuple[bytes, int, int, int, int]]  # hash, frame offset, frame length, start, raw length
     files: list[tuple[str, int, list]] = field(default_factory=list)  # name, raw bytes, [id or hash]
     raw_bytes: int = 0
-
-    @property
-    def stored_bytes(self) -> int:
-        return sum(c[2] for c in self.new_chunks)
+    stored_bytes: int = 0  # the new frames: what this image set added to the store
 
     def commit(self, s: Session, checkpoint_id: str) -> None:
         """Index the new chunks and the checkpoint's files; the caller's transaction commits."""
@@ -108,8 +112,9 @@ class PendingIngest:
             pack_id = cur.lastrowid
             base = (cur.execute("SELECT COALESCE(MAX(id), 0) FROM chunks").fetchone()[0]) + 1
             cur.executemany(
-                "INSERT INTO chunks (id, hash, pack_id, offset, length, raw_length, refcount) VALUES (?,?,?,?,?,?,0)",
-                [(base + i, h, pack_id, off, ln, raw) for i, (h, off, ln, raw) in enumerate(self.new_chunks)],
+                "INSERT INTO chunks (id, hash, pack_id, offset, length, start, raw_length, refcount) "
+                "VALUES (?,?,?,?,?,?,?,0)",
+                [(base + i, h, pack_id, off, ln, st, raw) for i, (h, off, ln, st, raw) in enumerate(self.new_chunks)],
             )
             new_ids = {h: base + i for i, (h, *_rest) in enumerate(self.new_chunks)}
         else:
@@ -125,6 +130,37 @@ class PendingIngest:
 
     def discard(self) -> None:
         self.store.pack_path(self.pack_name).unlink(missing_ok=True)
+
+
+class _FrameReader:
+    """Reads and decompresses frames from mmapped packs. get() may run on worker threads:
+    packs are opened beforehand by open(), on the calling thread."""
+
+    def __init__(self, maps: dict, pack_path):
+        self.maps, self.pack_path = maps, pack_path
+        self.local = threading.local()
+
+    def open(self, pack: str) -> mmap.mmap:
+        mm = self.maps.get(pack)
+        if mm is None:
+            try:
+                with open(self.pack_path(pack), "rb") as f:
+                    mm = self.maps[pack] = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+            except (OSError, ValueError) as e:
+                raise StoreError(f"pack {pack} is missing or unreadable ({e})") from None
+        return mm
+
+    def get(self, pack: str, off: int, ln: int, what: str) -> memoryview:
+        mm = self.maps[pack] if pack in self.maps else self.open(pack)
+        if off + ln > len(mm):
+            raise StoreError(f"{what} lies past the end of pack {pack} (truncated)")
+        dctx = getattr(self.local, "dctx", None)
+        if dctx is None:
+            dctx = self.local.dctx = zstandard.ZstdDecompressor()
+        try:
+            return memoryview(dctx.decompress(mm[off : off + ln], max_output_size=MAX_FRAME))
+        except zstandard.ZstdError as e:
+            raise StoreError(f"{what} in pack {pack} is damaged ({e})") from None
 
 
 class ChunkStore:
@@ -152,11 +188,42 @@ class ChunkStore:
         path = self.pack_path(name)
         pending = PendingIngest(self, name, 0, [])
         seen: set[bytes] = set()
-        cctx = zstandard.ZstdCompressor(level=LEVEL, write_checksum=True)
         sha = hashlib.sha256
+        local = threading.local()
+
+        def compress(pieces: list[memoryview]) -> bytes:
+            cctx = getattr(local, "cctx", None)
+            if cctx is None:
+                cctx = local.cctx = zstandard.ZstdCompressor(level=LEVEL, write_checksum=True)
+            return cctx.compress(b"".join(pieces))
+
+        offset = 0
+        in_flight: deque = deque()  # (future frame, [(hash, start, raw length)]), in pack order
+
+        def drain(keep: int) -> None:
+            nonlocal offset
+            while len(in_flight) > keep:
+                fut, members = in_flight.popleft()
+                frame = fut.result()
+                pack.write(frame)
+                for h, start, rawlen in members:
+                    pending.new_chunks.append((h, offset, len(frame), start, rawlen))
+                offset += len(frame)
+                pending.stored_bytes += len(frame)
+
         try:
-            with open(path, "wb", buffering=WRITE_BUFFER) as pack:
-                offset = 0
+            with open(path, "wb", buffering=WRITE_BUFFER) as pack, ThreadPoolExecutor(WORKERS) as workers:
+                group: list[memoryview] = []
+                members: list[tuple[bytes, int, int]] = []
+                start = 0
+
+                def flush_group() -> None:
+                    nonlocal group, members, start
+                    if group:
+                        in_flight.append((workers.submit(compress, group), members))
+                        group, members, start = [], [], 0
+                        drain(2 * WORKERS)
+
                 for img in sorted(staging.iterdir()):
                     if img.name in SKIP or not img.is_file():
                         continue
@@ -175,12 +242,15 @@ class ChunkStore:
                         if h in seen:
                             continue
                         seen.add(h)
-                        frame = cctx.compress(piece)
-                        pack.write(frame)
-                        pending.new_chunks.append((h, offset, len(frame), len(piece)))
-                        offset += len(frame)
+                        group.append(piece)
+                        members.append((h, start, len(piece)))
+                        start += len(piece)
+                        if len(group) >= GROUP:
+                            flush_group()
                     pending.files.append((img.name, size, refs))
                     pending.raw_bytes += size
+                flush_group()
+                drain(0)
                 pack.flush()
                 os.fsync(pack.fileno())
             pending.pack_size = offset
@@ -202,13 +272,14 @@ class ChunkStore:
             raise StoreError("its image set is missing from the catalog")
         return rows
 
-    def _locations(self, s: Session, ids: Iterable[int]) -> dict[int, tuple[int, int, int, int, str]]:
+    def _locations(self, s: Session, ids: Iterable[int]) -> dict[int, tuple[int, int, int, int, str, int]]:
+        """chunk id -> (pack id, frame offset, frame length, raw length, pack name, start in frame)"""
         cur = s.connection().connection.cursor()
         cur.execute("CREATE TEMP TABLE IF NOT EXISTS want (id INTEGER PRIMARY KEY)")
         cur.execute("DELETE FROM want")
         cur.executemany("INSERT OR IGNORE INTO want (id) VALUES (?)", ((i,) for i in ids))
         rows = cur.execute(
-            "SELECT c.id, c.pack_id, c.offset, c.length, c.raw_length, p.name FROM want w "
+            "SELECT c.id, c.pack_id, c.offset, c.length, c.raw_length, p.name, c.start FROM want w "
             "JOIN chunks c ON c.id = w.id JOIN packs p ON p.id = c.pack_id"
         ).fetchall()
         cur.execute("DELETE FROM want")
@@ -232,37 +303,58 @@ class ChunkStore:
         files = [(n, raw, _unpack_ids(blob)) for n, raw, blob in self._files(s, checkpoint_id)]
         loc = self._locations(s, {i for _, _, ids in files for i in ids})
         maps: dict[str, mmap.mmap] = {}
-        dctx = zstandard.ZstdDecompressor()
+        frames = _FrameReader(maps, self.pack_path)
         total = 0
         try:
-            for name, raw, ids in files:
-                with open(target / name, "wb", buffering=0) as out:
-                    parts: list[bytes] = []
-                    for cid in ids:
-                        try:
-                            _pack_id, off, ln, rawlen, pack = loc[cid]
-                        except KeyError:
-                            raise StoreError(f"{name}: chunk {cid} is missing from the index") from None
-                        mm = maps.get(pack)
-                        if mm is None:
-                            try:
-                                with open(self.pack_path(pack), "rb") as f:
-                                    mm = maps[pack] = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
-                            except (OSError, ValueError) as e:
-                                raise StoreError(f"pack {pack} is missing or unreadable ({e})") from None
-                        if off + ln > len(mm):
-                            raise StoreError(f"{name}: chunk {cid} lies past the end of pack {pack} (truncated)")
-                        try:
-                            parts.append(dctx.decompress(mm[off : off + ln], max_output_size=rawlen))
-                        except zstandard.ZstdError as e:
-                            raise StoreError(f"{name}: chunk {cid} in pack {pack} is damaged ({e})") from None
-                        if len(parts) >= 1024:  # one write per 4 MiB, not one per page
-                            out.write(b"".join(parts))
-                            parts.clear()
-                    out.write(b"".join(parts))
-                    total += out.tell()
-                if (target / name).stat().st_size != raw:
-                    raise StoreError(f"{name} reassembled to the wrong size")
+            with ThreadPoolExecutor(WORKERS) as workers:
+                for name, raw, ids in files:
+                    try:
+                        where = [loc[cid] for cid in ids]
+                    except KeyError as e:
+                        raise StoreError(f"{name}: chunk {e.args[0]} is missing from the index") from None
+                    # Frames are decompressed ahead on worker threads (zstd runs without the GIL),
+                    # in the order this file first needs them; each is dropped after its last use.
+                    last_use: dict[tuple[str, int], int] = {}
+                    order: list[tuple[str, int, int]] = []
+                    for i, (_p, off, ln, _r, pack, _s) in enumerate(where):
+                        if (pack, off) not in last_use:
+                            order.append((pack, off, ln))
+                        last_use[(pack, off)] = i
+                    ahead: deque = deque()
+                    ready: dict[tuple[str, int], memoryview] = {}
+                    nxt = 0
+
+                    def top_up() -> None:
+                        nonlocal nxt
+                        while nxt < len(order) and len(ahead) < 4 * WORKERS:
+                            pack, off, ln = order[nxt]
+                            frames.open(pack)
+                            ahead.append(((pack, off), workers.submit(frames.get, pack, off, ln, f"{name}: a chunk")))
+                            nxt += 1
+
+                    with open(target / name, "wb", buffering=0) as out:
+                        parts: list = []
+                        for i, (_p, off, ln, rawlen, pack, start) in enumerate(where):
+                            key = (pack, off)
+                            while key not in ready:
+                                top_up()
+                                k, fut = ahead.popleft()
+                                ready[k] = fut.result()
+                            frame = ready[key]
+                            if start + rawlen > len(frame):
+                                raise StoreError(f"{name}: chunk {ids[i]} lies outside its frame in pack {pack}")
+                            parts.append(frame[start : start + rawlen])
+                            if last_use[key] == i:
+                                del ready[key]
+                            if len(parts) >= 1024:  # one write per 4 MiB, not one per page
+                                out.write(b"".join(parts))
+                                parts.clear()
+                        out.write(b"".join(parts))
+                        total += out.tell()
+                        for _k, fut in ahead:
+                            fut.cancel()
+                    if (target / name).stat().st_size != raw:
+                        raise StoreError(f"{name} reassembled to the wrong size")
         finally:
             for mm in maps.values():
                 mm.close()
@@ -291,15 +383,18 @@ class ChunkStore:
             ).fetchall()
             cur.execute("DELETE FROM chunks WHERE pack_id = ? AND refcount <= 0", (pack_id,))
             if live:
+                # Frames with at least one live chunk are copied whole.
                 new_name = f"{uuid.uuid4().hex}.pack"
                 new_path = self.pack_path(new_name)
-                moved, offset = [], 0
+                moved, offset, where = [], 0, {}
                 try:
                     with open(self.pack_path(pname), "rb") as src, open(new_path, "wb") as dst:
                         for cid, off, ln in live:
-                            dst.write(os.pread(src.fileno(), ln, off))
-                            moved.append((offset, cid))
-                            offset += ln
+                            if off not in where:
+                                dst.write(os.pread(src.fileno(), ln, off))
+                                where[off] = offset
+                                offset += ln
+                            moved.append((where[off], cid))
                         dst.flush()
                         os.fsync(dst.fileno())
                     _fsync_dir(self.packs)
@@ -316,8 +411,11 @@ class ChunkStore:
     # --- accounting and verification -----------------------------------------------------------
     def usage(self, s: Session) -> dict:
         cur = s.connection().connection.cursor()
-        live, raw_live, n = cur.execute(
-            "SELECT COALESCE(SUM(length),0), COALESCE(SUM(raw_length),0), COUNT(*) FROM chunks WHERE refcount > 0"
+        raw_live, n = cur.execute(
+            "SELECT COALESCE(SUM(raw_length),0), COUNT(*) FROM chunks WHERE refcount > 0"
+        ).fetchone()
+        (live,) = cur.execute(
+            "SELECT COALESCE(SUM(length),0) FROM (SELECT DISTINCT pack_id, offset, length FROM chunks WHERE refcount > 0)"
         ).fetchone()
         packs = cur.execute("SELECT COALESCE(SUM(size),0), COUNT(*) FROM packs").fetchone()
         return {"chunks": n, "chunk_bytes": live, "chunk_raw_bytes": raw_live, "pack_bytes": packs[0], "packs": packs[1]}
@@ -338,7 +436,6 @@ class ChunkStore:
             if row:
                 hashes[cid] = row[0]
         bad: dict[int, str] = {}
-        dctx = zstandard.ZstdDecompressor()
         by_pack: dict[str, list[int]] = {}
         for cid in ids:
             if cid not in loc:
@@ -351,20 +448,20 @@ class ChunkStore:
                 for cid in cids:
                     bad[cid] = f"pack {pack} is missing"
                 continue
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                for cid in cids:
-                    _p, off, ln, rawlen, _n = loc[cid]
-                    if off + ln > size:
-                        bad[cid] = f"past the end of pack {pack}"
-                        continue
-                    try:
-                        data = dctx.decompress(os.pread(f.fileno(), ln, off), max_output_size=rawlen)
-                    except zstandard.ZstdError as e:
-                        bad[cid] = f"undecodable in pack {pack} ({e})"
-                        continue
-                    if hashlib.sha256(data).digest() != hashes[cid]:
-                        bad[cid] = f"content does not match its hash (pack {pack})"
+            reader = _FrameReader({}, self.pack_path)
+            cached: tuple = (None, None)
+            for cid in sorted(cids, key=lambda c: loc[c][1]):
+                _p, off, ln, rawlen, _n, start = loc[cid]
+                try:
+                    frame = cached[1] if cached[0] == off else reader.get(pack, off, ln, f"chunk {cid}")
+                    cached = (off, frame)
+                except StoreError as e:
+                    bad[cid] = str(e)
+                    continue
+                if start + rawlen > len(frame) or hashlib.sha256(frame[start : start + rawlen]).digest() != hashes[cid]:
+                    bad[cid] = f"content does not match its hash (pack {pack})"
+            for mm in reader.maps.values():
+                mm.close()
         return bad
 
     def recount(self, s: Session) -> list[tuple[int, int, int]]:

@@ -67,7 +67,7 @@ def df(ctx: Context) -> dict:
     with ctx.catalog.session() as s:
         store = image_sets.store(ctx)
         cur = s.connection().connection.cursor()
-        length = dict(cur.execute("SELECT id, length FROM chunks"))
+        frame_of = {i: (p, o, ln) for i, p, o, ln in cur.execute("SELECT id, pack_id, offset, length FROM chunks")}
         pods = []
         for pod in queries.list_pods(s):
             ids: set[int] = set()
@@ -75,7 +75,7 @@ def df(ctx: Context) -> dict:
             for ck in pod.checkpoints:
                 raw += ck.raw_bytes
                 ids |= _ids_of(s, ck)
-            stored = sum(length.get(i, 0) for i in ids)
+            stored = sum(ln for _p, _o, ln in {frame_of[i] for i in ids if i in frame_of})
             pods.append({"pod": pod.name, "checkpoints": len(pod.checkpoints), "raw_bytes": raw,
                          "stored_bytes": stored, "dedup_ratio": raw / stored if stored else None})  # fmt: skip
         use = store.usage(s)

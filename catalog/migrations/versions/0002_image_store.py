@@ -27,6 +27,7 @@ def upgrade() -> None:
         sa.Column("pack_id", sa.Integer(), sa.ForeignKey("packs.id"), nullable=False),
         sa.Column("offset", sa.Integer(), nullable=False),
         sa.Column("length", sa.Integer(), nullable=False),
+        sa.Column("start", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("raw_length", sa.Integer(), nullable=False),
         sa.Column("refcount", sa.Integer(), nullable=False),
     )
