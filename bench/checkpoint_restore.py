@@ -33,6 +33,7 @@ def med(xs):
 
 def raw_dump(pid: int, out: Path) -> tuple[float, float | None]:
     from zapckpt import criu
+    from zapckpt.criu_images import read_dump_stats
 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -40,7 +41,7 @@ def raw_dump(pid: int, out: Path) -> tuple[float, float | None]:
     subprocess.run(["nsenter", "-t", str(pid), "-m", "--", criu.criu_binary(), "dump", "-t", str(pid), "-D", str(out),
                     "-o", "dump.log", "--leave-running", "--file-locks"], check=True, capture_output=True)  # fmt: skip
     wall = (time.perf_counter() - t0) * 1000
-    frozen = criu.read_dump_stats(out).frozen_ms
+    frozen = read_dump_stats(out).frozen_ms
     shutil.rmtree(out, ignore_errors=True)
     return wall, frozen
 
@@ -64,7 +65,7 @@ def main() -> int:
         for mib in [int(x) for x in args.sizes.split(",")]:
             name = f"hog{mib}"
             pods.run(ctx, name, ["python3", str(MEMHOG)], {"MEMHOG_MIB": str(mib)}, None)
-            log = Path(ctx.state.images.parent) / "pool" / "pods" / name / ".zap" / "console.log"
+            log = ctx.pool.volume_of(name) / ".zap" / "console.log"
             deadline = time.time() + 120
             while "holding" not in (log.read_text() if log.exists() else ""):
                 if time.time() > deadline:

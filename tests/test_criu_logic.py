@@ -35,10 +35,10 @@ def test_read_dump_stats(tmp_path):
     dump = b"".join(_varint(k << 3) + _varint(v) for k, v in ((1, 1500), (2, 23456), (3, 7000), (4, 9000), (5, 42)))
     entry = _varint((1 << 3) | 2) + _varint(len(dump)) + dump
     (tmp_path / "stats-dump").write_bytes(struct.pack("<III", criu_images.IMG_SERVICE_MAGIC, criu_images.STATS_MAGIC, len(entry)) + entry)
-    st = criu.read_dump_stats(tmp_path)
+    st = criu_images.read_dump_stats(tmp_path)
     assert (st.freezing_ms, st.frozen_ms, st.memdump_ms, st.memwrite_ms) == (1.5, 23.456, 7.0, 9.0)
     (tmp_path / "stats-dump").write_bytes(b"garbage")
-    assert criu.read_dump_stats(tmp_path).frozen_ms is None
+    assert criu_images.read_dump_stats(tmp_path).frozen_ms is None
 
 
 def test_pagemap_runs_cover_pages_file_of_a_real_dump(zap, tmp_path):

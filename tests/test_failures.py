@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COUNTER, assert_continuous, counter_values, proc_state, wait_for
+from conftest import assert_continuous, counter_values, proc_state, wait_for
 
 
 def _assert_running_and_counting(zap, name):

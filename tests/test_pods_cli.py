@@ -1,6 +1,5 @@
 """Pod life cycle through the real CLI: run, ps, logs, exec, stop, start, rm, init, deinit, doctor."""
 
-import json
 import os
 import subprocess
 import sys

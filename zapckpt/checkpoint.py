@@ -5,7 +5,6 @@ freeze or after the thaw."""
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import signal
@@ -18,6 +17,7 @@ from sqlalchemy.orm import Session
 from catalog import Checkpoint, Pod, queries
 
 from . import criu, procinfo
+from .criu_images import read_dump_stats
 from . import images as image_sets
 from .context import Context
 from .errors import UsageError, ZapError
@@ -52,7 +52,7 @@ def _hook_ms(times: Path) -> float | None:
     return (t1 - t0) * 1000
 
 
-def _record(s: Session, pod: Pod, ck_id: str, message: str, kind: str, backend: str, snap, before_commit=None,
+def record(s: Session, pod: Pod, ck_id: str, message: str, kind: str, backend: str, snap, before_commit=None,
             **fields) -> Checkpoint:  # fmt: skip
     """Write the catalog row (both halves exist by now) and move the pod's head to it."""
     ck = Checkpoint(
@@ -103,14 +103,14 @@ def take(
             raise
         stopped = stop
         # After the thaw.
-        stats = criu.read_dump_stats(images)
+        stats = read_dump_stats(images)
         fs_ms = _hook_ms(hook_times)
         info = backend.describe(snap)
         store = image_sets.store(ctx)
         with store.lock():
             pending = store.ingest(s, images)
             try:
-                ck = _record(
+                ck = record(
                     s, pod, ck_id, message, kind, backend.name, info, image_format="cas",
                     before_commit=lambda: pending.commit(s, ck_id), raw_bytes=pending.raw_bytes,
                     stored_bytes=pending.stored_bytes, frozen_ms=stats.frozen_ms, dump_ms=dump_ms,
@@ -145,7 +145,7 @@ def snapshot_only(ctx: Context, s: Session, pod: Pod, message: str, kind: str = 
     info = pool.backend.snapshot(Path(pod.volume), snap)
     fs_ms = (time.perf_counter() - t0) * 1000
     try:
-        ck = _record(s, pod, ck_id, message, kind, pool.backend.name, info, image_format=None,
+        ck = record(s, pod, ck_id, message, kind, pool.backend.name, info, image_format=None,
                      fs_snapshot_ms=fs_ms, total_ms=fs_ms, processes=[])  # fmt: skip
     except BaseException:
         s.rollback()

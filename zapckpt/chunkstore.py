@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import zstandard
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from .criu_images import PAGE_SIZE, ImageFormatError, read_pagemap
@@ -284,18 +283,6 @@ class ChunkStore:
         ).fetchall()
         cur.execute("DELETE FROM want")
         return {r[0]: r[1:] for r in rows}
-
-    def check(self, s: Session, checkpoint_id: str) -> None:
-        """Cheap pre-flight: chunk lists readable, every chunk indexed, every pack present."""
-        ids: set[int] = set()
-        for _name, _raw, blob in self._files(s, checkpoint_id):
-            ids.update(_unpack_ids(blob))
-        loc = self._locations(s, ids)
-        if len(loc) != len(ids):
-            raise StoreError(f"{len(ids) - len(loc)} chunk(s) missing from the index")
-        for name in {v[4] for v in loc.values()}:
-            if not self.pack_path(name).is_file():
-                raise StoreError(f"pack {name} is missing")
 
     def materialize(self, s: Session, checkpoint_id: str, target: Path) -> int:
         """Reassemble the image set into target (tmpfs); zstd checksums catch damaged chunks."""

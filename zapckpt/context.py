@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Iterator
 
-from catalog import Catalog
+from catalog import Catalog, queries
 
 from .locks import locked
 from .pool import Pool, ensure_pool
@@ -28,6 +28,14 @@ class Context:
     @contextmanager
     def pod_lock(self, name: str, wait: float | None = None) -> Iterator[None]:
         with locked(self.state.locks / f"{name}.lock", f"pod {name!r}", wait):
+            yield
+
+    @contextmanager
+    def ref_lock(self, ref: str, wait: float | None = None) -> Iterator[None]:
+        """The lock of the pod a checkpoint reference belongs to."""
+        with self.catalog.session() as s:
+            name = queries.resolve_ref(s, ref).pod.name
+        with self.pod_lock(name, wait):
             yield
 
     def log_path(self, pod: str, what: str) -> Path:

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 from . import proc
-from .criu_images import DumpStats, read_dump_stats  # noqa: F401 - re-exported
 from .errors import ZapError
 
 # The private CRIU runtime that scripts/install.sh builds where the distribution's CRIU is too old.

@@ -10,16 +10,13 @@ from sqlalchemy import select
 from catalog import Checkpoint, queries
 
 from . import images as image_sets
-from .chunkstore import _unpack_ids
 from .context import Context
 from .errors import UsageError, ZapError
 from .retention import needed_by, plan_prune, remove_checkpoints
 
 
 def rmckpt(ctx: Context, ref: str) -> str:
-    with ctx.catalog.session() as s:
-        name = queries.resolve_ref(s, ref).pod.name
-    with ctx.pod_lock(name):
+    with ctx.ref_lock(ref):
         with ctx.catalog.session() as s:
             ck = queries.resolve_ref(s, ref)
             label = ck.ref
@@ -54,15 +51,6 @@ def prune(ctx: Context, name: str, keep_last: int | None, keep_hourly: int | Non
             return out
 
 
-def _ids_of(s, ck: Checkpoint) -> set[int]:
-    ids: set[int] = set()
-    for (blob,) in s.connection().connection.cursor().execute(
-        "SELECT chunk_ids FROM image_files WHERE checkpoint_id = ?", (ck.id,)
-    ):
-        ids.update(_unpack_ids(blob))
-    return ids
-
-
 def df(ctx: Context) -> dict:
     with ctx.catalog.session() as s:
         store = image_sets.store(ctx)
@@ -74,7 +62,7 @@ def df(ctx: Context) -> dict:
             raw = 0
             for ck in pod.checkpoints:
                 raw += ck.raw_bytes
-                ids |= _ids_of(s, ck)
+                ids |= store.chunk_ids(s, ck.id) if ck.image_format == "cas" else set()
             stored = sum(ln for _p, _o, ln in {frame_of[i] for i in ids if i in frame_of})
             pods.append({"pod": pod.name, "checkpoints": len(pod.checkpoints), "raw_bytes": raw,
                          "stored_bytes": stored, "dedup_ratio": raw / stored if stored else None})  # fmt: skip
@@ -99,18 +87,16 @@ def verify(ctx: Context, ref: str | None) -> dict:
             for ck in targets:
                 if ck.image_format == "cas":
                     try:
-                        per_ck[ck.id] = _ids_of(s, ck)
+                        per_ck[ck.id] = store.chunk_ids(s, ck.id)
                     except ZapError as e:
                         damage.append({"what": f"chunk list of {ck.ref} ({e})", "affects": [ck.ref]})
                 elif ck.image_format == "dir":
                     try:
-                        image_sets.check(ctx, s, ck)
+                        image_sets.check_legacy(ck)
                     except ZapError as e:
                         damage.append({"what": str(e), "affects": [ck.ref]})
                 if not Path(ck.snapshot_path).is_dir():
                     damage.append({"what": f"snapshot {ck.snapshot_path} is missing", "affects": [ck.ref]})
-                elif ck.image_format == "cas" and not per_ck.get(ck.id):
-                    damage.append({"what": f"{ck.ref} has no image files", "affects": [ck.ref]})
             wanted = set().union(*per_ck.values()) if per_ck else set()
             bad = store.verify_chunks(s, wanted)
             if bad:
@@ -120,7 +106,7 @@ def verify(ctx: Context, ref: str | None) -> dict:
                 for cid, ck in all_cks.items():
                     if ck.image_format == "cas":
                         try:
-                            hit = _ids_of(s, ck) & bad.keys()
+                            hit = store.chunk_ids(s, ck.id) & bad.keys()
                         except ZapError:
                             continue  # its damaged chunk list is reported on its own
                         for i in hit:

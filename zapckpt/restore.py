@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
@@ -22,11 +22,11 @@ from .pods import live_state
 from .signals import deferred_interrupts
 
 
-def _preflight(ctx: Context, s: Session, ck: Checkpoint) -> None:
-    """Refuse before touching anything if the checkpoint cannot be brought back."""
+def _check_snapshot(ck: Checkpoint) -> None:
+    """Refuse before touching anything if the files cannot be brought back (the images are
+    checked by reassembling them, which restore and branch do before changing anything)."""
     if not Path(ck.snapshot_path).is_dir():
         raise ZapError(f"checkpoint {ck.ref} is damaged: its snapshot {ck.snapshot_path} is missing")
-    image_sets.check(ctx, s, ck)
 
 
 @contextmanager
@@ -56,13 +56,11 @@ def restore_processes(ctx: Context, images: Path, pod: Pod) -> tuple[int, int]:
 def restore(ctx: Context, ref: str) -> tuple[Checkpoint, Checkpoint]:
     """Roll the pod of `ref` back to it, files and processes; returns (ref, saved-state)."""
     ctx.pool  # mounted (after a reboot or deinit) before anything looks at snapshots
-    with ctx.catalog.session() as s:
-        name = queries.resolve_ref(s, ref).pod.name
-    with ctx.pod_lock(name):
+    with ctx.ref_lock(ref):
         with ctx.catalog.session() as s:
             ck = queries.resolve_ref(s, ref)
             pod = ck.pod
-            _preflight(ctx, s, ck)
+            _check_snapshot(ck)
             with materialized(ctx, s, ck) as images, deferred_interrupts():
                 return ck, _restore_locked(ctx, s, pod, ck, images)
 
@@ -124,26 +122,28 @@ def branch(ctx: Context, ref: str, new_name: str, start: bool = True) -> Pod:
             ck = queries.resolve_ref(s, ref)
             if queries.find_pod(s, new_name):
                 raise AlreadyExists(f"pod {new_name!r} already exists")
-            _preflight(ctx, s, ck)
+            _check_snapshot(ck)
             src = ck.pod
             volume = pool.volume_of(new_name)
-            pool.backend.clone(Path(ck.snapshot_path), volume)
             pod = Pod(
                 name=new_name, volume=str(volume), mount_path=src.mount_path, command=src.command,
                 env=src.env, cwd=src.cwd, desired_state="stopped", origin_checkpoint_id=ck.id,
                 head_checkpoint_id=ck.id,
             )  # fmt: skip
-            try:
-                if start and ck.has_images:
-                    with materialized(ctx, s, ck) as images, deferred_interrupts():
-                        pod.init_pid, pod.init_starttime = restore_processes(ctx, images, pod)
-                    pod.desired_state = "running"
-                s.add(pod)
-                s.commit()
-            except BaseException:
-                s.rollback()
-                if pod.init_pid:
-                    procinfo.kill_pod_tree(pod.init_pid)
-                pool.backend.delete_volume(volume)
-                raise
+            # Images first: a damaged set fails here, before the volume exists.
+            with materialized(ctx, s, ck) if start else nullcontext(None) as images:
+                pool.backend.clone(Path(ck.snapshot_path), volume)
+                try:
+                    if images is not None:
+                        with deferred_interrupts():
+                            pod.init_pid, pod.init_starttime = restore_processes(ctx, images, pod)
+                        pod.desired_state = "running"
+                    s.add(pod)
+                    s.commit()
+                except BaseException:
+                    s.rollback()
+                    if pod.init_pid:
+                        procinfo.kill_pod_tree(pod.init_pid)
+                    pool.backend.delete_volume(volume)
+                    raise
             return pod

@@ -3,7 +3,7 @@
     $ZAP_HOME (default /var/lib/zapckpt)
       catalog.db          SQLite catalog
       pool.img, pool/     the embedded loop-file btrfs pool and its mount point
-      images/<ckpt-id>/   stored (zstd) CRIU image sets
+      store/packs/        the image store (chunks in zstd frames; index in the catalog)
       logs/               CRIU logs of every dump and restore
       mnt/<name>          where pod <name> and its branches see their volume
       locks/              one lock file per pod
@@ -50,10 +50,6 @@ class StateDir:
         return self.root / "mnt" / pod
 
     @property
-    def images(self) -> Path:
-        return self.root / "images"
-
-    @property
     def logs(self) -> Path:
         return self.root / "logs"
 
@@ -73,6 +69,6 @@ class StateDir:
         return base / f"zapckpt.{tag}"
 
     def ensure(self) -> None:
-        for d in (self.root, self.images, self.logs, self.locks):
+        for d in (self.root, self.logs, self.locks):
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)

@@ -21,7 +21,7 @@ from catalog import Checkpoint, Pod, queries
 
 from . import images as image_sets
 from . import proc
-from .checkpoint import _record
+from .checkpoint import record
 from .context import Context
 from .errors import AlreadyExists, UsageError, ZapError
 from .names import check_name
@@ -178,7 +178,7 @@ def import_(ctx: Context, file: str, name: str | None) -> Checkpoint:
                     has_images = (stage / "images").is_dir()
                     if has_images:
                         pending = store.ingest(s, stage / "images")
-                    ck = _record(
+                    ck = record(
                         s, pod, ck_id, f"{msg} ({note})" if msg else note, src["kind"], pool.backend.name, info,
                         image_format="cas" if has_images else None,
                         before_commit=(lambda: pending.commit(s, ck_id)) if pending else None,

@@ -7,7 +7,6 @@ from catalog import queries
 from .. import checkpoint as ckpt
 from .. import restore as rst
 from ..context import Context
-from ..errors import NotFound
 from ..lineage import render_lineage
 from ..records import checkpoint_record, pod_record
 from .output import emit_json, human_bytes, info, ms, table
@@ -94,10 +93,7 @@ def cmd_show(args) -> int:
         if pod is not None:
             rec = pod_record(pod, len(pod.checkpoints))
         else:
-            try:
-                rec = checkpoint_record(queries.resolve_ref(s, args.ref))
-            except NotFound:
-                raise
+            rec = checkpoint_record(queries.resolve_ref(s, args.ref))
     if args.json:
         emit_json(rec)
     else:
