@@ -33,8 +33,10 @@ echo "original: $(last demo)   fork: $(last demo-fork)   (two live copies of one
 run "$ZAP" ps
 run "$ZAP" log demo
 run "$ZAP" show demo@1
-say "$ZAP rm --force demo-fork; $ZAP rm --force demo"
+say "$ZAP rm --force demo-fork; $ZAP rm --force demo; $ZAP deinit"
 "$ZAP" rm --force demo-fork
 "$ZAP" rm --force demo
+# Leave no mount or loop device behind; the next zap command re-mounts the pool by itself.
+"$ZAP" deinit
 echo
-echo "demo done. The pool stays mounted under ${ZAP_HOME:-/var/lib/zapckpt}; \`zap deinit --purge\` removes everything."
+echo "demo done. The state stays in ${ZAP_HOME:-/var/lib/zapckpt}; \`zap deinit --purge\` deletes it."
