@@ -22,7 +22,8 @@ import os
 import threading
 import uuid
 from array import array
-from collections import Counter, deque
+from bisect import bisect_right
+from collections import Counter, OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -347,6 +348,18 @@ class ChunkStore:
                 mm.close()
         return total
 
+    def reader(self, s: Session, checkpoint_id: str, name: str) -> "ImageReader":
+        """Random access to one stored image file, without reassembling the whole set."""
+        cur = s.connection().connection.cursor()
+        row = cur.execute(
+            "SELECT raw_bytes, chunk_ids FROM image_files WHERE checkpoint_id = ? AND name = ?", (checkpoint_id, name)
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"{name} is not in the image set")
+        ids = _unpack_ids(row[1])
+        loc = self._locations(s, set(ids))
+        return ImageReader(self, name, row[0], ids, loc)
+
     # --- releasing and collecting -------------------------------------------------------------
     def release(self, s: Session, checkpoint_id: str) -> None:
         """Drop a checkpoint's references (its image_files rows go with the checkpoint row)."""
@@ -463,3 +476,68 @@ class ChunkStore:
             if stored != actual.get(cid, 0):
                 out.append((cid, stored, actual.get(cid, 0)))
         return out
+
+
+class ImageReader:
+    """Reads ranges of one image file from its chunks (the FUSE view's images/). Packs are
+    mapped when the reader is made, so a garbage collection that rewrites them later does not
+    pull the data away from an open file. read() may be called from several threads."""
+
+    CACHED_FRAMES = 8
+
+    def __init__(self, store: ChunkStore, name: str, size: int, ids: array, loc: dict):
+        self.name, self.size = name, size
+        self.starts = array("q")
+        self.where: list[tuple[str, int, int, int, int]] = []  # pack, frame offset, frame length, start, raw length
+        pos = 0
+        for cid in ids:
+            try:
+                _p, off, ln, rawlen, pack, start = loc[cid]
+            except KeyError:
+                raise StoreError(f"{name}: chunk {cid} is missing from the index") from None
+            self.starts.append(pos)
+            self.where.append((pack, off, ln, start, rawlen))
+            pos += rawlen
+        if pos != size:
+            raise StoreError(f"{name}: its chunks add up to {pos} bytes, not {size}")
+        self.frames = _FrameReader({}, store.pack_path)
+        for pack in {w[0] for w in self.where}:
+            self.frames.open(pack)
+        self.cache: OrderedDict = OrderedDict()
+        self.lock = threading.Lock()
+
+    def _frame(self, pack: str, off: int, ln: int) -> memoryview:
+        key = (pack, off)
+        frame = self.cache.get(key)
+        if frame is None:
+            frame = self.cache[key] = self.frames.get(pack, off, ln, f"{self.name}: a chunk")
+            if len(self.cache) > self.CACHED_FRAMES:
+                self.cache.popitem(last=False)
+        else:
+            self.cache.move_to_end(key)
+        return frame
+
+    def read(self, offset: int, size: int) -> bytes:
+        end = min(offset + size, self.size)
+        parts = []
+        with self.lock:
+            i = bisect_right(self.starts, offset) - 1
+            pos = offset
+            while pos < end and 0 <= i < len(self.where):
+                pack, off, ln, start, rawlen = self.where[i]
+                frame = self._frame(pack, off, ln)
+                inner = pos - self.starts[i]
+                take = min(rawlen - inner, end - pos)
+                if start + rawlen > len(frame):
+                    raise StoreError(f"{self.name}: a chunk lies outside its frame in pack {pack}")
+                parts.append(frame[start + inner : start + inner + take])
+                pos += take
+                i += 1
+        return b"".join(parts)
+
+    def close(self) -> None:
+        with self.lock:
+            self.cache.clear()
+            for mm in self.frames.maps.values():
+                mm.close()
+            self.frames.maps.clear()

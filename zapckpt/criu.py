@@ -122,7 +122,9 @@ def restore(images: Path, pidfile: Path, volume: Path, mount_path: Path, log: Pa
     at mount_path; returns the host pid of the restored init."""
     criu = [criu_binary(), "restore", "-d", "-D", str(images), "-o", "restore.log",
             "--file-locks", "--pidfile", str(pidfile)]  # fmt: skip
-    inner = ["sh", "-c", 'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(volume), str(mount_path)]
+    # As in podinit: detach `zap mount` views from the copy of the mount table the pod gets.
+    inner = ["sh", "-c", 'for m in $(awk \'$0 ~ / - fuse\\.zapckpt / {print $5}\' /proc/self/mountinfo); do '
+             'umount --lazy "$m"; done; mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(volume), str(mount_path)]
     argv = ["unshare", "--mount", "--propagation", "private", "--", *inner, *criu]
     res = proc.run(argv, check=False, own_session=True)
     if res.returncode != 0:

@@ -42,3 +42,11 @@ def materialize(ctx, s: Session, ck: Checkpoint, target: Path) -> None:
             raise DamagedImages(f"checkpoint {ck.ref} holds files only, no processes")
     except (StoreError, imagestore.ImageStoreError) as e:
         raise DamagedImages(f"checkpoint {ck.ref} cannot be restored: {e}") from None
+
+
+def legacy_file(ck: Checkpoint, name: str) -> bytes:
+    """One image of a schema-0001 set, decompressed (the FUSE view reads these whole)."""
+    try:
+        return imagestore.read_file(Path(ck.image_dir), name)
+    except imagestore.ImageStoreError as e:
+        raise DamagedImages(f"checkpoint {ck.ref}: {e}") from None

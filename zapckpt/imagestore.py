@@ -48,6 +48,20 @@ def materialize(dest: Path, target: Path) -> None:
             raise ImageStoreError(f"image set {dest} is damaged: {f['name']} has the wrong size")
 
 
+def read_file(dest: Path, name: str) -> bytes:
+    for f in manifest(dest):
+        if f["name"] == name:
+            try:
+                with open(dest / (name + ".zst"), "rb") as fi:
+                    data = zstandard.ZstdDecompressor().stream_reader(fi).read()
+            except (OSError, zstandard.ZstdError) as e:
+                raise ImageStoreError(f"{name}: {e}") from None
+            if len(data) != f["raw"]:
+                raise ImageStoreError(f"{name} has the wrong size")
+            return data
+    raise ImageStoreError(f"{name} is not in the image set")
+
+
 def delete(dest: Path) -> None:
     shutil.rmtree(dest, ignore_errors=True)
     shutil.rmtree(dest.with_name(dest.name + ".partial"), ignore_errors=True)

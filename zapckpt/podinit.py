@@ -22,6 +22,12 @@ def main() -> None:
 
     try:
         os.setsid()
+        # The copy of the host's mounts includes any `zap mount` view: not the pod's business,
+        # and a dead view (its server gone) would make CRIU trip over it later.
+        with open("/proc/self/mountinfo") as f:
+            views = [ln.split()[4] for ln in f if " - fuse.zapckpt " in ln]
+        for mp in views:
+            subprocess.run(["umount", "--lazy", mp.encode().decode("unicode_escape")], check=False)
         if spec["volume"] != spec["mount_path"]:
             # A branch: its own volume appears where the original pod's processes expect it.
             os.makedirs(spec["mount_path"], exist_ok=True)

@@ -1,0 +1,248 @@
+"""The pyfuse3 adapter over HistoryTree: kernel requests in, tree calls out. The only module
+that imports pyfuse3 (community-maintained; keep it replaceable). Only FUSEError leaves a
+handler; blocking work (catalog, snapshot files, the image store) runs on worker threads
+behind a CapacityLimiter so the trio loop never waits on a disk or a lock."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from itertools import count
+
+import pyfuse3
+import trio
+
+from .tree import FS, IMAGE, ROOT_INO, Attr, HistoryTree, Node, ViewError
+
+log = logging.getLogger("zapckpt.view")
+
+LONG = 24 * 3600.0  # past states never change
+SHORT = 1.0  # listings from the catalog: new checkpoints show up within a second
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+
+
+class _Dir:
+    __slots__ = ("entries",)
+
+    def __init__(self, entries: list[tuple[bytes, Node, Attr]]):
+        self.entries = entries
+
+
+class HistoryOps(pyfuse3.Operations):
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, tree: HistoryTree, workers: int = 8):
+        super().__init__()
+        self.tree = tree
+        self.limiter = trio.CapacityLimiter(workers)
+        # Branches restore processes (seconds): their own lane, so browsing goes on meanwhile.
+        self.branch_limiter = trio.CapacityLimiter(1)
+        # Only the nodes the kernel currently knows, with its lookup counts (forget() drops them).
+        root = tree.root()
+        self.nodes: dict[int, Node] = {ROOT_INO: root}
+        self.lookups: dict[int, int] = {ROOT_INO: 1}
+        self.handles: dict[int, object] = {}
+        self._fh = count(1)
+
+    # --- plumbing --------------------------------------------------------------------------------
+    async def _run(self, fn, *args, limiter=None):
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=limiter or self.limiter)
+        except ViewError as e:
+            if e.reason:
+                log.warning("%s", e.reason)
+            raise pyfuse3.FUSEError(e.errno) from None
+        except OSError as e:
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        except Exception:  # noqa: BLE001 - a bug must not take the mount down
+            log.exception("internal error in %s", getattr(fn, "__name__", fn))
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    def _node(self, inode: int) -> Node:
+        node = self.nodes.get(inode)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ESTALE)
+        return node
+
+    def _known(self, node: Node) -> None:
+        """The kernel now holds one more reference to node's inode."""
+        ino = node.ino
+        old = self.nodes.get(ino)
+        if old is not None and old.key != node.key and old.kind != FS:
+            log.error("inode number collision: %s and %s", old.key, node.key)
+        self.nodes[ino] = node
+        self.lookups[ino] = self.lookups.get(ino, 0) + 1
+
+    def _entry(self, node: Node, a: Attr) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = a.ino
+        e.generation = 0
+        e.entry_timeout = e.attr_timeout = LONG if node.immutable else SHORT
+        e.st_mode = a.mode
+        e.st_nlink = a.nlink
+        e.st_uid, e.st_gid, e.st_rdev = a.uid, a.gid, a.rdev
+        e.st_size = a.size
+        e.st_blksize = 4096
+        e.st_blocks = a.blocks
+        e.st_atime_ns, e.st_mtime_ns, e.st_ctime_ns = a.atime_ns, a.mtime_ns, a.ctime_ns
+        return e
+
+    def _lookup_attr(self, node: Node, name: str) -> tuple[Node, Attr]:
+        child = self.tree.lookup(node, name)
+        return child, self.tree.getattr(child)
+
+    # --- lookups and attributes ------------------------------------------------------------------
+    async def lookup(self, parent_inode, name, ctx=None):
+        node = self._node(parent_inode)
+        child, attr = await self._run(self._lookup_attr, node, os.fsdecode(name))
+        self._known(child)
+        return self._entry(child, attr)
+
+    async def forget(self, inode_list):
+        for ino, n in inode_list:
+            if ino == ROOT_INO:
+                continue
+            left = self.lookups.get(ino, 0) - n
+            if left > 0:
+                self.lookups[ino] = left
+            else:
+                self.lookups.pop(ino, None)
+                self.nodes.pop(ino, None)
+
+    async def getattr(self, inode, ctx=None):
+        node = self._node(inode)
+        return self._entry(node, await self._run(self.tree.getattr, node))
+
+    async def readlink(self, inode, ctx):
+        return os.fsencode(await self._run(self.tree.readlink, self._node(inode)))
+
+    async def statfs(self, ctx):
+        st = await self._run(os.statvfs, str(self.tree.ctx.state.root))
+        out = pyfuse3.StatvfsData()
+        out.f_bsize, out.f_frsize = st.f_bsize, st.f_frsize
+        out.f_blocks, out.f_bfree, out.f_bavail = st.f_blocks, 0, 0
+        out.f_files, out.f_ffree, out.f_favail = st.f_files, 0, 0
+        out.f_namemax = 255
+        return out
+
+    # --- directories -----------------------------------------------------------------------------
+    def _listing(self, node: Node) -> list[tuple[bytes, Node, Attr]]:
+        if node.kind == FS:
+            return [(os.fsencode(n), c, a) for n, c, a in self.tree.fs_listing(node)]
+        out = []
+        for name, child in self.tree.entries(node):
+            try:
+                out.append((os.fsencode(name), child, self.tree.getattr(child)))
+            except ViewError:
+                continue  # gone between the listing and its attributes
+        return out
+
+    async def opendir(self, inode, ctx):
+        node = self._node(inode)
+        entries = await self._run(self._listing, node)
+        fh = next(self._fh)
+        self.handles[fh] = _Dir(entries)
+        return fh
+
+    async def readdir(self, fh, start_id, token):
+        d = self.handles[fh]
+        for i in range(start_id, len(d.entries)):
+            name, node, attr = d.entries[i]
+            if not pyfuse3.readdir_reply(token, name, self._entry(node, attr), i + 1):
+                break
+            self._known(node)
+
+    async def releasedir(self, fh):
+        self.handles.pop(fh, None)
+
+    # --- files -----------------------------------------------------------------------------------
+    def _open(self, node: Node):
+        if node.kind == FS:
+            return _Fd(os.open(node.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC))
+        if node.kind == IMAGE:
+            return self.tree.open_image(node)
+        return _Bytes(self.tree.contents(node))
+
+    async def open(self, inode, flags, ctx):
+        if flags & WRITE_FLAGS:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        node = self._node(inode)
+        handle = await self._run(self._open, node)
+        fh = next(self._fh)
+        self.handles[fh] = handle
+        # Past states never change: let the kernel keep their pages. Generated files (info.json
+        # of a live pod) are read fresh each time.
+        immutable = node.immutable and node.kind in (FS, IMAGE)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=immutable, direct_io=not immutable)
+
+    async def read(self, fh, off, size):
+        h = self.handles[fh]
+        if isinstance(h, _Bytes):
+            return h.read(off, size)
+        return await self._run(h.read, off, size)
+
+    async def release(self, fh):
+        h = self.handles.pop(fh, None)
+        if h is not None:
+            await self._run(h.close)
+
+    # --- extended attributes ---------------------------------------------------------------------
+    async def listxattr(self, inode, ctx):
+        node = self._node(inode)
+        if node.kind != FS:
+            return []
+        return [os.fsencode(n) for n in await self._run(self.tree.xattrs, node)]
+
+    async def getxattr(self, inode, name, ctx):
+        node = self._node(inode)
+        if node.kind != FS:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return await self._run(self.tree.getxattr, node, os.fsdecode(name))
+
+    # --- the one write: mkdir in branches/ --------------------------------------------------------
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        node = self._node(parent_inode)
+
+        def make() -> tuple[Node, Attr]:
+            child = self.tree.make_branch(node, os.fsdecode(name))
+            return child, self.tree.getattr(child)
+
+        child, attr = await self._run(make, limiter=self.branch_limiter)
+        log.info("branch %s created", os.fsdecode(name))
+        self._known(child)
+        return self._entry(child, attr)
+
+    # Everything else that would change the view.
+    async def _readonly(self, *_args, **_kw):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    setattr = mknod = unlink = rmdir = symlink = rename = link = write = create = _readonly  # type: ignore[assignment]
+    setxattr = removexattr = _readonly  # type: ignore[assignment]
+
+
+class _Fd:
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def read(self, off: int, size: int) -> bytes:
+        return os.pread(self.fd, size, off)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class _Bytes:
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def read(self, off: int, size: int) -> bytes:
+        return self.data[off : off + size]
+
+    def close(self) -> None:
+        pass
