@@ -212,6 +212,8 @@ def test_branch_by_mkdir_and_live_updates(zap, view):
     fork = zap.pod("fork")
     assert fork["state"] == "running" and fork["origin"] == "web@1"
     assert os.listdir(branches) == ["fork"]
+    # The branch's namespaces do not hold a copy of the view (it would outlive the unmount).
+    assert " - fuse.zapckpt " not in Path(f"/proc/{fork['pid']}/mountinfo").read_text()
     assert os.readlink(branches / "fork" / "pod") == "../../../../../fork"
     assert json.loads((branches / "fork" / "pod" / "info.json").read_text())["origin"] == "web@1"
     at = counter_values(Path(zap.json("show", "web@1")["snapshot"]["path"]))
@@ -248,6 +250,10 @@ def test_branch_by_mkdir_and_live_updates(zap, view):
         t.join()
     assert not errors, errors[:3]
     assert len(os.listdir(top / "by-time")) == 5
+    # Removed checkpoints go from the view too.
+    zap("rmckpt", "web@3")
+    assert sorted(os.listdir(top / "checkpoints"), key=int) == ["1", "2", "4", "5"]
+    wait_for(lambda: not (top / "checkpoints" / "3").exists(), timeout=5, what="web@3 to leave the view")
     zap("umount", view)
 
 

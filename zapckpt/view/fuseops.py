@@ -8,17 +8,20 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections import OrderedDict
 from itertools import count
 
 import pyfuse3
 import trio
 
-from .tree import FS, IMAGE, ROOT_INO, Attr, HistoryTree, Node, ViewError
+from .tree import FS, IMAGE, IMAGES, PROC, PROCS, ROOT_INO, Attr, HistoryTree, Node, ViewError
 
 log = logging.getLogger("zapckpt.view")
 
 LONG = 24 * 3600.0  # past states never change
 SHORT = 1.0  # listings from the catalog: new checkpoints show up within a second
+CACHED_LISTINGS = (FS, PROCS, PROC, IMAGES)  # directories whose entries never change
+LISTED_ENTRIES = 500_000  # directory entries of past states kept in memory (about 200 bytes each)
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
@@ -44,6 +47,7 @@ class HistoryOps(pyfuse3.Operations):
         self.nodes: dict[int, Node] = {ROOT_INO: root}
         self.lookups: dict[int, int] = {ROOT_INO: 1}
         self.handles: dict[int, object] = {}
+        self.listings = _Listings(LISTED_ENTRIES)
         self._fh = count(1)
 
     # --- plumbing --------------------------------------------------------------------------------
@@ -67,13 +71,14 @@ class HistoryOps(pyfuse3.Operations):
         return node
 
     def _known(self, node: Node) -> None:
-        """The kernel now holds one more reference to node's inode."""
+        """The kernel now holds one more reference to node's inode (hot: once per entry listed)."""
         ino = node.ino
-        old = self.nodes.get(ino)
-        if old is not None and old.key != node.key and old.kind != FS:
-            log.error("inode number collision: %s and %s", old.key, node.key)
-        self.nodes[ino] = node
-        self.lookups[ino] = self.lookups.get(ino, 0) + 1
+        n = self.lookups.get(ino)
+        if n is None:
+            self.nodes[ino] = node
+            self.lookups[ino] = 1
+        else:
+            self.lookups[ino] = n + 1
 
     def _entry(self, node: Node, a: Attr) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
@@ -128,31 +133,32 @@ class HistoryOps(pyfuse3.Operations):
         return out
 
     # --- directories -----------------------------------------------------------------------------
-    def _listing(self, node: Node) -> list[tuple[bytes, Node, Attr]]:
-        if node.kind == FS:
-            return [(os.fsencode(n), c, a) for n, c, a in self.tree.fs_listing(node)]
-        out = []
-        for name, child in self.tree.entries(node):
-            try:
-                out.append((os.fsencode(name), child, self.tree.getattr(child)))
-            except ViewError:
-                continue  # gone between the listing and its attributes
-        return out
+    def _listing(self, node: Node) -> list[tuple[bytes, Node, pyfuse3.EntryAttributes]]:
+        # Runs on a worker thread, so the trio loop only hands the entries to the kernel.
+        return [(os.fsencode(n), c, self._entry(c, a)) for n, c, a in self.tree.listing(node)]
 
     async def opendir(self, inode, ctx):
         node = self._node(inode)
-        entries = await self._run(self._listing, node)
+        # Listings of past states never change: kept (bounded) so a second `find` or `ls` does
+        # not walk the snapshot again. Catalog listings are read fresh every time.
+        cacheable = node.kind in CACHED_LISTINGS
+        entries = self.listings.get(inode) if cacheable else None
+        if entries is None:
+            entries = await self._run(self._listing, node)
+            if cacheable:
+                self.listings.put(inode, entries)
         fh = next(self._fh)
         self.handles[fh] = _Dir(entries)
         return fh
 
     async def readdir(self, fh, start_id, token):
         d = self.handles[fh]
+        reply, known = pyfuse3.readdir_reply, self._known
         for i in range(start_id, len(d.entries)):
-            name, node, attr = d.entries[i]
-            if not pyfuse3.readdir_reply(token, name, self._entry(node, attr), i + 1):
+            name, node, entry = d.entries[i]
+            if not reply(token, name, entry, i + 1):
                 break
-            self._known(node)
+            known(node)
 
     async def releasedir(self, fh):
         self.handles.pop(fh, None)
@@ -220,6 +226,29 @@ class HistoryOps(pyfuse3.Operations):
 
     setattr = mknod = unlink = rmdir = symlink = rename = link = write = create = _readonly  # type: ignore[assignment]
     setxattr = removexattr = _readonly  # type: ignore[assignment]
+
+
+class _Listings:
+    """Listings of immutable directories, least recently used dropped first."""
+
+    def __init__(self, max_entries: int):
+        self.max, self.total = max_entries, 0
+        self.data: OrderedDict[int, list] = OrderedDict()
+
+    def get(self, ino: int) -> list | None:
+        entries = self.data.get(ino)
+        if entries is not None:
+            self.data.move_to_end(ino)
+        return entries
+
+    def put(self, ino: int, entries: list) -> None:
+        if ino in self.data or len(entries) > self.max:
+            return
+        self.data[ino] = entries
+        self.total += len(entries)
+        while self.total > self.max:
+            _ino, old = self.data.popitem(last=False)
+            self.total -= len(old)
 
 
 class _Fd:

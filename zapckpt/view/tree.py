@@ -28,6 +28,7 @@ import stat
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -58,18 +59,34 @@ def _ino(key: str) -> int:
     return n if n > ROOT_INO else n + 2
 
 
-@dataclass(frozen=True, slots=True)
 class Node:
-    kind: str  # one of the constants below
-    key: str  # what the node is; its inode number is derived from this
-    pod: str = ""
-    ck: str = ""  # checkpoint id
-    path: str = ""  # FS: the real path; IMAGE: the image name; PROC: the pid; LINK: the target
-    immutable: bool = False  # may the kernel cache it for long
+    """One thing in the view. Made by the thousand per listing: a plain slotted class with its
+    inode number computed once."""
 
-    @property
-    def ino(self) -> int:
-        return ROOT_INO if self.kind == ROOT else _ino(self.key)
+    __slots__ = ("kind", "key", "pod", "ck", "path", "immutable", "ino")
+
+    def __init__(self, kind: str, key: str, pod: str = "", ck: str = "", path: str = "", immutable: bool = False,
+                 ino: int = 0):  # fmt: skip
+        self.kind = kind  # one of the constants below
+        self.key = key  # what the node is (its inode number is derived from it); "" in fs/
+        self.pod, self.ck = pod, ck  # pod name, checkpoint id
+        self.path = path  # FS: the real path; IMAGE: the image name; PROC: the pid; LINK: the target
+        self.immutable = immutable  # may the kernel cache it for long
+        self.ino = ino or (ROOT_INO if kind == ROOT else _ino(key))
+
+
+_K = 0x9E3779B97F4A7C15  # odd: st_ino -> st_ino * _K is a bijection on 64-bit numbers
+
+
+@lru_cache(maxsize=65536)
+def _ck_base(ck: str) -> int:
+    return _ino(f"ck:{ck}:files")
+
+
+def fs_ino(ck: str, st_ino: int) -> int:
+    """A file of a snapshot: distinct files of one checkpoint never collide, hard links share."""
+    n = (_ck_base(ck) + st_ino * _K) & 0xFFFFFFFFFFFFFFFF
+    return n if n > ROOT_INO else n + 2
 
 
 ROOT, PODS, POD, CKPTS, BYTIME, CKPT, FS, PROCS, PROC, IMAGES, IMAGE, BRANCHES, BRANCH = (
@@ -205,8 +222,8 @@ class HistoryTree:
         if k == CKPTS:
             return [(str(seq), self._ck_node(node.pod, cid)) for seq, cid, _t in self._pod_checkpoints(node.pod)]
         if k == BYTIME:
-            return [(name, self._link(f"/pods/{node.pod}/by-time/{name}", f"../checkpoints/{seq}"))
-                    for name, seq in self._by_time(node.pod)]  # fmt: skip
+            return [(name, self._link(f"/pods/{node.pod}/by-time/{name}", f"../checkpoints/{seq}", immutable=True))
+                    for name, seq, _t in self._by_time(node.pod)]  # fmt: skip
         if k == CKPT:
             info = self.checkpoint(node.ck)
             base = f"ck:{info.id}"
@@ -300,9 +317,7 @@ class HistoryTree:
         elif node.pod and k == POD:
             t = _ns(self._pod_row(node.pod).created_at)
         if k in DIRS:
-            private = k in (IMAGES,)  # process memory: root only, even with --allow-other
-            mode = stat.S_IFDIR | (0o700 if private else 0o755 if k == BRANCHES else 0o555)
-            return Attr(node.ino, mode, nlink=2, mtime_ns=t, ctime_ns=t, atime_ns=t)
+            return self._dir_attr(node, t)
         if k in (LINK, LATEST):
             return Attr(node.ino, stat.S_IFLNK | 0o777, size=len(os.fsencode(self.readlink(node))), mtime_ns=t,
                         ctime_ns=t, atime_ns=t)  # fmt: skip
@@ -400,23 +415,30 @@ class HistoryTree:
         return Node(POD, f"/pods/{name}", pod=name)
 
     def _ck_node(self, pod: str, ck_id: str) -> Node:
-        return Node(CKPT, f"ck:{ck_id}", pod=pod, ck=ck_id, immutable=True)
+        # Its contents never change, but the entry goes when the checkpoint is removed.
+        return Node(CKPT, f"ck:{ck_id}", pod=pod, ck=ck_id)
 
     def _branch_node(self, ck_id: str, name: str) -> Node:
         return Node(BRANCH, f"ck:{ck_id}:branch:{name}", pod=name, ck=ck_id)
 
     @staticmethod
+    def _dir_attr(node: Node, t: int) -> Attr:
+        # images/ holds process memory: root only, even with --allow-other.
+        mode = 0o700 if node.kind == IMAGES else 0o755 if node.kind == BRANCHES else 0o555
+        return Attr(node.ino, stat.S_IFDIR | mode, nlink=2, mtime_ns=t, ctime_ns=t, atime_ns=t)
+
+    @staticmethod
     def _link(key: str, target: str, immutable: bool = False) -> Node:
         return Node(LINK, key, path=target, immutable=immutable)
 
-    def _by_time(self, pod: str) -> list[tuple[str, int]]:
+    def _by_time(self, pod: str) -> list[tuple[str, int, int]]:
         out, seen = [], set()
         for seq, _cid, t in self._pod_checkpoints(pod):
             name = time_name(t)
             if name in seen:  # two checkpoints in one second: the later ones get their number
                 name = f"{name}.{seq}"
             seen.add(name)
-            out.append((name, seq))
+            out.append((name, seq, t))
         return out
 
     def _process(self, node: Node) -> dict:
@@ -440,8 +462,9 @@ class HistoryTree:
             ).all()
         return [(n, size) for n, size in rows]
 
-    def _fs_node(self, ck: str, path: str, st: os.stat_result) -> Node:
-        return Node(FS, f"ck:{ck}:ino:{st.st_ino}", ck=ck, path=path, immutable=True)
+    @staticmethod
+    def _fs_node(ck: str, path: str, st: os.stat_result) -> Node:
+        return Node(FS, "", ck=ck, path=path, immutable=True, ino=fs_ino(ck, st.st_ino))
 
     @staticmethod
     def _fs_attr(node: Node, st: os.stat_result) -> Attr:
@@ -462,6 +485,29 @@ class HistoryTree:
                     out.append((e.name, child, self._fs_attr(child, st)))
         except FileNotFoundError:
             raise ViewError(errno.ENOENT, f"{node.path} has gone (checkpoint removed?)") from None
+        return out
+
+    def listing(self, node: Node) -> list[tuple[str, Node, Attr]]:
+        """A directory's entries with their attributes, for readdirplus: one catalog query or
+        one pass over the snapshot directory, never one per entry."""
+        if node.kind == FS:
+            return self.fs_listing(node)
+        if node.kind == CKPTS:
+            return [(str(seq), (c := self._ck_node(node.pod, cid)), self._dir_attr(c, t))
+                    for seq, cid, t in self._pod_checkpoints(node.pod)]  # fmt: skip
+        if node.kind == BYTIME:
+            out = []
+            for name, seq, t in self._by_time(node.pod):
+                link = self._link(f"/pods/{node.pod}/by-time/{name}", f"../checkpoints/{seq}", immutable=True)
+                out.append((name, link, Attr(link.ino, stat.S_IFLNK | 0o777, size=len(link.path), mtime_ns=t,
+                                             ctime_ns=t, atime_ns=t)))  # fmt: skip
+            return out
+        out = []
+        for name, child in self.entries(node):
+            try:
+                out.append((name, child, self.getattr(child)))
+            except ViewError:
+                continue  # gone between the listing and its attributes
         return out
 
     def _fs_entries(self, node: Node) -> list[tuple[str, Node]]:
