@@ -4,6 +4,7 @@ reading the same btrfs data directly, alternating the two in the same run.
 
   fuse_ls_10k        `ls -l` of a checkpoints/ directory with 10,000 checkpoints (cold caches);
                      baseline: `ls -l` of a btrfs directory of 10,000 directories. Target < 1 s.
+  fuse_ls_names_10k  `ls` (names only) of the same directory: no target, shows what -l adds.
   fuse_read_cold     sequential read of a 1 GiB file in fs/ after dropping caches (MB/s);
                      baseline: the same file in the snapshot. Target >= 50% of it.
   fuse_read_warm     the same, read again (page cache). Target >= 90%.
@@ -165,6 +166,7 @@ def main() -> int:
 
         floor, floor_mnt = floor_fs(home)
         rt_ours, rt_base = [], []
+        ln_ours, ln_base = [], []
         ls_ours, ls_base, rc_ours, rc_base, rw_ours, rw_base = [], [], [], [], [], []
         fc_ours, fc_base, fw_ours, fw_base = [], [], [], []
         size_mb = (vol / "big.bin").stat().st_size / 1e6
@@ -175,6 +177,9 @@ def main() -> int:
             for path, out in ((lsdir, ls_base), (view_ls, ls_ours)):
                 drop_caches()
                 out.append(timed(["ls", "-l", str(path)]))
+            for path, out in ((lsdir, ln_base), (view_ls, ln_ours)):
+                drop_caches()
+                out.append(timed(["ls", str(path)]))
             for path, cold, warm in ((snap / "big.bin", rc_base, rw_base), (view_ck / "big.bin", rc_ours, rw_ours)):
                 drop_caches()
                 cold.append(size_mb / read_all(path))
@@ -186,6 +191,7 @@ def main() -> int:
         n = f"{args.files // 1000}k"
         figures = [
             figure("fuse_ls_10k", "s", ls_ours, ls_base, "ls -l of a btrfs directory of as many directories", 1.0),
+            figure_none("fuse_ls_names_10k", "s", ln_ours, ln_base, "ls of a btrfs directory of as many directories"),
             figure("fuse_read_cold", "MB/s", rc_ours, rc_base, "read of the file in the snapshot, cold", 0.5, "higher"),
             figure("fuse_read_warm", "MB/s", rw_ours, rw_base, "read of the file in the snapshot, warm", 0.9, "higher"),
             figure(f"fuse_find_{n}_cold", "s", fc_ours, fc_base, "find on the snapshot, cold", 3.0),
