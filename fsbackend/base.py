@@ -89,6 +89,18 @@ class SnapshotBackend(abc.ABC):
     def clone(self, snap: Path, dst: Path) -> None:
         """A writable copy of a snapshot (O(1) where the filesystem allows)."""
 
+    def diff(self, old: Path, new: Path):
+        """What changed from snapshot old to snapshot new (fsbackend.sendstream.Changes)."""
+        raise BackendError(f"the {self.name} backend cannot compare snapshots")
+
+    @abc.abstractmethod
+    def set_readonly(self, path: Path) -> None:
+        """Freeze a volume made by create_volume or clone (rootfs templates)."""
+
+    @abc.abstractmethod
+    def is_volume(self, path: Path) -> bool:
+        """Is path a volume (something clone() can take in O(1))?"""
+
     @abc.abstractmethod
     def flush(self, path: Path) -> None:
         """Write back dirty data before a freeze, so the in-window snapshot has little to do."""

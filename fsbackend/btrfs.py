@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
 
 from zapckpt import proc
@@ -80,6 +81,35 @@ class BtrfsBackend(SnapshotBackend):
     def clone(self, snap: Path, dst: Path) -> None:
         self.check_clone(snap, dst)
         proc.run(["btrfs", "-q", "subvolume", "snapshot", str(snap), str(dst)])
+
+    def diff(self, old: Path, new: Path):
+        """From the send stream btrfs makes by comparing the two trees (no file data read)."""
+        from .sendstream import parse
+
+        pipe = 'set -o pipefail; btrfs send -q --no-data -p "$1" "$2" | btrfs receive --dump'
+        res = proc.run(["bash", "-c", pipe, "bash", str(old), str(new)], check=False)
+        if res.returncode != 0:
+            last = (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1]
+            raise BackendError(f"cannot compare {old} and {new}: {last}")
+        dump = res
+
+        def kind(root: Path):
+            def of(p: str):
+                try:
+                    return stat.S_IFMT(os.lstat(root / p.lstrip("/")).st_mode)
+                except FileNotFoundError:
+                    return None
+
+            return of
+
+        return parse(dump.stdout, kind(old), kind(new))
+
+    def set_readonly(self, path: Path) -> None:
+        proc.run(["btrfs", "property", "set", "-ts", str(path), "ro", "true"])
+
+    def is_volume(self, path: Path) -> bool:
+        # A subvolume's root directory has inode 256 on a btrfs file system.
+        return path.is_dir() and os.stat(path).st_ino == 256 and _fs_magic(path) == BTRFS_SUPER_MAGIC
 
     def flush(self, path: Path) -> None:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

@@ -154,9 +154,9 @@ def snapshot_only(ctx: Context, s: Session, pod: Pod, message: str, kind: str = 
     return ck
 
 
-def checkpoint(ctx: Context, name: str, message: str = "", stop: bool = False) -> Checkpoint:
+def checkpoint(ctx: Context, name: str, message: str = "", stop: bool = False, kind: str = "manual") -> Checkpoint:
     with ctx.pod_lock(name):
         with ctx.catalog.session() as s:
             pod = queries.get_pod(s, name)
             with deferred_interrupts():
-                return take(ctx, s, pod, message, stop=stop)
+                return take(ctx, s, pod, message, stop=stop, kind=kind)

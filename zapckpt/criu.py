@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -117,11 +118,22 @@ def dump(init_pid: int, images: Path, hook: Path, log: Path, *, leave_stopped: b
         time.sleep(0.05 * attempt)
 
 
-def restore(images: Path, pidfile: Path, volume: Path, mount_path: Path, log: Path) -> int:
+def restore(images: Path, pidfile: Path, volume: Path, mount_path: Path, log: Path, system_root: bool = False) -> int:
     """Restore the tree detached, in a fresh private mount namespace where the volume appears
-    at mount_path; returns the host pid of the restored init."""
+    at mount_path; returns the host pid of the restored init. A system pod (its root is the
+    volume) gets its /proc mounted again, from inside its new pid namespace, before its
+    processes come back."""
     criu = [criu_binary(), "restore", "-d", "-D", str(images), "-o", "restore.log",
             "--file-locks", "--pidfile", str(pidfile)]  # fmt: skip
+    if system_root:
+        hook = images.parent / "restore-hook.sh"
+        hook.write_text(
+            "#!/bin/sh\n"
+            '[ "$CRTOOLS_SCRIPT_ACTION" = setup-namespaces ] || exit 0\n'
+            f'exec nsenter -t "$CRTOOLS_INIT_PID" -p -- mount -t proc -o nosuid,nodev,noexec proc {shlex.quote(str(mount_path / "proc"))}\n'
+        )
+        hook.chmod(0o755)
+        criu += ["--action-script", str(hook)]
     # As in podinit: detach `zap mount` views from the copy of the mount table the pod gets.
     inner = ["sh", "-c", 'for m in $(awk \'$0 ~ / - fuse\\.zapckpt / {print $5}\' /proc/self/mountinfo); do '
              'umount --lazy "$m"; done; mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(volume), str(mount_path)]

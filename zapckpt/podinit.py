@@ -20,6 +20,8 @@ def main() -> None:
         os.write(ready, f"error {msg}\n".encode())
         os._exit(127)
 
+    # /proc is still the host's here (a system pod mounts its own below): our host pid.
+    host_pid = os.readlink("/proc/self")
     try:
         os.setsid()
         # The copy of the host's mounts includes any `zap mount` view: not the pod's business,
@@ -29,9 +31,15 @@ def main() -> None:
         for mp in views:
             subprocess.run(["umount", "--lazy", mp.encode().decode("unicode_escape")], check=False)
         if spec["volume"] != spec["mount_path"]:
-            # A branch: its own volume appears where the original pod's processes expect it.
+            # The volume appears at the pod's path (for a branch: the original pod's path).
             os.makedirs(spec["mount_path"], exist_ok=True)
             subprocess.run(["mount", "--bind", spec["volume"], spec["mount_path"]], check=True)
+        if spec.get("rootfs"):
+            # A system pod: its own /proc (of this pid namespace), then the volume is its root.
+            # /dev and /tmp are directories of that root, so they are in every snapshot.
+            root = spec["mount_path"]
+            subprocess.run(["mount", "-t", "proc", "-o", "nosuid,nodev,noexec", "proc", f"{root}/proc"], check=True)
+            os.chroot(root)
         os.chdir(spec["cwd"])
         null = os.open("/dev/null", os.O_RDONLY)
         log = os.open(spec["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
@@ -42,8 +50,7 @@ def main() -> None:
         os.closerange(ready + 1, 65536)
     except Exception as e:  # noqa: BLE001 - reported to zap run through the pipe
         fail(f"pod set-up failed: {e}")
-    # /proc is still the host's here, so /proc/self names our host pid.
-    os.write(ready, f"pid {os.readlink('/proc/self')}\n".encode())
+    os.write(ready, f"pid {host_pid}\n".encode())
     # Python ignores SIGPIPE and SIGXFSZ for itself; the pod's command must get the defaults.
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)

@@ -38,7 +38,7 @@ def pod_env(pod: Pod) -> dict[str, str]:
     env = dict(BASE_ENV)
     env.update(pod.env or {})
     env["ZAP_POD"] = pod.name
-    env["ZAP_POD_PATH"] = pod.mount_path
+    env["ZAP_POD_PATH"] = "/" if pod.rootfs else pod.mount_path
     return env
 
 
@@ -58,6 +58,8 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
 
 
 def _resolve_cwd(mount_path: str, cwd: str | None) -> str:
+    """The working directory as the pod's processes see it (inside the root of a system pod:
+    call with mount_path "/")."""
     if not cwd:
         return mount_path
     if not os.path.isabs(cwd):
@@ -73,7 +75,8 @@ def start_processes(pod: Pod) -> tuple[int, int]:
         "cwd": pod.cwd,
         "volume": pod.volume,
         "mount_path": pod.mount_path,
-        "log": os.path.join(pod.mount_path, LOG_DIR, LOG_NAME),
+        "log": os.path.join("/" if pod.rootfs else pod.mount_path, LOG_DIR, LOG_NAME),
+        "rootfs": bool(pod.rootfs),
     }
     (Path(pod.volume) / LOG_DIR).mkdir(exist_ok=True)
     # The pod's init reports through a pipe it opens by path: `unshare --fork` stays alive as
@@ -131,10 +134,17 @@ def start_processes(pod: Pod) -> tuple[int, int]:
     return pid, start or 0
 
 
-def run(ctx: Context, name: str, command: list[str], env: dict[str, str], cwd: str | None) -> Pod:
+def run(ctx: Context, name: str, command: list[str], env: dict[str, str], cwd: str | None,
+        rootfs: str | None = None, start: bool = True) -> Pod:  # fmt: skip
+    """`zap run` (start=True) and `zap create` (start=False): a new pod with a fresh volume, or
+    with a root file system made from `rootfs` (see rootfs.py)."""
     check_name(name)
-    if not command:
+    if start and not command:
         raise UsageError("no command given: zap run NAME -- CMD [ARGS...]")
+    if rootfs:
+        from . import rootfs as roots
+
+        roots.parse(rootfs)  # bad specs fail before anything is made
     pool = ctx.pool
     with ctx.pod_lock(name):
         with ctx.catalog.session() as s:
@@ -142,20 +152,25 @@ def run(ctx: Context, name: str, command: list[str], env: dict[str, str], cwd: s
                 raise AlreadyExists(f"pod {name!r} already exists")
         volume = pool.volume_of(name)
         mount_path = ctx.state.mount_path(name)
-        pool.backend.create_volume(volume)
+        if rootfs:
+            roots.populate(pool, rootfs, volume, ctx.log_path(name, "rootfs"))
+        else:
+            pool.backend.create_volume(volume)
+        seen_from = "/" if rootfs else str(mount_path)
         pod = Pod(
             name=name, volume=str(volume), mount_path=str(mount_path), command=command, env=env,
-            cwd=_resolve_cwd(str(mount_path), cwd), desired_state="running",
+            cwd=_resolve_cwd(seen_from, cwd), desired_state="running" if start else "stopped", rootfs=rootfs,
         )  # fmt: skip
         try:
-            inside = os.path.relpath(pod.cwd, pod.mount_path)
+            inside = os.path.relpath(pod.cwd, seen_from)
             if inside.startswith(".."):
                 if not os.path.isdir(pod.cwd):
                     raise UsageError(f"--cwd {cwd!r} does not exist")
             else:
                 os.makedirs(os.path.join(pod.volume, inside), exist_ok=True)
             mount_path.mkdir(parents=True, exist_ok=True)
-            pod.init_pid, pod.init_starttime = start_processes(pod)
+            if start:
+                pod.init_pid, pod.init_starttime = start_processes(pod)
         except BaseException:
             pool.backend.delete_volume(volume)
             raise
@@ -173,6 +188,8 @@ def start(ctx: Context, name: str) -> Pod:
                 raise UsageError(f"pod {name!r} is already running")
             if not Path(pod.volume).is_dir():
                 raise ZapError(f"the volume of pod {name!r} is missing: {pod.volume}")
+            if not pod.command:
+                raise UsageError(f"pod {name!r} has no command (it was created without one)")
             os.makedirs(pod.mount_path, exist_ok=True)
             pod.init_pid, pod.init_starttime = start_processes(pod)
             pod.desired_state = "running"
@@ -235,8 +252,10 @@ def remove(ctx: Context, name: str, force: bool) -> None:
                     pass
 
 
-def exec_in(ctx: Context, name: str, command: list[str]) -> int:
-    """Run a command inside the pod's namespaces and working directory; returns its exit code."""
+def exec_in(ctx: Context, name: str, command: list[str], timeout: float | None = None, quiet: bool = False) -> int:
+    """Run a command inside the pod's namespaces (and root) and working directory; returns its
+    exit code. With a timeout it runs in its own session and is killed, with all it started,
+    when the time is up (exit code None is then raised as ExecTimeout)."""
     if not command:
         raise UsageError("no command given: zap exec NAME -- CMD [ARGS...]")
     with ctx.catalog.session() as s:
@@ -245,13 +264,29 @@ def exec_in(ctx: Context, name: str, command: list[str]) -> int:
             raise UsageError(f"pod {name!r} is not running")
         # nsenter --wd would resolve the directory before entering the mount namespace, where
         # the pod's volume is not mounted: change directory inside instead.
-        argv = ["nsenter", "-t", str(pod.init_pid), "-p", "-m", "-i", "-u", "--",
+        root = ["-r", "-w"] if pod.rootfs else []  # a system pod: its root (and a cwd inside it)
+        argv = ["nsenter", "-t", str(pod.init_pid), "-p", "-m", "-i", "-u", *root, "--",
                 "/bin/sh", "-c", 'cd -- "$1" && shift && exec "$@"', "sh", pod.cwd, *command]  # fmt: skip
         env = pod_env(pod)
+    out = subprocess.DEVNULL if quiet else None
+    if timeout is None:
+        try:
+            return subprocess.call(argv, env=env, stdout=out, stderr=out)
+        except KeyboardInterrupt:
+            return 130
+    child = subprocess.Popen(argv, env=env, stdout=out, stderr=out, start_new_session=True)
     try:
-        return subprocess.call(argv, env=env)
-    except KeyboardInterrupt:
-        return 130
+        return child.wait(timeout)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt) as e:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+        if isinstance(e, KeyboardInterrupt):
+            return 130
+        raise ExecTimeout(f"{command[0]} did not finish within {timeout:g}s and was killed") from None
+
+
+class ExecTimeout(ZapError):
+    pass
 
 
 def follow_log(ctx: Context, name: str, follow: bool, out) -> None:

@@ -49,11 +49,11 @@ def restore_processes(ctx: Context, images: Path, pod: Pod) -> tuple[int, int]:
     """Let CRIU bring the tree back, with pod's volume at the pod's path."""
     os.makedirs(pod.mount_path, exist_ok=True)
     pid = criu.restore(images, images.parent / "pid", Path(pod.volume), Path(pod.mount_path),
-                       ctx.log_path(pod.name, "restore"))  # fmt: skip
+                       ctx.log_path(pod.name, "restore"), system_root=bool(pod.rootfs))  # fmt: skip
     return pid, procinfo.starttime(pid) or 0
 
 
-def restore(ctx: Context, ref: str) -> tuple[Checkpoint, Checkpoint]:
+def restore(ctx: Context, ref: str, saved_message: str | None = None) -> tuple[Checkpoint, Checkpoint]:
     """Roll the pod of `ref` back to it, files and processes; returns (ref, saved-state)."""
     ctx.pool  # mounted (after a reboot or deinit) before anything looks at snapshots
     with ctx.ref_lock(ref):
@@ -62,13 +62,14 @@ def restore(ctx: Context, ref: str) -> tuple[Checkpoint, Checkpoint]:
             pod = ck.pod
             _check_snapshot(ck)
             with materialized(ctx, s, ck) as images, deferred_interrupts():
-                return ck, _restore_locked(ctx, s, pod, ck, images)
+                return ck, _restore_locked(ctx, s, pod, ck, images, saved_message)
 
 
-def _restore_locked(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images: Path | None) -> Checkpoint:
+def _restore_locked(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images: Path | None,
+                    saved_message: str | None) -> Checkpoint:  # fmt: skip
     backend = ctx.pool.backend
     # Keep the state being replaced, so the rollback itself can be undone.
-    msg = f"before restore to {ck.ref}"
+    msg = saved_message or f"before restore to {ck.ref}"
     if live_state(pod) == "running":
         try:
             saved = ckpt.take(ctx, s, pod, msg, stop=True, kind="auto")
@@ -127,7 +128,7 @@ def branch(ctx: Context, ref: str, new_name: str, start: bool = True) -> Pod:
             volume = pool.volume_of(new_name)
             pod = Pod(
                 name=new_name, volume=str(volume), mount_path=src.mount_path, command=src.command,
-                env=src.env, cwd=src.cwd, desired_state="stopped", origin_checkpoint_id=ck.id,
+                env=src.env, cwd=src.cwd, rootfs=src.rootfs, desired_state="stopped", origin_checkpoint_id=ck.id,
                 head_checkpoint_id=ck.id,
             )  # fmt: skip
             # Images first: a damaged set fails here, before the volume exists.

@@ -11,7 +11,7 @@ import traceback
 
 from .. import __version__
 from ..errors import UsageError, ZapError
-from . import checkpoints, pods, store, system, view
+from . import checkpoints, guard, pods, store, system, view
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"zap {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for module in (system, pods, checkpoints, store, view):
+    for module in (system, pods, checkpoints, guard, store, view):
         module.register(sub)
     return p
 

@@ -13,12 +13,16 @@ from .output import emit_json, table
 
 
 def register(sub) -> None:
-    p = sub.add_parser("run", help="start a command as a new pod")
-    p.add_argument("name")
-    p.add_argument("--env", "-e", action="append", default=[], metavar="K=V")
-    p.add_argument("--cwd", metavar="DIR", help="working directory (default: the pod's path)")
-    p.add_argument("cmd", nargs="*", metavar="-- CMD [ARGS...]")
-    p.set_defaults(func=cmd_run)
+    for verb, what in (("run", "start a command as a new pod"), ("create", "create a pod without starting it")):
+        p = sub.add_parser(verb, help=what)
+        p.add_argument("name")
+        p.add_argument("--env", "-e", action="append", default=[], metavar="K=V")
+        p.add_argument("--cwd", metavar="DIR", help="working directory (default: the pod's path, or / with --rootfs)")
+        p.add_argument("--rootfs", metavar="debian:RELEASE|DIR",
+                       help="give the pod its own root file system (a system pod): a Debian release "
+                       "(built once, then snapshotted) or a copy of DIR")  # fmt: skip
+        p.add_argument("cmd", nargs="*", metavar="-- CMD [ARGS...]")
+        p.set_defaults(func=cmd_run, start=verb == "run")
 
     p = sub.add_parser("start", help="run a stopped pod's command again in its current volume")
     p.add_argument("name")
@@ -51,7 +55,7 @@ def register(sub) -> None:
 
 def cmd_run(args) -> int:
     ctx = Context()
-    pod = pods.run(ctx, args.name, args.cmd, pods.parse_env(args.env), args.cwd)
+    pod = pods.run(ctx, args.name, args.cmd, pods.parse_env(args.env), args.cwd, args.rootfs, args.start)
     print(f"{pod.name} {pod.mount_path}")
     return 0
 

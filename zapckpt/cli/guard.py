@@ -1,0 +1,50 @@
+"""zap guard, diff: rollback after a failed upgrade, and what an upgrade changed."""
+
+from __future__ import annotations
+
+from ..context import Context
+from ..diff import diff
+from ..guard import guard
+from .output import emit_json, info
+
+
+def register(sub) -> None:
+    p = sub.add_parser("guard", help="run CMD in a pod between pre/post checkpoints; roll back if it fails")
+    p.add_argument("name")
+    p.add_argument("--check", metavar="CMD", help="health check (a shell command run inside the pod) after CMD")
+    p.add_argument("--check-timeout", type=float, default=60.0, metavar="SECS",
+                   help="a health check running longer fails (default 60)")  # fmt: skip
+    p.add_argument("cmd", nargs="*", metavar="-- CMD [ARGS...]")
+    p.set_defaults(func=cmd_guard)
+
+    p = sub.add_parser("diff", help="files added, modified, deleted between two checkpoints")
+    p.add_argument("ref_a")
+    p.add_argument("ref_b")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_diff)
+
+
+def cmd_guard(args) -> int:
+    res = guard(Context(), args.name, args.cmd, args.check, args.check_timeout)
+    print(f"{res.pre} {res.post}")
+    return 0
+
+
+MARKS = (("added", "+"), ("modified", "M"), ("deleted", "-"), ("type_changed", "T"), ("mode_changed", "m"))
+
+
+def cmd_diff(args) -> int:
+    a, b, ch = diff(Context(), args.ref_a, args.ref_b)
+    counts = ch.counts()
+    if args.json:
+        doc = {"from": a, "to": b, "counts": counts, "renamed": [{"from": x, "to": y} for x, y in ch.renamed]}
+        doc.update({k: getattr(ch, k) for k, _m in MARKS})
+        emit_json(doc)
+        return 0
+    rows = [(p, mark) for k, mark in MARKS for p in getattr(ch, k)]
+    for p, mark in sorted(rows):
+        print(f"{mark} {p}")
+    for x, y in ch.renamed:
+        print(f"R {x} -> {y}")
+    info(f"{a} -> {b}: " + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items()))
+    return 0
