@@ -254,8 +254,8 @@ def remove(ctx: Context, name: str, force: bool) -> None:
 
 def exec_in(ctx: Context, name: str, command: list[str], timeout: float | None = None, quiet: bool = False) -> int:
     """Run a command inside the pod's namespaces (and root) and working directory; returns its
-    exit code. With a timeout it runs in its own session and is killed, with all it started,
-    when the time is up (exit code None is then raised as ExecTimeout)."""
+    exit code. With a timeout, it is killed with all it started when the time is up
+    (ExecTimeout)."""
     if not command:
         raise UsageError("no command given: zap exec NAME -- CMD [ARGS...]")
     with ctx.catalog.session() as s:
@@ -274,11 +274,11 @@ def exec_in(ctx: Context, name: str, command: list[str], timeout: float | None =
             return subprocess.call(argv, env=env, stdout=out, stderr=out)
         except KeyboardInterrupt:
             return 130
-    child = subprocess.Popen(argv, env=env, stdout=out, stderr=out, start_new_session=True)
+    child = subprocess.Popen(argv, env=env, stdout=out, stderr=out)
     try:
         return child.wait(timeout)
     except (subprocess.TimeoutExpired, KeyboardInterrupt) as e:
-        os.killpg(child.pid, signal.SIGKILL)
+        procinfo.kill_tree(child.pid)
         child.wait()
         if isinstance(e, KeyboardInterrupt):
             return 130

@@ -103,3 +103,23 @@ def kill_pod_tree(init_pid: int, timeout: float = 5.0) -> None:
     pids = pids_in_pidns(init_pid)
     signal_all(pids, signal.SIGKILL)
     wait_gone(pids, timeout)
+
+
+def kill_tree(pid: int, level_timeout: float = 1.0) -> None:
+    """SIGKILL pid and everything under it, deepest first, so that each parent is still there
+    to reap its children: a process killed inside a pod must not be left as a zombie for the
+    pod's init, which may never reap it (CRIU then refuses the pod)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (st := read_stat(int(entry))) is not None:
+            children.setdefault(st.ppid, []).append(int(entry))
+    levels: list[list[int]] = [[pid]]
+    while levels[-1]:
+        levels.append([c for p in levels[-1] for c in children.get(p, [])])
+    for level in reversed(levels[:-1]):
+        signal_all(level, signal.SIGKILL)
+        deadline = time.monotonic() + level_timeout
+        while any(os.path.exists(f"/proc/{p}") for p in level) and time.monotonic() < deadline:
+            if pid in level:
+                break  # the caller reaps pid itself
+            time.sleep(0.01)

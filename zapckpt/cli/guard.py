@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..context import Context
+from ..errors import UsageError
 from ..diff import diff
 from ..guard import guard
 from .output import emit_json, info
@@ -10,7 +11,10 @@ from .output import emit_json, info
 
 def register(sub) -> None:
     p = sub.add_parser("guard", help="run CMD in a pod between pre/post checkpoints; roll back if it fails")
-    p.add_argument("name")
+    p.add_argument("name", nargs="?", help="the pod (not with --host)")
+    p.add_argument("--host", action="store_true", help="guard the host's btrfs root instead of a pod (files only)")
+    p.add_argument("--root", metavar="DIR", default="/",
+                   help="with --host: a btrfs subvolume holding a root used through chroot (default /)")  # fmt: skip
     p.add_argument("--check", metavar="CMD", help="health check (a shell command run inside the pod) after CMD")
     p.add_argument("--check-timeout", type=float, default=60.0, metavar="SECS",
                    help="a health check running longer fails (default 60)")  # fmt: skip
@@ -25,6 +29,17 @@ def register(sub) -> None:
 
 
 def cmd_guard(args) -> int:
+    if args.host:
+        if args.name:
+            raise UsageError("--host guards the host, not a pod: zap guard --host -- CMD")
+        from ..hostguard import host_guard
+
+        print(*host_guard(args.cmd, args.check, args.check_timeout, args.root))
+        return 0
+    if not args.name:
+        raise UsageError("which pod? zap guard NAME -- CMD (or --host)")
+    if args.root != "/":
+        raise UsageError("--root goes with --host")
     res = guard(Context(), args.name, args.cmd, args.check, args.check_timeout)
     print(f"{res.pre} {res.post}")
     return 0
