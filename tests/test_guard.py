@@ -214,6 +214,7 @@ def test_host_guard_refuses_a_non_btrfs_root(zap):
         pytest.fail("this test expects the machine's root not to be btrfs (see test_host_guard_on_a_btrfs_root)")
     line = zap.fails("guard", "--host", "--", "true", code=2)
     assert "not btrfs" in line
+    assert "not btrfs" in zap.fails("host-snapshot", "apt-pre", code=2)
 
 
 def test_host_guard_on_a_btrfs_root_used_through_chroot(zap, tmp_path):
@@ -241,6 +242,10 @@ def test_host_guard_on_a_btrfs_root_used_through_chroot(zap, tmp_path):
         assert pre.endswith("2-pre") and post.endswith("2-post")
         assert (root / "etc/hostpkg-good.conf").exists() and (Path(post) / "etc/hostpkg-good.conf").exists()
         assert not (Path(pre) / "etc/hostpkg-good.conf").exists()
+        # What the apt hooks call (docs/guard.md): numbered snapshots next to guard's.
+        snap = zap("host-snapshot", "--root", root, "apt-pre").stdout.strip()
+        assert snap.endswith("/3-apt-pre") and (Path(snap) / "etc/hostpkg-good.conf").exists()
+        assert "bad label" in zap.fails("host-snapshot", "--root", root, "Bad Label", code=2)
     finally:
         for p in sorted((root.parent / ".hostroot.zap-snapshots").glob("*-*")) + [root]:
             subprocess.run(["btrfs", "-q", "subvolume", "delete", str(p)], check=False)

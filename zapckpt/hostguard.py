@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -69,6 +70,19 @@ def _run(root: Path, argv: list[str], timeout: float | None = None) -> int:
         os.killpg(child.pid, 9)
         child.wait()
         raise ExecTimeout(f"{argv[-1]} timed out") from None
+
+
+def host_snapshot(label: str, root: str = "/") -> str:
+    """One numbered read-only snapshot of the root (for apt's DPkg::Pre/Post-Invoke hooks)."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,40}", label):
+        raise UsageError(f"bad label {label!r}: use a-z 0-9 _ . - (e.g. apt-pre)")
+    top = Path(root).resolve()
+    backend = _check_root(top)
+    store = _store(top)
+    store.mkdir(exist_ok=True)
+    snap = store / f"{_next_number(store)}-{label}"
+    backend.snapshot(top, snap)
+    return str(snap)
 
 
 def host_guard(command: list[str], check: str | None, check_timeout: float, root: str = "/") -> tuple[str, str]:

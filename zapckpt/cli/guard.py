@@ -21,6 +21,11 @@ def register(sub) -> None:
     p.add_argument("cmd", nargs="*", metavar="-- CMD [ARGS...]")
     p.set_defaults(func=cmd_guard)
 
+    p = sub.add_parser("host-snapshot", help="a numbered read-only snapshot of the host's btrfs root (apt hooks)")
+    p.add_argument("label", help="e.g. apt-pre, apt-post")
+    p.add_argument("--root", metavar="DIR", default="/", help="a btrfs subvolume holding a root (default /)")
+    p.set_defaults(func=cmd_host_snapshot)
+
     p = sub.add_parser("diff", help="files added, modified, deleted between two checkpoints")
     p.add_argument("ref_a")
     p.add_argument("ref_b")
@@ -42,6 +47,13 @@ def cmd_guard(args) -> int:
         raise UsageError("--root goes with --host")
     res = guard(Context(), args.name, args.cmd, args.check, args.check_timeout)
     print(f"{res.pre} {res.post}")
+    return 0
+
+
+def cmd_host_snapshot(args) -> int:
+    from ..hostguard import host_snapshot
+
+    print(host_snapshot(args.label, args.root))
     return 0
 
 
