@@ -37,7 +37,7 @@ class Pod(Base):
     # Where the processes see the volume: the volume itself for a pod made by `zap run`, the
     # original pod's path for a branch (bind-mounted there in the branch's mount namespace).
     mount_path: Mapped[str] = mapped_column(Text)
-    # Where the pod's root filesystem came from ("debian:bookworm", "dir:/srv/tree") for a pod
+    # Where the pod's root filesystem came from (its --rootfs: "debian:bookworm", "/srv/tree") for a pod
     # whose processes run chrooted in its volume; None for a pod that only has a data volume.
     rootfs: Mapped[Optional[str]] = mapped_column(Text)
     command: Mapped[list[Any]] = mapped_column(default=list)

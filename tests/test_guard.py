@@ -142,6 +142,19 @@ def test_system_pod_checkpoint_branch_restore_and_view(zap, tmp_path):
     assert time.monotonic() - t < 20
     assert (zap.volume("second") / "etc/debian_version").exists() and zap.pod("second")["state"] == "stopped"
     assert "has no command" in zap.fails("start", "second", code=2)
+    # --rootfs DIR: a plain directory is copied (hard links, modes, xattrs kept), and gets the
+    # device nodes and directories a pod root needs.
+    tree = tmp_path / "tree"
+    (tree / "usr" / "bin").mkdir(parents=True)
+    (tree / "usr" / "bin" / "tool").write_text("#!/bin/sh\n")
+    os.chmod(tree / "usr" / "bin" / "tool", 0o4755)
+    os.link(tree / "usr" / "bin" / "tool", tree / "usr" / "bin" / "tool2")
+    zap("create", "copied", "--rootfs", tree)
+    cv = zap.volume("copied")
+    assert os.stat(cv / "usr/bin/tool").st_mode & 0o7777 == 0o4755
+    assert os.stat(cv / "usr/bin/tool").st_ino == os.stat(cv / "usr/bin/tool2").st_ino
+    assert os.major(os.stat(cv / "dev/null").st_rdev) == 1 and (cv / "proc").is_dir()
+    assert zap.pod("copied")["rootfs"] == str(tree)
     # The FUSE view shows a system pod's checkpoint like any other.
     mp = Path(tmp_path / "view")
     mp.mkdir()

@@ -144,7 +144,8 @@ def run(ctx: Context, name: str, command: list[str], env: dict[str, str], cwd: s
     if rootfs:
         from . import rootfs as roots
 
-        roots.parse(rootfs)  # bad specs fail before anything is made
+        kind, what = roots.parse(rootfs)  # bad specs fail before anything is made
+        rootfs = f"debian:{what}" if kind == "debian" else what
     pool = ctx.pool
     with ctx.pod_lock(name):
         with ctx.catalog.session() as s:

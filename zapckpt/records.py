@@ -55,6 +55,7 @@ def pod_record(pod: Pod, n_checkpoints: int) -> dict:
         "command": pod.command,
         "env": pod.env,
         "cwd": pod.cwd,
+        "rootfs": pod.rootfs,
         "origin": _ref(pod.origin),
         "head": _ref(pod.head),
         "checkpoints": n_checkpoints,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 from . import proc
@@ -97,6 +98,8 @@ def ensure_template(pool: Pool, release: str, log: Path) -> Path:
             if tarball.is_file():
                 proc.run(["tar", "--zstd", "-xpf", str(tarball), "--xattrs", "--numeric-owner", "-C", str(work)])
             else:
+                print(f"zap: building the debian:{release} root with debootstrap from {mirror()} (about a minute, "
+                      f"once: cached in {cache_dir()})", file=sys.stderr, flush=True)  # fmt: skip
                 res = proc.run(["debootstrap", "--variant=minbase", release, str(work), mirror()], check=False)
                 log.write_text(res.stdout + res.stderr)
                 if res.returncode != 0:

@@ -45,7 +45,7 @@ def export(ctx: Context, ref: str, dest: str) -> Path:
         meta = {
             "format": FORMAT, "version": VERSION, "checkpoint": checkpoint_record(ck),
             "pod": {"name": pod.name, "mount_path": pod.mount_path, "command": pod.command, "env": pod.env,
-                    "cwd": pod.cwd},
+                    "cwd": pod.cwd, "rootfs": pod.rootfs},
         }  # fmt: skip
         ctx.pool  # snapshots must be mounted
         if not Path(ck.snapshot_path).is_dir():
@@ -168,7 +168,7 @@ def import_(ctx: Context, file: str, name: str | None) -> Checkpoint:
                 pool.backend.clone(snap, volume)
                 p = meta["pod"]
                 pod = Pod(name=new_name, volume=str(volume), mount_path=p["mount_path"], command=p["command"],
-                          env=p["env"], cwd=p["cwd"], desired_state="stopped")  # fmt: skip
+                          env=p["env"], cwd=p["cwd"], rootfs=p.get("rootfs"), desired_state="stopped")  # fmt: skip
                 s.add(pod)
                 s.flush()
                 info = pool.backend.describe(snap)
