@@ -8,7 +8,11 @@ def get_backend(name: str) -> SnapshotBackend:
         from .btrfs import BtrfsBackend
 
         return BtrfsBackend()
-    raise BackendError(f"unknown snapshot backend {name!r} (known: btrfs)")
+    if name == "nilfs":
+        from .nilfs import NilfsBackend
+
+        return NilfsBackend()
+    raise BackendError(f"unknown snapshot backend {name!r} (known: btrfs, nilfs)")
 
 
 __all__ = ["BackendError", "Capabilities", "SnapshotBackend", "SnapshotInfo", "get_backend"]

@@ -93,6 +93,9 @@ class SnapshotBackend(abc.ABC):
         """What changed from snapshot old to snapshot new (fsbackend.sendstream.Changes)."""
         raise BackendError(f"the {self.name} backend cannot compare snapshots")
 
+    def ensure_browsable(self, path: Path) -> None:
+        """Make a snapshot path readable (a backend may mount snapshots on demand)."""
+
     @abc.abstractmethod
     def set_readonly(self, path: Path) -> None:
         """Freeze a volume made by create_volume or clone (rootfs templates)."""

@@ -54,18 +54,30 @@ def _read(catalog: Catalog) -> tuple[str | None, str | None, str]:
         )
 
 
-def init_pool(state: StateDir, catalog: Catalog, size: str | None = None, pool_dir: str | None = None) -> Pool:
+def init_pool(state: StateDir, catalog: Catalog, size: str | None = None, pool_dir: str | None = None,
+              backend_name: str | None = None, device: str | None = None) -> Pool:  # fmt: skip
     """Explicit `zap init`; a second call with the same settings just makes sure it is mounted."""
-    if size and pool_dir:
-        raise UsageError("--size and --pool exclude each other")
+    if sum(x is not None for x in (size, pool_dir, device)) > 1:
+        raise UsageError("--size, --pool and --device exclude each other")
+    if backend_name not in (None, "btrfs", "nilfs"):
+        raise UsageError(f"unknown backend {backend_name!r} (btrfs or nilfs)")
     if size and not re.fullmatch(r"\d+[KMGT]?", size):
         raise UsageError(f"bad --size {size!r}: use a number with an optional K, M, G or T suffix")
     state.ensure()
     with locked(state.locks / ".pool.lock", "the pool"):
-        kind, path, backend_name = _read(catalog)
-        backend = get_backend(backend_name)
+        kind, path, known_backend = _read(catalog)
+        if kind is not None and backend_name and backend_name != known_backend:
+            raise UsageError(f"this state directory already uses a {known_backend} pool; run `zap deinit --purge` first")
+        backend = get_backend(known_backend if kind is not None else backend_name or "btrfs")
         if kind is None:
-            if pool_dir:
+            if device:
+                if backend.name != "nilfs":
+                    raise UsageError("--device goes with --backend nilfs (a btrfs pool is a loop file or --pool DIR)")
+                kind, path = "device", str(state.default_pool_mount)
+                backend.make_device_pool(Path(device), Path(path))
+                with catalog.session() as s:
+                    queries.set_setting(s, "pool.device", str(Path(device).absolute()))
+            elif pool_dir:
                 p = Path(pool_dir).absolute()
                 backend.check_pool(p)
                 kind, path = "dir", str(p)
@@ -80,15 +92,19 @@ def init_pool(state: StateDir, catalog: Catalog, size: str | None = None, pool_d
         elif pool_dir and Path(pool_dir).absolute() != Path(path):
             raise UsageError(f"this state directory already uses the pool at {path}; run `zap deinit --purge` first")
         pool = Pool(Path(path), kind, backend)
-        _mount(state, pool)
+        _mount(state, pool, catalog)
         return pool
 
 
-def _mount(state: StateDir, pool: Pool) -> None:
+def _mount(state: StateDir, pool: Pool, catalog: Catalog | None = None) -> None:
     if pool.kind == "loop" and not _is_mounted(pool.path):
         if not state.pool_image.exists():
             raise ZapError(f"pool image {state.pool_image} is missing; run `zap deinit --purge` and `zap init`")
         pool.backend.mount_loop_pool(state.pool_image, pool.path)
+    elif pool.kind == "device" and not _is_mounted(pool.path) and catalog is not None:
+        with catalog.session() as s:
+            device = queries.get_setting(s, "pool.device")
+        pool.backend.mount_device_pool(Path(device), pool.path)
     pool.backend.check_pool(pool.path)
     for d in (pool.pods, pool.snapshots):
         d.mkdir(exist_ok=True)
@@ -100,9 +116,9 @@ def ensure_pool(state: StateDir, catalog: Catalog) -> Pool:
     if kind is None:
         return init_pool(state, catalog)
     pool = Pool(Path(path), kind, get_backend(backend_name))
-    if pool.kind == "loop" and not _is_mounted(pool.path):
+    if pool.kind in ("loop", "device") and not _is_mounted(pool.path):
         with locked(state.locks / ".pool.lock", "the pool"):
-            _mount(state, pool)
+            _mount(state, pool, catalog)
     return pool
 
 
@@ -117,7 +133,7 @@ def existing_pool(state: StateDir, catalog: Catalog) -> Pool | None:
 
 
 def unmount_pool(state: StateDir, pool: Pool) -> None:
-    if pool.kind == "loop" and _is_mounted(pool.path):
+    if pool.kind in ("loop", "device") and _is_mounted(pool.path):
         try:
             pool.backend.unmount_pool(pool.path)
         except proc.CommandError as e:

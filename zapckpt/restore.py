@@ -22,9 +22,13 @@ from .pods import live_state
 from .signals import deferred_interrupts
 
 
-def _check_snapshot(ck: Checkpoint) -> None:
+def _check_snapshot(ctx: Context, ck: Checkpoint) -> None:
     """Refuse before touching anything if the files cannot be brought back (the images are
     checked by reassembling them, which restore and branch do before changing anything)."""
+    try:
+        ctx.pool.backend.ensure_browsable(Path(ck.snapshot_path))
+    except ZapError:
+        pass  # reported as missing just below
     if not Path(ck.snapshot_path).is_dir():
         raise ZapError(f"checkpoint {ck.ref} is damaged: its snapshot {ck.snapshot_path} is missing")
 
@@ -60,7 +64,7 @@ def restore(ctx: Context, ref: str, saved_message: str | None = None) -> tuple[C
         with ctx.catalog.session() as s:
             ck = queries.resolve_ref(s, ref)
             pod = ck.pod
-            _check_snapshot(ck)
+            _check_snapshot(ctx, ck)
             with materialized(ctx, s, ck) as images, deferred_interrupts():
                 return ck, _restore_locked(ctx, s, pod, ck, images, saved_message)
 
@@ -123,7 +127,7 @@ def branch(ctx: Context, ref: str, new_name: str, start: bool = True) -> Pod:
             ck = queries.resolve_ref(s, ref)
             if queries.find_pod(s, new_name):
                 raise AlreadyExists(f"pod {new_name!r} already exists")
-            _check_snapshot(ck)
+            _check_snapshot(ctx, ck)
             src = ck.pod
             volume = pool.volume_of(new_name)
             pod = Pod(

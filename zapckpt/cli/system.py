@@ -14,6 +14,8 @@ def register(sub) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--size", help="size of the embedded loop-file btrfs pool (default 8G)")
     g.add_argument("--pool", metavar="DIR", help="use an existing btrfs directory instead")
+    g.add_argument("--device", metavar="DEV", help="with --backend nilfs: a block device for the pool")
+    p.add_argument("--backend", choices=("btrfs", "nilfs"), help="snapshot backend of a new pool (default btrfs)")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("deinit", help="stop all pods, unmount the pool and detach its loop device")
@@ -27,8 +29,10 @@ def register(sub) -> None:
 
 def cmd_init(args) -> int:
     ctx = Context()
-    pool = init_pool(ctx.state, ctx.catalog, size=args.size, pool_dir=args.pool)
-    print(f"pool ready: {pool.path} ({pool.backend.name}, {'loop file ' + str(ctx.state.pool_image) if pool.kind == 'loop' else 'directory'})")
+    pool = init_pool(ctx.state, ctx.catalog, size=args.size, pool_dir=args.pool, backend_name=args.backend,
+                     device=args.device)  # fmt: skip
+    where = {"loop": f"loop file {ctx.state.pool_image}", "device": "device", "dir": "directory"}[pool.kind]
+    print(f"pool ready: {pool.path} ({pool.backend.name}, {where})")
     print(f"state directory: {ctx.state.root}")
     return 0
 

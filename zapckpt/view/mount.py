@@ -29,7 +29,9 @@ FSTYPE = "fuse.zapckpt"
 # flight, and a cold sequential read at a third of the disk's speed. A larger window keeps
 # several requests (and worker threads) busy: about 2.5x faster measured (docs/fuse-view.md).
 READ_AHEAD_KB = 4096
-READY_TIMEOUT = 30.0
+# How long `zap mount` waits for its server to say the view is live (a guest in software
+# emulation needs most of a minute just to start Python).
+READY_TIMEOUT = float(os.environ.get("ZAP_MOUNT_TIMEOUT", "120"))
 
 log = logging.getLogger("zapckpt.view")
 

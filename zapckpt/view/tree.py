@@ -227,6 +227,7 @@ class HistoryTree:
         if k == CKPT:
             info = self.checkpoint(node.ck)
             base = f"ck:{info.id}"
+            self.ctx.pool.backend.ensure_browsable(Path(info.snapshot))  # NILFS2 mounts on demand
             out = [
                 ("fs", Node(FS, f"{base}:fs", pod=info.pod, ck=info.id, path=info.snapshot, immutable=True)),
                 ("info.json", Node(CK_INFO, f"{base}:info.json", pod=info.pod, ck=info.id)),

@@ -1,0 +1,112 @@
+"""Runs inside the Debian 12 guest that vagrant/run-vm-tests boots (tests/test_vm_runner.py does
+that as part of the suite); not collected on the host, whose kernel has no NILFS2.
+
+The NILFS2 backend, inside the guest (Debian 12's kernel and CRIU 3.17): the pool on the
+scratch disk, snapshots by `mkcp -s -p` in the frozen window, the atomicity check (a counter in
+memory against its file), restore in place, branch, FUSE browse, and prune handing snapshots
+back to the cleaner. In-process (one Python start-up: this guest runs in software emulation)."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import COUNTER, assert_continuous, counter_values, wait_for  # noqa: E402
+
+DEVICE = "/dev/vda"
+
+
+@pytest.fixture
+def ctx():
+    home = Path(tempfile.mkdtemp(prefix="zapvm-"))
+    os.environ["ZAP_HOME"] = str(home)
+    from zapckpt.context import Context
+    from zapckpt.pool import init_pool
+    from zapckpt.teardown import deinit
+
+    c = Context()
+    init_pool(c.state, c.catalog, backend_name="nilfs", device=DEVICE)
+    try:
+        yield c
+    finally:
+        deinit(c, purge=True)
+        left = [ln for ln in Path("/proc/self/mountinfo").read_text().splitlines() if str(home) in ln]
+        assert not left, left
+
+
+def _snapshots() -> set[int]:
+    out = subprocess.run(["lscp", "-s", DEVICE], capture_output=True, text=True, check=True).stdout
+    return {int(ln.split()[0]) for ln in out.splitlines()[1:] if ln.strip()}
+
+
+def test_nilfs_checkpoint_is_atomic_and_restores_branches_and_prunes(ctx):
+    from catalog import queries
+    from zapckpt import checkpoint as ckpt
+    from zapckpt import pods, restore, retention
+
+    pod = pods.run(ctx, "ctr", ["python3", str(COUNTER)], {"COUNTER_INTERVAL": "0.002"}, None)
+    vol = Path(pod.volume)
+    wait_for(lambda: len(counter_values(vol)) > 20, timeout=120, what="the counter")
+    assert ctx.pool.backend.name == "nilfs"
+
+    refs = []
+    for i in range(4):
+        time.sleep(random.uniform(0.1, 0.8))
+        ck = ckpt.checkpoint(ctx, "ctr", f"n{i}")
+        with ctx.catalog.session() as s:
+            row = queries.resolve_ref(s, ck.id)
+            refs.append((row.ref, row.snapshot_path, row.snapshot_generation, row.fs_snapshot_ms))
+    cps = [g for _r, _p, g, _ms in refs]
+    assert cps == sorted(cps) and set(cps) <= _snapshots()
+    print(f"\nmkcp in the frozen window: {[round(ms, 1) for *_x, ms in refs]} ms", file=sys.stderr)
+
+    # Each snapshot is readable (mounted on demand) and each one's memory matches its files:
+    # a branch of it continues the counter's file without a gap.
+    for ref, path, _cp, _ms in refs[:2]:
+        ctx.pool.backend.ensure_browsable(Path(path))
+        at = counter_values(Path(path))
+        assert at, ref
+        name = "b" + ref.split("@")[1]
+        b = restore.branch(ctx, ref, name)
+        vals = wait_for(lambda: (v := counter_values(Path(b.volume))) and len(v) > len(at) + 20 and v,
+                        timeout=120, what=f"branch {name}")  # fmt: skip
+        assert vals[: len(at)] == at
+        assert_continuous(vals)
+        pods.remove(ctx, name, force=True)
+
+    # Restore in place: files and memory back to the third checkpoint; the replaced state kept.
+    ref, path, _cp, _ms = refs[2]
+    at = counter_values(Path(path))
+    _ck, saved = restore.restore(ctx, ref)
+    vals = wait_for(lambda: (v := counter_values(vol)) and len(v) > len(at) + 20 and v, timeout=120, what="restored")
+    assert vals[: len(at)] == at
+    assert_continuous(vals)
+
+    # The FUSE view shows NILFS checkpoints, mounting them as it goes.
+    mp = Path(tempfile.mkdtemp(prefix="zapvm-view-"))
+    env = dict(os.environ)
+    out = subprocess.run([sys.executable, "-m", "zapckpt.cli", "mount", str(mp)], env=env, timeout=600,
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    try:
+        fs = mp / "pods" / "ctr" / "checkpoints" / "1" / "fs"
+        assert counter_values(fs) == counter_values(Path(refs[0][1]))
+    finally:
+        subprocess.run(["umount", str(mp)], check=True)  # (zap umount: one more minute of start-up here)
+
+    # Removing checkpoints hands their snapshots back to the cleaner (plain checkpoints again).
+    with ctx.catalog.session() as s:
+        gone = [queries.resolve_ref(s, r) for r, *_x in refs[:2]]
+        retention.remove_checkpoints(ctx, s, gone)
+    left = _snapshots()
+    assert not {cps[0], cps[1]} & left and {cps[2], cps[3]} <= left
+    pods.remove(ctx, "ctr", force=True)
