@@ -2,7 +2,7 @@ SHELL := /bin/bash
 
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast test-vm clean
 
 install:
 	bash scripts/install.sh
@@ -13,9 +13,13 @@ demo: install
 test: install
 	.venv/bin/python -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
 
-# For now identical to `test`; later this will skip the VM tests.
+# Without the VM suite (tests/test_vm_runner.py boots a Debian 12 guest under qemu: minutes).
 test-fast: install
-	.venv/bin/python -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -q -p no:cacheprovider tests --ignore tests/test_vm_runner.py $(PYTEST_ARGS)
+
+# Only the NILFS2 suite, in the guest (the runner's own options: see vagrant/run-vm-tests).
+test-vm: install
+	vagrant/run-vm-tests tests/vm
 
 clean:
 	rm -rf .venv

@@ -1,0 +1,42 @@
+"""The VM runner (vagrant/run-vm-tests): the NILFS2 suite in a Debian 12 guest (kernel 6.1,
+Debian's CRIU 3.17) under qemu, and the runner's own failure paths. `make test-fast` leaves
+this file out; `make test` and CI run it (make install installs qemu)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+from conftest import ROOT
+
+RUNNER = ROOT / "vagrant" / "run-vm-tests"
+
+
+def _run(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([str(RUNNER), *args], capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, **(env or {})))  # fmt: skip
+
+
+def test_without_qemu_the_runner_says_so():
+    cp = _run(env={"ZAP_VM_QEMU": "/nonexistent/qemu-system-x86_64"})
+    assert cp.returncode == 2
+    assert cp.stderr.strip().splitlines() == [
+        "run-vm-tests: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86, or make install)"
+    ]
+
+
+def test_nilfs_suite_passes_in_the_guest():
+    assert shutil.which("qemu-system-x86_64"), "qemu is missing: make install installs it"
+    cp = _run("tests/vm")
+    out = cp.stdout + cp.stderr
+    assert cp.returncode == 0, out[-4000:]
+    assert "kernel 6.1." in out and "criu Version: 3.17" in out and "1 passed" in out
+
+
+def test_a_guest_failure_is_a_failure_with_the_guests_output():
+    cp = _run("tests/vm/test_nilfs.py::no_such_test")
+    out = cp.stdout + cp.stderr
+    assert cp.returncode == 4, out[-4000:]  # pytest's "usage error" exit code, from inside the guest
+    assert "no_such_test" in out and "guest pytest exit code: 4" in out
