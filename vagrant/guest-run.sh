@@ -8,7 +8,16 @@ mount -t sysfs sys /sys
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+project=$(cat /run/zapvm/project)
+# A fresh /tmp, but a checkout that lives under the host's /tmp (CI clones there) stays visible
+# at its own path: the .venv's editable install names it.
+case "$project" in
+    /tmp/*) mkdir -p /run/zapvm-project && mount --bind "$project" /run/zapvm-project ;;
+esac
 mount -t tmpfs -o mode=1777 tmpfs /tmp
+case "$project" in
+    /tmp/*) mkdir -p "$project" && mount --bind /run/zapvm-project "$project" ;;
+esac
 mount -t tmpfs tmpfs /var/tmp
 mount -t tmpfs tmpfs /var/lib
 mount -t tmpfs tmpfs /var/cache
@@ -16,7 +25,6 @@ mount -t tmpfs tmpfs /var/log
 mount -t cgroup2 none /sys/fs/cgroup 2>/dev/null
 hostname zapvm
 ip link set lo up  # CRIU probes TCP repair over loopback
-project=$(cat /run/zapvm/project)
 cd "$project" || { echo 99 > /run/zapvm/rc; echo o > /proc/sysrq-trigger; }
 echo "zap-vm: kernel $(uname -r), criu $(criu --version | head -1)"
 # Debian's CRIU (3.17) for this kernel, not the private 4.x runtime the host needs.
