@@ -4,6 +4,7 @@ changes anything, and the argv of the snapshot command that runs inside the froz
 from __future__ import annotations
 
 import abc
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +93,16 @@ class SnapshotBackend(abc.ABC):
     def diff(self, old: Path, new: Path):
         """What changed from snapshot old to snapshot new (fsbackend.sendstream.Changes)."""
         raise BackendError(f"the {self.name} backend cannot compare snapshots")
+
+    def branch_volume(self, snap: Path, dst: Path) -> None:
+        """The volume of a new branch from a snapshot (default: a writable clone)."""
+        self.clone(snap, dst)
+
+    def rename_volume(self, src: Path, dst: Path) -> None:
+        os.rename(src, dst)
+
+    def after_mount(self, pool: Path) -> None:
+        """Called once the pool is mounted (e.g. after a reboot): re-assemble what lives on it."""
 
     def ensure_browsable(self, path: Path) -> None:
         """Make a snapshot path readable (a backend may mount snapshots on demand)."""

@@ -9,8 +9,13 @@ its number and the volume's place in it: a checkpoint's `snapshot_path` is
 which happens on demand (ensure_browsable). Deleting a checkpoint turns its snapshot back into
 a plain checkpoint (`chcp cp`), which nilfs_cleanerd may then reclaim.
 
-Not O(1) here (the capabilities say so): a writable clone of a snapshot is a copy (restore in
-place and branch copy the files back from the mounted snapshot).
+A branch's volume is O(1): an overlay whose lower layer is the mounted snapshot and whose upper
+and work directories live on the pool, in POOL/.layers/NAME (with a `lower` file naming the
+snapshot). NILFS2 has no xattrs, so overlayfs runs without index, metacopy and redirects. A
+checkpoint of such a branch captures its upper directory with the same `mkcp`; it is browsed as a
+read-only overlay of that upper (in snapshot N) over the branch's lower: `POOL-cp/N+NAME`.
+Restore in place copies the files back instead (a plain directory again): later checkpoints of
+the pod then stand alone instead of stacking one more layer each time.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from .base import BackendError, Capabilities, SnapshotBackend, SnapshotInfo
 
 NILFS_SUPER_MAGIC = 0x3434
 CP_PATH = re.compile(r"^(?P<root>.+)-cp/(?P<cp>\d+)(?:/(?P<rel>.*))?$")
+OVL_PATH = re.compile(r"^(?P<root>.+)-cp/(?P<cp>\d+)\+(?P<name>[^/]+)$")
+LAYERS = ".layers"
 
 
 def _fs_magic(path: Path) -> int:
@@ -44,7 +51,7 @@ def _mounted() -> dict[str, tuple[str, str, str]]:
 
 class NilfsBackend(SnapshotBackend):
     name = "nilfs"
-    capabilities = Capabilities(writable_clones=False, in_place_rollback=True, diff=False)
+    capabilities = Capabilities(writable_clones=True, in_place_rollback=True, diff=False)
 
     # --- the pool ------------------------------------------------------------------------------
     def check_pool(self, path: Path) -> None:
@@ -81,10 +88,13 @@ class NilfsBackend(SnapshotBackend):
         proc.run(["mount", "-t", "nilfs2", str(device), str(mountpoint)])
 
     def unmount_pool(self, mountpoint: Path) -> None:
-        cp_root = Path(f"{mountpoint}-cp")
-        for mp in sorted(_mounted()):
-            if mp.startswith(f"{cp_root}/"):
-                proc.run(["umount", mp], check=False)
+        # Branch overlays first, then snapshot views stacked on snapshots, then the snapshots.
+        mounts = sorted(_mounted(), reverse=True)
+        order = [m for m in mounts if m.startswith(f"{mountpoint}/")]
+        order += [m for m in mounts if m.startswith(f"{mountpoint}-cp/") and "+" in m]
+        order += [m for m in mounts if m.startswith(f"{mountpoint}-cp/") and "+" not in m]
+        for mp in order:
+            proc.run(["umount", mp], check=False)
         proc.run(["umount", str(mountpoint)])
 
     def _device(self, path: Path) -> str:
@@ -99,14 +109,77 @@ class NilfsBackend(SnapshotBackend):
         path.mkdir()
 
     def delete_volume(self, path: Path) -> None:
+        m = OVL_PATH.match(str(path))
+        if m:
+            if str(path) in _mounted():
+                proc.run(["umount", str(path)], check=False)
+            if path.is_dir():
+                path.rmdir()
+            self._release_snapshot(Path(m["root"]), int(m["cp"]))
+            return
         m = CP_PATH.match(str(path))
         if m and not str(path).startswith(f"{m['root']}/"):
             self._release_snapshot(Path(m["root"]), int(m["cp"]))
             return
+        layers = self._layers(path)
+        if layers.is_dir():
+            if str(path) in _mounted():
+                proc.run(["umount", str(path)])
+            shutil.rmtree(layers)
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
+
+    # --- branches: overlays on a snapshot -----------------------------------------------------
+    @staticmethod
+    def _layers(volume: Path) -> Path:
+        return volume.parent.parent / LAYERS / volume.name
+
+    def _mount_overlay(self, volume: Path) -> None:
+        layers = self._layers(volume)
+        lower = Path((layers / "lower").read_text().strip())
+        self.ensure_browsable(lower)
+        opts = f"lowerdir={lower},upperdir={layers / 'upper'},workdir={layers / 'work'}"
+        proc.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(volume)])
+
+    def branch_volume(self, snap: Path, dst: Path) -> None:
+        """O(1): an overlay on the (mounted) snapshot, its changes in POOL/.layers/NAME."""
+        self.check_clone(snap, dst)
+        self.ensure_browsable(snap)
+        layers = self._layers(dst)
+        if layers.exists():
+            shutil.rmtree(layers)
+        (layers / "upper").mkdir(parents=True)
+        (layers / "work").mkdir()
+        (layers / "lower").write_text(f"{snap}\n")
+        dst.mkdir()
+        try:
+            self._mount_overlay(dst)
+        except Exception:
+            shutil.rmtree(layers, ignore_errors=True)
+            dst.rmdir()
+            raise
+
+    def rename_volume(self, src: Path, dst: Path) -> None:
+        layers = self._layers(src)
+        if not layers.is_dir():
+            os.rename(src, dst)
+            return
+        if str(src) in _mounted():
+            proc.run(["umount", str(src)])
+        os.rename(src, dst)
+        os.rename(layers, self._layers(dst))
+        self._mount_overlay(dst)
+
+    def after_mount(self, pool: Path) -> None:
+        """After a reboot: put the branches' overlays back."""
+        root = pool / LAYERS
+        mounted = _mounted()
+        for layers in sorted(root.iterdir()) if root.is_dir() else []:
+            volume = pool / "pods" / layers.name
+            if volume.is_dir() and str(volume) not in mounted:
+                self._mount_overlay(volume)
 
     def is_volume(self, path: Path) -> bool:
         return path.is_dir()
@@ -121,8 +194,9 @@ class NilfsBackend(SnapshotBackend):
     # --- snapshots -----------------------------------------------------------------------------
     def snapshot_argv(self, src: Path, dst: Path) -> list[str]:
         """Inside the frozen window: mkcp, then note its number and the volume's place in dst."""
-        pool = self._pool_of(src)
-        rel = src.relative_to(pool)
+        pool = self._pool_of(src.parent)  # src itself may be a branch's overlay mount
+        # A branch's volume is an overlay: its own files are the upper directory, on the pool.
+        rel = f"+{src.name}" if self._layers(src).is_dir() else str(src.relative_to(pool))
         script = 'n=$(mkcp -s -p "$1") && printf "%s\\n%s\\n%s\\n" "$n" "$2" "$3" > "$4"'
         return ["sh", "-c", script, "sh", self._device(pool), str(pool), str(rel), str(dst)]
 
@@ -135,14 +209,29 @@ class NilfsBackend(SnapshotBackend):
         if path.is_file():
             cp, pool, rel = path.read_text().split("\n")[:3]
             path.unlink()  # the catalog row holds this from now on
+            if rel.startswith("+"):
+                return SnapshotInfo(f"{pool}-cp/{cp}{rel}", int(cp))
             return SnapshotInfo(f"{pool}-cp/{cp}/{rel}", int(cp))
-        m = CP_PATH.match(str(path))
+        m = OVL_PATH.match(str(path)) or CP_PATH.match(str(path))
         if not m:
             raise BackendError(f"{path} is not a NILFS2 snapshot of a zap pool")
         return SnapshotInfo(str(path), int(m["cp"]))
 
     def ensure_browsable(self, path: Path) -> None:
-        """Mount the snapshot a checkpoint path lies in (read-only, once, until the pool goes)."""
+        """Mount the snapshot a checkpoint path lies in (read-only, once, until the pool goes);
+        for a branch's checkpoint, the read-only overlay of its upper layer over its lower."""
+        o = OVL_PATH.match(str(path))
+        if o:
+            if str(path) in _mounted():
+                return
+            at = Path(f"{o['root']}-cp/{o['cp']}")
+            self.ensure_browsable(at)
+            layers = at / LAYERS / o["name"]
+            lower = Path((layers / "lower").read_text().strip())
+            self.ensure_browsable(lower)
+            path.mkdir(parents=True, exist_ok=True)
+            proc.run(["mount", "-t", "overlay", "overlay", "-o", f"ro,lowerdir={layers / 'upper'}:{lower}", str(path)])
+            return
         m = CP_PATH.match(str(path))
         if not m:
             return
@@ -155,8 +244,8 @@ class NilfsBackend(SnapshotBackend):
 
     def _release_snapshot(self, pool: Path, cp: int) -> None:
         mp = Path(f"{pool}-cp/{cp}")
-        if str(mp) in _mounted():
-            proc.run(["umount", str(mp)])
+        if str(mp) in _mounted() and proc.run(["umount", str(mp)], check=False).returncode != 0:
+            return  # still the lower layer of a mounted view: released when the pool goes
         if mp.is_dir():
             mp.rmdir()
         # A snapshot goes back to being a plain checkpoint, which the cleaner may reclaim.

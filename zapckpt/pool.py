@@ -108,6 +108,7 @@ def _mount(state: StateDir, pool: Pool, catalog: Catalog | None = None) -> None:
     pool.backend.check_pool(pool.path)
     for d in (pool.pods, pool.snapshots):
         d.mkdir(exist_ok=True)
+    pool.backend.after_mount(pool.path)
 
 
 def ensure_pool(state: StateDir, catalog: Catalog) -> Pool:

@@ -88,8 +88,8 @@ def _restore_locked(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images: 
     for leftover in (new, old):
         backend.delete_volume(leftover)
     backend.clone(Path(ck.snapshot_path), new)
-    os.rename(volume, old)
-    os.rename(new, volume)
+    backend.rename_volume(volume, old)
+    backend.rename_volume(new, volume)
     try:
         if images is not None:
             pod.init_pid, pod.init_starttime = restore_processes(ctx, images, pod)
@@ -100,7 +100,7 @@ def _restore_locked(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images: 
     except ZapError as e:
         # Put the replaced state back, files and (if it had any) processes.
         backend.delete_volume(volume)
-        os.rename(old, volume)
+        backend.rename_volume(old, volume)
         back = ""
         if saved.has_images:
             try:
@@ -137,7 +137,7 @@ def branch(ctx: Context, ref: str, new_name: str, start: bool = True) -> Pod:
             )  # fmt: skip
             # Images first: a damaged set fails here, before the volume exists.
             with materialized(ctx, s, ck) if start else nullcontext(None) as images:
-                pool.backend.clone(Path(ck.snapshot_path), volume)
+                pool.backend.branch_volume(Path(ck.snapshot_path), volume)
                 try:
                     if images is not None:
                         with deferred_interrupts():

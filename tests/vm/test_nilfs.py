@@ -71,6 +71,7 @@ def test_nilfs_checkpoint_is_atomic_and_restores_branches_and_prunes(ctx):
 
     # Each snapshot is readable (mounted on demand) and each one's memory matches its files:
     # a branch of it continues the counter's file without a gap.
+    branches = []
     for ref, path, _cp, _ms in refs[:2]:
         ctx.pool.backend.ensure_browsable(Path(path))
         at = counter_values(Path(path))
@@ -81,7 +82,29 @@ def test_nilfs_checkpoint_is_atomic_and_restores_branches_and_prunes(ctx):
                         timeout=120, what=f"branch {name}")  # fmt: skip
         assert vals[: len(at)] == at
         assert_continuous(vals)
+        branches.append(b.name)
+    # A branch's volume is an overlay on the snapshot (O(1)), its changes on the pool.
+    b1 = Path(ctx.pool.path / "pods" / branches[0])
+    assert f" {b1} " in Path("/proc/self/mountinfo").read_text().replace(" - overlay ", " ")
+    assert (ctx.pool.path / ".layers" / branches[0] / "upper" / "counter.txt").exists()
+    # A checkpoint of the branch is browsable (its upper layer at that snapshot, over its lower),
+    # and the branch rolls back to it in place.
+    bck = ckpt.checkpoint(ctx, branches[0], "branch state")
+    with ctx.catalog.session() as s:
+        brow = queries.resolve_ref(s, bck.id)
+        bref, bpath = brow.ref, brow.snapshot_path
+    assert "+" in bpath
+    ctx.pool.backend.ensure_browsable(Path(bpath))
+    bat = counter_values(Path(bpath))
+    assert len(bat) > 20
+    restore.restore(ctx, bref)
+    vals = wait_for(lambda: (v := counter_values(b1)) and len(v) > len(bat) + 20 and v, timeout=120,
+                    what="the branch rolled back")  # fmt: skip
+    assert vals[: len(bat)] == bat
+    assert_continuous(vals)
+    for name in branches:
         pods.remove(ctx, name, force=True)
+    assert not (ctx.pool.path / ".layers" / branches[0]).exists()
 
     # Restore in place: files and memory back to the third checkpoint; the replaced state kept.
     ref, path, _cp, _ms = refs[2]
