@@ -4,9 +4,15 @@ the core modules. Every failure is one line on stderr and exit code 1 (operation
 
 from __future__ import annotations
 
-import argparse
-import os
+import signal
 import sys
+
+# A Ctrl-C while Python is still importing zap (before main() handles it) ends quietly with
+# 130: nothing has been done yet, and a traceback from the import machinery helps nobody.
+signal.signal(signal.SIGINT, lambda _n, _f: sys.exit(130))
+
+import argparse  # noqa: E402
+import os
 import traceback
 
 from .. import __version__
@@ -30,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     argv = sys.argv[1:] if argv is None else argv
     try:
         # Everything after the first `--` is the pod's command, untouched by option parsing.
