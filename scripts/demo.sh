@@ -1,5 +1,6 @@
 #!/bin/bash
-# The zapckpt demo: a counter process with a file, checkpointed together, rolled back, forked.
+# The zapckpt demo: a counter process with a file, checkpointed together, rolled back, forked,
+# and its history browsed through the FUSE view.
 # Runs on the embedded default (loop-file btrfs pool + SQLite catalog under the state directory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +34,12 @@ echo "original: $(last demo)   fork: $(last demo-fork)   (two live copies of one
 run "$ZAP" ps
 run "$ZAP" log demo
 run "$ZAP" show demo@1
+view="$(mktemp -d /tmp/zap-view.XXXXXX)"
+run "$ZAP" mount "$view"
+run ls "$view/pods/demo" "$view/pods/demo/checkpoints/1"
+echo "checkpoint 1's counter file, read through the view: ends at $(tail -n1 "$view/pods/demo/checkpoints/1/fs/counter.txt")"
+run "$ZAP" umount "$view"
+rmdir "$view"
 say "$ZAP rm --force demo-fork; $ZAP rm --force demo; $ZAP deinit"
 "$ZAP" rm --force demo-fork
 "$ZAP" rm --force demo
