@@ -11,7 +11,7 @@ demo: install
 	bash scripts/demo.sh
 
 test: install
-	.venv/bin/python -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 tests $(PYTEST_ARGS)
 
 # Without the VM suite (tests/test_vm_runner.py boots a Debian 12 guest under qemu: minutes).
 test-fast: install
