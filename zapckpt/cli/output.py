@@ -7,8 +7,12 @@ import sys
 
 
 def emit_json(doc) -> None:
-    json.dump(doc, sys.stdout, indent=2, sort_keys=False)
-    sys.stdout.write("\n")
+    """Indented for a person; a big document (`zap list --json` of 100,000 checkpoints) compact,
+    from json's C encoder in one write: indenting goes through the pure-Python encoder, and
+    json.dump to a stream makes one write call per token (26 s of 31 s, measured)."""
+    big = isinstance(doc, dict) and any(isinstance(v, list) and len(v) > 1000 for v in doc.values())
+    text = json.dumps(doc, separators=(",", ":")) if big else json.dumps(doc, indent=2)
+    sys.stdout.write(text + "\n")
 
 
 def table(headers: list[str], rows: list[list[str]]) -> None:

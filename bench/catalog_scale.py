@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Catalog benchmark (issue 7, figure 7): does catalog work grow with catalog size?
+
+  catalog_list_100k         `zap list --json` with 100,000 checkpoints in the catalog (target < 2 s);
+                            baseline: the same command with 100 checkpoints.
+  catalog_checkpoint_100k   `zap checkpoint` wall time of a small pod with 100,000 checkpoint rows
+                            in the catalog, against the same with 100 rows (target ratio <= 1.2).
+
+The extra rows are files-only checkpoints of a second pod, inserted directly (only the catalog
+matters here); the checkpoints measured are real (CRIU, btrfs, the store). Runs alternate
+between two state directories, one per catalog size.
+
+    .venv/bin/python bench/catalog.py [--runs 5] [--rows 100000]
+Writes bench/results/catalog.json (figures in the shape of bench/results/latest.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def stats(xs: list[float]) -> dict:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": len(xs)}
+
+
+def zap(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, ZAP_HOME=str(home))
+    return subprocess.run([sys.executable, "-m", "zapckpt.cli", *args], env=env, capture_output=True, text=True,
+                          check=True)  # fmt: skip
+
+
+def make_home(rows: int) -> Path:
+    home = Path(tempfile.mkdtemp(prefix=f"zapbench-cat{rows}-"))
+    zap(home, "init", "--size", "2G")
+    zap(home, "run", "small", "--", "sleep", "100000")
+    snap = json.loads(zap(home, "checkpoint", "small", "--json").stdout)["snapshot"]["path"]
+    os.environ["ZAP_HOME"] = str(home)
+    from catalog import Checkpoint, Pod
+    from zapckpt.context import Context
+
+    ctx = Context()
+    with ctx.catalog.session() as s:
+        filler = Pod(name="filler", volume="/nonexistent", mount_path="/nonexistent", command=["true"], env={},
+                     cwd="/", desired_state="stopped", last_seq=rows)  # fmt: skip
+        s.add(filler)
+        s.flush()
+        t0 = datetime.now(timezone.utc) - timedelta(days=400)
+        s.add_all(
+            Checkpoint(id=f"f{i:011x}", pod_id=filler.id, seq=i + 1, created_at=t0 + timedelta(minutes=i),
+                       backend="btrfs", snapshot_path=snap, message=f"filler {i}")
+            for i in range(rows)
+        )  # fmt: skip
+    ctx.close()
+    return home
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "catalog.json")
+    args = ap.parse_args()
+    small, big = make_home(100), make_home(args.rows)
+    list_small, list_big, ck_small, ck_big, ck_ms_small, ck_ms_big = [], [], [], [], [], []
+    try:
+        for r in range(args.runs):
+            print(f"run {r + 1}/{args.runs}", file=sys.stderr)
+            for home, out in ((small, list_small), (big, list_big)):
+                t = time.perf_counter()
+                n = len(json.loads(zap(home, "list", "--json").stdout)["checkpoints"])
+                out.append(time.perf_counter() - t)
+                assert n >= 100
+            for home, wall, inner in ((small, ck_small, ck_ms_small), (big, ck_big, ck_ms_big)):
+                t = time.perf_counter()
+                rec = json.loads(zap(home, "checkpoint", "small", "--json").stdout)
+                wall.append(time.perf_counter() - t)
+                inner.append(rec["timings_ms"]["total"])
+    finally:
+        for home in (small, big):
+            subprocess.run([sys.executable, "-m", "zapckpt.cli", "deinit", "--purge"], capture_output=True,
+                           env=dict(os.environ, ZAP_HOME=str(home)))  # fmt: skip
+    k = f"{args.rows // 1000}k"
+    lo, lb = stats(list_big), stats(list_small)
+    co, cb = stats(ck_big), stats(ck_small)
+    io, ib = stats(ck_ms_big), stats(ck_ms_small)
+    figures = [
+        {"name": f"catalog_list_{k}", "unit": "s", "ours": lo,
+         "baseline": {"name": "zap list --json with 100 checkpoints", **lb},
+         "ratio_median": lo["median"] / lb["median"], "target": 2.0, "met": lo["median"] < 2.0},
+        {"name": f"catalog_checkpoint_{k}", "unit": "s", "ours": co,
+         "baseline": {"name": "zap checkpoint with 100 checkpoints in the catalog", **cb},
+         "ratio_median": co["median"] / cb["median"], "target": 1.2, "met": co["median"] / cb["median"] <= 1.2},
+        {"name": f"catalog_checkpoint_inner_{k}", "unit": "ms", "ours": io,
+         "baseline": {"name": "the same, 100 checkpoints (timings_ms.total: no Python start-up)", **ib},
+         "ratio_median": io["median"] / ib["median"], "target": 1.2, "met": io["median"] / ib["median"] <= 1.2},
+    ]  # fmt: skip
+    doc = {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release}, "args": {"runs": args.runs, "rows": args.rows},
+           "figures": figures}  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print("| figure | unit | ours median (min-max) | baseline median | ratio | target | met |")
+    print("|---|---|---|---|---|---|---|")
+    for f in figures:
+        o, b = f["ours"], f["baseline"]
+        print(f"| {f['name']} | {f['unit']} | {o['median']:.3g} ({o['min']:.3g}-{o['max']:.3g}) | {b['median']:.3g} | "
+              f"{f['ratio_median']:.2f} | {f['target']} | {'yes' if f['met'] else 'NO'} |")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
