@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,10 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from common import print_table, stats  # noqa: E402
 
-
-def stats(xs: list[float]) -> dict:
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": len(xs)}
 
 
 def zap(home: Path, *args: str) -> subprocess.CompletedProcess:
@@ -110,12 +108,7 @@ def main() -> int:
            "figures": figures}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    print("| figure | unit | ours median (min-max) | baseline median | ratio | target | met |")
-    print("|---|---|---|---|---|---|---|")
-    for f in figures:
-        o, b = f["ours"], f["baseline"]
-        print(f"| {f['name']} | {f['unit']} | {o['median']:.3g} ({o['min']:.3g}-{o['max']:.3g}) | {b['median']:.3g} | "
-              f"{f['ratio_median']:.2f} | {f['target']} | {'yes' if f['met'] else 'NO'} |")  # fmt: skip
+    print_table(figures)
     return 0
 
 

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from common import print_table, stats  # noqa: E402
 ZAP = [sys.executable, "-m", "zapckpt.cli"]
 
 
@@ -57,9 +58,6 @@ def read_all(path: Path) -> float:
             pass
     return time.perf_counter() - t
 
-
-def stats(xs: list[float]) -> dict:
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": len(xs)}
 
 
 def figure(name, unit, ours, base, base_name, target, better="lower"):
@@ -210,14 +208,7 @@ def main() -> int:
            "figures": figures}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    print("| figure | unit | ours median (min-max) | baseline median | ratio | target | met |")
-    print("|---|---|---|---|---|---|---|")
-    for f in figures:
-        o, b = f["ours"], f["baseline"]
-        ratio = f"{f['ratio_median']:.2f}" if f["ratio_median"] is not None else "-"
-        met = "-" if f["met"] is None else "yes" if f["met"] else "NO"
-        print(f"| {f['name']} | {f['unit']} | {o['median']:.3g} ({o['min']:.3g}-{o['max']:.3g}) | "
-              f"{b['median']:.3g} | {ratio} | {f['target'] if f['target'] is not None else '-'} | {met} |")  # fmt: skip
+    print_table(figures)
     return 0
 
 

@@ -34,6 +34,26 @@ def _say(msg: str) -> None:
     print(f"zap guard: {msg}", file=sys.stderr, flush=True)
 
 
+def outcome(what: str, run, command: list[str], check: str | None, check_timeout: float) -> str | None:
+    """Run the command, then the health check, with run(argv, timeout=None) -> exit code (it
+    raises ExecTimeout); None if both passed, else what went wrong. Shared with --host."""
+    rc = run(command)
+    if rc == 130:
+        return f"`{what}` was interrupted"
+    if rc != 0:
+        return f"`{what}` failed (exit {rc})"
+    if not check:
+        return None
+    _say(f"health check: {check}")
+    try:
+        crc = run(["sh", "-c", check], timeout=check_timeout)
+    except ExecTimeout:
+        return f"the health check `{check}` hung (killed after {check_timeout:g}s)"
+    if crc == 130:
+        return "the health check was interrupted"
+    return f"the health check `{check}` failed (exit {crc})" if crc != 0 else None
+
+
 def guard(ctx: Context, name: str, command: list[str], check: str | None = None,
           check_timeout: float = 60.0) -> GuardResult:  # fmt: skip
     if not command:
@@ -49,22 +69,8 @@ def guard(ctx: Context, name: str, command: list[str], check: str | None = None,
     pre = ckpt.checkpoint(ctx, name, f"pre: {what}", kind="pre")
     pre_ref = _ref(ctx, pre)
     _say(f"pre checkpoint {pre_ref}; running `{what}` in {name}")
-    failure = None
-    rc = exec_in(ctx, name, command)
-    if rc == 130:
-        failure = f"`{what}` was interrupted"
-    elif rc != 0:
-        failure = f"`{what}` failed (exit {rc})"
-    elif check:
-        _say(f"health check: {check}")
-        try:
-            crc = exec_in(ctx, name, ["sh", "-c", check], timeout=check_timeout)
-        except ExecTimeout:
-            crc, failure = None, f"the health check `{check}` hung (killed after {check_timeout:g}s)"
-        if crc == 130:
-            failure = "the health check was interrupted"
-        elif crc not in (0, None):
-            failure = f"the health check `{check}` failed (exit {crc})"
+    failure = outcome(what, lambda argv, timeout=None: exec_in(ctx, name, argv, timeout=timeout), command, check,
+                      check_timeout)  # fmt: skip
     if failure is None:
         post_ref = _ref(ctx, ckpt.checkpoint(ctx, name, f"post: {what}", kind="post"))
         _say(f"`{what}` succeeded; post checkpoint {post_ref} (`zap diff {pre_ref} {post_ref}` shows what it changed)")

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from fsbackend import get_backend
 
-from . import proc
+from . import proc, procinfo
+from .guard import outcome
 from .errors import UsageError, ZapError
 from .pods import ExecTimeout
 
@@ -60,14 +61,14 @@ def _run(root: Path, argv: list[str], timeout: float | None = None) -> int:
         argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", setup, "sh", str(root), *argv]
     import subprocess
 
-    child = subprocess.Popen(argv, start_new_session=timeout is not None)
+    child = subprocess.Popen(argv)
     try:
         return child.wait(timeout)
     except KeyboardInterrupt:
         child.wait()
         return 130
     except subprocess.TimeoutExpired:
-        os.killpg(child.pid, 9)
+        procinfo.kill_tree(child.pid)  # the same deepest-first kill as a pod's health check
         child.wait()
         raise ExecTimeout(f"{argv[-1]} timed out") from None
 
@@ -101,19 +102,7 @@ def host_guard(command: list[str], check: str | None, check_timeout: float, root
     backend.snapshot(top, pre)
     (store / f"{n}.json").write_text(json.dumps({"command": what, "started": time.time()}))
     _say(f"pre snapshot {pre}; running `{what}`" + ("" if top == Path("/") else f" in {top}"))
-    failure = None
-    rc = _run(top, command)
-    if rc == 130:
-        failure = f"`{what}` was interrupted"
-    elif rc != 0:
-        failure = f"`{what}` failed (exit {rc})"
-    elif check:
-        try:
-            crc = _run(top, ["sh", "-c", check], timeout=check_timeout)
-            if crc != 0:
-                failure = f"the health check `{check}` failed (exit {crc})"
-        except ExecTimeout:
-            failure = f"the health check `{check}` hung (killed after {check_timeout:g}s)"
+    failure = outcome(what, lambda argv, timeout=None: _run(top, argv, timeout), command, check, check_timeout)
     if failure is None:
         post = store / f"{n}-post"
         backend.snapshot(top, post)
