@@ -206,12 +206,16 @@ def test_guard_failures_and_bad_input(zap):
 
     # A rollback that itself fails: said so, both states kept, exit 1.
     snaps = Path(zap.json("show", "vol@1")["snapshot"]["path"]).parent
-    g = subprocess.Popen([sys.executable, "-m", "zapckpt.cli", "guard", "vol", "--", "sh", "-c", "sleep 3; exit 1"],
-                         env=zap.env, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    # The command fails only once the test says so, after the snapshot directory is made
+    # immutable (a fixed sleep raced with a slow CI machine's polling).
     n = len(zap.json("list", "vol")["checkpoints"])
+    g = subprocess.Popen([sys.executable, "-m", "zapckpt.cli", "guard", "vol", "--", "sh", "-c",
+                          "while [ ! -e go ]; do sleep 0.1; done; rm go; exit 1"],
+                         env=zap.env, stderr=subprocess.PIPE, text=True)  # fmt: skip
     wait_for(lambda: len(zap.json("list", "vol")["checkpoints"]) == n + 1, what="the pre checkpoint")
     subprocess.run(["chattr", "+i", str(snaps)], check=True)
     try:
+        (zap.volume("vol") / "go").touch()
         assert g.wait(timeout=120) == 1
     finally:
         subprocess.run(["chattr", "-i", str(snaps)], check=True)
