@@ -2,7 +2,7 @@ SHELL := /bin/bash
 
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast test-vm clean
+.PHONY: install demo test test-fast test-vm bench bench-quick clean
 
 install:
 	bash scripts/install.sh
@@ -20,6 +20,14 @@ test-fast: install
 # Only the NILFS2 suite, in the guest (the runner's own options: see vagrant/run-vm-tests).
 test-vm: install
 	vagrant/run-vm-tests tests/vm
+
+# The benchmark suite (bench/run.py): full run writes bench/results/latest.{json,md} and plots.
+bench: install
+	.venv/bin/python bench/run.py $(BENCH_ARGS)
+
+# A smoke run of the same suite, small sizes (< 3 min), into bench/results/quick/.
+bench-quick: install
+	.venv/bin/python bench/run.py --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf .venv

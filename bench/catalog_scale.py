@@ -10,8 +10,8 @@ The extra rows are files-only checkpoints of a second pod, inserted directly (on
 matters here); the checkpoints measured are real (CRIU, btrfs, the store). Runs alternate
 between two state directories, one per catalog size.
 
-    .venv/bin/python bench/catalog.py [--runs 5] [--rows 100000]
-Writes bench/results/catalog.json (figures in the shape of bench/results/latest.json).
+    .venv/bin/python bench/catalog_scale.py [--runs 5] [--rows 100000]
+Writes bench/results/parts/catalog.json (figures in the shape of bench/results/latest.json).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from common import print_table, stats  # noqa: E402
+from common import figure, print_table  # noqa: E402
 
 
 
@@ -68,7 +68,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--rows", type=int, default=100_000)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "catalog.json")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "parts" / "catalog.json")
     args = ap.parse_args()
     small, big = make_home(100), make_home(args.rows)
     list_small, list_big, ck_small, ck_big, ck_ms_small, ck_ms_big = [], [], [], [], [], []
@@ -90,20 +90,14 @@ def main() -> int:
             subprocess.run([sys.executable, "-m", "zapckpt.cli", "deinit", "--purge"], capture_output=True,
                            env=dict(os.environ, ZAP_HOME=str(home)))  # fmt: skip
     k = f"{args.rows // 1000}k"
-    lo, lb = stats(list_big), stats(list_small)
-    co, cb = stats(ck_big), stats(ck_small)
-    io, ib = stats(ck_ms_big), stats(ck_ms_small)
     figures = [
-        {"name": f"catalog_list_{k}", "unit": "s", "ours": lo,
-         "baseline": {"name": "zap list --json with 100 checkpoints", **lb},
-         "ratio_median": lo["median"] / lb["median"], "target": 2.0, "met": lo["median"] < 2.0},
-        {"name": f"catalog_checkpoint_{k}", "unit": "s", "ours": co,
-         "baseline": {"name": "zap checkpoint with 100 checkpoints in the catalog", **cb},
-         "ratio_median": co["median"] / cb["median"], "target": 1.2, "met": co["median"] / cb["median"] <= 1.2},
-        {"name": f"catalog_checkpoint_inner_{k}", "unit": "ms", "ours": io,
-         "baseline": {"name": "the same, 100 checkpoints (timings_ms.total: no Python start-up)", **ib},
-         "ratio_median": io["median"] / ib["median"], "target": 1.2, "met": io["median"] / ib["median"] <= 1.2},
-    ]  # fmt: skip
+        figure(f"catalog_list_{k}", "s", list_big, list_small, "zap list --json with 100 checkpoints", 2.0,
+               target_on="ours"),
+        figure(f"catalog_checkpoint_{k}", "s", ck_big, ck_small, "zap checkpoint with 100 checkpoints in the catalog",
+               1.2),
+        figure(f"catalog_checkpoint_inner_{k}", "ms", ck_ms_big, ck_ms_small,
+               "the same, 100 checkpoints (timings_ms.total: no Python start-up)", 1.2),
+    ]
     doc = {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release}, "args": {"runs": args.runs, "rows": args.rows},
            "figures": figures}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,22 +1,159 @@
-"""What the benchmark scripts share: run statistics and the Markdown table of figures (the
-figure shape of bench/results/latest.json)."""
+"""What the benchmark scripts share: run statistics, the figure record of bench/results/latest.json,
+the machine description, a throw-away state directory, and the `zap` command as users type it.
+
+A figure is {"name", "unit", "ours": {median, min, max, runs}, "baseline": {name, median, min,
+max, runs} | null, "ratio_median", "target", "met"}; `ratio_median` is ours/baseline of the
+medians, and `target` is read against the ratio (`better` says which way) unless `target_on` is
+"ours" (an absolute bound on our median)."""
 
 from __future__ import annotations
 
+import json
+import os
+import platform
+import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+ZAP = [sys.executable, "-m", "zapckpt.cli"]
 
 
 def stats(xs: list[float]) -> dict:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": len(xs)}
 
 
-def print_table(figures: list[dict]) -> None:
-    print("| figure | unit | ours median (min-max) | baseline median | ratio | target | met |")
-    print("|---|---|---|---|---|---|---|")
+def figure(name: str, unit: str, ours: list[float], base: list[float] | None = None, base_name: str | None = None,
+           target: float | None = None, better: str = "lower", target_on: str = "ratio", **extra) -> dict:  # fmt: skip
+    o = stats(ours)
+    b = stats(base) if base else None
+    ratio = o["median"] / b["median"] if b and b["median"] else None
+    if target is None:
+        met = None
+    else:
+        value = o["median"] if target_on == "ours" else ratio
+        met = value is not None and (value <= target if better == "lower" else value >= target)
+    return {"name": name, "unit": unit, "ours": o, "baseline": b and {"name": base_name, **b},
+            "ratio_median": ratio, "target": target, "target_on": target_on, "better": better, "met": met,
+            **extra}  # fmt: skip
+
+
+def target_text(f: dict) -> str:
+    if f.get("target") is None:
+        return "-"
+    op = "<=" if f.get("better", "lower") == "lower" else ">="
+    on = f"{f['unit']}" if f.get("target_on") == "ours" else "x baseline"
+    return f"{op} {f['target']:g} {on}"
+
+
+def print_table(figures: list[dict], file=None) -> None:
+    print(markdown_table(figures), file=file or sys.stdout)
+
+
+def markdown_table(figures: list[dict]) -> str:
+    lines = ["| figure | unit | ours: median (min-max) | baseline: median (min-max) | ratio | target | met |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for f in figures:
         o, b = f["ours"], f["baseline"]
         ratio = f"{f['ratio_median']:.2f}" if f["ratio_median"] is not None else "-"
-        met = "-" if f["met"] is None else "yes" if f["met"] else "NO"
-        target = f["target"] if f["target"] is not None else "-"
-        base = f"{b['median']:.3g}" if b else "-"
-        print(f"| {f['name']} | {f['unit']} | {o['median']:.3g} ({o['min']:.3g}-{o['max']:.3g}) | {base} | {ratio} | {target} | {met} |")
+        met = "-" if f["met"] is None else "yes" if f["met"] else "**NO**"
+        base = f"{b['median']:.3g} ({b['min']:.3g}-{b['max']:.3g}) {b['name']}" if b else "-"
+        lines.append(f"| {f['name']} | {f['unit']} | {o['median']:.3g} ({o['min']:.3g}-{o['max']:.3g}) | {base} "
+                     f"| {ratio} | {target_text(f)} | {met} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    def first(cmd: list[str]) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True).stdout.strip().splitlines()[0]
+        except (OSError, IndexError):
+            return "unknown"
+
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+    sys.path.insert(0, str(ROOT))
+    from zapckpt import criu
+
+    return {"hostname": platform.node(), "kernel": os.uname().release, "cpus": os.cpu_count(), "cpu_model": cpu,
+            "mem_mib": mem, "python": platform.python_version(), "criu": criu.version(),
+            "btrfs_progs": first(["btrfs", "--version"]), "os": first(["sh", "-c", ". /etc/os-release; echo $PRETTY_NAME"])}  # fmt: skip
+
+
+def write_part(out: Path, figures: list[dict], args: dict, **extra) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release}, "args": args, "figures": figures, **extra}
+    out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    print_table(figures)
+
+
+def zap(home: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The CLI as a user runs it (a fresh Python process each time)."""
+    env = dict(os.environ, ZAP_HOME=str(home))
+    res = subprocess.run([*ZAP, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    if res.returncode:
+        raise RuntimeError(f"zap {' '.join(args)} failed ({res.returncode}): {res.stderr.strip()}")
+    return res
+
+
+def timed(fn, *a, **kw) -> tuple[float, object]:
+    t = time.perf_counter()
+    r = fn(*a, **kw)
+    return time.perf_counter() - t, r
+
+
+def wait_for(pred, what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def drop_caches() -> None:
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+@contextmanager
+def state_dir(size: str = "8G", prefix: str = "zapbench-") -> Iterator[Path]:
+    """A throw-away ZAP_HOME with the embedded default pool (a btrfs loop file), removed with
+    everything in it (pods, mounts, loop device) at the end."""
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        zap(home, "init", "--size", size)
+        yield home
+    finally:
+        subprocess.run([*ZAP, "deinit", "--purge"], env=dict(os.environ, ZAP_HOME=str(home)), capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def fill_volume(path: Path, total_mib: int, file_mib: int = 64, small_files: int = 1000) -> None:
+    """total_mib of incompressible data in file_mib files, plus small files (a tree, as a service's
+    data directory would be), written and synced."""
+    block = os.urandom(1 << 20)
+    path.mkdir(parents=True, exist_ok=True)
+    left = total_mib
+    i = 0
+    while left > 0:
+        n = min(file_mib, left)
+        with open(path / f"data{i:04d}.bin", "wb") as f:
+            for k in range(n):
+                f.write(block[k % 997:] + block[: k % 997])  # no two MiB alike within a file
+        left -= n
+        i += 1
+    small = path / "small"
+    small.mkdir(exist_ok=True)
+    for k in range(small_files):
+        (small / f"f{k:05d}").write_bytes(block[k : k + 512])
+    os.sync()

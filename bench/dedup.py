@@ -27,6 +27,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from common import figure, write_part  # noqa: E402
+
 CHURN = ROOT / "tests" / "workloads" / "churn.py"
 
 
@@ -35,6 +38,7 @@ def main() -> int:
     ap.add_argument("--mib", type=int, default=512)
     ap.add_argument("--checkpoints", type=int, default=10)
     ap.add_argument("--pct", type=float, default=2.0)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "parts" / "dedup.json")
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix="zapbench-"))
     os.environ["ZAP_HOME"] = str(home)
@@ -116,10 +120,21 @@ def main() -> int:
         "tar_zstd_MBps_median": statistics.median(r["raw_bytes"] / 2**20 / r["tar_zstd_s"] for r in rows),
         "all_identical": all(r["identical"] for r in rows), "rows": rows,
     }  # fmt: skip
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "dedup.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps({k: v for k, v in summary.items() if k != "rows"}, indent=2))
+    mb = lambda r, k: r["raw_bytes"] / 2**20 / r[k]  # noqa: E731
+    name = f"dedup_{args.checkpoints}x{args.pct:g}pct"
+    figures = [
+        figure(name, "x first checkpoint", [ours_total / first],
+               [summary["tar_zstd_total_bytes"] / rows[0]["tar_zstd_bytes"]],
+               "tar | zstd -3 of each image set (Podman's export), total over its first", target=1.5, target_on="ours",
+               ours_bytes=ours_total, tar_zstd_bytes=summary["tar_zstd_total_bytes"], raw_bytes=summary["raw_total_bytes"]),
+        figure(f"{name}_ingest", "MiB/s", [mb(r, "ingest_s") for r in rows], [mb(r, "tar_zstd_s") for r in rows],
+               "tar | zstd -3 -T0 of the same image set", better="higher", target=200, target_on="ours"),
+        figure(f"{name}_materialize", "MiB/s", [mb(r, "materialize_s") for r in rows], None, None,
+               better="higher", target=400, target_on="ours"),
+    ]  # fmt: skip
+    if not summary["all_identical"]:
+        raise SystemExit("a materialised image set differs from what CRIU wrote")
+    write_part(args.out, figures, vars(args) | {"out": str(args.out)}, summary=summary)
     return 0
 
 

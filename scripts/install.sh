@@ -189,14 +189,14 @@ else
     python3 -m venv "$VENV"
 fi
 
-want="$(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1)"
+want="$( (cat "$REPO/pyproject.toml"; echo "extras: test,bench") | sha256sum | cut -d' ' -f1)"
 have="$(cat "$STAMP" 2>/dev/null || true)"
 if [[ "$want" == "$have" ]]; then
     log "python deps: ok (pyproject.toml unchanged)"
 else
-    log "python deps: pip install -e '.[test]'"
+    log "python deps: pip install -e '.[test,bench]'"
     rm -f "$STAMP"
-    (cd "$REPO" && "$VENV/bin/pip" --disable-pip-version-check -q install -e '.[test]')
+    (cd "$REPO" && "$VENV/bin/pip" --disable-pip-version-check -q install -e '.[test,bench]')
     echo "$want" >"$STAMP"
     log "python deps: ok (installed)"
 fi

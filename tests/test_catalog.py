@@ -103,3 +103,31 @@ def test_upgrade_from_0001_keeps_data(tmp_path):
         assert pod.last_seq == 2
         assert queries.next_seq(s, pod) == 3
     assert cat.current_revision() == SCHEMA_HEAD
+
+
+def test_fast_list_rows_give_exactly_the_orm_records(tmp_path):
+    """`zap list` reads plain rows (queries.checkpoint_rows) for speed; its records must be the
+    ones `zap show` builds from ORM objects: parents across pods, whole-second and fractional
+    times, processes, unicode, NULL timings, files-only checkpoints."""
+    from datetime import datetime, timezone
+
+    from zapckpt.records import checkpoint_record, checkpoint_row_records
+
+    cat = Catalog(tmp_path / "c.db")
+    with cat.session() as s:
+        web, branch = _pod(s, "web"), _pod(s, "web-brånch")
+        a = _ck(s, web, 1, "aaaa11112222")
+        a.created_at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+        a.image_format, a.frozen_ms, a.raw_bytes = "cas", 12.3456789, 4096
+        a.processes = [{"pid": 1, "host_pid": 77, "cmdline": ["sh", "-c", "échο"], "cwd": "/"}]
+        b = _ck(s, web, 2, "aaaa33334444", parent="aaaa11112222")
+        b.created_at = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=timezone.utc)
+        b.message = "ünïcode \"quoted\""
+        _ck(s, branch, 1, "bbbb11112222", parent="aaaa33334444")
+    with cat.session() as s:
+        orm = [checkpoint_record(c) for c in queries.list_checkpoints(s)]
+        fast = checkpoint_row_records(queries.checkpoint_rows(s))
+        assert fast == orm and len(fast) == 3
+        assert fast[2]["parent"] == "web@2" and fast[0]["created_at"] == "2026-01-02T03:04:05+00:00"
+        one = queries.find_pod(s, "web")
+        assert checkpoint_row_records(queries.checkpoint_rows(s, one)) == orm[:2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 
 from catalog import Checkpoint, Pod
@@ -19,28 +20,49 @@ def iso(t: datetime) -> str:
 
 
 def checkpoint_record(ck: Checkpoint) -> dict:
+    parent = ck.parent
+    return _checkpoint_dict(
+        ck.id, ck.pod.name, ck.seq, parent.pod.name if parent else None, parent.seq if parent else None,
+        ck.parent_id, iso(ck.created_at), ck.message, ck.kind, ck.image_format, ck.backend, ck.snapshot_path,
+        ck.snapshot_generation, ck.raw_bytes, ck.stored_bytes, ck.frozen_ms, ck.dump_ms, ck.fs_snapshot_ms,
+        ck.total_ms, ck.processes,
+    )  # fmt: skip
+
+
+def checkpoint_row_records(rows: list[tuple]) -> list[dict]:
+    """The same records from rows of queries.checkpoint_rows (the fast path of `zap list`); the
+    processes of all rows are parsed in one json.loads, not one call per row."""
+    procs = json.loads("[" + ",".join(r[19] or "[]" for r in rows) + "]")
+    return [_checkpoint_dict(*r[:6], _iso_text(r[6]), *r[7:19], p) for r, p in zip(rows, procs)]
+
+
+def _iso_text(stored: str) -> str:
+    """iso() of a time as SQLite stores it ("YYYY-MM-DD HH:MM:SS.ffffff", UTC), without parsing."""
+    if stored.endswith(".000000"):
+        stored = stored[:-7]
+    return f"{stored[:10]}T{stored[11:]}+00:00"
+
+
+def _checkpoint_dict(id, pod, seq, parent_pod, parent_seq, parent_id, created_at, message, kind, image_format,
+                     backend, snapshot_path, snapshot_generation, raw_bytes, stored_bytes, frozen_ms, dump_ms,
+                     fs_snapshot_ms, total_ms, processes) -> dict:  # fmt: skip
     return {
-        "id": ck.id,
-        "ref": ck.ref,
-        "pod": ck.pod.name,
-        "seq": ck.seq,
-        "parent": _ref(ck.parent),
-        "parent_id": ck.parent_id,
-        "created_at": iso(ck.created_at),
-        "message": ck.message,
-        "kind": ck.kind,
-        "has_processes": ck.has_images,
-        "snapshot": {"backend": ck.backend, "path": ck.snapshot_path, "generation": ck.snapshot_generation},
-        "image_format": ck.image_format,
-        "raw_bytes": ck.raw_bytes,
-        "stored_bytes": ck.stored_bytes,
-        "timings_ms": {
-            "frozen": ck.frozen_ms,
-            "dump": ck.dump_ms,
-            "fs_snapshot": ck.fs_snapshot_ms,
-            "total": ck.total_ms,
-        },
-        "processes": ck.processes,
+        "id": id,
+        "ref": f"{pod}@{seq}",
+        "pod": pod,
+        "seq": seq,
+        "parent": f"{parent_pod}@{parent_seq}" if parent_pod is not None else None,
+        "parent_id": parent_id,
+        "created_at": created_at,
+        "message": message,
+        "kind": kind,
+        "has_processes": image_format is not None,
+        "snapshot": {"backend": backend, "path": snapshot_path, "generation": snapshot_generation},
+        "image_format": image_format,
+        "raw_bytes": raw_bytes,
+        "stored_bytes": stored_bytes,
+        "timings_ms": {"frozen": frozen_ms, "dump": dump_ms, "fs_snapshot": fs_snapshot_ms, "total": total_ms},
+        "processes": processes,
     }
 
 

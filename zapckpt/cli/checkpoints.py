@@ -8,7 +8,7 @@ from .. import checkpoint as ckpt
 from .. import restore as rst
 from ..context import Context
 from ..lineage import render_lineage
-from ..records import checkpoint_record, pod_record
+from ..records import checkpoint_record, checkpoint_row_records, pod_record
 from .output import emit_json, human_bytes, info, ms, table
 
 
@@ -65,7 +65,7 @@ def cmd_list(args) -> int:
     ctx = Context()
     with ctx.catalog.session() as s:
         pod = queries.get_pod(s, args.name) if args.name else None
-        recs = [checkpoint_record(c) for c in queries.list_checkpoints(s, pod)]
+        recs = checkpoint_row_records(queries.checkpoint_rows(s, pod))
     if args.json:
         emit_json({"checkpoints": recs})
         return 0
