@@ -4,7 +4,9 @@
   catalog_list_100k         `zap list --json` with 100,000 checkpoints in the catalog (target < 2 s);
                             baseline: the same command with 100 checkpoints.
   catalog_checkpoint_100k   `zap checkpoint` wall time of a small pod with 100,000 checkpoint rows
-                            in the catalog, against the same with 100 rows (target ratio <= 1.2).
+                            in the catalog, against the same with 100 rows (no target: start-up noise).
+  catalog_checkpoint_inner_100k  the checkpoint's own time (timings_ms.total), same comparison
+                            (target ratio <= 1.2: the catalog work must not grow with the catalog).
 
 The extra rows are files-only checkpoints of a second pod, inserted directly (only the catalog
 matters here); the checkpoints measured are real (CRIU, btrfs, the store). Runs alternate
@@ -77,8 +79,9 @@ def main() -> int:
             print(f"run {r + 1}/{args.runs}", file=sys.stderr)
             for home, out in ((small, list_small), (big, list_big)):
                 t = time.perf_counter()
-                n = len(json.loads(zap(home, "list", "--json").stdout)["checkpoints"])
-                out.append(time.perf_counter() - t)
+                res = zap(home, "list", "--json")
+                out.append(time.perf_counter() - t)  # the command, not this script parsing its output
+                n = len(json.loads(res.stdout)["checkpoints"])
                 assert n >= 100
             for home, wall, inner in ((small, ck_small, ck_ms_small), (big, ck_big, ck_ms_big)):
                 t = time.perf_counter()
@@ -93,8 +96,9 @@ def main() -> int:
     figures = [
         figure(f"catalog_list_{k}", "s", list_big, list_small, "zap list --json with 100 checkpoints", 2.0,
                target_on="ours"),
-        figure(f"catalog_checkpoint_{k}", "s", ck_big, ck_small, "zap checkpoint with 100 checkpoints in the catalog",
-               1.2),
+        # The command as typed, for the record; the target is on the catalog work itself (below),
+        # which this wall time buries under ~0.6 s of noisy interpreter start-up.
+        figure(f"catalog_checkpoint_{k}", "s", ck_big, ck_small, "zap checkpoint with 100 checkpoints in the catalog"),
         figure(f"catalog_checkpoint_inner_{k}", "ms", ck_ms_big, ck_ms_small,
                "the same, 100 checkpoints (timings_ms.total: no Python start-up)", 1.2),
     ]

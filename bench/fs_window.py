@@ -46,7 +46,7 @@ def lxd_way(pid: int, volume: Path, snap: Path) -> float:
     t = time.perf_counter()
     subprocess.run(["btrfs", "-q", "subvolume", "snapshot", "-r", str(volume), str(snap)], check=True)
     gap = time.perf_counter() - t
-    subprocess.run(["btrfs", "-q", "subvolume", "delete", str(snap)], check=True)
+    subprocess.run(["btrfs", "-q", "subvolume", "delete", "--commit-after", str(snap)], check=True)
     shutil.rmtree(RAW, ignore_errors=True)
     return gap
 
@@ -84,6 +84,7 @@ def main() -> int:
                         rec = json.loads(zap(home, "checkpoint", name, "--json").stdout)
                         ours.append(rec["timings_ms"]["fs_snapshot"])
                         zap(home, "rmckpt", rec["ref"])
+                        subprocess.run(["sync"], check=True)  # untimed, as after each baseline
                     elif side == "lxd":
                         lxd.append(lxd_way(pid, volume, home / "pool" / "lxd-snap") * 1000)
                     else:
@@ -91,6 +92,7 @@ def main() -> int:
                         subprocess.run(["rsync", "-a", f"{volume}/", f"{copy}/"], check=True)
                         rsync.append((time.perf_counter() - t) * 1000)
                         shutil.rmtree(copy)
+                        subprocess.run(["sync"], check=True)  # untimed: the copy's write-back must not land on ours
                 if dirty_mib:
                     for f in volume.glob("dirty*.bin"):
                         f.unlink()

@@ -111,6 +111,7 @@ def bench_branch(home: Path, runs: int, volumes: list[int]) -> tuple[list[dict],
                     zap(home, "branch", ref, f"{name}-br")
                     ours.append(time.perf_counter() - t)
                     zap(home, "rm", "--force", f"{name}-br")
+                    subprocess.run(["sync"], check=True)  # untimed: the next run starts from a quiet disk
                 else:
                     subprocess.run(["sync"], check=True)
                     t = time.perf_counter()
@@ -118,6 +119,7 @@ def bench_branch(home: Path, runs: int, volumes: list[int]) -> tuple[list[dict],
                     took = time.perf_counter() - t
                     base.append(took + raw_restore(RAW, copy, mount_path, home / "raw-restore.log"))
                     shutil.rmtree(copy)
+                    subprocess.run(["sync"], check=True)  # untimed: the copy's write-back must not land on ours
         times[mib], bases[mib] = ours, base
         figures.append(figure(f"branch_{size_name(mib)}", "s", ours, base,
                               "cp -a --reflink=never of the volume + criu restore -d from tmpfs into the copy"))  # fmt: skip

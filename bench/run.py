@@ -68,12 +68,20 @@ def main() -> int:
             failed.append({"part": name, "exit": res.returncode})
             print(f"bench: {name} failed (exit {res.returncode})", file=sys.stderr)
             continue
-        doc = json.loads(part.read_text())
-        figures += doc["figures"]
-        curves.update(doc.get("curves", {}))
+    # latest.json holds every part present: those just run, and (after a partial run with
+    # --only) the earlier results of the others, each with the time it was written.
+    written = {}
+    for name in SUITE:
+        part = out / "parts" / f"{name}.json"
+        if part.exists():
+            doc = json.loads(part.read_text())
+            figures += doc["figures"]
+            curves.update(doc.get("curves", {}))
+            written[name] = datetime.fromtimestamp(part.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
     doc = {
         "machine": machine(), "mode": "quick" if args.quick else "full", "started": started.isoformat(timespec="seconds"),
-        "duration_s": round(time.monotonic() - t0, 1), "part_durations_s": durations, "failed": failed,
+        "duration_s": round(time.monotonic() - t0, 1), "part_durations_s": durations, "parts_written": written,
+        "failed": failed,
         "figures": figures, "curves": curves,
     }  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
@@ -97,7 +105,8 @@ def report(doc: dict, pngs: list[Path]) -> str:
         "Median (min-max) of the runs; every baseline was measured in the same run, alternating with ours; "
         "the ratio is ours/baseline of the medians. How each figure is measured: the docstring of its script "
         "in bench/ and docs/benchmarks.md.", "",
-        markdown_table(doc["figures"]), "",
+        "Parts, and when each was measured: " + ", ".join(f"{k} ({v})" for k, v in doc["parts_written"].items()) + ".",
+        "", markdown_table(doc["figures"]), "",
     ]  # fmt: skip
     others = [(f["name"], o) for f in doc["figures"] for o in f.get("other_baselines", [])]
     if others:

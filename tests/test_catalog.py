@@ -131,3 +131,23 @@ def test_fast_list_rows_give_exactly_the_orm_records(tmp_path):
         assert fast[2]["parent"] == "web@2" and fast[0]["created_at"] == "2026-01-02T03:04:05+00:00"
         one = queries.find_pod(s, "web")
         assert checkpoint_row_records(queries.checkpoint_rows(s, one)) == orm[:2]
+
+
+def test_big_json_documents_carry_the_same_values():
+    """`zap list --json` of many checkpoints is written compact by orjson, small documents indented
+    by json: both must parse to the same values (non-ASCII, floats, nulls, nesting)."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from zapckpt.cli.output import emit_json; n = int(sys.argv[1]);"
+        "emit_json({'checkpoints': [{'i': i, 'm': 'ünï \"q\" \\u2603', 'f': 69.21847999910824 + i, 'n': None,"
+        " 'p': [{'cmd': ['sh', '-c', 'échο']}]} for i in range(n)]})"
+    )  # fmt: skip
+    for n, indented in ((1001, False), (3, True)):
+        out = subprocess.run([sys.executable, "-c", code, str(n)], capture_output=True, check=True).stdout
+        doc = json.loads(out)["checkpoints"]
+        assert len(doc) == n and ("\n  " in out.decode()) == indented
+        assert doc[-1] == {"i": n - 1, "m": 'ünï "q" \u2603', "f": 69.21847999910824 + n - 1, "n": None,
+                           "p": [{"cmd": ["sh", "-c", "échο"]}]}  # fmt: skip

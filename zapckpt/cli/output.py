@@ -8,11 +8,19 @@ import sys
 
 def emit_json(doc) -> None:
     """Indented for a person; a big document (`zap list --json` of 100,000 checkpoints) compact,
-    from json's C encoder in one write: indenting goes through the pure-Python encoder, and
-    json.dump to a stream makes one write call per token (26 s of 31 s, measured)."""
+    from orjson in one write: indenting goes through json's pure-Python encoder, json.dump to a
+    stream makes one write call per token (26 s of 31 s, measured), and even json's compact C
+    encoder takes 0.6 s for 47 MB where orjson takes 0.08 s. orjson writes non-ASCII text as
+    UTF-8 rather than \\u escapes: the same JSON values."""
     big = isinstance(doc, dict) and any(isinstance(v, list) and len(v) > 1000 for v in doc.values())
-    text = json.dumps(doc, separators=(",", ":")) if big else json.dumps(doc, indent=2)
-    sys.stdout.write(text + "\n")
+    if big:
+        import orjson
+
+        sys.stdout.flush()
+        sys.stdout.buffer.write(orjson.dumps(doc) + b"\n")
+        sys.stdout.buffer.flush()
+        return
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
 
 
 def table(headers: list[str], rows: list[list[str]]) -> None:
