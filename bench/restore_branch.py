@@ -42,6 +42,7 @@ def raw_restore(images: Path, volume: Path, mount_path: Path, log: Path) -> floa
     t = time.perf_counter()
     pid = criu.restore(images, pidfile, volume, mount_path, log)
     took = time.perf_counter() - t
+    pidfile.unlink()
     procinfo.kill_pod_tree(pid)
     return took
 

@@ -36,8 +36,10 @@ def test_quick_frozen_part_writes_figures_table_and_plot(tmp_path):
     md = (tmp_path / "latest.md").read_text()
     assert "| frozen_256m | ms |" in md and "![frozen](frozen.png)" in md
     assert (tmp_path / "frozen.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # The suite cleans up: no pool mount or loop device of its state directories is left.
+    # The suite cleans up: no pool mount or loop device of its state directories is left, and
+    # no raw image set or pid file in tmpfs.
     assert _mounts_and_loops() == ("", "")
+    assert list(Path("/dev/shm").glob("zapbench-*")) == []
 
 
 def test_unknown_part_is_refused_in_one_line(tmp_path):
