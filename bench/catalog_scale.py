@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from common import figure, print_table  # noqa: E402
+from common import figure, write_part  # noqa: E402
 
 
 
@@ -102,11 +102,7 @@ def main() -> int:
         figure(f"catalog_checkpoint_inner_{k}", "ms", ck_ms_big, ck_ms_small,
                "the same, 100 checkpoints (timings_ms.total: no Python start-up)", 1.2),
     ]
-    doc = {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release}, "args": {"runs": args.runs, "rows": args.rows},
-           "figures": figures}  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    print_table(figures)
+    write_part(args.out, figures, {"runs": args.runs, "rows": args.rows})
     return 0
 
 

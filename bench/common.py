@@ -1,5 +1,6 @@
 """What the benchmark scripts share: run statistics, the figure record of bench/results/latest.json,
-the machine description, a throw-away state directory, and the `zap` command as users type it.
+the machine description, a throw-away state directory, the `zap` command as users type it, and
+the pods and raw CRIU dumps several parts measure.
 
 A figure is {"name", "unit", "ours": {median, min, max, runs}, "baseline": {name, median, min,
 max, runs} | null, "ratio_median", "target", "met"}; `ratio_median` is ours/baseline of the
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the parts call zapckpt in-process too
 ZAP = [sys.executable, "-m", "zapckpt.cli"]
 
 
@@ -82,7 +84,6 @@ def machine() -> dict:
             cpu = line.split(":", 1)[1].strip()
             break
     mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
-    sys.path.insert(0, str(ROOT))
     from zapckpt import criu
 
     return {"hostname": platform.node(), "kernel": os.uname().release, "cpus": os.cpu_count(), "cpu_model": cpu,
@@ -157,3 +158,41 @@ def fill_volume(path: Path, total_mib: int, file_mib: int = 64, small_files: int
     for k in range(small_files):
         (small / f"f{k:05d}").write_bytes(block[k : k + 512])
     os.sync()
+
+
+# --- pods the parts measure ------------------------------------------------------------
+MEMHOG = ROOT / "tests" / "workloads" / "memhog.py"
+
+
+def size_name(mib: int) -> str:
+    return f"{mib // 1024}g" if mib >= 1024 and mib % 1024 == 0 else f"{mib}m"
+
+
+def start_memhog(home: Path, name: str, mib: int) -> int:
+    zap(home, "run", name, "--env", f"MEMHOG_MIB={mib}", "--env", "MEMHOG_QUIET=1", "--", "python3", str(MEMHOG))
+    log = home / "pool" / "pods" / name / ".zap" / "console.log"
+    wait_for(lambda: log.exists() and "holding" in log.read_text(), what=f"{name} to fill its memory")
+    return pod_info(home, name)["pid"]
+
+
+def pod_info(home: Path, name: str) -> dict:
+    for p in json.loads(zap(home, "ps", "--json").stdout)["pods"]:
+        if p["name"] == name:
+            return p
+    raise RuntimeError(f"pod {name} not found")
+
+
+def raw_dump(pid: int, out: Path) -> dict:
+    """criu dump --leave-running into tmpfs, as zap runs it minus the hook; CRIU's own timings."""
+    from zapckpt import criu
+    from zapckpt.criu_images import read_dump_stats
+
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    t = time.perf_counter()
+    subprocess.run(["nsenter", "-t", str(pid), "-m", "--", criu.criu_binary(), "dump", "-t", str(pid), "-D", str(out),
+                    "-o", "dump.log", "--leave-running", "--file-locks"], check=True, capture_output=True)  # fmt: skip
+    wall = time.perf_counter() - t
+    st = read_dump_stats(out)
+    return {"wall_s": wall, "frozen_ms": st.frozen_ms, "memdump_ms": st.memdump_ms, "memwrite_ms": st.memwrite_ms,
+            "freezing_ms": st.freezing_ms}  # fmt: skip

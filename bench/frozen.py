@@ -19,51 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, figure, state_dir, wait_for, write_part, zap  # noqa: E402
+from common import ROOT, figure, raw_dump, size_name, start_memhog, state_dir, write_part, zap  # noqa: E402
 
-sys.path.insert(0, str(ROOT))
-MEMHOG = ROOT / "tests" / "workloads" / "memhog.py"
 RAW = Path("/dev/shm/zapbench-raw-dump")
-
-
-def size_name(mib: int) -> str:
-    return f"{mib // 1024}g" if mib >= 1024 and mib % 1024 == 0 else f"{mib}m"
-
-
-def start_memhog(home: Path, name: str, mib: int) -> int:
-    zap(home, "run", name, "--env", f"MEMHOG_MIB={mib}", "--env", "MEMHOG_QUIET=1", "--", "python3", str(MEMHOG))
-    log = home / "pool" / "pods" / name / ".zap" / "console.log"
-    wait_for(lambda: log.exists() and "holding" in log.read_text(), what=f"{name} to fill its memory")
-    return pod_info(home, name)["pid"]
-
-
-def pod_info(home: Path, name: str) -> dict:
-    for p in json.loads(zap(home, "ps", "--json").stdout)["pods"]:
-        if p["name"] == name:
-            return p
-    raise RuntimeError(f"pod {name} not found")
-
-
-def raw_dump(pid: int, out: Path = RAW) -> dict:
-    """criu dump --leave-running into tmpfs, as zap runs it minus the hook; CRIU's own timings."""
-    from zapckpt import criu
-    from zapckpt.criu_images import read_dump_stats
-
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    t = time.perf_counter()
-    subprocess.run(["nsenter", "-t", str(pid), "-m", "--", criu.criu_binary(), "dump", "-t", str(pid), "-D", str(out),
-                    "-o", "dump.log", "--leave-running", "--file-locks"], check=True, capture_output=True)  # fmt: skip
-    wall = time.perf_counter() - t
-    st = read_dump_stats(out)
-    return {"wall_s": wall, "frozen_ms": st.frozen_ms, "memdump_ms": st.memdump_ms, "memwrite_ms": st.memwrite_ms,
-            "freezing_ms": st.freezing_ms}  # fmt: skip
 
 
 def main() -> int:
@@ -83,7 +46,7 @@ def main() -> int:
                 print(f"frozen {sz}: run {r + 1}/{args.runs}", file=sys.stderr, flush=True)
                 for side in (("raw", "ours") if r % 2 == 0 else ("ours", "raw")):
                     if side == "raw":
-                        d = raw_dump(pid)
+                        d = raw_dump(pid, RAW)
                         raw["frozen"].append(d["frozen_ms"])
                         raw["wall"].append(d["wall_s"])
                         raw["memdump"].append(d["memdump_ms"])

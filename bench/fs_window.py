@@ -26,8 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, fill_volume, figure, state_dir, stats, write_part, zap  # noqa: E402
-from frozen import pod_info, raw_dump, size_name, start_memhog  # noqa: E402
+from common import ROOT, fill_volume, figure, pod_info, raw_dump, size_name, start_memhog, state_dir, stats, write_part, zap  # noqa: E402
 
 RAW = Path("/dev/shm/zapbench-raw-fs")
 

@@ -21,7 +21,6 @@ Writes bench/results/parts/fuse_view.json (figures in the shape of bench/results
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -34,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from common import figure, print_table, stats  # noqa: E402
+from common import figure, write_part  # noqa: E402
 ZAP = [sys.executable, "-m", "zapckpt.cli"]
 
 
@@ -184,11 +183,7 @@ def main() -> int:
             subprocess.run(["umount", "--lazy", str(home / "floor-mnt")], check=False)
         deinit(ctx, purge=True)
         shutil.rmtree(mp, ignore_errors=True)
-    doc = {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release}, "args": vars(args) | {"out": str(args.out)},
-           "figures": figures}  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    print_table(figures)
+    write_part(args.out, figures, vars(args) | {"out": str(args.out)})
     return 0
 
 

@@ -25,8 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, figure, state_dir, wait_for, write_part, zap  # noqa: E402
-from frozen import pod_info  # noqa: E402
+from common import ROOT, figure, pod_info, state_dir, wait_for, write_part, zap  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 WORKLOAD = ROOT / "bench" / "workloads" / "cpumem.py"

@@ -34,9 +34,9 @@ SUITE = {
               ["--mib", "64", "--checkpoints", "10", "--pct", "2"]),
     "fuse_view": ("fuse_view.py", ["--runs", "5", "--files", "100000", "--checkpoints", "10000", "--gib", "1"],
                   ["--runs", "3", "--files", "10000", "--checkpoints", "1000", "--gib", "0.125"]),
-    "catalog": ("catalog_scale.py", ["--runs", "5", "--rows", "100000"], ["--runs", "3", "--rows", "5000"]),
+    "catalog": ("catalog_scale.py", ["--runs", "5", "--rows", "100000"], ["--runs", "2", "--rows", "5000"]),
     "overhead": ("overhead.py", ["--runs", "5", "--intervals", "10,2,1", "--window", "20"],
-                 ["--runs", "2", "--intervals", "1", "--window", "4"]),
+                 ["--runs", "2", "--intervals", "1", "--window", "3"]),
 }  # fmt: skip
 
 
