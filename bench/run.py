@@ -7,7 +7,7 @@ plots of the scaling curves. RESULTS is bench/results (full) or bench/results/qu
 a smoke run never overwrites the committed full set). A script that fails is reported, the others
 still run, and the exit code is 1.
 
-    .venv/bin/python bench/run.py [--quick] [--only frozen,fs_window,...] [--out DIR]
+    .venv/bin/python bench/run.py [--quick] [--only frozen,fs_window,...] [--merge-only] [--out DIR]
 """
 
 from __future__ import annotations
@@ -45,9 +45,10 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes and fewer runs (< 3 min)")
     ap.add_argument("--only", help=f"comma-separated subset of: {','.join(SUITE)}")
     ap.add_argument("--out", type=Path, help="results directory (default bench/results, or bench/results/quick)")
+    ap.add_argument("--merge-only", action="store_true", help="run nothing: rebuild latest.* and the plots from parts/")
     args = ap.parse_args()
     out = args.out or ROOT / "bench" / "results" / ("quick" if args.quick else "")
-    names = args.only.split(",") if args.only else list(SUITE)
+    names = [] if args.merge_only else args.only.split(",") if args.only else list(SUITE)
     unknown = [n for n in names if n not in SUITE]
     if unknown:
         print(f"bench: unknown part(s) {', '.join(unknown)}; known: {', '.join(SUITE)}", file=sys.stderr)
@@ -71,6 +72,10 @@ def main() -> int:
     # latest.json holds every part present: those just run, and (after a partial run with
     # --only) the earlier results of the others, each with the time it was written.
     written = {}
+    try:
+        durations = json.loads((out / "latest.json").read_text())["part_durations_s"] | durations
+    except (OSError, ValueError, KeyError):
+        pass
     for name in SUITE:
         part = out / "parts" / f"{name}.json"
         if part.exists():
@@ -79,7 +84,7 @@ def main() -> int:
             curves.update(doc.get("curves", {}))
             written[name] = datetime.fromtimestamp(part.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
     doc = {
-        "machine": machine(), "mode": "quick" if args.quick else "full", "started": started.isoformat(timespec="seconds"),
+        "machine": machine(), "mode": ("quick" if args.quick else "full") + (", merged from parts/" if args.merge_only else "" if names == list(SUITE) else f", re-ran: {', '.join(names)}"), "started": started.isoformat(timespec="seconds"),
         "duration_s": round(time.monotonic() - t0, 1), "part_durations_s": durations, "parts_written": written,
         "failed": failed,
         "figures": figures, "curves": curves,
@@ -99,13 +104,14 @@ def main() -> int:
 def report(doc: dict, pngs: list[Path]) -> str:
     m = doc["machine"]
     lines = [
-        f"# zapckpt benchmarks ({doc['mode']} run, {doc['started']}, {doc['duration_s'] / 60:.0f} min)", "",
+        f"# zapckpt benchmarks ({doc['mode']})", "",
         f"Machine: {m['os']}, kernel {m['kernel']}, {m['cpus']} CPUs ({m['cpu_model']}), {m['mem_mib']} MiB RAM, "
         f"CRIU {m['criu']}, {m['btrfs_progs']}, Python {m['python']}.", "",
         "Median (min-max) of the runs; every baseline was measured in the same run, alternating with ours; "
         "the ratio is ours/baseline of the medians. How each figure is measured: the docstring of its script "
         "in bench/ and docs/benchmarks.md.", "",
-        "Parts, and when each was measured: " + ", ".join(f"{k} ({v})" for k, v in doc["parts_written"].items()) + ".",
+        "Parts, and when each was measured: " + ", ".join(f"{k} ({v})" for k, v in doc["parts_written"].items())
+        + f". Total time of the parts: {sum(doc['part_durations_s'].values()) / 60:.0f} min.",
         "", markdown_table(doc["figures"]), "",
     ]  # fmt: skip
     others = [(f["name"], o) for f in doc["figures"] for o in f.get("other_baselines", [])]
