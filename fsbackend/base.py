@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from zapckpt import proc
 from zapckpt.errors import ZapError
 
 
@@ -20,6 +21,7 @@ class Capabilities:
     writable_clones: bool
     in_place_rollback: bool
     diff: bool
+    send_stream: bool  # snapshots move as send streams (export, import)
 
 
 @dataclass(frozen=True)
@@ -28,18 +30,37 @@ class SnapshotInfo:
     generation: int | None
 
 
+def fs_magic(path: Path) -> int:
+    """The file system type (statfs f_type) of path. os.statvfs has no f_type, and matching
+    paths in /proc/self/mountinfo is fiddly, so ask stat(1), which is in coreutils everywhere."""
+    return int(proc.run(["stat", "-f", "-c", "%t", str(path)]).stdout.strip(), 16)
+
+
 class SnapshotBackend(abc.ABC):
     name: str
     capabilities: Capabilities
+    fs_name: str  # as people write it: "btrfs", "NILFS2"
+    magic: int  # statfs f_type of a pool on this file system
+    mkfs: list[str]  # formats the device or image given as its last argument
 
     # --- the pool ---------------------------------------------------------------------------
-    @abc.abstractmethod
     def check_pool(self, path: Path) -> None:
         """Raise BackendError unless path is a usable directory on this filesystem."""
+        if not path.is_dir():
+            raise BackendError(f"pool directory {path} does not exist")
+        if fs_magic(path) != self.magic:
+            raise BackendError(f"{path} is not on a {self.fs_name} filesystem")
 
-    @abc.abstractmethod
     def make_loop_pool(self, image: Path, mountpoint: Path, size: str) -> None:
         """Create a sparse image file holding a fresh filesystem, and mount it."""
+        image.parent.mkdir(parents=True, exist_ok=True)
+        proc.run(["truncate", "-s", size, str(image)])
+        try:
+            proc.run([*self.mkfs, str(image)])
+        except Exception:
+            image.unlink(missing_ok=True)
+            raise
+        self.mount_loop_pool(image, mountpoint)
 
     @abc.abstractmethod
     def mount_loop_pool(self, image: Path, mountpoint: Path) -> None: ...

@@ -9,36 +9,15 @@ from pathlib import Path
 
 from zapckpt import proc
 
-from .base import BackendError, Capabilities, SnapshotBackend, SnapshotInfo
+from .base import BackendError, Capabilities, SnapshotBackend, SnapshotInfo, fs_magic
 
 BTRFS_SUPER_MAGIC = 0x9123683E
 
 
-def _fs_magic(path: Path) -> int:
-    # os.statvfs has no f_type; read it from /proc/self/mountinfo would need path matching,
-    # so ask stat(1), which is in coreutils everywhere.
-    return int(proc.run(["stat", "-f", "-c", "%t", str(path)]).stdout.strip(), 16)
-
-
 class BtrfsBackend(SnapshotBackend):
     name = "btrfs"
-    capabilities = Capabilities(writable_clones=True, in_place_rollback=True, diff=True)
-
-    def check_pool(self, path: Path) -> None:
-        if not path.is_dir():
-            raise BackendError(f"pool directory {path} does not exist")
-        if _fs_magic(path) != BTRFS_SUPER_MAGIC:
-            raise BackendError(f"{path} is not on a btrfs filesystem")
-
-    def make_loop_pool(self, image: Path, mountpoint: Path, size: str) -> None:
-        image.parent.mkdir(parents=True, exist_ok=True)
-        proc.run(["truncate", "-s", size, str(image)])
-        try:
-            proc.run(["mkfs.btrfs", "-q", "-f", "-L", "zapckpt", str(image)])
-        except Exception:
-            image.unlink(missing_ok=True)
-            raise
-        self.mount_loop_pool(image, mountpoint)
+    capabilities = Capabilities(writable_clones=True, in_place_rollback=True, diff=True, send_stream=True)
+    fs_name, magic, mkfs = "btrfs", BTRFS_SUPER_MAGIC, ["mkfs.btrfs", "-q", "-f", "-L", "zapckpt"]
 
     def mount_loop_pool(self, image: Path, mountpoint: Path) -> None:
         mountpoint.mkdir(parents=True, exist_ok=True)
@@ -112,7 +91,7 @@ class BtrfsBackend(SnapshotBackend):
 
     def is_volume(self, path: Path) -> bool:
         # A subvolume's root directory has inode 256 on a btrfs file system.
-        return path.is_dir() and os.stat(path).st_ino == 256 and _fs_magic(path) == BTRFS_SUPER_MAGIC
+        return path.is_dir() and os.stat(path).st_ino == 256 and fs_magic(path) == BTRFS_SUPER_MAGIC
 
     def flush(self, path: Path) -> None:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

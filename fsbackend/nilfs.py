@@ -35,10 +35,6 @@ OVL_PATH = re.compile(r"^(?P<root>.+)-cp/(?P<cp>\d+)\+(?P<name>[^/]+)$")
 LAYERS = ".layers"
 
 
-def _fs_magic(path: Path) -> int:
-    return int(proc.run(["stat", "-f", "-c", "%t", str(path)]).stdout.strip(), 16)
-
-
 def _mounted() -> dict[str, tuple[str, str, str]]:
     """mount point -> (source, fstype, options)"""
     out = {}
@@ -51,32 +47,17 @@ def _mounted() -> dict[str, tuple[str, str, str]]:
 
 class NilfsBackend(SnapshotBackend):
     name = "nilfs"
-    capabilities = Capabilities(writable_clones=True, in_place_rollback=True, diff=False)
+    capabilities = Capabilities(writable_clones=True, in_place_rollback=True, diff=False, send_stream=False)
+    fs_name, magic, mkfs = "NILFS2", NILFS_SUPER_MAGIC, ["mkfs.nilfs2", "-q", "-f", "-L", "zapckpt"]
 
     # --- the pool ------------------------------------------------------------------------------
-    def check_pool(self, path: Path) -> None:
-        if not path.is_dir():
-            raise BackendError(f"pool directory {path} does not exist")
-        if _fs_magic(path) != NILFS_SUPER_MAGIC:
-            raise BackendError(f"{path} is not a mounted NILFS2 file system")
-
-    def make_loop_pool(self, image: Path, mountpoint: Path, size: str) -> None:
-        image.parent.mkdir(parents=True, exist_ok=True)
-        proc.run(["truncate", "-s", size, str(image)])
-        try:
-            proc.run(["mkfs.nilfs2", "-q", "-f", "-L", "zapckpt", str(image)])
-        except Exception:
-            image.unlink(missing_ok=True)
-            raise
-        self.mount_loop_pool(image, mountpoint)
-
     def make_device_pool(self, device: Path, mountpoint: Path) -> None:
         """Use a block device: formatted unless it already holds NILFS2."""
         if not device.exists():
             raise BackendError(f"device {device} does not exist")
         fstype = proc.run(["blkid", "-o", "value", "-s", "TYPE", str(device)], check=False).stdout.strip()
         if fstype != "nilfs2":
-            proc.run(["mkfs.nilfs2", "-q", "-f", "-L", "zapckpt", str(device)])
+            proc.run([*self.mkfs, str(device)])
         self.mount_device_pool(device, mountpoint)
 
     def mount_loop_pool(self, image: Path, mountpoint: Path) -> None:

@@ -96,12 +96,12 @@ def init_pool(state: StateDir, catalog: Catalog, size: str | None = None, pool_d
         return pool
 
 
-def _mount(state: StateDir, pool: Pool, catalog: Catalog | None = None) -> None:
+def _mount(state: StateDir, pool: Pool, catalog: Catalog) -> None:
     if pool.kind == "loop" and not _is_mounted(pool.path):
         if not state.pool_image.exists():
             raise ZapError(f"pool image {state.pool_image} is missing; run `zap deinit --purge` and `zap init`")
         pool.backend.mount_loop_pool(state.pool_image, pool.path)
-    elif pool.kind == "device" and not _is_mounted(pool.path) and catalog is not None:
+    elif pool.kind == "device" and not _is_mounted(pool.path):
         with catalog.session() as s:
             device = queries.get_setting(s, "pool.device")
         pool.backend.mount_device_pool(Path(device), pool.path)

@@ -36,14 +36,15 @@ class TransferError(ZapError):
     pass
 
 
-def _needs_btrfs(ctx: Context, what: str) -> None:
-    if ctx.pool.backend.name != "btrfs":
+def _needs_send_stream(ctx: Context, what: str) -> None:
+    backend = ctx.pool.backend
+    if not backend.capabilities.send_stream:
         raise UsageError(f"{what} needs a btrfs pool (it moves snapshots with btrfs send/receive); "
-                         f"this pool is {ctx.pool.backend.name}")  # fmt: skip
+                         f"this pool is {backend.name}")  # fmt: skip
 
 
 def export(ctx: Context, ref: str, dest: str) -> Path:
-    _needs_btrfs(ctx, "export")
+    _needs_send_stream(ctx, "export")
     out = Path(dest).absolute()
     partial = out.with_name(out.name + ".partial")
     with ctx.catalog.session() as s:
@@ -147,7 +148,7 @@ def _unpack(path: Path, stage: Path) -> dict:
 
 def import_(ctx: Context, file: str, name: str | None) -> Checkpoint:
     path = Path(file)
-    _needs_btrfs(ctx, "import")
+    _needs_send_stream(ctx, "import")
     pool = ctx.pool
     stage = Path(ctx.state.root) / f".import-{uuid.uuid4().hex[:8]}"  # on disk: snapshots can be big
     stage.mkdir()
