@@ -31,14 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from common import figure, write_part  # noqa: E402
+from common import figure, write_part, zap  # noqa: E402
 
-
-
-def zap(home: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, ZAP_HOME=str(home))
-    return subprocess.run([sys.executable, "-m", "zapckpt.cli", *args], env=env, capture_output=True, text=True,
-                          check=True)  # fmt: skip
 
 
 def make_home(rows: int) -> Path:

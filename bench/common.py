@@ -107,12 +107,6 @@ def zap(home: Path, *args: str, timeout: float = 600) -> subprocess.CompletedPro
     return res
 
 
-def timed(fn, *a, **kw) -> tuple[float, object]:
-    t = time.perf_counter()
-    r = fn(*a, **kw)
-    return time.perf_counter() - t, r
-
-
 def wait_for(pred, what: str, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not pred():

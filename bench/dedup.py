@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from common import figure, write_part  # noqa: E402
+from common import figure, wait_for, write_part  # noqa: E402
 
 CHURN = ROOT / "tests" / "workloads" / "churn.py"
 
@@ -55,7 +55,8 @@ def main() -> int:
     try:
         pods.run(ctx, "churn", ["python3", str(CHURN)], {"CHURN_MIB": str(args.mib), "CHURN_PCT": str(args.pct)}, None)
         marks = home / "pool" / "pods" / "churn" / "churned.txt"
-        wait = lambda n: _wait(lambda: marks.exists() and len(marks.read_text().split()) >= n)  # noqa: E731
+        wait = lambda n: wait_for(lambda: marks.exists() and len(marks.read_text().split()) >= n,  # noqa: E731
+                                  what=f"the workload's churn round {n}")
         wait(1)
         with ctx.catalog.session() as s:
             pod = s.query(Pod).one()
@@ -135,14 +136,6 @@ def main() -> int:
         raise SystemExit("a materialised image set differs from what CRIU wrote")
     write_part(args.out, figures, vars(args) | {"out": str(args.out)}, summary=summary)
     return 0
-
-
-def _wait(pred, timeout=300):
-    deadline = time.time() + timeout
-    while not pred():
-        if time.time() > deadline:
-            raise SystemExit("benchmark workload did not respond")
-        time.sleep(0.05)
 
 
 if __name__ == "__main__":

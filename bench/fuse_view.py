@@ -33,13 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from common import figure, write_part  # noqa: E402
+from common import drop_caches, figure, write_part  # noqa: E402
 ZAP = [sys.executable, "-m", "zapckpt.cli"]
-
-
-def drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def timed(argv: list[str] | str, shell: bool = False) -> float:

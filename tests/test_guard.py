@@ -3,7 +3,6 @@ machine-wide after the first build), real dpkg inside the pod, real CRIU and btr
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
