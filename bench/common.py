@@ -184,8 +184,10 @@ def raw_dump(pid: int, out: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     t = time.perf_counter()
-    subprocess.run(["nsenter", "-t", str(pid), "-m", "--", criu.criu_binary(), "dump", "-t", str(pid), "-D", str(out),
-                    "-o", "dump.log", "--leave-running", "--file-locks"], check=True, capture_output=True)  # fmt: skip
+    # The pod's /dev/shm is its own: the image directory is reached through our root, as zap does.
+    subprocess.run(["nsenter", "-t", str(pid), "-m", "-n", "--", criu.criu_binary(), "dump", "-t", str(pid),
+                    "-D", criu.through_host_root(out), "-o", "dump.log", "--leave-running", "--file-locks",
+                    *criu.NET_OPTS], check=True, capture_output=True)  # fmt: skip
     wall = time.perf_counter() - t
     st = read_dump_stats(out)
     return {"wall_s": wall, "frozen_ms": st.frozen_ms, "memdump_ms": st.memdump_ms, "memwrite_ms": st.memwrite_ms,

@@ -68,8 +68,9 @@ def main() -> int:
             dump = ctx.state.staging / "benchdump"
             shutil.rmtree(dump, ignore_errors=True)
             dump.mkdir(parents=True)
-            subprocess.run(["nsenter", "-t", str(pid), "-m", "--", criu.criu_binary(), "dump", "-t", str(pid),
-                            "-D", str(dump), "-o", "dump.log", "--leave-running"], check=True, capture_output=True)  # fmt: skip
+            subprocess.run(["nsenter", "-t", str(pid), "-m", "-n", "--", criu.criu_binary(), "dump", "-t", str(pid),
+                            "-D", criu.through_host_root(dump), "-o", "dump.log", "--leave-running", *criu.NET_OPTS],
+                           check=True, capture_output=True)  # fmt: skip
             (dump / "dump.log").unlink()
             raw = sum(f.stat().st_size for f in dump.iterdir())
             digest = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in dump.iterdir()}

@@ -39,7 +39,8 @@ def raw_restore(images: Path, volume: Path, mount_path: Path, log: Path) -> floa
     pidfile = images.with_name(images.name + ".pid")
     pidfile.unlink(missing_ok=True)
     t = time.perf_counter()
-    pid = criu.restore(images, pidfile, volume, mount_path, log)
+    mounts = {"volume": str(volume), "mount_path": str(mount_path), "system": False, "volumes": []}
+    pid = criu.restore(images, pidfile, mounts, None, log)
     took = time.perf_counter() - t
     pidfile.unlink()
     procinfo.kill_pod_tree(pid)

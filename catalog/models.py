@@ -41,6 +41,17 @@ class Pod(Base):
     # whose processes run chrooted in its volume; None for a pod that only has a data volume.
     rootfs: Mapped[Optional[str]] = mapped_column(Text)
     command: Mapped[list[Any]] = mapped_column(default=list)
+    # Networking: "pod" (own network namespace, `address` on the host bridge), "none" (own
+    # namespace, loopback only) or "host" (the host's namespace: not branchable while listening).
+    net: Mapped[str] = mapped_column(String(8), default="pod", server_default="host")
+    address: Mapped[Optional[str]] = mapped_column(String(64))
+    # Published ports: [{"host_ip", "host_port", "pod_port", "proto"}].
+    ports: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
+    # Declared host directories: [{"host", "pod"}]; shared with the host, never rolled back.
+    volumes: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
+    # The --stop checkpoint whose CRIU network lock still holds the pod's external connections
+    # (restoring exactly that checkpoint brings them back; anything else releases them).
+    net_locked_by: Mapped[Optional[str]] = mapped_column(String(12))
     env: Mapped[dict[str, Any]] = mapped_column(default=dict)
     cwd: Mapped[str] = mapped_column(Text)
     # What the user asked for: "running" or "stopped"; the live state is computed from the pid.
@@ -91,6 +102,8 @@ class Checkpoint(Base):
     dump_ms: Mapped[Optional[float]] = mapped_column()
     fs_snapshot_ms: Mapped[Optional[float]] = mapped_column()
     total_ms: Mapped[Optional[float]] = mapped_column()
+    # The checkpoint ended the pod (`--stop`): its external connections were kept locked.
+    stopped: Mapped[bool] = mapped_column(default=False, server_default="0")
     # One entry per dumped process: host pid, pid inside the pod, command line, cwd.
     processes: Mapped[list[Any]] = mapped_column(default=list)
 

@@ -4,6 +4,7 @@ fixture deinitialises it and then checks that no mount, loop device or pod proce
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -40,7 +41,12 @@ class Zap:
 
     def __init__(self, home: Path):
         self.home = home
-        self.env = dict(os.environ, ZAP_HOME=str(home), ZAP_LOCK_TIMEOUT="60")
+        # Each test's pods get a bridge and subnet of their own (on this machine only).
+        tag = os.urandom(3).hex()
+        self.bridge = f"zt{tag}"
+        self.subnet = f"10.{200 + int(tag[:2], 16) % 50}.{int(tag[2:4], 16)}.0/24"
+        self.env = dict(os.environ, ZAP_HOME=str(home), ZAP_LOCK_TIMEOUT="60", ZAP_BRIDGE=self.bridge,
+                        ZAP_SUBNET=self.subnet)  # fmt: skip
         self.env.pop("ZAP_DEBUG", None)
 
     def __call__(self, *args: str, check: bool = True, env: dict | None = None, timeout: float = 120):
@@ -109,6 +115,18 @@ def proc_state(pid: int) -> str | None:
     return data[data.rindex(")") + 2]
 
 
+def _net_leftovers(bridge: str, home: Path) -> list[str]:
+    found = []
+    tag = hashlib.sha1(str(home).encode()).hexdigest()[:6]  # as zapckpt/net/podnet.py names them
+    if subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode == 0:
+        found.append(f"bridge {bridge}")
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    found += [f"nftables {ln}" for ln in tables.splitlines() if bridge in ln or "CRIU-" in ln]
+    netns = Path("/run/netns")
+    found += [f"netns {n.name}" for n in (netns.iterdir() if netns.is_dir() else []) if n.name.startswith(f"zap-{tag}-")]
+    return found
+
+
 def _leftovers(home: Path) -> list[str]:
     found = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
@@ -138,7 +156,7 @@ def zap():
         ps = z("ps", "--json", check=False)
         pids = [p["pid"] for p in json.loads(ps.stdout)["pods"] if p["pid"]] if ps.returncode == 0 else []
         z("deinit", "--purge", check=False)
-        left = _leftovers(home)
+        left = _leftovers(home) + _net_leftovers(z.bridge, home)
         left += [f"pod process {p} ({proc_state(p)})" for p in pids if proc_state(p) not in (None, "Z")]
         shutil.rmtree(home, ignore_errors=True)
         assert not left, f"left behind: {left}"

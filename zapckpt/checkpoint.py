@@ -16,11 +16,12 @@ from sqlalchemy.orm import Session
 
 from catalog import Checkpoint, Pod, queries
 
-from . import criu, procinfo
+from . import criu, procinfo, settings
 from .criu_images import read_dump_stats
 from . import images as image_sets
 from .context import Context
 from .errors import UsageError, ZapError
+from .net import podnet
 from .pods import live_state
 from .signals import deferred_interrupts
 
@@ -38,9 +39,10 @@ def _new_id() -> str:
 
 
 def _write_hook(path: Path, argv: list[str], err: Path, times: Path) -> None:
-    path.write_text(
-        HOOK.format(snapshot=shlex.join(argv), err=shlex.quote(str(err)), times=shlex.quote(str(times)))
-    )
+    # The hook runs in the pod's mount namespace (where /dev/shm is the pod's): our files are
+    # reached through the host's root.
+    err_at, times_at = criu.through_host_root(err), criu.through_host_root(times)
+    path.write_text(HOOK.format(snapshot=shlex.join(argv), err=shlex.quote(err_at), times=shlex.quote(times_at)))
     path.chmod(0o700)
 
 
@@ -69,9 +71,15 @@ def record(s: Session, pod: Pod, ck_id: str, message: str, kind: str, backend: s
 
 
 def take(
-    ctx: Context, s: Session, pod: Pod, message: str, *, stop: bool = False, kind: str = "manual"
+    ctx: Context, s: Session, pod: Pod, message: str, *, stop: bool = False, kind: str = "manual",
+    ghost_limit: int | None = None, release_connections: bool = False, strict: bool = False,
 ) -> Checkpoint:
-    """Checkpoint a running pod and commit it. The caller holds the pod's lock."""
+    """Checkpoint a running pod and commit it. The caller holds the pod's lock.
+
+    With stop, the pod ends after the dump and its connections to the outside stay held by
+    CRIU's network lock, for a restore of exactly this checkpoint to bring back; with
+    release_connections too (a rollback to another state), they are reset instead, so that
+    clients reconnect at once."""
     t_start = time.perf_counter()
     if live_state(pod) != "running":
         raise UsageError(f"pod {pod.name!r} is not running ({live_state(pod)}): nothing to checkpoint")
@@ -85,7 +93,12 @@ def take(
     backend.check_snapshot(volume, snap)
 
     # Before the freeze: what runs, and dirty data written back so the snapshot has little to do.
-    processes = [d for p in procinfo.pids_in_pidns(pod.init_pid) if (d := procinfo.describe(p))]
+    pids = procinfo.pids_in_pidns(pod.init_pid)
+    processes = [d for p in pids if (d := procinfo.describe(p))]
+    outside = procinfo.outside_files(pids, [pod.mount_path, *(v["pod"] for v in pod.volumes or [])])
+    if outside and strict:
+        raise ZapError(f"pod {pod.name!r} holds files open outside its volume, which the checkpoint would not "
+                       f"contain: {_name_files(outside)} (--strict; declare them with --volume or drop --strict)")
     backend.flush(volume)
     stage.mkdir(parents=True, exist_ok=True)
     hook, hook_err, hook_times = stage / "hook.sh", stage / "hook.err", stage / "hook.times"
@@ -94,8 +107,10 @@ def take(
     stopped = False
     try:
         try:
-            dump_ms = criu.dump(pod.init_pid, images, hook, ctx.log_path(pod.name, "dump"), leave_stopped=stop)
+            dump_ms = criu.dump(pod.init_pid, images, hook, ctx.log_path(pod.name, "dump"), leave_stopped=stop,
+                                ghost_limit=ghost_limit if ghost_limit is not None else settings.ghost_limit(ctx))
         except criu.CriuError as e:
+            podnet.release_locks(ctx.net, pod)  # a dump that died half-way may have left its lock
             hook_msg = hook_err.read_text().strip() if hook_err.exists() else ""
             if hook_msg:
                 raise ZapError(f"filesystem snapshot failed inside the frozen window: {hook_msg.splitlines()[-1]}"
@@ -115,6 +130,7 @@ def take(
                     before_commit=lambda: pending.commit(s, ck_id), raw_bytes=pending.raw_bytes,
                     stored_bytes=pending.stored_bytes, frozen_ms=stats.frozen_ms, dump_ms=dump_ms,
                     fs_snapshot_ms=fs_ms, processes=processes, total_ms=(time.perf_counter() - t_start) * 1000,
+                    stopped=stop,
                 )  # fmt: skip
             except BaseException:
                 pending.discard()
@@ -129,11 +145,34 @@ def take(
         raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+    # Reported, never hidden: what the checkpoint cannot vouch for.
+    ck.outside_files = outside
+    ck.warnings = []
+    if outside:
+        ck.warnings.append(f"files open outside the pod's volume are not in the checkpoint and will not be "
+                           f"rolled back: {_name_files(outside)}")
+    if not stop and (gone := procinfo.missing_processes(processes, pod.init_pid)):
+        ck.warnings.append(f"exited right after the checkpoint: {_name_processes(gone)}")
     if stop:
+        if release_connections:
+            # Reset the outside connections while their sockets still exist (tasks stopped).
+            podnet.release_locks(ctx.net, pod)
+            podnet.abort_external(ctx.net, pod)
         procinfo.kill_pod_tree(pod.init_pid)
         pod.desired_state = "stopped"
+        pod.net_locked_by = None if release_connections else ck.id
         s.commit()
     return ck
+
+
+def _name_files(files: list[dict], most: int = 3) -> str:
+    names = sorted({f["path"] for f in files})
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _name_processes(procs: list[dict], most: int = 3) -> str:
+    names = [f"pid {p['pid']} ({' '.join(p['cmdline'])[:60] or '?'})" for p in procs]
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def snapshot_only(ctx: Context, s: Session, pod: Pod, message: str, kind: str = "auto") -> Checkpoint:
@@ -154,9 +193,10 @@ def snapshot_only(ctx: Context, s: Session, pod: Pod, message: str, kind: str = 
     return ck
 
 
-def checkpoint(ctx: Context, name: str, message: str = "", stop: bool = False, kind: str = "manual") -> Checkpoint:
+def checkpoint(ctx: Context, name: str, message: str = "", stop: bool = False, kind: str = "manual",
+               ghost_limit: int | None = None, strict: bool = False) -> Checkpoint:  # fmt: skip
     with ctx.pod_lock(name):
         with ctx.catalog.session() as s:
             pod = queries.get_pod(s, name)
             with deferred_interrupts():
-                return take(ctx, s, pod, message, stop=stop, kind=kind)
+                return take(ctx, s, pod, message, stop=stop, kind=kind, ghost_limit=ghost_limit, strict=strict)

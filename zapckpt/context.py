@@ -11,6 +11,7 @@ from typing import Iterator
 from catalog import Catalog, queries
 
 from .locks import locked
+from .net import podnet
 from .pool import Pool, ensure_pool
 from .state import StateDir
 
@@ -24,6 +25,12 @@ class Context:
     @cached_property
     def pool(self) -> Pool:
         return ensure_pool(self.state, self.catalog)
+
+    @cached_property
+    def net(self) -> podnet.NetConfig:
+        """The bridge and subnet of this state directory (chosen once, kept in the catalog)."""
+        with self.catalog.session() as s:
+            return podnet.config(s, self.state.root)
 
     @contextmanager
     def pod_lock(self, name: str, wait: float | None = None) -> Iterator[None]:

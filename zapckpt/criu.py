@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
+import sys
 import time
 from pathlib import Path
 
 from . import proc
-from .errors import ZapError
+from .errors import UsageError, ZapError
 
 # The private CRIU runtime that scripts/install.sh builds where the distribution's CRIU is too old.
 PRIVATE_CRIU = "/opt/zapckpt/bin/criu"
@@ -86,17 +88,58 @@ def _keep_log(src: Path, dst: Path) -> Path:
     return dst
 
 
-def dump(init_pid: int, images: Path, hook: Path, log: Path, *, leave_stopped: bool) -> float:
+# Every dump and restore: TCP connections (established, listening, half-closed) are dumped and
+# restored in repair mode; the network lock (nftables, in the pod's namespace) lets no packet
+# of theirs in or out while the pod is frozen, so peers see no reset.
+NET_OPTS = ["--tcp-established", "--network-lock", "nftables"]
+DEFAULT_TIMEOUT = 300.0
+DEFAULT_GHOST_LIMIT = 64 << 20
+
+
+def timeout() -> float:
+    """ZAP_CRIU_TIMEOUT seconds for one CRIU run (default 300)."""
+    raw = os.environ.get("ZAP_CRIU_TIMEOUT")
+    if not raw:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1
+    if not (value > 0 and value < 1e6):
+        raise UsageError(f"bad ZAP_CRIU_TIMEOUT {raw!r}: a number of seconds")
+    return value
+
+
+def through_host_root(path: Path) -> str:
+    """`path` as seen from inside a pod's mount namespace, where /dev/shm and /dev/pts are the
+    pod's own: through our own root, which is the host's."""
+    return f"/proc/{os.getpid()}/root{path}"
+
+
+def _run_bounded(argv: list[str], what: str, log: Path, env: dict | None = None) -> proc.Result:
+    """Run CRIU with the timeout; on expiry its whole process group is killed (a dump's tasks
+    are then resumed by the kernel's ptrace detach, see checkpoint.py for the rest)."""
+    limit = timeout()
+    try:
+        return proc.run(argv, check=False, own_session=True, timeout=limit, kill_group=True, env=env)
+    except proc.CommandError:
+        raise CriuError(f"{what}: CRIU did not finish within {limit:g}s (ZAP_CRIU_TIMEOUT) and was killed", log,
+                        []) from None  # fmt: skip
+
+
+def dump(init_pid: int, images: Path, hook: Path, log: Path, *, leave_stopped: bool,
+         ghost_limit: int = DEFAULT_GHOST_LIMIT) -> float:  # fmt: skip
     """Dump the tree rooted at init_pid into images; returns the wall time in ms.
 
-    CRIU runs inside the pod's mount namespace, so it does not try to dump that namespace
-    (the files are covered by the snapshot instead); pid, ipc and uts namespaces are dumped.
+    CRIU runs inside the pod's mount and network namespaces, so it does not try to dump those
+    (the files are covered by the snapshot instead, and the network namespace outlives the
+    processes); pid, ipc and uts namespaces are dumped, and so is every socket.
     """
     argv = [
-        "nsenter", "-t", str(init_pid), "-m", "--",
-        criu_binary(), "dump", "-t", str(init_pid), "-D", str(images), "-o", "dump.log",
+        "nsenter", "-t", str(init_pid), "-m", "-n", "--",
+        criu_binary(), "dump", "-t", str(init_pid), "-D", through_host_root(images), "-o", "dump.log",
         "--leave-stopped" if leave_stopped else "--leave-running",
-        "--file-locks", "--action-script", str(hook),
+        "--file-locks", "--action-script", through_host_root(hook), *NET_OPTS, "--ghost-limit", str(ghost_limit),
     ]  # fmt: skip
     attempt = 0
     while True:
@@ -105,7 +148,7 @@ def dump(init_pid: int, images: Path, hook: Path, log: Path, *, leave_stopped: b
         t0 = time.perf_counter()
         # Its own session: a Ctrl-C at the terminal must not kill CRIU while its parasite code
         # runs inside the pod (zap defers the interrupt until CRIU is done, see signals.py).
-        res = proc.run(argv, check=False, own_session=True)
+        res = _run_bounded(argv, "CRIU dump", log)
         ms = (time.perf_counter() - t0) * 1000
         if res.returncode == 0:
             return ms
@@ -118,27 +161,32 @@ def dump(init_pid: int, images: Path, hook: Path, log: Path, *, leave_stopped: b
         time.sleep(0.05 * attempt)
 
 
-def restore(images: Path, pidfile: Path, volume: Path, mount_path: Path, log: Path, system_root: bool = False) -> int:
-    """Restore the tree detached, in a fresh private mount namespace where the volume appears
-    at mount_path; returns the host pid of the restored init. A system pod (its root is the
-    volume) gets its /proc mounted again, from inside its new pid namespace, before its
-    processes come back."""
-    criu = [criu_binary(), "restore", "-d", "-D", str(images), "-o", "restore.log",
-            "--file-locks", "--pidfile", str(pidfile)]  # fmt: skip
-    if system_root:
+def restore(images: Path, pidfile: Path, mounts: dict, netns: str | None, log: Path) -> int:
+    """Restore the tree detached, in a fresh private mount namespace made like the pod's own
+    (podmounts.py: the volume at its path, private /dev/shm and /dev/pts, declared volumes),
+    inside the network namespace `netns` (None: the host's); returns the host pid of the
+    restored init. A system pod gets its /proc mounted again, from inside its new pid
+    namespace, before its processes come back."""
+    criu = [criu_binary(), "restore", "-d", "-D", through_host_root(images), "-o", "restore.log",
+            "--file-locks", "--pidfile", through_host_root(pidfile), *NET_OPTS]  # fmt: skip
+    if mounts["system"]:
         hook = images.parent / "restore-hook.sh"
+        proc_dir = Path(mounts["mount_path"]) / "proc"
         hook.write_text(
             "#!/bin/sh\n"
             '[ "$CRTOOLS_SCRIPT_ACTION" = setup-namespaces ] || exit 0\n'
-            f'exec nsenter -t "$CRTOOLS_INIT_PID" -p -- mount -t proc -o nosuid,nodev,noexec proc {shlex.quote(str(mount_path / "proc"))}\n'
+            f'exec nsenter -t "$CRTOOLS_INIT_PID" -p -- mount -t proc -o nosuid,nodev,noexec proc {shlex.quote(str(proc_dir))}\n'
         )
-        hook.chmod(0o755)
-        criu += ["--action-script", str(hook)]
+        hook.chmod(0o700)
+        criu += ["--action-script", through_host_root(hook)]
     # As in podinit: detach `zap mount` views from the copy of the mount table the pod gets.
     inner = ["sh", "-c", 'for m in $(awk \'$0 ~ / - fuse\\.zapckpt / {print $5}\' /proc/self/mountinfo); do '
-             'umount --lazy "$m"; done; mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(volume), str(mount_path)]
-    argv = ["unshare", "--mount", "--propagation", "private", "--", *inner, *criu]
-    res = proc.run(argv, check=False, own_session=True)
+             'umount --lazy "$m"; done; exec "$@"', "sh",
+             sys.executable, "-m", "zapckpt.podmounts", json.dumps(mounts), "--"]  # fmt: skip
+    enter = ["nsenter", f"--net={netns}", "--"] if netns else []
+    argv = [*enter, "unshare", "--mount", "--propagation", "private", "--", *inner, *criu]
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "PYTHONPATH": os.pathsep.join(sys.path)}
+    res = _run_bounded(argv, "CRIU restore", log, env)
     if res.returncode != 0:
         _keep_log(images / "restore.log", log)
         lines = log_errors(log) or [proc.CommandError(argv, res.returncode, res.stderr).reason()]

@@ -144,5 +144,7 @@ def read_pagemap(path: Path) -> Pagemap:
         flags = f.get(4)
         if flags is None:
             flags = PE_PARENT if f.get(3) else PE_PRESENT
-        out.append(PagemapEntry(vaddr=f.get(1, 0), nr_pages=f.get(2, 0), flags=flags))
+        # CRIU >= 4.2 writes the page count as a uint64 in field 5 (compat_nr_pages, field 2,
+        # is then 0); older CRIUs only have field 2.
+        out.append(PagemapEntry(vaddr=f.get(1, 0), nr_pages=f.get(5) or f.get(2, 0), flags=flags))
     return Pagemap(pages_id=int(head.get(1, 0)), entries=out)

@@ -1,6 +1,8 @@
-"""Runs as pid 1 of a new pod, inside its fresh pid/ipc/uts/mount namespaces, then execs the
-pod's command. What CRIU needs to dump the tree later is set up here: a session led from inside
-the pid namespace, no inherited descriptors, and stdio opened inside the pod's mount namespace.
+"""Runs as pid 1 of a new pod, inside its fresh pid/ipc/uts/mount namespaces (and network
+namespace, unless `--net host`), then execs the pod's command. What CRIU needs to dump the tree
+later is set up here: a session led from inside the pid namespace, no inherited descriptors,
+and stdio opened inside the pod's mount namespace. So is what keeps the pod's state its own:
+a private /dev/shm and /dev/pts (see podmounts.py).
 
 Usage (by zapckpt.pods only): python -m zapckpt.podinit SPEC_JSON
 """
@@ -8,8 +10,11 @@ Usage (by zapckpt.pods only): python -m zapckpt.podinit SPEC_JSON
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+
+from zapckpt.podmounts import setup_pod_mounts
 
 
 def main() -> None:
@@ -24,25 +29,18 @@ def main() -> None:
     host_pid = os.readlink("/proc/self")
     try:
         os.setsid()
+        socket.sethostname(spec["hostname"])
         # The copy of the host's mounts includes any `zap mount` view: not the pod's business,
         # and a dead view (its server gone) would make CRIU trip over it later.
         with open("/proc/self/mountinfo") as f:
             views = [ln.split()[4] for ln in f if " - fuse.zapckpt " in ln]
         for mp in views:
             subprocess.run(["umount", "--lazy", mp.encode().decode("unicode_escape")], check=False)
-        if spec["volume"] != spec["mount_path"]:
-            # The volume appears at the pod's path (for a branch: the original pod's path).
-            os.makedirs(spec["mount_path"], exist_ok=True)
-            subprocess.run(["mount", "--bind", spec["volume"], spec["mount_path"]], check=True)
-        if spec.get("rootfs"):
-            # A system pod: its own /proc (of this pid namespace), then the volume is its root.
-            # /dev and /tmp are directories of that root, so they are in every snapshot.
-            root = spec["mount_path"]
-            subprocess.run(["mount", "-t", "proc", "-o", "nosuid,nodev,noexec", "proc", f"{root}/proc"], check=True)
-            os.chroot(root)
+        setup_pod_mounts(spec["volume"], spec["mount_path"], bool(spec.get("rootfs")), spec.get("volumes", []),
+                         chroot=True)  # fmt: skip
         os.chdir(spec["cwd"])
         null = os.open("/dev/null", os.O_RDONLY)
-        log = os.open(spec["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        log = os.open(spec["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640)
         os.dup2(null, 0)
         os.dup2(log, 1)
         os.dup2(log, 2)

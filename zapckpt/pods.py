@@ -13,10 +13,11 @@ from pathlib import Path
 
 from catalog import Pod, queries
 
-from . import procinfo
+from . import proc, procinfo
 from .context import Context
 from .errors import AlreadyExists, UsageError, ZapError
 from .names import check_name
+from .net import podnet
 
 START_TIMEOUT = 30.0
 LOG_DIR = ".zap"
@@ -67,8 +68,9 @@ def _resolve_cwd(mount_path: str, cwd: str | None) -> str:
     return os.path.normpath(cwd)
 
 
-def start_processes(pod: Pod) -> tuple[int, int]:
-    """Start pod.command as pid 1 of fresh namespaces; returns (host pid, start time)."""
+def start_processes(pod: Pod, netns: str | None) -> tuple[int, int]:
+    """Start pod.command as pid 1 of fresh namespaces (in the network namespace `netns`, or the
+    host's for None); returns (host pid, start time)."""
     spec = {
         "command": pod.command,
         "env": pod_env(pod),
@@ -77,14 +79,17 @@ def start_processes(pod: Pod) -> tuple[int, int]:
         "mount_path": pod.mount_path,
         "log": os.path.join("/" if pod.rootfs else pod.mount_path, LOG_DIR, LOG_NAME),
         "rootfs": bool(pod.rootfs),
+        "hostname": pod.name,
+        "volumes": pod.volumes or [],
     }
     (Path(pod.volume) / LOG_DIR).mkdir(exist_ok=True)
     # The pod's init reports through a pipe it opens by path: `unshare --fork` stays alive as
     # the pod's reaper, and it must not hold the write end, or we would never see EOF.
     r, w = os.pipe()
     spec["ready"] = f"/proc/{os.getpid()}/fd/{w}"
+    enter = ["nsenter", f"--net={netns}", "--"] if netns else []
     argv = [
-        "unshare", "--pid", "--fork", "--ipc", "--uts", "--mount", "--propagation", "private", "--",
+        *enter, "unshare", "--pid", "--fork", "--ipc", "--uts", "--mount", "--propagation", "private", "--",
         sys.executable, "-m", "zapckpt.podinit", json.dumps(spec),
     ]  # fmt: skip
     env = {"PATH": BASE_ENV["PATH"], "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -134,13 +139,38 @@ def start_processes(pod: Pod) -> tuple[int, int]:
     return pid, start or 0
 
 
+def parse_volumes(specs: list[str]) -> list[dict]:
+    """--volume HOSTDIR:PODDIR: a host directory the pod shares (never rolled back)."""
+    out = []
+    for spec in specs:
+        host, sep, inside = spec.partition(":")
+        if not sep or not os.path.isabs(host) or not os.path.isabs(inside):
+            raise UsageError(f"bad --volume {spec!r}: expected HOSTDIR:PODDIR, both absolute")
+        if not os.path.isdir(host):
+            raise UsageError(f"--volume {spec!r}: {host} is not a directory")
+        out.append({"host": os.path.normpath(host), "pod": os.path.normpath(inside)})
+    return out
+
+
 def run(ctx: Context, name: str, command: list[str], env: dict[str, str], cwd: str | None,
-        rootfs: str | None = None, start: bool = True) -> Pod:  # fmt: skip
+        rootfs: str | None = None, start: bool = True, net: str = "pod", ports: list[dict] | None = None,
+        volumes: list[dict] | None = None) -> Pod:  # fmt: skip
     """`zap run` (start=True) and `zap create` (start=False): a new pod with a fresh volume, or
-    with a root file system made from `rootfs` (see rootfs.py)."""
+    with a root file system made from `rootfs` (see rootfs.py), in its own network (net "pod":
+    an address on the bridge, `ports` published; "none": loopback only) or the host's."""
     check_name(name)
     if start and not command:
         raise UsageError("no command given: zap run NAME -- CMD [ARGS...]")
+    if net not in podnet.MODES:
+        raise UsageError(f"unknown --net {net!r} (pod, none or host)")
+    if ports and net != "pod":
+        raise UsageError("--publish needs --net pod (the pod's own address to forward to)")
+    for v in volumes or []:
+        # A volume pod sees the host's tree: mount points are made only inside its own path.
+        inside_own = (v["pod"] + "/").startswith(str(ctx.state.mount_path(name)) + "/")
+        if not rootfs and not inside_own and not os.path.isdir(v["pod"]):
+            raise UsageError(f"--volume {v['host']}:{v['pod']}: {v['pod']} does not exist (a pod without "
+                             f"--rootfs shares the host's tree: use an existing directory or one under {ctx.state.mount_path(name)})")
     if rootfs:
         from . import rootfs as roots
 
@@ -161,8 +191,16 @@ def run(ctx: Context, name: str, command: list[str], env: dict[str, str], cwd: s
         pod = Pod(
             name=name, volume=str(volume), mount_path=str(mount_path), command=command, env=env,
             cwd=_resolve_cwd(seen_from, cwd), desired_state="running" if start else "stopped", rootfs=rootfs,
+            net=net, ports=ports or [], volumes=volumes or [],
         )  # fmt: skip
         try:
+            if net == "pod":
+                with ctx.catalog.session() as s:
+                    check_ports_free(s, name, pod.ports)
+                    pod.address = podnet.allocate_address(s, ctx.net)
+            podnet.ensure(None, ctx.net, pod)  # the NAT table follows once the pod is recorded
+            if rootfs:
+                write_network_files(pod)
             inside = os.path.relpath(pod.cwd, seen_from)
             if inside.startswith(".."):
                 if not os.path.isdir(pod.cwd):
@@ -171,13 +209,49 @@ def run(ctx: Context, name: str, command: list[str], env: dict[str, str], cwd: s
                 os.makedirs(os.path.join(pod.volume, inside), exist_ok=True)
             mount_path.mkdir(parents=True, exist_ok=True)
             if start:
-                pod.init_pid, pod.init_starttime = start_processes(pod)
+                pod.init_pid, pod.init_starttime = start_processes(pod, podnet.netns_path(ctx.net, pod))
         except BaseException:
+            podnet.remove(ctx.net, pod)
             pool.backend.delete_volume(volume)
             raise
         with ctx.catalog.session() as s:
             s.add(pod)
+            if pod.ports:
+                podnet.sync_nat(s, ctx.net)
         return pod
+
+
+def check_ports_free(s, name: str, ports: list[dict]) -> None:
+    taken = {(p["host_ip"], p["host_port"], p["proto"]): other.name
+             for other in queries.list_pods(s) if other.name != name for p in other.ports}  # fmt: skip
+    for p in ports:
+        for (ip, port, proto), owner in taken.items():
+            if port == p["host_port"] and proto == p["proto"] and (ip is None or p["host_ip"] is None or ip == p["host_ip"]):
+                raise AlreadyExists(f"host port {port}/{proto} is already published by pod {owner!r}")
+
+
+def write_network_files(pod: Pod) -> None:
+    """A system pod's /etc/hostname, /etc/hosts and /etc/resolv.conf, for its own network. The
+    name servers are the host's, minus loopback ones (the pod's loopback has none)."""
+    etc = Path(pod.volume) / "etc"
+    if not etc.is_dir() or etc.is_symlink():
+        return
+    hosts = f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    hosts += f"{pod.address or '127.0.1.1'}\t{pod.name}\n"
+    try:
+        host_resolv = Path("/etc/resolv.conf").read_text()
+    except OSError:
+        host_resolv = ""
+    resolv = "".join(ln + "\n" for ln in host_resolv.splitlines()
+                     if not (ln.startswith("nameserver") and (" 127." in ln or " ::1" in ln)))  # fmt: skip
+    for fname, text in (("hostname", pod.name + "\n"), ("hosts", hosts), ("resolv.conf", resolv)):
+        target = etc / fname
+        # Never through a link the pod's tree placed there.
+        if target.is_symlink():
+            target.unlink()
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
 
 
 def start(ctx: Context, name: str) -> Pod:
@@ -192,7 +266,11 @@ def start(ctx: Context, name: str) -> Pod:
             if not pod.command:
                 raise UsageError(f"pod {name!r} has no command (it was created without one)")
             os.makedirs(pod.mount_path, exist_ok=True)
-            pod.init_pid, pod.init_starttime = start_processes(pod)
+            podnet.ensure(s, ctx.net, pod)
+            # A fresh start has no connections to bring back: drop a --stop dump's locks.
+            podnet.release_locks(ctx.net, pod)
+            pod.net_locked_by = None
+            pod.init_pid, pod.init_starttime = start_processes(pod, podnet.netns_path(ctx.net, pod))
             pod.desired_state = "running"
             return pod
 
@@ -243,8 +321,11 @@ def remove(ctx: Context, name: str, force: bool) -> None:
                 b.origin_checkpoint_id = None
             remove_checkpoints(ctx, s, list(pod.checkpoints))
             pool.backend.delete_volume(Path(pod.volume))
+            podnet.remove(ctx.net, pod)
             s.delete(pod)
             s.flush()
+            if pod.ports:
+                podnet.sync_nat(s, ctx.net)
             # The mount point may still be where a branch's volume appears: keep it while used.
             if not queries.pods_using_mount_path(s, pod.mount_path):
                 try:
@@ -266,7 +347,7 @@ def exec_in(ctx: Context, name: str, command: list[str], timeout: float | None =
         # nsenter --wd would resolve the directory before entering the mount namespace, where
         # the pod's volume is not mounted: change directory inside instead.
         root = ["-r", "-w"] if pod.rootfs else []  # a system pod: its root (and a cwd inside it)
-        argv = ["nsenter", "-t", str(pod.init_pid), "-p", "-m", "-i", "-u", *root, "--",
+        argv = ["nsenter", "-t", str(pod.init_pid), "-p", "-m", "-i", "-u", "-n", *root, "--",
                 "/bin/sh", "-c", 'cd -- "$1" && shift && exec "$@"', "sh", pod.cwd, *command]  # fmt: skip
         env = pod_env(pod)
     out = subprocess.DEVNULL if quiet else None
@@ -284,6 +365,28 @@ def exec_in(ctx: Context, name: str, command: list[str], timeout: float | None =
         if isinstance(e, KeyboardInterrupt):
             return 130
         raise ExecTimeout(f"{command[0]} did not finish within {timeout:g}s and was killed") from None
+
+
+def exec_detached(ctx: Context, name: str, command: list[str]) -> None:
+    """`zap exec -d`: start a daemon inside the pod in a session of its own, with /dev/null as
+    stdin and the pod's console log as stdout and stderr, all opened inside the pod, so that
+    the next checkpoint can dump it (host stdio would make CRIU refuse the tree)."""
+    if not command:
+        raise UsageError("no command given: zap exec -d NAME -- CMD [ARGS...]")
+    with ctx.catalog.session() as s:
+        pod = queries.get_pod(s, name)
+        if live_state(pod) != "running":
+            raise UsageError(f"pod {name!r} is not running")
+        root = ["-r", "-w"] if pod.rootfs else []
+        log = os.path.join("/" if pod.rootfs else pod.mount_path, LOG_DIR, LOG_NAME)
+        script = 'cd -- "$1" || exit 1; log=$2; shift 2; exec setsid -f "$@" </dev/null >>"$log" 2>&1'
+        argv = ["nsenter", "-t", str(pod.init_pid), "-p", "-m", "-i", "-u", "-n", *root, "--",
+                "/bin/sh", "-c", script, "sh", pod.cwd, log, *command]  # fmt: skip
+        env = pod_env(pod)
+    res = proc.run(argv, check=False, env=env)
+    if res.returncode != 0:
+        raise ZapError(f"could not start {command[0]!r} in pod {name!r}: "
+                       f"{proc.CommandError(argv, res.returncode, res.stderr).reason()}")  # fmt: skip
 
 
 class ExecTimeout(ZapError):

@@ -6,6 +6,8 @@ turn a failure into one clear line without re-running anything.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -52,30 +54,45 @@ def run(
     input: str | None = None,
     timeout: float | None = None,
     own_session: bool = False,
+    kill_group: bool = False,
 ) -> Result:
     """Run argv to completion, capturing stdout and stderr as text. own_session keeps terminal
-    signals (Ctrl-C) away from a child that must not die half-way."""
+    signals (Ctrl-C) away from a child that must not die half-way. On a timeout the child is
+    killed, with its whole process group if kill_group (it needs own_session), and
+    CommandError says so."""
     argv = [str(a) for a in argv]
     try:
-        cp = subprocess.run(
+        child = subprocess.Popen(
             argv,
-            input=input,
-            stdin=None if input is not None else subprocess.DEVNULL,
-            capture_output=True,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
             env=env,
             cwd=cwd,
-            timeout=timeout,
             close_fds=True,
             start_new_session=own_session,
         )
     except FileNotFoundError:
         raise ToolMissing(argv[0]) from None
-    except subprocess.TimeoutExpired as e:
-        raise CommandError(argv, -1, f"timed out after {timeout}s") from e
-    if check and cp.returncode != 0:
-        raise CommandError(argv, cp.returncode, cp.stderr, cp.stdout)
-    return Result(argv, cp.returncode, cp.stdout, cp.stderr)
+    try:
+        out, err = child.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        if kill_group and own_session:
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        child.kill()
+        child.communicate()
+        raise CommandError(argv, -1, f"timed out after {timeout:g}s") from None
+    except BaseException:
+        child.kill()
+        child.wait()
+        raise
+    if check and child.returncode != 0:
+        raise CommandError(argv, child.returncode, err, out)
+    return Result(argv, child.returncode, out, err)
 
 
 def spawn_detached(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> subprocess.Popen:

@@ -75,7 +75,17 @@ def describe(pid: int) -> dict | None:
         cwd = os.readlink(f"/proc/{pid}/cwd")
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
-    return {"host_pid": pid, "pid": int(nspid[-1]), "cmdline": argv, "cwd": cwd}
+    st = read_stat(pid)
+    age = _uptime() - st.starttime / _CLK_TCK if st else 0.0
+    return {"host_pid": pid, "pid": int(nspid[-1]), "cmdline": argv, "cwd": cwd, "age_s": round(max(age, 0.0), 2)}
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _uptime() -> float:
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[0])
 
 
 def signal_all(pids: list[int], sig: int) -> None:
@@ -123,3 +133,47 @@ def kill_tree(pid: int, level_timeout: float = 1.0) -> None:
             if pid in level:
                 break  # the caller reaps pid itself
             time.sleep(0.01)
+
+
+# Open files a checkpoint may hold outside the pod's volume without saying so: devices and
+# kernel files (the pod's own /dev/shm and /dev/pts are private and inside it anyway).
+_ALWAYS_INSIDE = ("/dev/", "/proc/", "/sys/")
+
+
+def outside_files(pids: list[int], inside: list[str]) -> list[dict]:
+    """Regular files and directories that pids hold open outside the `inside` directories (as
+    the processes see them): the snapshot does not have them, so a restore may not match."""
+    roots = [p.rstrip("/") + "/" for p in inside]
+    found = []
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if not target.startswith("/"):
+                continue  # pipe:[..], socket:[..], anon_inode:..
+            path = target.removesuffix(" (deleted)")
+            if path.startswith(_ALWAYS_INSIDE) or any((path + "/").startswith(r) for r in roots):
+                continue
+            found.append({"host_pid": pid, "fd": int(fd), "path": path})
+    return found
+
+
+def missing_processes(expected: list[dict], init_pid: int | None) -> list[dict]:
+    """Of the processes a checkpoint recorded (by pid inside the pod), those not running in
+    init_pid's pid namespace now. Short-lived helpers (under a second old at the checkpoint,
+    like a shell loop's `sleep`) come and go by themselves and are not counted."""
+    present = set()
+    for pid in pids_in_pidns(init_pid) if init_pid else []:
+        d = describe(pid)
+        if d:
+            present.add(d["pid"])
+    return [p for p in expected if p["pid"] not in present and p.get("age_s", 1e9) >= LONG_LIVED_S]
+
+
+LONG_LIVED_S = 1.0

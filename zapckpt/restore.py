@@ -16,9 +16,10 @@ from . import checkpoint as ckpt
 from . import criu, procinfo
 from . import images as image_sets
 from .context import Context
-from .errors import AlreadyExists, ZapError
+from .errors import AlreadyExists, UsageError, ZapError
+from .net import podnet
 from .names import check_name
-from .pods import live_state
+from .pods import check_ports_free, live_state
 from .signals import deferred_interrupts
 
 
@@ -50,11 +51,22 @@ def materialized(ctx: Context, s: Session, ck: Checkpoint) -> Iterator[Path | No
 
 
 def restore_processes(ctx: Context, images: Path, pod: Pod) -> tuple[int, int]:
-    """Let CRIU bring the tree back, with pod's volume at the pod's path."""
+    """Let CRIU bring the tree back in the pod's own network namespace, with the pod's mounts
+    (its volume at the pod's path, private /dev/shm and /dev/pts, declared volumes)."""
     os.makedirs(pod.mount_path, exist_ok=True)
-    pid = criu.restore(images, images.parent / "pid", Path(pod.volume), Path(pod.mount_path),
-                       ctx.log_path(pod.name, "restore"), system_root=bool(pod.rootfs))  # fmt: skip
+    mounts = {"volume": pod.volume, "mount_path": pod.mount_path, "system": bool(pod.rootfs),
+              "volumes": pod.volumes or []}  # fmt: skip
+    pid = criu.restore(images, images.parent / "pid", mounts, podnet.netns_path(ctx.net, pod),
+                       ctx.log_path(pod.name, "restore"))  # fmt: skip
     return pid, procinfo.starttime(pid) or 0
+
+
+def exited_warning(ck: Checkpoint, init_pid: int) -> list[str]:
+    gone = procinfo.missing_processes(ck.processes or [], init_pid)
+    if not gone:
+        return []
+    names = ", ".join(f"pid {p['pid']} ({' '.join(p['cmdline'])[:60]})" for p in gone[:3])
+    return [f"exited right after the restore: {names}" + (f" and {len(gone) - 3} more" if len(gone) > 3 else "")]
 
 
 def restore(ctx: Context, ref: str, saved_message: str | None = None) -> tuple[Checkpoint, Checkpoint]:
@@ -72,16 +84,23 @@ def restore(ctx: Context, ref: str, saved_message: str | None = None) -> tuple[C
 def _restore_locked(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images: Path | None,
                     saved_message: str | None) -> Checkpoint:  # fmt: skip
     backend = ctx.pool.backend
+    # Outside connections come back only when ck is the --stop checkpoint still holding them
+    # (see net/podnet.py); any other restore resets them, the replaced state's included.
+    resume = pod.net_locked_by == ck.id and live_state(pod) != "running"
+    podnet.ensure(s, ctx.net, pod)
     # Keep the state being replaced, so the rollback itself can be undone.
     msg = saved_message or f"before restore to {ck.ref}"
     if live_state(pod) == "running":
         try:
-            saved = ckpt.take(ctx, s, pod, msg, stop=True, kind="auto")
+            saved = ckpt.take(ctx, s, pod, msg, stop=True, kind="auto", release_connections=True)
         except ZapError as e:
             raise ZapError(f"cannot save the current state before restoring (nothing changed): {e}; "
                            f"`zap stop {pod.name}` first to restore without keeping its processes") from None
     else:
         saved = ckpt.snapshot_only(ctx, s, pod, msg)
+    if not resume:
+        podnet.release_locks(ctx.net, pod)
+    pod.net_locked_by = None
     volume = Path(pod.volume)
     new = volume.with_name(f".{volume.name}.restoring")
     old = volume.with_name(f".{volume.name}.replaced")
@@ -94,6 +113,9 @@ def _restore_locked(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images: 
         if images is not None:
             pod.init_pid, pod.init_starttime = restore_processes(ctx, images, pod)
             pod.desired_state = "running"
+            if not resume:
+                podnet.abort_external(ctx.net, pod)
+            ck.restore_warnings = exited_warning(ck, pod.init_pid)
         else:
             pod.init_pid = pod.init_starttime = None
             pod.desired_state = "stopped"
@@ -117,9 +139,10 @@ def _restore_locked(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images: 
     return saved
 
 
-def branch(ctx: Context, ref: str, new_name: str, start: bool = True) -> Pod:
+def branch(ctx: Context, ref: str, new_name: str, start: bool = True, ports: list[dict] | None = None) -> Pod:
     """A new pod from ref: a writable snapshot as its volume, the processes restored into fresh
-    namespaces where that volume appears at the original pod's path. The original is untouched."""
+    namespaces where that volume appears at the original pod's path, and a network namespace of
+    its own with its own address (`ports` published there). The original is untouched."""
     check_name(new_name)
     pool = ctx.pool
     with ctx.pod_lock(new_name):
@@ -130,25 +153,37 @@ def branch(ctx: Context, ref: str, new_name: str, start: bool = True) -> Pod:
             _check_snapshot(ctx, ck)
             src = ck.pod
             volume = pool.volume_of(new_name)
+            if ports and src.net != "pod":
+                raise UsageError(f"--publish needs a pod network; {src.name!r} runs with --net {src.net}")
             pod = Pod(
                 name=new_name, volume=str(volume), mount_path=src.mount_path, command=src.command,
                 env=src.env, cwd=src.cwd, rootfs=src.rootfs, desired_state="stopped", origin_checkpoint_id=ck.id,
-                head_checkpoint_id=ck.id,
+                head_checkpoint_id=ck.id, net=src.net, ports=ports or [], volumes=src.volumes or [],
             )  # fmt: skip
+            if src.net == "pod":
+                check_ports_free(s, new_name, pod.ports)
+                pod.address = podnet.allocate_address(s, ctx.net)
             # Images first: a damaged set fails here, before the volume exists.
             with materialized(ctx, s, ck) if start else nullcontext(None) as images:
                 pool.backend.branch_volume(Path(ck.snapshot_path), volume)
                 try:
+                    podnet.ensure(None, ctx.net, pod)
+                    podnet.add_origin_alias(ctx.net, pod, src.address)
                     if images is not None:
                         with deferred_interrupts():
                             pod.init_pid, pod.init_starttime = restore_processes(ctx, images, pod)
+                            podnet.abort_external(ctx.net, pod)
                         pod.desired_state = "running"
+                        pod.restore_warnings = exited_warning(ck, pod.init_pid)
                     s.add(pod)
                     s.commit()
+                    if pod.ports:
+                        podnet.sync_nat(s, ctx.net)
                 except BaseException:
                     s.rollback()
                     if pod.init_pid:
                         procinfo.kill_pod_tree(pod.init_pid)
+                    podnet.remove(ctx.net, pod)
                     pool.backend.delete_volume(volume)
                     raise
             return pod

@@ -12,6 +12,7 @@ from catalog import queries
 from . import procinfo
 from .context import Context
 from .errors import ZapError
+from .net import podnet
 from .pool import existing_pool, unmount_pool
 from .pods import stop_processes
 
@@ -49,6 +50,8 @@ def deinit(ctx: Context, purge: bool, stop_timeout: float = 3.0) -> list[str]:
                     parent.rmdir()
         unmount_pool(ctx.state, pool)
     _detach_loops_of(ctx.state.pool_image)
+    if ctx.state.catalog_db.exists():
+        podnet.teardown(ctx.net)  # namespaces, the bridge, zap's nftables table
     shutil.rmtree(ctx.state.staging, ignore_errors=True)
     if purge:
         ctx.close()

@@ -23,6 +23,7 @@ from . import images as image_sets
 from . import proc
 from .checkpoint import record
 from .context import Context
+from .net import podnet
 from .errors import AlreadyExists, UsageError, ZapError
 from .names import check_name
 from .records import checkpoint_record
@@ -53,7 +54,7 @@ def export(ctx: Context, ref: str, dest: str) -> Path:
         meta = {
             "format": FORMAT, "version": VERSION, "checkpoint": checkpoint_record(ck),
             "pod": {"name": pod.name, "mount_path": pod.mount_path, "command": pod.command, "env": pod.env,
-                    "cwd": pod.cwd, "rootfs": pod.rootfs},
+                    "cwd": pod.cwd, "rootfs": pod.rootfs, "net": pod.net},
         }  # fmt: skip
         ctx.pool  # snapshots must be mounted
         if not Path(ck.snapshot_path).is_dir():
@@ -176,8 +177,12 @@ def import_(ctx: Context, file: str, name: str | None) -> Checkpoint:
             try:
                 pool.backend.clone(snap, volume)
                 p = meta["pod"]
+                # The network is this machine's: a pod network gets an address here (ports are
+                # not carried over, a host port is a property of the host).
+                net = p.get("net") if p.get("net") in podnet.MODES else "host"
                 pod = Pod(name=new_name, volume=str(volume), mount_path=p["mount_path"], command=p["command"],
-                          env=p["env"], cwd=p["cwd"], rootfs=p.get("rootfs"), desired_state="stopped")  # fmt: skip
+                          env=p["env"], cwd=p["cwd"], rootfs=p.get("rootfs"), desired_state="stopped", net=net,
+                          address=podnet.allocate_address(s, ctx.net) if net == "pod" else None)  # fmt: skip
                 s.add(pod)
                 s.flush()
                 info = pool.backend.describe(snap)

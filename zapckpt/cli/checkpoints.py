@@ -8,15 +8,22 @@ from .. import checkpoint as ckpt
 from .. import restore as rst
 from ..context import Context
 from ..lineage import render_lineage
+from ..net import publish
+from ..settings import parse_size
 from ..records import checkpoint_record, checkpoint_row_records, pod_record
-from .output import emit_json, human_bytes, info, ms, table
+from .output import emit_json, human_bytes, info, ms, table, warn
 
 
 def register(sub) -> None:
     p = sub.add_parser("checkpoint", help="atomically checkpoint a pod's processes and files")
     p.add_argument("name")
     p.add_argument("-m", "--message", default="")
-    p.add_argument("--stop", action="store_true", help="end the pod after the checkpoint")
+    p.add_argument("--stop", action="store_true", help="end the pod after the checkpoint (its outside "
+                   "connections are held, and come back with `zap restore` of this checkpoint)")
+    p.add_argument("--ghost-limit", metavar="SIZE",
+                   help="largest deleted-but-open file to keep in the checkpoint (default 64M, or `zap init --ghost-limit`)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse if the pod holds files open outside its volume and declared volumes")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_checkpoint)
 
@@ -42,16 +49,21 @@ def register(sub) -> None:
     p.add_argument("ref")
     p.add_argument("new_name")
     p.add_argument("--no-start", action="store_true", help="create the volume only")
+    p.add_argument("-p", "--publish", action="append", default=[], metavar="[HOSTIP:]HOSTPORT:PODPORT[/PROTO]",
+                   help="forward a host port to the branch")
     p.set_defaults(func=cmd_branch)
 
 
 def cmd_checkpoint(args) -> int:
     ctx = Context()
-    ck = ckpt.checkpoint(ctx, args.name, args.message, args.stop)
+    limit = parse_size(args.ghost_limit, "--ghost-limit") if args.ghost_limit else None
+    ck = ckpt.checkpoint(ctx, args.name, args.message, args.stop, ghost_limit=limit, strict=args.strict)
     with ctx.catalog.session() as s:
         rec = checkpoint_record(queries.resolve_ref(s, ck.id))
+    for w in ck.warnings:
+        warn(w)
     if args.json:
-        emit_json(rec)
+        emit_json(dict(rec, outside_files=ck.outside_files, warnings=ck.warnings))
         return 0
     print(rec["ref"])
     t = rec["timings_ms"]
@@ -111,6 +123,8 @@ def cmd_restore(args) -> int:
     ck, saved = rst.restore(ctx, args.ref)
     with ctx.catalog.session() as s:
         ref, saved_ref = queries.resolve_ref(s, ck.id).ref, queries.resolve_ref(s, saved.id).ref
+    for w in getattr(ck, "restore_warnings", []):
+        warn(w)
     print(f"restored {ref}")
     info(f"the state it replaced is kept as {saved_ref} (`zap restore {saved_ref}` undoes this)")
     return 0
@@ -118,6 +132,8 @@ def cmd_restore(args) -> int:
 
 def cmd_branch(args) -> int:
     ctx = Context()
-    pod = rst.branch(ctx, args.ref, args.new_name, start=not args.no_start)
+    pod = rst.branch(ctx, args.ref, args.new_name, start=not args.no_start, ports=publish.parse_all(args.publish))
+    for w in getattr(pod, "restore_warnings", []):
+        warn(w)
     print(f"{pod.name} {pod.mount_path}")
     return 0

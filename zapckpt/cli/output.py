@@ -47,3 +47,8 @@ def ms(v: float | None) -> str:
 
 def info(msg: str) -> None:
     print(msg, file=sys.stderr)
+
+
+def warn(msg: str) -> None:
+    """Something the user must know although the command succeeded: one line on stderr."""
+    print(f"zap: warning: {msg}", file=sys.stderr)

@@ -7,6 +7,7 @@ import sys
 from catalog import queries
 
 from .. import pods
+from ..net import publish
 from ..context import Context
 from ..records import pod_record
 from .output import emit_json, table
@@ -21,6 +22,13 @@ def register(sub) -> None:
         p.add_argument("--rootfs", metavar="debian:RELEASE|DIR",
                        help="give the pod its own root file system (a system pod): a Debian release "
                        "(built once, then snapshotted) or a copy of DIR")  # fmt: skip
+        p.add_argument("--net", choices=("pod", "none", "host"), default="pod",
+                       help="pod: own network namespace with an address on the host bridge (default); "
+                       "none: loopback only; host: the host's (not branchable while it listens)")  # fmt: skip
+        p.add_argument("-p", "--publish", action="append", default=[], metavar="[HOSTIP:]HOSTPORT:PODPORT[/PROTO]",
+                       help="forward a host port to the pod (needs --net pod)")  # fmt: skip
+        p.add_argument("-v", "--volume", action="append", default=[], metavar="HOSTDIR:PODDIR",
+                       help="share a host directory with the pod (never rolled back)")  # fmt: skip
         p.add_argument("cmd", nargs="*", metavar="-- CMD [ARGS...]")
         p.set_defaults(func=cmd_run, start=verb == "run")
 
@@ -39,6 +47,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("exec", help="run a command inside a running pod")
     p.add_argument("name")
+    p.add_argument("-d", "--detach", action="store_true",
+                   help="start it as a daemon of the pod (own session, stdio in the pod's console log)")  # fmt: skip
     p.add_argument("cmd", nargs="*", metavar="-- CMD [ARGS...]")
     p.set_defaults(func=cmd_exec)
 
@@ -55,7 +65,8 @@ def register(sub) -> None:
 
 def cmd_run(args) -> int:
     ctx = Context()
-    pod = pods.run(ctx, args.name, args.cmd, pods.parse_env(args.env), args.cwd, args.rootfs, args.start)
+    pod = pods.run(ctx, args.name, args.cmd, pods.parse_env(args.env), args.cwd, args.rootfs, args.start,
+                   net=args.net, ports=publish.parse_all(args.publish), volumes=pods.parse_volumes(args.volume))  # fmt: skip
     print(f"{pod.name} {pod.mount_path}")
     return 0
 
@@ -74,8 +85,9 @@ def cmd_ps(args) -> int:
     if args.json:
         emit_json({"pods": recs})
         return 0
-    rows = [[r["name"], r["state"], r["pid"] or "-", r["origin"] or "-", r["checkpoints"], r["path"]] for r in recs]
-    table(["NAME", "STATE", "PID", "ORIGIN", "CHECKPOINTS", "PATH"], rows)
+    rows = [[r["name"], r["state"], r["pid"] or "-", r["address"] or r["net"], ",".join(map(publish.render, r["ports"])) or "-",
+             r["origin"] or "-", r["checkpoints"], r["path"]] for r in recs]  # fmt: skip
+    table(["NAME", "STATE", "PID", "ADDRESS", "PORTS", "ORIGIN", "CHECKPOINTS", "PATH"], rows)
     return 0
 
 
@@ -85,6 +97,9 @@ def cmd_logs(args) -> int:
 
 
 def cmd_exec(args) -> int:
+    if args.detach:
+        pods.exec_detached(Context(), args.name, args.cmd)
+        return 0
     return pods.exec_in(Context(), args.name, args.cmd)
 
 

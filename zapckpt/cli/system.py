@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..context import Context
 from ..doctor import report, run_checks
 from ..pool import init_pool
+from ..settings import parse_size, set_ghost_limit
 from ..teardown import deinit
 from .output import emit_json, info
 
@@ -16,6 +17,8 @@ def register(sub) -> None:
     g.add_argument("--pool", metavar="DIR", help="use an existing btrfs directory instead")
     g.add_argument("--device", metavar="DEV", help="with --backend nilfs: a block device for the pool")
     p.add_argument("--backend", choices=("btrfs", "nilfs"), help="snapshot backend of a new pool (default btrfs)")
+    p.add_argument("--ghost-limit", metavar="SIZE",
+                   help="default for every checkpoint: largest deleted-but-open file kept (default 64M)")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("deinit", help="stop all pods, unmount the pool and detach its loop device")
@@ -29,6 +32,8 @@ def register(sub) -> None:
 
 def cmd_init(args) -> int:
     ctx = Context()
+    if args.ghost_limit:
+        set_ghost_limit(ctx, parse_size(args.ghost_limit, "--ghost-limit"))
     pool = init_pool(ctx.state, ctx.catalog, size=args.size, pool_dir=args.pool, backend_name=args.backend,
                      device=args.device)  # fmt: skip
     where = {"loop": f"loop file {ctx.state.pool_image}", "device": "device", "dir": "directory"}[pool.kind]

@@ -1,0 +1,371 @@
+"""Pods with networks of their own, and real services in them: Redis (with a client inside the
+pod on one persistent connection, and clients outside it), an HTTP server published with -p,
+branches at their own addresses. All traffic stays on this machine: loopback and the addresses
+of the pods and namespaces these tests create."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import WORKLOADS, wait_for
+
+REDIS = ["redis-server", "--port", "6379", "--bind", "0.0.0.0", "--save", "", "--appendonly", "no",
+         "--protected-mode", "no"]  # fmt: skip
+
+
+def values(volume: Path, name: str = "redis_values.txt") -> list[int]:
+    try:
+        data = (volume / name).read_bytes()
+    except FileNotFoundError:
+        return []
+    return [int(x) for x in data[: data.rfind(b"\n") + 1].split()]
+
+
+def assert_consecutive(vals: list[int]) -> None:
+    assert vals, "no values"
+    for a, b in zip(vals, vals[1:]):
+        assert b == a + 1, f"values jump from {a} to {b}"
+
+
+def redis_cmd(host: str, port: int, *words: str) -> bytes:
+    with socket.create_connection((host, port), timeout=5) as c:
+        c.sendall(("*%d\r\n" % len(words) + "".join(f"${len(w)}\r\n{w}\r\n" for w in words)).encode())
+        return c.recv(4096)
+
+
+def redis_get(host: str, port: int, key: str) -> int:
+    reply = redis_cmd(host, port, "GET", key)
+    lines = reply.split(b"\r\n")
+    return int(lines[1]) if lines[0] != b"$-1" else 0
+
+
+class OutsideClient(threading.Thread):
+    """A client outside the pod on one connection: INCR ext every few ms until stopped; records
+    every answer and how the connection ended."""
+
+    def __init__(self, host: str, port: int):
+        super().__init__(daemon=True)
+        self.conn = socket.create_connection((host, port), timeout=30)
+        self.values: list[int] = []
+        self.error: str | None = None
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        buf = b""
+        try:
+            while not self.halt.is_set():
+                self.conn.sendall(b"INCR ext\r\n")
+                while b"\r\n" not in buf:
+                    chunk = self.conn.recv(4096)
+                    if not chunk:
+                        raise ConnectionError("closed by the server")
+                    buf += chunk
+                line, buf = buf.split(b"\r\n", 1)
+                self.values.append(int(line[1:]))
+                time.sleep(0.005)
+        except OSError as e:
+            self.error = f"{type(e).__name__}: {e}"
+        finally:
+            self.conn.close()
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(10)
+
+
+def start_redis(zap, name: str, *opts: str) -> dict:
+    zap("run", name, *opts, "--", *REDIS)
+    pod = zap.pod(name)
+    zap("exec", "-d", name, "--", "python3", str(WORKLOADS / "redis_client.py"))
+    wait_for(lambda: len(values(Path(pod["volume"]))) > 20, what="the in-pod client to count")
+    return pod
+
+
+def test_net_modes_addresses_and_bad_input(zap):
+    zap("run", "p1", "-p", "127.0.0.1:18090:8000", "--", "sleep", "600")
+    zap("run", "p2", "--", "sleep", "600")
+    zap("run", "n1", "--net", "none", "--", "sleep", "600")
+    zap("run", "h1", "--net", "host", "--", "sleep", "600")
+    p1, p2, n1, h1 = (zap.pod(n) for n in ("p1", "p2", "n1", "h1"))
+    import ipaddress
+
+    subnet = ipaddress.IPv4Network(zap.subnet)
+    assert ipaddress.IPv4Address(p1["address"]) in subnet and p1["address"] != p2["address"]
+    assert p1["net"] == "pod" and p1["ports"] == [{"host_ip": "127.0.0.1", "host_port": 18090, "pod_port": 8000,
+                                                   "proto": "tcp"}]  # fmt: skip
+    assert n1["address"] is None and h1["address"] is None and n1["net"] == "none" and h1["net"] == "host"
+    ps = {p["name"]: p for p in zap.json("ps")["pods"]}
+    assert ps["p1"]["address"] == p1["address"] and ps["p1"]["ports"] == p1["ports"]
+
+    def addrs(name):
+        out = zap("exec", name, "--", "ip", "-o", "-4", "addr", "show").stdout
+        return {ln.split()[3].split("/")[0] for ln in out.splitlines()}
+
+    assert addrs("p1") == {"127.0.0.1", p1["address"]}
+    assert addrs("n1") == {"127.0.0.1"}
+    assert str(subnet.network_address + 1) in addrs("h1")  # the host's own: it sees the bridge
+    # pods reach each other (a refused connection came back from p1); a --net none pod reaches nothing
+    probe = "import socket,sys; s=socket.socket(); s.settimeout(2); print(s.connect_ex((sys.argv[1], 9)))"
+    assert zap("exec", "p2", "--", "python3", "-c", probe, p1["address"]).stdout.strip() == "111"
+    assert zap("exec", "n1", "--", "python3", "-c", probe, p1["address"]).stdout.strip() == "101"
+    assert zap("exec", "p1", "--", "hostname").stdout.strip() == "p1"
+
+    zap.fails("run", "x1", "--net", "none", "-p", "8080:80", "--", "true", code=2)
+    zap.fails("run", "x2", "-p", "80", "--", "true", code=2)
+    zap.fails("run", "x3", "-p", "70000:80", "--", "true", code=2)
+    zap.fails("run", "x4", "-p", "1.2.3:80:80", "--", "true", code=2)
+    zap.fails("run", "x5", "-p", "18090:80/sctp", "--", "true", code=2)
+    zap.fails("run", "x6", "-p", "18090:80", "--", "sleep", "1", code=2)  # 127.0.0.1:18090 is p1's
+    zap.fails("run", "x7", "--net", "bogus", "--", "true", code=2)
+    zap.fails("run", "x8", "--volume", "relative:/x", "--", "true", code=2)
+    assert {p["name"] for p in zap.json("ps")["pods"]} == {"p1", "p2", "n1", "h1"}
+
+
+def test_published_http_server_from_host_and_another_machine(zap):
+    """An HTTP server published with -p is reached from the host (127.0.0.1 and the bridge
+    address) and from another machine (a network namespace with its own veth); a branch
+    published on another port serves its own, rolled-back files."""
+    zap("run", "web", "-p", "18181:8000", "--", "python3", "-m", "http.server", "8000")
+    web = zap.pod("web")
+    vol = Path(web["volume"])
+    (vol / "page.txt").write_text("v1\n")
+
+    def fetch(url):
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.read().decode()
+
+    wait_for(lambda: _try(fetch, "http://127.0.0.1:18181/page.txt"), what="the published server")
+    assert fetch("http://127.0.0.1:18181/page.txt") == "v1\n"
+    assert fetch(f"http://{web['address']}:8000/page.txt") == "v1\n"
+    zap("checkpoint", "web")
+    (vol / "page.txt").write_text("v2\n")
+    assert fetch("http://127.0.0.1:18181/page.txt") == "v2\n"
+
+    # another machine: a namespace linked to the host by a veth of its own
+    peer, hostif = f"{zap.bridge}-peer", f"{zap.bridge}p"
+    base = zap.subnet.rsplit(".", 2)[0]
+    host_ip, peer_ip = f"{base}.254.1", f"{base}.254.2"
+    try:
+        subprocess.run(["ip", "netns", "add", peer], check=True)
+        subprocess.run(["ip", "link", "add", hostif, "type", "veth", "peer", "name", "eth0", "netns", peer], check=True)
+        subprocess.run(["ip", "addr", "add", f"{host_ip}/30", "dev", hostif], check=True)
+        subprocess.run(["ip", "link", "set", hostif, "up"], check=True)
+        subprocess.run(["ip", "-n", peer, "addr", "add", f"{peer_ip}/30", "dev", "eth0"], check=True)
+        subprocess.run(["ip", "-n", peer, "link", "set", "eth0", "up"], check=True)
+        out = subprocess.run(["ip", "netns", "exec", peer, "python3", "-c",
+                              f"import urllib.request; print(urllib.request.urlopen('http://{host_ip}:18181/page.txt', "
+                              "timeout=5).read().decode(), end='')"], capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert out.stdout == "v2\n", out.stderr
+    finally:
+        subprocess.run(["ip", "netns", "del", peer])
+        subprocess.run(["ip", "link", "del", hostif], capture_output=True)
+
+    zap("branch", "web@1", "web-b", "-p", "18182:8000")
+    b = zap.pod("web-b")
+    assert b["address"] != web["address"] and b["ports"][0]["host_port"] == 18182
+    wait_for(lambda: _try(fetch, "http://127.0.0.1:18182/page.txt"), what="the branch's published server")
+    assert fetch("http://127.0.0.1:18182/page.txt") == "v1\n"
+    assert fetch(f"http://{b['address']}:8000/page.txt") == "v1\n"
+    assert fetch("http://127.0.0.1:18181/page.txt") == "v2\n"
+    zap.fails("branch", "web@1", "web-c", "-p", "18182:8000", code=2)  # taken by web-b
+    zap("rm", "-f", "web-b")
+    rules = subprocess.run(["nft", "list", "table", "ip", f"zapckpt_{zap.bridge}"], capture_output=True, text=True)
+    assert "18182" not in rules.stdout and "18181" in rules.stdout
+
+
+def _try(fn, *a):
+    try:
+        return fn(*a) or True
+    except OSError:
+        return False
+
+
+def test_redis_checkpoint_restore_branch_with_persistent_connections(zap):
+    """Redis and a client inside the pod on one persistent connection: checkpoints at random
+    moments, a rollback in place and a branch beside the original. The client's values (in a
+    file) go on without a gap or a repeat from Redis's counter (in memory) every time."""
+    pod = start_redis(zap, "rd", "-p", "16379:6379")
+    vol = Path(pod["volume"])
+    refs = []
+    for _ in range(4):
+        time.sleep(random.uniform(0.05, 0.4))
+        refs.append(zap("checkpoint", "rd").stdout.strip())
+    target = refs[1]
+    snap = Path(zap.json("show", target)["snapshot"]["path"])
+    at_ck = values(snap)
+    assert_consecutive(at_ck)
+    time.sleep(0.3)
+    zap("restore", target)
+    # files rolled back to the checkpoint's, then the same connection goes on from Redis's memory
+    wait_for(lambda: len(values(vol)) > len(at_ck) + 20, what="the restored client to count")
+    after = values(vol)
+    assert after[: len(at_ck)] == at_ck
+    assert_consecutive(after)
+    log = (vol / ".zap" / "console.log").read_text()
+    assert log.count("connected from port") == 1, log  # never reconnected
+    ctr = redis_get(pod["address"], 6379, "ctr")
+    assert values(vol)[-1] <= ctr <= values(vol)[-1] + 1
+
+    # branch while the original runs: own address, same ports, the in-pod connection survives
+    zap("branch", refs[2], "rd-b")
+    b = zap.pod("rd-b")
+    bvol = Path(b["volume"])
+    base = values(Path(zap.json("show", refs[2])["snapshot"]["path"]))
+    wait_for(lambda: len(values(bvol)) > len(base) + 20, what="the branch's client to count")
+    orig_before = values(vol)[-1]
+    wait_for(lambda: values(vol)[-1] > orig_before + 20, what="the original to go on")
+    assert_consecutive(values(bvol))
+    assert_consecutive(values(vol))
+    assert values(bvol)[: len(base)] == base
+    assert b["address"] != pod["address"]
+    # each Redis answers at its own address with its own memory
+    assert abs(redis_get(b["address"], 6379, "ctr") - values(bvol)[-1]) <= 2
+    assert abs(redis_get(pod["address"], 6379, "ctr") - values(vol)[-1]) <= 2
+    assert zap("exec", "rd-b", "--", "cat", "/proc/self/net/dev", check=False).returncode == 0
+
+
+def test_outside_client_connection_rules(zap):
+    """A client outside the pod: its connection survives a checkpoint without a reset, is kept
+    across `checkpoint --stop` + restore of that checkpoint, is reset by a rollback to an older
+    state, and a branch does not disturb it (the branch's copy of it is closed)."""
+    pod = start_redis(zap, "rd", "-p", "16380:6379")
+    client = OutsideClient("127.0.0.1", 16380)
+    client.start()
+    try:
+        wait_for(lambda: len(client.values) > 20, what="the outside client")
+        zap("checkpoint", "rd")
+        n = len(client.values)
+        wait_for(lambda: len(client.values) > n + 20, what="the outside client after a checkpoint")
+        assert client.error is None
+        zap("branch", "rd@1", "rd-b")
+        n = len(client.values)
+        wait_for(lambda: len(client.values) > n + 20, what="the outside client after a branch")
+        assert client.error is None
+        # the branch kept no copy of the outside connection: only its in-pod one
+        conns = zap("exec", "rd-b", "--", "ss", "-t", "-n", "-H", "state", "established").stdout
+        peers = {ln.split()[-1].rsplit(":", 1)[0] for ln in conns.splitlines()}
+        assert peers <= {"127.0.0.1"}, conns
+
+        stop_ref = zap("checkpoint", "rd", "--stop").stdout.strip()
+        n = len(client.values)
+        time.sleep(0.5)
+        assert client.error is None and len(client.values) == n  # held, not reset
+        zap("restore", stop_ref)
+        wait_for(lambda: len(client.values) > n + 20, what="the outside client after the restore of --stop")
+        assert client.error is None
+        assert_consecutive(client.values)
+
+        zap("restore", "rd@1")
+        wait_for(lambda: client.error is not None, timeout=15, what="the outside connection to be reset")
+        assert "Reset" in client.error or "closed" in client.error, client.error
+        # clients reconnect to the rolled-back Redis at once
+        assert redis_get("127.0.0.1", 16380, "ext") >= 0
+    finally:
+        client.stop()
+
+
+def test_shm_is_private_and_rolled_back(zap):
+    """POSIX shared memory (/dev/shm) is the pod's own: in the checkpoint, rolled back by a
+    restore, and not shared between an original and its branch."""
+    # shm_open() is an open() under /dev/shm: a segment mapped shared, counting.
+    script = ("import mmap, os, struct, time\n"
+              "fd = os.open('/dev/shm/zapseg', os.O_CREAT | os.O_RDWR, 0o600); os.ftruncate(fd, 8)\n"
+              "m = mmap.mmap(fd, 8)\n"
+              "i = 0\n"
+              "while True:\n"
+              "    i += 1; m[:8] = struct.pack('q', i); time.sleep(0.01)\n")  # fmt: skip
+    zap("run", "shm", "--", "python3", "-c", script)
+    pod = zap.pod("shm")
+    read = "import struct; print(struct.unpack('q', open('/dev/shm/zapseg', 'rb').read(8))[0])"
+
+    def seg(name):
+        return int(zap("exec", name, "--", "python3", "-c", read).stdout)
+
+    wait_for(lambda: zap("exec", "shm", "--", "test", "-e", "/dev/shm/zapseg", check=False).returncode == 0,
+             what="the segment")  # fmt: skip
+    assert not Path("/dev/shm/zapseg").exists()  # not the host's
+    assert (Path(pod["volume"]) / ".zap/shm/zapseg").exists()
+    zap("checkpoint", "shm")
+    at = seg("shm")
+    time.sleep(1.0)
+    assert seg("shm") > at + 20
+    zap("restore", "shm@1")
+    assert seg("shm") < at + 40  # rolled back to about `at`, then counting again
+    zap("branch", "shm@1", "shm-b")
+    time.sleep(0.5)
+    zap("stop", "shm-b")
+    frozen_b = int.from_bytes((Path(zap.volume("shm-b")) / ".zap/shm/zapseg").read_bytes()[:8], "little")
+    a1 = seg("shm")
+    time.sleep(0.5)
+    assert seg("shm") > a1 + 10  # the original goes on in its own segment
+    assert int.from_bytes((Path(zap.volume("shm-b")) / ".zap/shm/zapseg").read_bytes()[:8], "little") == frozen_b
+
+
+def test_pty_program_survives_branch(zap):
+    """A process talking to a child over a pseudo-terminal: the pod's /dev/pts is its own
+    instance, so a branch gets the same pty numbers back while the original keeps its own."""
+    script = ("import os, pty, time\n"
+              "pid, fd = pty.fork()\n"
+              "if pid == 0:\n"
+              "    import sys\n"
+              "    for line in sys.stdin: print('echo', line.strip(), flush=True)\n"
+              "f = open('pty.txt', 'a')\n"
+              "i = 0\n"
+              "while True:\n"
+              "    i += 1; os.write(fd, b'%d\\n' % i); out = b''\n"
+              "    while b'echo %d' % i not in out: out += os.read(fd, 1024)\n"
+              "    f.write('%d\\n' % i); f.flush(); time.sleep(0.01)\n")  # fmt: skip
+    zap("run", "tty", "--", "python3", "-c", script)
+    vol = zap.volume("tty")
+    wait_for(lambda: len(values(vol, "pty.txt")) > 10, what="the pty round trips")
+    assert "ptmx" in zap("exec", "tty", "--", "ls", "/dev/pts").stdout
+    zap("checkpoint", "tty")
+    zap("branch", "tty@1", "tty-b")
+    bvol = zap.volume("tty-b")
+    base = values(Path(zap.json("show", "tty@1")["snapshot"]["path"]), "pty.txt")
+    wait_for(lambda: len(values(bvol, "pty.txt")) > len(base) + 20, what="the branch's pty round trips")
+    assert_consecutive(values(bvol, "pty.txt"))
+    n = len(values(vol, "pty.txt"))
+    wait_for(lambda: len(values(vol, "pty.txt")) > n + 20, what="the original's pty round trips")
+
+
+def test_exec_detached_daemon_is_checkpointable(zap):
+    zap("run", "d", "--", "sleep", "600")
+    zap("exec", "-d", "d", "--", "sh", "-c", "while :; do date +%s%N >> daemon.txt; sleep 0.05; done")
+    vol = zap.volume("d")
+    wait_for(lambda: (vol / "daemon.txt").exists(), what="the daemon")
+    rec = zap.json("checkpoint", "d")
+    assert any(p["cmdline"][:2] == ["sh", "-c"] for p in rec["processes"])
+    zap.fails("exec", "-d", "d", code=2)
+
+
+def test_outside_file_warning_strict_and_declared_volume(zap, tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("x")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "in.txt").write_text("y")
+    inside = f"{zap.home}/mnt/o/shared"  # a volume pod's mount points live in its own path
+    zap.fails("run", "o", "--volume", f"{shared}:/nonexistent/zap-test", "--", "true", code=2)
+    zap("run", "o", "--volume", f"{shared}:{inside}", "--", "python3", "-c",
+        f"import time; a = open({str(outside)!r}); b = open('{inside}/in.txt'); time.sleep(600)")  # fmt: skip
+    assert zap.pod("o")["volumes"] == [{"host": str(shared), "pod": inside}]
+    wait_for(lambda: zap("exec", "o", "--", "test", "-e", f"{inside}/in.txt", check=False).returncode == 0,
+             what="the declared volume")  # fmt: skip
+    time.sleep(0.5)
+    cp = zap("checkpoint", "o", "--json")
+    rec = json.loads(cp.stdout)
+    assert [f["path"] for f in rec["outside_files"]] == [str(outside)]
+    assert "zap: warning:" in cp.stderr and str(outside) in cp.stderr and "shared" not in cp.stderr
+    line = zap.fails("checkpoint", "o", "--strict", code=1)
+    assert str(outside) in line
+    assert len(zap.json("list", "o")["checkpoints"]) == 1

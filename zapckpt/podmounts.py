@@ -1,0 +1,127 @@
+"""The mounts of a pod's own mount namespace, made the same way when it starts (podinit) and
+when CRIU restores or branches it (`python -m zapckpt.podmounts`, right before `criu restore`
+in the new namespace), so restored processes find every file where they left it.
+
+- The volume appears at the pod's path (for a branch: the original pod's path).
+- A system pod: the volume is its root, with its own /proc (a restore mounts it from inside
+  the new pid namespace, see criu.py) and everything below resolved inside that root.
+- /dev/shm is private: a volume pod's is `.zap/shm` inside its volume, a system pod's is its
+  root's /dev/shm; either way POSIX shared memory is in every snapshot and never shared with
+  the original or a branch.
+- /dev/pts is a new devpts instance (ptys numbered from 0 in every pod, so a branch gets the
+  same pty numbers as its original).
+- Declared `--volume HOSTDIR:PODDIR` binds: shared with the host, never rolled back.
+
+Nothing here follows a symlink the pod placed: paths inside the volume are opened with
+O_NOFOLLOW from a directory descriptor, and a system pod's mounts are made after the chroot.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import os
+import sys
+
+MS_BIND = 4096
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+SHM_DIR = ".zap/shm"
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    if _libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags,
+                   data.encode() if data else None) != 0:  # fmt: skip
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {source} on {target}: {os.strerror(err)}")
+
+
+def _private_dir(root_fd: int, rel: str, mode: int) -> int:
+    """An O_PATH descriptor of directory `rel` under root_fd, made if missing, never a symlink."""
+    fd = os.dup(root_fd)
+    for part in rel.split("/"):
+        try:
+            os.mkdir(part, mode, dir_fd=fd)
+        except FileExistsError:
+            pass
+        nxt = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+        os.close(fd)
+        fd = nxt
+    os.chmod(f"/proc/self/fd/{fd}", mode)
+    return fd
+
+
+def _bind_fd(fd: int, target: str) -> None:
+    _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND)
+
+
+def _new_devpts() -> None:
+    os.makedirs("/dev/pts", exist_ok=True)
+    _mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    if os.path.islink("/dev/ptmx"):
+        return  # e.g. "pts/ptmx": already the new instance's
+    if not os.path.exists("/dev/ptmx"):
+        os.symlink("pts/ptmx", "/dev/ptmx")
+        return
+    _mount("/dev/pts/ptmx", "/dev/ptmx", None, MS_BIND)
+
+
+def setup_pod_mounts(volume: str, mount_path: str, system: bool, volumes: list[dict], chroot: bool) -> None:
+    """Make the pod's mounts in the current (new, private) mount namespace. chroot: enter a
+    system pod's root afterwards (podinit); a restore leaves that to CRIU."""
+    if volume != mount_path:
+        os.makedirs(mount_path, exist_ok=True)
+        _mount(volume, mount_path, None, MS_BIND)
+    # Declared host directories are opened before anything of the pod's is looked at.
+    host_fds = [(os.open(v["host"], os.O_PATH | os.O_DIRECTORY), v["pod"]) for v in volumes]
+    root_fd = os.open(mount_path, os.O_PATH | os.O_DIRECTORY)
+    try:
+        if system:
+            cwd = os.open(".", os.O_PATH | os.O_DIRECTORY)
+            real_root = os.open("/", os.O_PATH | os.O_DIRECTORY)
+            os.chroot(f"/proc/self/fd/{root_fd}")
+            os.chdir("/")
+            try:
+                if chroot:
+                    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+                _new_devpts()
+                for fd, inside in host_fds:
+                    os.makedirs(inside, exist_ok=True)
+                    _bind_fd(fd, inside)
+            finally:
+                if not chroot:
+                    # Back out of the root: CRIU restores with the host's root and the pod's
+                    # root as the tasks' own (it is in their images).
+                    os.fchdir(real_root)
+                    os.chroot(".")
+                    os.fchdir(cwd)
+                os.close(cwd)
+                os.close(real_root)
+            return
+        shm = _private_dir(root_fd, SHM_DIR, 0o1777)
+        try:
+            _bind_fd(shm, "/dev/shm")
+        finally:
+            os.close(shm)
+        _new_devpts()
+        for fd, inside in host_fds:
+            os.makedirs(inside, exist_ok=True)
+            _bind_fd(fd, inside)
+    finally:
+        os.close(root_fd)
+        for fd, _ in host_fds:
+            os.close(fd)
+
+
+def main() -> None:
+    """python -m zapckpt.podmounts SPEC_JSON -- CMD...: make the mounts, then exec CMD."""
+    spec = json.loads(sys.argv[1])
+    setup_pod_mounts(spec["volume"], spec["mount_path"], spec["system"], spec["volumes"], chroot=False)
+    cmd = sys.argv[sys.argv.index("--") + 1 :]
+    os.execvp(cmd[0], cmd)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""State-directory settings a user may change (`zap init --ghost-limit SIZE`), kept in the
+catalog's settings table."""
+
+from __future__ import annotations
+
+import re
+
+from catalog import queries
+
+from .criu import DEFAULT_GHOST_LIMIT
+from .errors import UsageError
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(text: str, what: str) -> int:
+    m = re.fullmatch(r"(\d{1,12})([KMG]?)(i?B)?", text.strip(), re.IGNORECASE)
+    if not m:
+        raise UsageError(f"bad {what} {text!r}: a size like 64M, 1G or 1048576")
+    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+def ghost_limit(ctx) -> int:
+    """The largest unlinked-but-open file CRIU may copy into a checkpoint (default 64 MiB)."""
+    with ctx.catalog.session() as s:
+        raw = queries.get_setting(s, "criu.ghost_limit")
+    return int(raw) if raw else DEFAULT_GHOST_LIMIT
+
+
+def set_ghost_limit(ctx, value: int) -> None:
+    with ctx.catalog.session() as s:
+        queries.set_setting(s, "criu.ghost_limit", str(value))
+        s.commit()
