@@ -104,6 +104,8 @@ class Checkpoint(Base):
     total_ms: Mapped[Optional[float]] = mapped_column()
     # The checkpoint ended the pod (`--stop`): its external connections were kept locked.
     stopped: Mapped[bool] = mapped_column(default=False, server_default="0")
+    # The CRIU dump's run id: its network-lock table is `inet CRIU-<id>`.
+    criu_run_id: Mapped[Optional[str]] = mapped_column(String(64))
     # One entry per dumped process: host pid, pid inside the pod, command line, cwd.
     processes: Mapped[list[Any]] = mapped_column(default=list)
 

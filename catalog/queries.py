@@ -23,6 +23,11 @@ def set_setting(s: Session, key: str, value: str) -> None:
         s.add(Setting(key=key, value=value))
 
 
+def criu_run_id(s: Session, checkpoint_id: str | None) -> str | None:
+    ck = s.get(Checkpoint, checkpoint_id) if checkpoint_id else None
+    return ck.criu_run_id if ck else None
+
+
 def find_pod(s: Session, name: str) -> Pod | None:
     return s.scalars(select(Pod).where(Pod.name == name)).one_or_none()
 

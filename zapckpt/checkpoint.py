@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from catalog import Checkpoint, Pod, queries
 
 from . import criu, procinfo, settings
-from .criu_images import read_dump_stats
+from .criu_images import dump_run_id, read_dump_stats
 from . import images as image_sets
 from .context import Context
 from .errors import UsageError, ZapError
@@ -119,6 +119,7 @@ def take(
         stopped = stop
         # After the thaw.
         stats = read_dump_stats(images)
+        run_id = dump_run_id(images)
         fs_ms = _hook_ms(hook_times)
         info = backend.describe(snap)
         store = image_sets.store(ctx)
@@ -130,7 +131,7 @@ def take(
                     before_commit=lambda: pending.commit(s, ck_id), raw_bytes=pending.raw_bytes,
                     stored_bytes=pending.stored_bytes, frozen_ms=stats.frozen_ms, dump_ms=dump_ms,
                     fs_snapshot_ms=fs_ms, processes=processes, total_ms=(time.perf_counter() - t_start) * 1000,
-                    stopped=stop,
+                    stopped=stop, criu_run_id=run_id,
                 )  # fmt: skip
             except BaseException:
                 pending.discard()
@@ -156,7 +157,7 @@ def take(
     if stop:
         if release_connections:
             # Reset the outside connections while their sockets still exist (tasks stopped).
-            podnet.release_locks(ctx.net, pod)
+            podnet.release_locks(ctx.net, pod, run_id)
             podnet.abort_external(ctx.net, pod)
         procinfo.kill_pod_tree(pod.init_pid)
         pod.desired_state = "stopped"

@@ -116,15 +116,15 @@ def through_host_root(path: Path) -> str:
     return f"/proc/{os.getpid()}/root{path}"
 
 
-def _run_bounded(argv: list[str], what: str, log: Path, env: dict | None = None) -> proc.Result:
-    """Run CRIU with the timeout; on expiry its whole process group is killed (a dump's tasks
-    are then resumed by the kernel's ptrace detach, see checkpoint.py for the rest)."""
+def _run_bounded(argv: list[str], what: str, own_log: Path, log: Path, env: dict | None = None) -> proc.Result:
+    """Run CRIU with the timeout; on expiry its whole process group is killed (the tasks it had
+    seized are let go by the kernel when their tracer dies) and its log is kept."""
     limit = timeout()
     try:
         return proc.run(argv, check=False, own_session=True, timeout=limit, kill_group=True, env=env)
     except proc.CommandError:
-        raise CriuError(f"{what}: CRIU did not finish within {limit:g}s (ZAP_CRIU_TIMEOUT) and was killed", log,
-                        []) from None  # fmt: skip
+        _keep_log(own_log, log)
+        raise CriuError(what, log, [f"CRIU did not finish within {limit:g}s (ZAP_CRIU_TIMEOUT) and was killed"]) from None
 
 
 def dump(init_pid: int, images: Path, hook: Path, log: Path, *, leave_stopped: bool,
@@ -148,7 +148,7 @@ def dump(init_pid: int, images: Path, hook: Path, log: Path, *, leave_stopped: b
         t0 = time.perf_counter()
         # Its own session: a Ctrl-C at the terminal must not kill CRIU while its parasite code
         # runs inside the pod (zap defers the interrupt until CRIU is done, see signals.py).
-        res = _run_bounded(argv, "CRIU dump", log)
+        res = _run_bounded(argv, "CRIU dump failed", images / "dump.log", log)
         ms = (time.perf_counter() - t0) * 1000
         if res.returncode == 0:
             return ms
@@ -186,7 +186,7 @@ def restore(images: Path, pidfile: Path, mounts: dict, netns: str | None, log: P
     enter = ["nsenter", f"--net={netns}", "--"] if netns else []
     argv = [*enter, "unshare", "--mount", "--propagation", "private", "--", *inner, *criu]
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "PYTHONPATH": os.pathsep.join(sys.path)}
-    res = _run_bounded(argv, "CRIU restore", log, env)
+    res = _run_bounded(argv, "CRIU restore failed", images / "restore.log", log, env)
     if res.returncode != 0:
         _keep_log(images / "restore.log", log)
         lines = log_errors(log) or [proc.CommandError(argv, res.returncode, res.stderr).reason()]

@@ -15,6 +15,11 @@ IMG_COMMON_MAGIC = 0x54564319
 IMG_SERVICE_MAGIC = 0x55105940
 STATS_MAGIC = 0x57093306
 PAGEMAP_MAGIC = 0x56084025
+INVENTORY_MAGIC = 0x58313116
+FILES_MAGIC = 0x56303138
+FD_INETSK = 4  # fdinfo.proto fd_types
+TCP_LISTEN = 10  # the kernel's TCP state numbers, as CRIU stores them
+SOCK_DGRAM = 2
 PAGE_SIZE = 4096
 
 # PagemapEntry.flags (images/pagemap.proto)
@@ -62,14 +67,21 @@ def fields(buf: bytes) -> dict[int, object]:
     return out
 
 
-def entries(data: bytes, magic: int, head: int = IMG_COMMON_MAGIC) -> Iterator[bytes]:
-    """The protobuf entries of one image file, after checking its two magics."""
+def entries(data: bytes, magic: int, head: int | None = IMG_COMMON_MAGIC) -> Iterator[bytes]:
+    """The protobuf entries of one image file, after checking its two magics (one for the
+    inventory, which has no head magic: head=None)."""
     if len(data) < 8:
         raise ImageFormatError("image too short")
-    m1, m2 = struct.unpack_from("<II", data, 0)
-    if (m1, m2) != (head, magic):
-        raise ImageFormatError(f"unexpected magic {m1:#x}/{m2:#x}")
-    i = 8
+    if head is None:
+        (m1,) = struct.unpack_from("<I", data, 0)
+        if m1 != magic:
+            raise ImageFormatError(f"unexpected magic {m1:#x}")
+        i = 4
+    else:
+        m1, m2 = struct.unpack_from("<II", data, 0)
+        if (m1, m2) != (head, magic):
+            raise ImageFormatError(f"unexpected magic {m1:#x}/{m2:#x}")
+        i = 8
     while i < len(data):
         if i + 4 > len(data):
             raise ImageFormatError("truncated entry header")
@@ -148,3 +160,36 @@ def read_pagemap(path: Path) -> Pagemap:
         # is then 0); older CRIUs only have field 2.
         out.append(PagemapEntry(vaddr=f.get(1, 0), nr_pages=f.get(5) or f.get(2, 0), flags=flags))
     return Pagemap(pages_id=int(head.get(1, 0)), entries=out)
+
+
+def dump_run_id(images: Path) -> str | None:
+    """The run id of the CRIU dump (inventory's dump_criu_run_id): CRIU names its network-lock
+    table after it, `inet CRIU-<id>`."""
+    try:
+        entry = next(entries((images / "inventory.img").read_bytes(), INVENTORY_MAGIC, head=None))
+    except (FileNotFoundError, StopIteration, ImageFormatError):
+        return None
+    raw = fields(entry).get(13)
+    return raw.decode() if isinstance(raw, bytes) else None
+
+
+def listening_ports(images: Path) -> list[str]:
+    """The TCP ports listened on and the UDP ports bound by the dumped processes, as
+    "PORT/tcp" and "PORT/udp"."""
+    try:
+        data = (images / "files.img").read_bytes()
+    except FileNotFoundError:
+        return []
+    out = set()
+    for raw in entries(data, FILES_MAGIC):
+        f = fields(raw)
+        isk = f.get(4)
+        if f.get(1) != FD_INETSK or not isinstance(isk, bytes):
+            continue
+        sk = fields(isk)
+        port = sk.get(7, 0)
+        if sk.get(4) == SOCK_DGRAM and port:
+            out.add(f"{port}/udp")
+        elif sk.get(6) == TCP_LISTEN:
+            out.add(f"{port}/tcp")
+    return sorted(out)

@@ -268,7 +268,7 @@ def start(ctx: Context, name: str) -> Pod:
             os.makedirs(pod.mount_path, exist_ok=True)
             podnet.ensure(s, ctx.net, pod)
             # A fresh start has no connections to bring back: drop a --stop dump's locks.
-            podnet.release_locks(ctx.net, pod)
+            podnet.release_locks(ctx.net, pod, queries.criu_run_id(s, pod.net_locked_by))
             pod.net_locked_by = None
             pod.init_pid, pod.init_starttime = start_processes(pod, podnet.netns_path(ctx.net, pod))
             pod.desired_state = "running"

@@ -16,6 +16,7 @@ from . import checkpoint as ckpt
 from . import criu, procinfo
 from . import images as image_sets
 from .context import Context
+from .criu_images import listening_ports
 from .errors import AlreadyExists, UsageError, ZapError
 from .net import podnet
 from .names import check_name
@@ -99,7 +100,7 @@ def _restore_locked(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images: 
     else:
         saved = ckpt.snapshot_only(ctx, s, pod, msg)
     if not resume:
-        podnet.release_locks(ctx.net, pod)
+        podnet.release_locks(ctx.net, pod, queries.criu_run_id(s, pod.net_locked_by))
     pod.net_locked_by = None
     volume = Path(pod.volume)
     new = volume.with_name(f".{volume.name}.restoring")
@@ -165,6 +166,11 @@ def branch(ctx: Context, ref: str, new_name: str, start: bool = True, ports: lis
                 pod.address = podnet.allocate_address(s, ctx.net)
             # Images first: a damaged set fails here, before the volume exists.
             with materialized(ctx, s, ck) if start else nullcontext(None) as images:
+                if images is not None and src.net == "host" and live_state(src) == "running":
+                    if ports_held := listening_ports(images):
+                        raise UsageError(
+                            f"{ck.ref} listens on {', '.join(ports_held)} in the host's network (--net host), where "
+                            f"{src.name!r} still holds them: stop {src.name!r} first, or run it with --net pod")  # fmt: skip
                 pool.backend.branch_volume(Path(ck.snapshot_path), volume)
                 try:
                     podnet.ensure(None, ctx.net, pod)

@@ -60,3 +60,13 @@ def delete_criu_locks(netns_path: str | None) -> list[str]:
             proc.run([*enter, "nft", "delete", "table", parts[1], parts[2]], check=False)
             gone.append(parts[2])
     return gone
+
+
+def delete_table(family: str, name: str) -> None:
+    """Delete one table of the host's namespace if it is there."""
+    proc.run(["nft", "-f", "-"], input=f"table {family} {name}\ndelete table {family} {name}\n", check=False)
+
+
+def criu_lock_table(run_id: str) -> str:
+    """CRIU's lock table for a dump: it formats "inet CRIU-<run id>" into 32 bytes (31 and NUL)."""
+    return f"inet CRIU-{run_id}"[:31].split(" ", 1)[1]

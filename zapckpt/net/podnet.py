@@ -183,8 +183,15 @@ def abort_external(cfg: NetConfig, pod: Pod) -> int:
     return sum(1 for ln in out.splitlines() if ln.strip())
 
 
-def release_locks(cfg: NetConfig, pod: Pod) -> list[str]:
-    """Drop the CRIU connection locks a --stop dump left in the pod's namespace."""
+def release_locks(cfg: NetConfig, pod: Pod, run_id: str | None = None) -> list[str]:
+    """Drop the CRIU connection locks a --stop dump left: every one in the pod's own namespace;
+    in the host's (`--net host`), only the table of that dump (run_id)."""
+    if pod.net == "host":
+        if run_id:
+            name = nftables.criu_lock_table(run_id)
+            nftables.delete_table("inet", name)
+            return [name]
+        return []
     path = netns_path(cfg, pod)
     if path is None or not Path(path).exists():
         return []
