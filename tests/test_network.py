@@ -195,6 +195,10 @@ def test_redis_checkpoint_restore_branch_with_persistent_connections(zap):
     file) go on without a gap or a repeat from Redis's counter (in memory) every time."""
     pod = start_redis(zap, "rd", "-p", "16379:6379")
     vol = Path(pod["volume"])
+    # a second client inside the pod, through the pod's own address rather than loopback
+    zap("exec", "-d", "rd", "--", "env", f"REDIS_HOST={pod['address']}", "CLIENT_FILE=own_addr.txt", "python3",
+        str(WORKLOADS / "redis_client.py"))  # fmt: skip
+    wait_for(lambda: len(values(vol, "own_addr.txt")) > 20, what="the second in-pod client")
     refs = []
     for _ in range(4):
         time.sleep(random.uniform(0.05, 0.4))
@@ -211,8 +215,8 @@ def test_redis_checkpoint_restore_branch_with_persistent_connections(zap):
     assert after[: len(at_ck)] == at_ck
     assert_consecutive(after)
     log = (vol / ".zap" / "console.log").read_text()
-    assert log.count("connected from port") == 1, log  # never reconnected
-    ctr = redis_get(pod["address"], 6379, "ctr")
+    assert log.count("connected from port") == 2, log  # two clients, neither ever reconnected
+    ctr = redis_get(pod["address"], 6379, "redis_values.txt")
     assert values(vol)[-1] <= ctr <= values(vol)[-1] + 1
 
     # branch while the original runs: own address, same ports, the in-pod connection survives
@@ -226,10 +230,14 @@ def test_redis_checkpoint_restore_branch_with_persistent_connections(zap):
     assert_consecutive(values(bvol))
     assert_consecutive(values(vol))
     assert values(bvol)[: len(base)] == base
+    # the client that used the original's own address goes on in the branch too
+    own = values(bvol, "own_addr.txt")
+    wait_for(lambda: len(values(bvol, "own_addr.txt")) > len(own) + 20, what="the branch's own-address client")
+    assert_consecutive(values(bvol, "own_addr.txt"))
     assert b["address"] != pod["address"]
     # each Redis answers at its own address with its own memory
-    assert abs(redis_get(b["address"], 6379, "ctr") - values(bvol)[-1]) <= 2
-    assert abs(redis_get(pod["address"], 6379, "ctr") - values(vol)[-1]) <= 2
+    assert abs(redis_get(b["address"], 6379, "redis_values.txt") - values(bvol)[-1]) <= 2
+    assert abs(redis_get(pod["address"], 6379, "redis_values.txt") - values(vol)[-1]) <= 2
     assert zap("exec", "rd-b", "--", "cat", "/proc/self/net/dev", check=False).returncode == 0
 
 

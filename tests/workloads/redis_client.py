@@ -10,12 +10,14 @@ import socket
 import sys
 import time
 
+host = os.environ.get("REDIS_HOST", "127.0.0.1")
 port = int(os.environ.get("REDIS_PORT", "6379"))
+out = os.environ.get("CLIENT_FILE", "redis_values.txt")
 interval = float(os.environ.get("CLIENT_INTERVAL", "0.002"))
 deadline = time.monotonic() + 20
 while True:
     try:
-        conn = socket.create_connection(("127.0.0.1", port), timeout=1)
+        conn = socket.create_connection((host, port), timeout=1)
         break
     except OSError:
         if time.monotonic() > deadline:
@@ -23,10 +25,10 @@ while True:
         time.sleep(0.05)
 conn.settimeout(None)
 print(f"connected from port {conn.getsockname()[1]}", flush=True)
-fd = os.open("redis_values.txt", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 buf = b""
 while True:
-    conn.sendall(b"INCR ctr\r\n")
+    conn.sendall(b"INCR " + out.encode() + b"\r\n")
     while b"\r\n" not in buf:
         chunk = conn.recv(4096)
         if not chunk:
