@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from common import figure, write_part, zap  # noqa: E402
+from common import figure, write_part, zap, zap_env  # noqa: E402
 
 
 
@@ -40,7 +40,7 @@ def make_home(rows: int) -> Path:
     zap(home, "init", "--size", "2G")
     zap(home, "run", "small", "--", "sleep", "100000")
     snap = json.loads(zap(home, "checkpoint", "small", "--json").stdout)["snapshot"]["path"]
-    os.environ["ZAP_HOME"] = str(home)
+    os.environ.update(zap_env(home))
     from catalog import Checkpoint, Pod
     from zapckpt.context import Context
 
@@ -85,7 +85,7 @@ def main() -> int:
     finally:
         for home in (small, big):
             subprocess.run([sys.executable, "-m", "zapckpt.cli", "deinit", "--purge"], capture_output=True,
-                           env=dict(os.environ, ZAP_HOME=str(home)))  # fmt: skip
+                           env=zap_env(home))  # fmt: skip
     k = f"{args.rows // 1000}k"
     figures = [
         figure(f"catalog_list_{k}", "s", list_big, list_small, "zap list --json with 100 checkpoints", 2.0,

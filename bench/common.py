@@ -98,9 +98,18 @@ def write_part(out: Path, figures: list[dict], args: dict, **extra) -> None:
     print_table(figures)
 
 
+def zap_env(home: Path) -> dict:
+    """ZAP_HOME, and a bridge and subnet of the state directory's own (never a user's zap0)."""
+    import hashlib
+
+    tag = hashlib.sha1(str(home).encode()).hexdigest()
+    subnet = f"10.{210 + int(tag[6:8], 16) % 40}.{int(tag[8:10], 16)}.0/24"
+    return dict(os.environ, ZAP_HOME=str(home), ZAP_BRIDGE=f"zb{tag[:6]}", ZAP_SUBNET=subnet)
+
+
 def zap(home: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """The CLI as a user runs it (a fresh Python process each time)."""
-    env = dict(os.environ, ZAP_HOME=str(home))
+    env = zap_env(home)
     res = subprocess.run([*ZAP, *args], env=env, capture_output=True, text=True, timeout=timeout)
     if res.returncode:
         raise RuntimeError(f"zap {' '.join(args)} failed ({res.returncode}): {res.stderr.strip()}")
@@ -129,7 +138,7 @@ def state_dir(size: str = "8G", prefix: str = "zapbench-") -> Iterator[Path]:
         zap(home, "init", "--size", size)
         yield home
     finally:
-        subprocess.run([*ZAP, "deinit", "--purge"], env=dict(os.environ, ZAP_HOME=str(home)), capture_output=True)
+        subprocess.run([*ZAP, "deinit", "--purge"], env=zap_env(home), capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -162,8 +171,9 @@ def size_name(mib: int) -> str:
     return f"{mib // 1024}g" if mib >= 1024 and mib % 1024 == 0 else f"{mib}m"
 
 
-def start_memhog(home: Path, name: str, mib: int) -> int:
-    zap(home, "run", name, "--env", f"MEMHOG_MIB={mib}", "--env", "MEMHOG_QUIET=1", "--", "python3", str(MEMHOG))
+def start_memhog(home: Path, name: str, mib: int, net: str = "pod") -> int:
+    zap(home, "run", name, "--net", net, "--env", f"MEMHOG_MIB={mib}", "--env", "MEMHOG_QUIET=1", "--", "python3",
+        str(MEMHOG))  # fmt: skip
     log = home / "pool" / "pods" / name / ".zap" / "console.log"
     wait_for(lambda: log.exists() and "holding" in log.read_text(), what=f"{name} to fill its memory")
     return pod_info(home, name)["pid"]

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from common import figure, wait_for, write_part  # noqa: E402
+from common import figure, wait_for, write_part, zap_env  # noqa: E402
 
 CHURN = ROOT / "tests" / "workloads" / "churn.py"
 
@@ -40,7 +40,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "parts" / "dedup.json")
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix="zapbench-"))
-    os.environ["ZAP_HOME"] = str(home)
+    os.environ.update(zap_env(home))
     from catalog import Checkpoint, Pod
     from zapckpt import criu, pods
     from zapckpt.chunkstore import ChunkStore

@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from common import drop_caches, figure, write_part  # noqa: E402
+from common import drop_caches, figure, write_part, zap_env  # noqa: E402
 ZAP = [sys.executable, "-m", "zapckpt.cli"]
 
 
@@ -87,7 +87,7 @@ def main() -> int:
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix="zapbench-"))
     mp = Path(tempfile.mkdtemp(prefix="zapbench-view-"))
-    os.environ["ZAP_HOME"] = str(home)
+    os.environ.update(zap_env(home))
     env = dict(os.environ)
     from catalog import Checkpoint, Pod
     from zapckpt import checkpoint as ckpt

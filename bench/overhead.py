@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, figure, pod_info, state_dir, wait_for, write_part, zap  # noqa: E402
+from common import ROOT, figure, pod_info, state_dir, wait_for, write_part, zap, zap_env  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 WORKLOAD = ROOT / "bench" / "workloads" / "cpumem.py"
@@ -75,7 +75,7 @@ def main() -> int:
         volume = Path(pod_info(home, "work")["volume"])
         wait_for(lambda: (volume / "progress").exists() and progress(volume)[1] > 0, what="the workload to start")
         time.sleep(2)
-        os.environ["ZAP_HOME"] = str(home)
+        os.environ.update(zap_env(home))
         from zapckpt import checkpoint
         from zapckpt.context import Context
 

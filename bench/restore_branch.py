@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, fill_volume, figure, pod_info, raw_dump, size_name, start_memhog, state_dir, write_part, zap  # noqa: E402
+from common import ROOT, fill_volume, figure, pod_info, raw_dump, size_name, start_memhog, state_dir, write_part, zap, zap_env  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 RAW = Path("/dev/shm/zapbench-raw-restore")
@@ -48,7 +48,7 @@ def raw_restore(images: Path, volume: Path, mount_path: Path, log: Path) -> floa
 
 
 def in_process_restore(home: Path, ref: str) -> float:
-    os.environ["ZAP_HOME"] = str(home)
+    os.environ.update(zap_env(home))
     from zapckpt import restore
     from zapckpt.context import Context
 

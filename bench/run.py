@@ -37,6 +37,7 @@ SUITE = {
     "catalog": ("catalog_scale.py", ["--runs", "5", "--rows", "100000"], ["--runs", "2", "--rows", "5000"]),
     "overhead": ("overhead.py", ["--runs", "5", "--intervals", "10,2,1", "--window", "20"],
                  ["--runs", "2", "--intervals", "1", "--window", "3"]),
+    "network": ("network.py", ["--runs", "5"], ["--runs", "2"]),
 }  # fmt: skip
 
 

@@ -90,9 +90,10 @@ class SnapshotBackend(abc.ABC):
             raise BackendError(f"snapshot directory {dst.parent} does not exist")
 
     @abc.abstractmethod
-    def snapshot_argv(self, src: Path, dst: Path) -> list[str]:
+    def snapshot_argv(self, src: Path, dst: Path, via: str = "") -> list[str]:
         """The command that takes a read-only snapshot; it runs inside CRIU's frozen window, so
-        it must be one short external command (no Python start-up)."""
+        it must be one short external command (no Python start-up). It runs in the pod's mount
+        namespace: every path it opens must be prefixed with `via` (our root, seen from there)."""
 
     @abc.abstractmethod
     def snapshot(self, src: Path, dst: Path) -> SnapshotInfo:

@@ -44,8 +44,8 @@ class BtrfsBackend(SnapshotBackend):
             proc.run(["btrfs", "-q", "subvolume", "delete", str(pool_root / rel)], check=False)
         proc.run(["btrfs", "-q", "subvolume", "delete", str(path)])
 
-    def snapshot_argv(self, src: Path, dst: Path) -> list[str]:
-        return ["btrfs", "-q", "subvolume", "snapshot", "-r", str(src), str(dst)]
+    def snapshot_argv(self, src: Path, dst: Path, via: str = "") -> list[str]:
+        return ["btrfs", "-q", "subvolume", "snapshot", "-r", f"{via}{src}", f"{via}{dst}"]
 
     def snapshot(self, src: Path, dst: Path) -> SnapshotInfo:
         self.check_snapshot(src, dst)

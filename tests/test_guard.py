@@ -265,3 +265,66 @@ def test_host_guard_on_a_btrfs_root_used_through_chroot(zap, tmp_path):
     finally:
         for p in sorted((root.parent / ".hostroot.zap-snapshots").glob("*-*")) + [root]:
             subprocess.run(["btrfs", "-q", "subvolume", "delete", str(p)], check=False)
+
+
+# A syslog-like daemon of a system pod: bound at /dev/log inside its root, it appends what its
+# clients send to /srv/log.txt; a client sends a line every few ms over a new connection.
+LOG_DAEMON = r"""
+use IO::Socket::UNIX;
+unlink "/dev/log";
+my $s = IO::Socket::UNIX->new(Type => SOCK_STREAM(), Local => "/dev/log", Listen => 8) or die "bind: $!";
+open(my $out, ">>", "/srv/log.txt") or die; $out->autoflush(1);
+while (my $c = $s->accept()) { while (my $l = <$c>) { print $out $l; } close $c; }
+"""
+LOG_CLIENT = r"""
+use IO::Socket::UNIX;
+my $i = 0;
+while (1) {
+    $i++;
+    my $c = IO::Socket::UNIX->new(Type => SOCK_STREAM(), Peer => "/dev/log");
+    if ($c) { print $c "line $i\n"; close $c; } else { open(my $e, ">>", "/srv/refused.txt"); print $e "$i $!\n"; close $e; }
+    select(undef, undef, undef, 0.02);
+}
+"""
+
+
+def test_system_pod_unix_socket_restored_inside_its_root(zap):
+    """A daemon bound at /dev/log inside a system pod: restore and branch bind it again inside
+    the pod's root, the pod's clients reach it, and the host's /dev/log is never touched."""
+    host_log = Path("/dev/log")
+    made = not os.path.lexists(host_log)
+    if made:
+        host_log.write_text("host sentinel\n")
+    before = host_log.lstat()
+    try:
+        zap("create", "sl", "--rootfs", "debian:bookworm", "--", "perl", "/srv/logd.pl", timeout=600)
+        vol = zap.volume("sl")
+        (vol / "srv" / "logd.pl").write_text(LOG_DAEMON)
+        (vol / "srv" / "client.pl").write_text(LOG_CLIENT)
+        zap("start", "sl")
+        zap("exec", "-d", "sl", "--", "perl", "/srv/client.pl")
+
+        def lines(v):
+            try:
+                return (v / "srv" / "log.txt").read_text().count("\n")
+            except FileNotFoundError:
+                return 0
+
+        wait_for(lambda: lines(vol) > 20, what="the pod's log daemon to receive lines")
+        zap("checkpoint", "sl")
+        zap("restore", "sl@1")
+        n = lines(vol)
+        wait_for(lambda: lines(vol) > n + 20, what="the restored daemon to receive lines")
+        zap("branch", "sl@1", "sl-b")
+        bvol = zap.volume("sl-b")
+        n = lines(bvol)
+        wait_for(lambda: lines(bvol) > n + 20, what="the branch's daemon to receive lines")
+        for v in (vol, bvol):  # the pod's clients always found their daemon
+            assert not (v / "srv" / "refused.txt").exists(), (v / "srv" / "refused.txt").read_text()
+        after = host_log.lstat()
+        assert (after.st_ino, after.st_mode, after.st_mtime_ns) == (before.st_ino, before.st_mode, before.st_mtime_ns)
+        if made:
+            assert host_log.read_text() == "host sentinel\n"
+    finally:
+        if made:
+            host_log.unlink()

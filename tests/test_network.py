@@ -377,3 +377,93 @@ def test_outside_file_warning_strict_and_declared_volume(zap, tmp_path):
     line = zap.fails("checkpoint", "o", "--strict", code=1)
     assert str(outside) in line
     assert len(zap.json("list", "o")["checkpoints"]) == 1
+
+
+NGINX_CONF = """daemon off;
+master_process on;
+worker_processes 2;
+user root;
+pid {p}/nginx.pid;
+error_log {p}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log {p}/access.log;
+    client_body_temp_path {p}/tmp/body;
+    proxy_temp_path {p}/tmp/proxy;
+    fastcgi_temp_path {p}/tmp/fastcgi;
+    uwsgi_temp_path {p}/tmp/uwsgi;
+    scgi_temp_path {p}/tmp/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 3600s;
+    server {{
+        listen 8080;
+        location /seq {{ return 200 "$connection $connection_requests\\n"; }}
+        location / {{ root {p}/www; }}
+    }}
+}}
+"""
+
+
+def http_values(volume: Path) -> list[tuple[int, int]]:
+    try:
+        data = (volume / "http_values.txt").read_bytes()
+    except FileNotFoundError:
+        return []
+    return [tuple(map(int, ln.split())) for ln in data[: data.rfind(b"\n") + 1].splitlines()]
+
+
+def assert_one_connection(vals: list[tuple[int, int]]) -> None:
+    assert vals and len({c for c, _ in vals}) == 1, f"more than one connection: {sorted({c for c, _ in vals})}"
+    reqs = [r for _, r in vals]
+    for a, b in zip(reqs, reqs[1:]):
+        assert b == a + 1, f"request numbers jump from {a} to {b}"
+
+
+def test_nginx_keepalive_client_restore_and_branch(zap):
+    """nginx (a master and two workers) with a client inside the pod on one keep-alive
+    connection: nginx numbers the requests of a connection in its memory, the client writes
+    each number to a file. After a rollback and in a branch the numbers go on by one, on the
+    same connection: memory, socket and files were captured together."""
+    conf = f"{zap.home}/mnt/ng/nginx.conf"  # where the pod will see its volume
+    zap("create", "ng", "-p", "18280:8080", "--", "nginx", "-c", conf, "-e", f"{zap.home}/mnt/ng/error.log")
+    pod = zap.pod("ng")
+    vol, path = Path(pod["volume"]), pod["path"]
+    (vol / "www").mkdir()
+    (vol / "www" / "index.html").write_text("one\n")
+    for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (vol / "tmp" / d).mkdir(parents=True)
+    (vol / "nginx.conf").write_text(NGINX_CONF.format(p=path))
+    zap("start", "ng")
+    zap("exec", "-d", "ng", "--", "python3", str(WORKLOADS / "http_client.py"))
+    wait_for(lambda: len(http_values(vol)) > 50, what="the keep-alive client")
+
+    def fetch(url):
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.read().decode()
+
+    assert fetch("http://127.0.0.1:18280/index.html") == "one\n"
+    refs = []
+    for _ in range(3):
+        time.sleep(random.uniform(0.05, 0.3))
+        refs.append(zap("checkpoint", "ng").stdout.strip())
+    (vol / "www" / "index.html").write_text("two\n")
+    assert fetch("http://127.0.0.1:18280/index.html") == "two\n"
+    at_ck = http_values(Path(zap.json("show", refs[0])["snapshot"]["path"]))
+    zap("restore", refs[0])
+    wait_for(lambda: len(http_values(vol)) > len(at_ck) + 50, what="the restored client")
+    after = http_values(vol)
+    assert after[: len(at_ck)] == at_ck
+    assert_one_connection(after)
+    assert fetch("http://127.0.0.1:18280/index.html") == "one\n"  # the files came back too
+
+    zap("branch", refs[1], "ng-b", "-p", "18281:8080")
+    bvol = zap.volume("ng-b")
+    base = http_values(Path(zap.json("show", refs[1])["snapshot"]["path"]))
+    wait_for(lambda: len(http_values(bvol)) > len(base) + 50, what="the branch's client")
+    assert_one_connection(http_values(bvol))
+    n = len(http_values(vol))
+    wait_for(lambda: len(http_values(vol)) > n + 50, what="the original's client")
+    assert_one_connection(http_values(vol))
+    assert fetch("http://127.0.0.1:18281/index.html") == "one\n"
+    procs = zap.json("show", refs[1])["processes"]
+    assert sum("nginx" in " ".join(p["cmdline"]) for p in procs) == 3  # master and two workers

@@ -102,7 +102,9 @@ def take(
     backend.flush(volume)
     stage.mkdir(parents=True, exist_ok=True)
     hook, hook_err, hook_times = stage / "hook.sh", stage / "hook.err", stage / "hook.times"
-    _write_hook(hook, backend.snapshot_argv(volume, snap), hook_err, hook_times)
+    # The hook runs in the pod's mount namespace, where the state directory is hidden: every
+    # path it names is reached through our (the host's) root.
+    _write_hook(hook, backend.snapshot_argv(volume, snap, via=criu.host_root()), hook_err, hook_times)
 
     stopped = False
     try:

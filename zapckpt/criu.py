@@ -110,10 +110,14 @@ def timeout() -> float:
     return value
 
 
+def host_root() -> str:
+    """Our root (the host's) as seen from inside a pod's mount namespace, where /dev/shm,
+    /dev/pts and the state directory are the pod's own."""
+    return f"/proc/{os.getpid()}/root"
+
+
 def through_host_root(path: Path) -> str:
-    """`path` as seen from inside a pod's mount namespace, where /dev/shm and /dev/pts are the
-    pod's own: through our own root, which is the host's."""
-    return f"/proc/{os.getpid()}/root{path}"
+    return f"{host_root()}{path}"
 
 
 def _run_bounded(argv: list[str], what: str, own_log: Path, log: Path, env: dict | None = None) -> proc.Result:

@@ -18,6 +18,7 @@ PAGEMAP_MAGIC = 0x56084025
 INVENTORY_MAGIC = 0x58313116
 FILES_MAGIC = 0x56303138
 FD_INETSK = 4  # fdinfo.proto fd_types
+FD_UNIXSK = 5
 TCP_LISTEN = 10  # the kernel's TCP state numbers, as CRIU stores them
 SOCK_DGRAM = 2
 PAGE_SIZE = 4096
@@ -192,4 +193,23 @@ def listening_ports(images: Path) -> list[str]:
             out.add(f"{port}/udp")
         elif sk.get(6) == TCP_LISTEN:
             out.add(f"{port}/tcp")
+    return sorted(out)
+
+
+def bound_unix_sockets(images: Path) -> list[str]:
+    """The absolute paths the dumped unix sockets are bound to, as the processes named them
+    (for a chrooted process: relative to its root)."""
+    try:
+        data = (images / "files.img").read_bytes()
+    except FileNotFoundError:
+        return []
+    out = set()
+    for raw in entries(data, FILES_MAGIC):
+        f = fields(raw)
+        usk = f.get(16)
+        if f.get(1) != FD_UNIXSK or not isinstance(usk, bytes):
+            continue
+        name = fields(usk).get(11)
+        if isinstance(name, bytes) and name.startswith(b"/"):
+            out.add(name.split(b"\0", 1)[0].decode(errors="surrogateescape"))
     return sorted(out)

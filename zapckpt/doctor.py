@@ -64,6 +64,20 @@ def _criu() -> list[Check]:
     return out
 
 
+def _cap_sys_resource() -> Check:
+    """CRIU reads every dumped process's resource limits; for a process of another user that
+    needs CAP_SYS_RESOURCE (containers often drop it from root)."""
+    try:
+        eff = next(int(ln.split()[1], 16) for ln in Path("/proc/self/status").read_text().splitlines()
+                   if ln.startswith("CapEff:"))  # fmt: skip
+    except (OSError, StopIteration, ValueError):
+        eff = 0
+    ok = bool(eff & (1 << 24))
+    return Check("capability CAP_SYS_RESOURCE", ok, "present" if ok else "missing from root's capabilities",
+                 "" if ok else "pods whose services run as another user (PostgreSQL, ...) cannot be checkpointed "
+                 "here (CRIU: \"Can't get rlimit\"); run zap with the full capability set", required=False)  # fmt: skip
+
+
 def _cgroups() -> Check:
     v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
     hybrid = Path("/sys/fs/cgroup/unified/cgroup.controllers").exists()
@@ -92,6 +106,7 @@ def run_checks() -> list[Check]:
     checks.append(Check("loop devices", loop_ok, "/dev/loop-control" if loop_ok else "missing",
                         "" if loop_ok else "modprobe loop (needed for the embedded pool)"))  # fmt: skip
     checks.append(_cgroups())
+    checks.append(_cap_sys_resource())
     for tool, pkg in (("btrfs", "btrfs-progs"), ("mkfs.btrfs", "btrfs-progs"), ("unshare", "util-linux"),
                       ("nsenter", "util-linux"), ("mount", "mount"), ("losetup", "mount"), ("ip", "iproute2"),
                       ("ss", "iproute2"), ("nft", "nftables")):  # fmt: skip

@@ -2,7 +2,8 @@
 when CRIU restores or branches it (`python -m zapckpt.podmounts`, right before `criu restore`
 in the new namespace), so restored processes find every file where they left it.
 
-- The volume appears at the pod's path (for a branch: the original pod's path).
+- The volume appears at the pod's path (for a branch: the original pod's path), on a tmpfs
+  that hides the rest of the state directory.
 - A system pod: the volume is its root, with its own /proc (a restore mounts it from inside
   the new pid namespace, see criu.py) and everything below resolved inside that root.
 - /dev/shm is private: a volume pod's is `.zap/shm` inside its volume, a system pod's is its
@@ -68,14 +69,56 @@ def _new_devpts() -> None:
     _mount("/dev/pts/ptmx", "/dev/ptmx", None, MS_BIND)
 
 
-def setup_pod_mounts(volume: str, mount_path: str, system: bool, volumes: list[dict], chroot: bool) -> None:
+def _hide_state_dir(state_root: str, mount_path: str, volume_fd: int) -> None:
+    """Over the state directory, an empty tmpfs holding only the pod's own path: the pod sees
+    neither the catalog, the image store nor other pods' volumes, and a service running as
+    another user can reach its volume (the state directory itself is root's alone, 0700)."""
+    if not (mount_path + "/").startswith(state_root.rstrip("/") + "/"):
+        os.makedirs(mount_path, exist_ok=True)
+        _bind_fd(volume_fd, mount_path)
+        return
+    _mount("tmpfs", state_root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
+    os.makedirs(mount_path, mode=0o755, exist_ok=True)
+    _bind_fd(volume_fd, mount_path)
+
+
+# Host directories a restore must never hide (CRIU and the tools it runs live there).
+_KEEP_VISIBLE = {"/", "/usr", "/lib", "/lib64", "/bin", "/sbin", "/opt", "/proc", "/sys", "/etc"}
+
+
+def _redirect_socket_dirs(dirs: list[tuple[int, str]]) -> None:
+    """A restore of a system pod: CRIU binds the daemons' unix sockets at their names (e.g.
+    /dev/log) from the host's root. In this private namespace, each of those directories is
+    the pod's own (opened inside its root), so nothing is created, replaced or deleted on the
+    host. A directory the host lacks is made on a tmpfs over its nearest existing parent."""
+    for fd, name in dirs:
+        target = name
+        if not os.path.isdir(target):
+            parent = os.path.dirname(target)
+            while not os.path.isdir(parent):
+                parent = os.path.dirname(parent)
+            if parent in _KEEP_VISIBLE:
+                raise OSError(f"cannot restore the unix socket directory {name} inside the pod: its parent "
+                              f"{parent} on the host cannot be hidden")  # fmt: skip
+            _mount("tmpfs", parent, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
+            os.makedirs(target, exist_ok=True)
+        elif os.path.realpath(target) in _KEEP_VISIBLE:
+            raise OSError(f"cannot restore the unix socket directory {name} inside the pod: it would hide the host's")
+        _bind_fd(fd, target)
+
+
+def setup_pod_mounts(volume: str, mount_path: str, system: bool, volumes: list[dict], chroot: bool,
+                     state_root: str, socket_dirs: list[str] = ()) -> None:  # fmt: skip
     """Make the pod's mounts in the current (new, private) mount namespace. chroot: enter a
     system pod's root afterwards (podinit); a restore leaves that to CRIU."""
-    if volume != mount_path:
-        os.makedirs(mount_path, exist_ok=True)
-        _mount(volume, mount_path, None, MS_BIND)
-    # Declared host directories are opened before anything of the pod's is looked at.
+    # Declared host directories and the volume are opened before anything is hidden or any
+    # path of the pod's is looked at.
     host_fds = [(os.open(v["host"], os.O_PATH | os.O_DIRECTORY), v["pod"]) for v in volumes]
+    volume_fd = os.open(volume, os.O_PATH | os.O_DIRECTORY)
+    try:
+        _hide_state_dir(state_root, mount_path, volume_fd)
+    finally:
+        os.close(volume_fd)
     root_fd = os.open(mount_path, os.O_PATH | os.O_DIRECTORY)
     try:
         if system:
@@ -90,6 +133,8 @@ def setup_pod_mounts(volume: str, mount_path: str, system: bool, volumes: list[d
                 for fd, inside in host_fds:
                     os.makedirs(inside, exist_ok=True)
                     _bind_fd(fd, inside)
+                # resolved inside the root: the pod's symlinks stay in the pod
+                sock_fds = [(os.open(d, os.O_PATH | os.O_DIRECTORY), d) for d in socket_dirs]
             finally:
                 if not chroot:
                     # Back out of the root: CRIU restores with the host's root and the pod's
@@ -99,6 +144,11 @@ def setup_pod_mounts(volume: str, mount_path: str, system: bool, volumes: list[d
                     os.fchdir(cwd)
                 os.close(cwd)
                 os.close(real_root)
+            try:
+                _redirect_socket_dirs(sock_fds)
+            finally:
+                for fd, _ in sock_fds:
+                    os.close(fd)
             return
         shm = _private_dir(root_fd, SHM_DIR, 0o1777)
         try:
@@ -118,7 +168,8 @@ def setup_pod_mounts(volume: str, mount_path: str, system: bool, volumes: list[d
 def main() -> None:
     """python -m zapckpt.podmounts SPEC_JSON -- CMD...: make the mounts, then exec CMD."""
     spec = json.loads(sys.argv[1])
-    setup_pod_mounts(spec["volume"], spec["mount_path"], spec["system"], spec["volumes"], chroot=False)
+    setup_pod_mounts(spec["volume"], spec["mount_path"], spec["system"], spec["volumes"], chroot=False,
+                     state_root=spec["state_root"], socket_dirs=spec.get("socket_dirs", []))  # fmt: skip
     cmd = sys.argv[sys.argv.index("--") + 1 :]
     os.execvp(cmd[0], cmd)
 

@@ -68,7 +68,7 @@ def _resolve_cwd(mount_path: str, cwd: str | None) -> str:
     return os.path.normpath(cwd)
 
 
-def start_processes(pod: Pod, netns: str | None) -> tuple[int, int]:
+def start_processes(pod: Pod, netns: str | None, state_root: Path) -> tuple[int, int]:
     """Start pod.command as pid 1 of fresh namespaces (in the network namespace `netns`, or the
     host's for None); returns (host pid, start time)."""
     spec = {
@@ -81,6 +81,7 @@ def start_processes(pod: Pod, netns: str | None) -> tuple[int, int]:
         "rootfs": bool(pod.rootfs),
         "hostname": pod.name,
         "volumes": pod.volumes or [],
+        "state_root": str(state_root),
     }
     (Path(pod.volume) / LOG_DIR).mkdir(exist_ok=True)
     # The pod's init reports through a pipe it opens by path: `unshare --fork` stays alive as
@@ -209,7 +210,7 @@ def run(ctx: Context, name: str, command: list[str], env: dict[str, str], cwd: s
                 os.makedirs(os.path.join(pod.volume, inside), exist_ok=True)
             mount_path.mkdir(parents=True, exist_ok=True)
             if start:
-                pod.init_pid, pod.init_starttime = start_processes(pod, podnet.netns_path(ctx.net, pod))
+                pod.init_pid, pod.init_starttime = start_processes(pod, podnet.netns_path(ctx.net, pod), ctx.state.root)
         except BaseException:
             podnet.remove(ctx.net, pod)
             pool.backend.delete_volume(volume)
@@ -270,7 +271,7 @@ def start(ctx: Context, name: str) -> Pod:
             # A fresh start has no connections to bring back: drop a --stop dump's locks.
             podnet.release_locks(ctx.net, pod, queries.criu_run_id(s, pod.net_locked_by))
             pod.net_locked_by = None
-            pod.init_pid, pod.init_starttime = start_processes(pod, podnet.netns_path(ctx.net, pod))
+            pod.init_pid, pod.init_starttime = start_processes(pod, podnet.netns_path(ctx.net, pod), ctx.state.root)
             pod.desired_state = "running"
             return pod
 

@@ -16,7 +16,7 @@ from . import checkpoint as ckpt
 from . import criu, procinfo
 from . import images as image_sets
 from .context import Context
-from .criu_images import listening_ports
+from .criu_images import bound_unix_sockets, listening_ports
 from .errors import AlreadyExists, UsageError, ZapError
 from .net import podnet
 from .names import check_name
@@ -56,7 +56,13 @@ def restore_processes(ctx: Context, images: Path, pod: Pod) -> tuple[int, int]:
     (its volume at the pod's path, private /dev/shm and /dev/pts, declared volumes)."""
     os.makedirs(pod.mount_path, exist_ok=True)
     mounts = {"volume": pod.volume, "mount_path": pod.mount_path, "system": bool(pod.rootfs),
-              "volumes": pod.volumes or []}  # fmt: skip
+              "volumes": pod.volumes or [], "state_root": str(ctx.state.root), "socket_dirs": []}  # fmt: skip
+    if pod.rootfs:
+        # CRIU binds a system pod's unix sockets at the names the daemons gave, from the host's
+        # root: their directories are redirected into the pod's root for the restore.
+        inside = pod.mount_path.rstrip("/") + "/"
+        mounts["socket_dirs"] = sorted({os.path.dirname(n) for n in bound_unix_sockets(images)
+                                        if not n.startswith(inside)})  # fmt: skip
     pid = criu.restore(images, images.parent / "pid", mounts, podnet.netns_path(ctx.net, pod),
                        ctx.log_path(pod.name, "restore"))  # fmt: skip
     return pid, procinfo.starttime(pid) or 0
