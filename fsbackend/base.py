@@ -90,10 +90,11 @@ class SnapshotBackend(abc.ABC):
             raise BackendError(f"snapshot directory {dst.parent} does not exist")
 
     @abc.abstractmethod
-    def snapshot_argv(self, src: Path, dst: Path, via: str = "") -> list[str]:
+    def snapshot_argv(self, src: Path, dst: Path, host_pid: int | None = None) -> list[str]:
         """The command that takes a read-only snapshot; it runs inside CRIU's frozen window, so
-        it must be one short external command (no Python start-up). It runs in the pod's mount
-        namespace: every path it opens must be prefixed with `via` (our root, seen from there)."""
+        it must be one short external command (no Python start-up). With host_pid it runs in
+        the pod's mount namespace, where the pool is hidden: the paths it opens go through
+        /proc/<host_pid>/root (or it enters /proc/<host_pid>/ns/mnt)."""
 
     @abc.abstractmethod
     def snapshot(self, src: Path, dst: Path) -> SnapshotInfo:

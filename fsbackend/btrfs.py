@@ -44,7 +44,8 @@ class BtrfsBackend(SnapshotBackend):
             proc.run(["btrfs", "-q", "subvolume", "delete", str(pool_root / rel)], check=False)
         proc.run(["btrfs", "-q", "subvolume", "delete", str(path)])
 
-    def snapshot_argv(self, src: Path, dst: Path, via: str = "") -> list[str]:
+    def snapshot_argv(self, src: Path, dst: Path, host_pid: int | None = None) -> list[str]:
+        via = f"/proc/{host_pid}/root" if host_pid else ""
         return ["btrfs", "-q", "subvolume", "snapshot", "-r", f"{via}{src}", f"{via}{dst}"]
 
     def snapshot(self, src: Path, dst: Path) -> SnapshotInfo:

@@ -173,13 +173,15 @@ class NilfsBackend(SnapshotBackend):
                     os.chmod(p, os.lstat(p).st_mode & ~0o222)
 
     # --- snapshots -----------------------------------------------------------------------------
-    def snapshot_argv(self, src: Path, dst: Path, via: str = "") -> list[str]:
+    def snapshot_argv(self, src: Path, dst: Path, host_pid: int | None = None) -> list[str]:
         """Inside the frozen window: mkcp, then note its number and the volume's place in dst."""
         pool = self._pool_of(src.parent)  # src itself may be a branch's overlay mount
         # A branch's volume is an overlay: its own files are the upper directory, on the pool.
         rel = f"+{src.name}" if self._layers(src).is_dir() else str(src.relative_to(pool))
         script = 'n=$(mkcp -s -p "$1") && printf "%s\\n%s\\n%s\\n" "$n" "$2" "$3" > "$4"'
-        return ["sh", "-c", script, "sh", f"{via}{self._device(pool)}", str(pool), str(rel), f"{via}{dst}"]
+        # mkcp finds the file system through the mount table: it runs in ours.
+        enter = ["nsenter", f"--mount=/proc/{host_pid}/ns/mnt", "--"] if host_pid else []
+        return [*enter, "sh", "-c", script, "sh", self._device(pool), str(pool), str(rel), str(dst)]
 
     def snapshot(self, src: Path, dst: Path) -> SnapshotInfo:
         self.check_snapshot(src, dst)

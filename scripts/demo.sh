@@ -12,7 +12,7 @@ run() { say "$*"; "$@"; }
 last() { tail -n1 "$($ZAP show "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["volume"])')/counter.txt"; }
 
 # Idempotent: leave no earlier demo pods behind.
-for p in demo demo-fork; do "$ZAP" rm --force "$p" >/dev/null 2>&1 || true; done
+for p in demo demo-fork web-old web; do "$ZAP" rm --force "$p" >/dev/null 2>&1 || true; done
 
 run "$ZAP" doctor
 run "$ZAP" init
@@ -31,6 +31,20 @@ echo "after the rollback it counts on from the checkpoint: $(last demo)"
 run "$ZAP" branch demo@1 demo-fork
 sleep 1
 echo "original: $(last demo)   fork: $(last demo-fork)   (two live copies of one past state)"
+say "# a networked service: its own address, a published port, a branch at another address"
+run "$ZAP" create web -p 18088:8000 -- python3 -m http.server 8000
+webvol="$($ZAP show web --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["volume"])')"
+echo "version 1" > "$webvol/index.html"
+run "$ZAP" start web
+fetch() { python3 -c 'import sys, time, urllib.request
+for _ in range(100):
+    try: print(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode().strip()); break
+    except OSError: time.sleep(0.05)' "$1"; }
+echo "http://127.0.0.1:18088/ says: $(fetch http://127.0.0.1:18088/)"
+run "$ZAP" checkpoint web -m "version 1 online"
+echo "version 2" > "$webvol/index.html"
+run "$ZAP" branch web@1 web-old -p 18089:8000
+echo "the original (port 18088) says: $(fetch http://127.0.0.1:18088/)   the branch (port 18089) says: $(fetch http://127.0.0.1:18089/)"
 run "$ZAP" ps
 run "$ZAP" log demo
 run "$ZAP" show demo@1
@@ -40,9 +54,8 @@ run ls "$view/pods/demo" "$view/pods/demo/checkpoints/1"
 echo "checkpoint 1's counter file, read through the view: ends at $(tail -n1 "$view/pods/demo/checkpoints/1/fs/counter.txt")"
 run "$ZAP" umount "$view"
 rmdir "$view"
-say "$ZAP rm --force demo-fork; $ZAP rm --force demo; $ZAP deinit"
-"$ZAP" rm --force demo-fork
-"$ZAP" rm --force demo
+say "$ZAP rm --force demo-fork demo web-old web; $ZAP deinit"
+for p in demo-fork demo web-old web; do "$ZAP" rm --force "$p"; done
 # Leave no mount or loop device behind; the next zap command re-mounts the pool by itself.
 "$ZAP" deinit
 echo

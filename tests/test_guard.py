@@ -317,6 +317,11 @@ def test_system_pod_unix_socket_restored_inside_its_root(zap):
         wait_for(lambda: lines(vol) > n + 20, what="the restored daemon to receive lines")
         zap("branch", "sl@1", "sl-b")
         bvol = zap.volume("sl-b")
+        # each system pod's /etc/hosts names it at its own address
+        for name, v in (("sl", vol), ("sl-b", bvol)):
+            assert f"{zap.pod(name)['address']}\t{name}" in (v / "etc" / "hosts").read_text()
+        assert zap("exec", "sl-b", "--", "cat", "/etc/hostname").stdout.strip() == "sl-b"
+        assert zap("exec", "sl-b", "--", "hostname").stdout.strip() == "sl-b"
         n = lines(bvol)
         wait_for(lambda: lines(bvol) > n + 20, what="the branch's daemon to receive lines")
         for v in (vol, bvol):  # the pod's clients always found their daemon

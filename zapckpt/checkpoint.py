@@ -5,6 +5,7 @@ freeze or after the thaw."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import signal
@@ -104,7 +105,7 @@ def take(
     hook, hook_err, hook_times = stage / "hook.sh", stage / "hook.err", stage / "hook.times"
     # The hook runs in the pod's mount namespace, where the state directory is hidden: every
     # path it names is reached through our (the host's) root.
-    _write_hook(hook, backend.snapshot_argv(volume, snap, via=criu.host_root()), hook_err, hook_times)
+    _write_hook(hook, backend.snapshot_argv(volume, snap, host_pid=os.getpid()), hook_err, hook_times)
 
     stopped = False
     try:

@@ -13,14 +13,14 @@ from sqlalchemy.orm import Session
 from catalog import Checkpoint, Pod, queries
 
 from . import checkpoint as ckpt
-from . import criu, procinfo
+from . import criu, proc, procinfo
 from . import images as image_sets
 from .context import Context
 from .criu_images import bound_unix_sockets, listening_ports
 from .errors import AlreadyExists, UsageError, ZapError
 from .net import podnet
 from .names import check_name
-from .pods import check_ports_free, live_state
+from .pods import check_ports_free, live_state, write_network_files
 from .signals import deferred_interrupts
 
 
@@ -181,10 +181,14 @@ def branch(ctx: Context, ref: str, new_name: str, start: bool = True, ports: lis
                 try:
                     podnet.ensure(None, ctx.net, pod)
                     podnet.add_origin_alias(ctx.net, pod, src.address)
+                    if pod.rootfs:
+                        write_network_files(pod)  # its own name and address in /etc/hosts
                     if images is not None:
                         with deferred_interrupts():
                             pod.init_pid, pod.init_starttime = restore_processes(ctx, images, pod)
                             podnet.abort_external(ctx.net, pod)
+                            # its own name, as its own address (the uts namespace came back as the original's)
+                            proc.run(["nsenter", "-t", str(pod.init_pid), "-u", "--", "hostname", new_name], check=False)
                         pod.desired_state = "running"
                         pod.restore_warnings = exited_warning(ck, pod.init_pid)
                     s.add(pod)
