@@ -39,7 +39,9 @@ def raw_restore(images: Path, volume: Path, mount_path: Path, log: Path) -> floa
     pidfile = images.with_name(images.name + ".pid")
     pidfile.unlink(missing_ok=True)
     t = time.perf_counter()
-    mounts = {"volume": str(volume), "mount_path": str(mount_path), "system": False, "volumes": []}
+    # as zap mounts a pod: the volume at its path, on a tmpfs over the state directory
+    mounts = {"volume": str(volume), "mount_path": str(mount_path), "system": False, "volumes": [],
+              "state_root": str(mount_path.parent.parent)}  # fmt: skip
     pid = criu.restore(images, pidfile, mounts, None, log)
     took = time.perf_counter() - t
     pidfile.unlink()

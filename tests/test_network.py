@@ -373,7 +373,10 @@ def test_outside_file_warning_strict_and_declared_volume(zap, tmp_path):
     cp = zap("checkpoint", "o", "--json")
     rec = json.loads(cp.stdout)
     assert [f["path"] for f in rec["outside_files"]] == [str(outside)]
-    assert "zap: warning:" in cp.stderr and str(outside) in cp.stderr and "shared" not in cp.stderr
+    warnings = cp.stderr.strip().splitlines()
+    outside_line = next(ln for ln in warnings if "outside" in ln)
+    assert outside_line.startswith("zap: warning:") and str(outside) in outside_line and str(shared) not in outside_line
+    assert any(ln.startswith("zap: warning: not rolled back") and str(shared) in ln for ln in warnings)
     line = zap.fails("checkpoint", "o", "--strict", code=1)
     assert str(outside) in line
     assert len(zap.json("list", "o")["checkpoints"]) == 1
@@ -467,3 +470,21 @@ def test_nginx_keepalive_client_restore_and_branch(zap):
     assert fetch("http://127.0.0.1:18281/index.html") == "one\n"
     procs = zap.json("show", refs[1])["processes"]
     assert sum("nginx" in " ".join(p["cmdline"]) for p in procs) == 3  # master and two workers
+
+
+def test_processes_that_exit_right_after_a_restore_are_reported(zap, tmp_path):
+    """A helper of the pod that dies as soon as a marker appears in a declared (shared, never
+    rolled back) volume: restored after the marker was made, it exits at once, and zap says so
+    instead of a plain "restored"."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    inside = f"{zap.home}/mnt/ex/shared"
+    zap("run", "ex", "--volume", f"{shared}:{inside}", "--", "sleep", "600")
+    zap("exec", "-d", "ex", "--", "python3", "-c",
+        f"import os, time\nwhile not os.path.exists('{inside}/marker'): time.sleep(0.001)\n")  # fmt: skip
+    time.sleep(1.5)  # the helper is no short-lived one
+    cp = zap("checkpoint", "ex")
+    assert "exited" not in cp.stderr
+    (shared / "marker").touch()
+    cp = zap("restore", "ex@1")
+    assert "exited right after the restore" in cp.stderr and "python3" in cp.stderr, cp.stderr

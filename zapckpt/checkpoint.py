@@ -155,6 +155,9 @@ def take(
     if outside:
         ck.warnings.append(f"files open outside the pod's volume are not in the checkpoint and will not be "
                            f"rolled back: {_name_files(outside)}")
+    if pod.volumes:
+        shared = ", ".join(f"{v['host']} (at {v['pod']})" for v in pod.volumes)
+        ck.warnings.append(f"not rolled back: the declared volumes {shared} are the host's, not in the checkpoint")
     if not stop and (gone := procinfo.missing_processes(processes, pod.init_pid)):
         ck.warnings.append(f"exited right after the checkpoint: {_name_processes(gone)}")
     if stop:

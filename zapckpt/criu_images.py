@@ -174,20 +174,25 @@ def dump_run_id(images: Path) -> str | None:
     return raw.decode() if isinstance(raw, bytes) else None
 
 
-def listening_ports(images: Path) -> list[str]:
-    """The TCP ports listened on and the UDP ports bound by the dumped processes, as
-    "PORT/tcp" and "PORT/udp"."""
+def _file_entries(images: Path, fd_type: int, field: int) -> Iterator[dict[int, object]]:
+    """The decoded sub-entries (e.g. the inet or unix socket part) of every file of one type in
+    files.img."""
     try:
         data = (images / "files.img").read_bytes()
     except FileNotFoundError:
-        return []
-    out = set()
+        return
     for raw in entries(data, FILES_MAGIC):
         f = fields(raw)
-        isk = f.get(4)
-        if f.get(1) != FD_INETSK or not isinstance(isk, bytes):
-            continue
-        sk = fields(isk)
+        sub = f.get(field)
+        if f.get(1) == fd_type and isinstance(sub, bytes):
+            yield fields(sub)
+
+
+def listening_ports(images: Path) -> list[str]:
+    """The TCP ports listened on and the UDP ports bound by the dumped processes, as
+    "PORT/tcp" and "PORT/udp"."""
+    out = set()
+    for sk in _file_entries(images, FD_INETSK, 4):
         port = sk.get(7, 0)
         if sk.get(4) == SOCK_DGRAM and port:
             out.add(f"{port}/udp")
@@ -199,17 +204,9 @@ def listening_ports(images: Path) -> list[str]:
 def bound_unix_sockets(images: Path) -> list[str]:
     """The absolute paths the dumped unix sockets are bound to, as the processes named them
     (for a chrooted process: relative to its root)."""
-    try:
-        data = (images / "files.img").read_bytes()
-    except FileNotFoundError:
-        return []
     out = set()
-    for raw in entries(data, FILES_MAGIC):
-        f = fields(raw)
-        usk = f.get(16)
-        if f.get(1) != FD_UNIXSK or not isinstance(usk, bytes):
-            continue
-        name = fields(usk).get(11)
+    for sk in _file_entries(images, FD_UNIXSK, 16):
+        name = sk.get(11)
         if isinstance(name, bytes) and name.startswith(b"/"):
             out.add(name.split(b"\0", 1)[0].decode(errors="surrogateescape"))
     return sorted(out)

@@ -317,6 +317,7 @@ def remove(ctx: Context, name: str, force: bool) -> None:
             if live_state(pod) == "running" and not force:
                 raise UsageError(f"pod {name!r} is running; stop it first or use --force")
             stop_processes(pod, 0 if force else 10)
+            podnet.release_locks(ctx.net, pod, queries.criu_run_id(s, pod.net_locked_by))
             pool = ctx.pool
             for b in branches:
                 b.origin_checkpoint_id = None
@@ -335,22 +336,29 @@ def remove(ctx: Context, name: str, force: bool) -> None:
                     pass
 
 
+def _enter_argv(ctx: Context, name: str, script: str, command: list[str], console: bool = False):
+    """The argv (and environment) that runs `sh -c script sh CWD [LOG] COMMAND...` inside the
+    running pod's namespaces (and root, for a system pod)."""
+    with ctx.catalog.session() as s:
+        pod = queries.get_pod(s, name)
+        if live_state(pod) != "running":
+            raise UsageError(f"pod {name!r} is not running")
+        root = ["-r", "-w"] if pod.rootfs else []  # a system pod: its root (and a cwd inside it)
+        log = [os.path.join("/" if pod.rootfs else pod.mount_path, LOG_DIR, LOG_NAME)] if console else []
+        argv = ["nsenter", "-t", str(pod.init_pid), "-p", "-m", "-i", "-u", "-n", *root, "--",
+                "/bin/sh", "-c", script, "sh", pod.cwd, *log, *command]  # fmt: skip
+        return argv, pod_env(pod)
+
+
 def exec_in(ctx: Context, name: str, command: list[str], timeout: float | None = None, quiet: bool = False) -> int:
     """Run a command inside the pod's namespaces (and root) and working directory; returns its
     exit code. With a timeout, it is killed with all it started when the time is up
     (ExecTimeout)."""
     if not command:
         raise UsageError("no command given: zap exec NAME -- CMD [ARGS...]")
-    with ctx.catalog.session() as s:
-        pod = queries.get_pod(s, name)
-        if live_state(pod) != "running":
-            raise UsageError(f"pod {name!r} is not running")
-        # nsenter --wd would resolve the directory before entering the mount namespace, where
-        # the pod's volume is not mounted: change directory inside instead.
-        root = ["-r", "-w"] if pod.rootfs else []  # a system pod: its root (and a cwd inside it)
-        argv = ["nsenter", "-t", str(pod.init_pid), "-p", "-m", "-i", "-u", "-n", *root, "--",
-                "/bin/sh", "-c", 'cd -- "$1" && shift && exec "$@"', "sh", pod.cwd, *command]  # fmt: skip
-        env = pod_env(pod)
+    # nsenter --wd would resolve the directory before entering the mount namespace, where the
+    # pod's volume is not mounted: change directory inside instead.
+    argv, env = _enter_argv(ctx, name, 'cd -- "$1" && shift && exec "$@"', command)
     out = subprocess.DEVNULL if quiet else None
     if timeout is None:
         try:
@@ -374,16 +382,8 @@ def exec_detached(ctx: Context, name: str, command: list[str]) -> None:
     the next checkpoint can dump it (host stdio would make CRIU refuse the tree)."""
     if not command:
         raise UsageError("no command given: zap exec -d NAME -- CMD [ARGS...]")
-    with ctx.catalog.session() as s:
-        pod = queries.get_pod(s, name)
-        if live_state(pod) != "running":
-            raise UsageError(f"pod {name!r} is not running")
-        root = ["-r", "-w"] if pod.rootfs else []
-        log = os.path.join("/" if pod.rootfs else pod.mount_path, LOG_DIR, LOG_NAME)
-        script = 'cd -- "$1" || exit 1; log=$2; shift 2; exec setsid -f "$@" </dev/null >>"$log" 2>&1'
-        argv = ["nsenter", "-t", str(pod.init_pid), "-p", "-m", "-i", "-u", "-n", *root, "--",
-                "/bin/sh", "-c", script, "sh", pod.cwd, log, *command]  # fmt: skip
-        env = pod_env(pod)
+    script = 'cd -- "$1" || exit 1; log=$2; shift 2; exec setsid -f "$@" </dev/null >>"$log" 2>&1'
+    argv, env = _enter_argv(ctx, name, script, command, console=True)
     res = proc.run(argv, check=False, env=env)
     if res.returncode != 0:
         raise ZapError(f"could not start {command[0]!r} in pod {name!r}: "

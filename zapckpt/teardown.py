@@ -40,6 +40,9 @@ def deinit(ctx: Context, purge: bool, stop_timeout: float = 3.0) -> list[str]:
                     stop_processes(pod, stop_timeout)
                     pod.desired_state = "stopped"
                     stopped.append(pod.name)
+                if purge and pod.net_locked_by:
+                    # nothing will ever restore these: a --net host pod's lock lives in the host's namespace
+                    podnet.release_locks(ctx.net, pod, queries.criu_run_id(s, pod.net_locked_by))
     if pool is not None:
         if purge and pool.kind == "dir":
             # Our subvolumes inside a user-provided btrfs directory belong to this state.
