@@ -36,6 +36,26 @@ def test_criu_timeout_kills_criu_and_leaves_the_pod_running(zap):
     bad = zap("checkpoint", "c", check=False, env={"ZAP_CRIU_TIMEOUT": "nan"})
     assert bad.returncode == 2 and "ZAP_CRIU_TIMEOUT" in bad.stderr
 
+    # restore of a running pod: the dump of the state it replaces times out, nothing changes
+    line = zap("restore", "c@1", check=False, env={"ZAP_CRIU_TIMEOUT": "0.02"}).stderr.strip()
+    assert "nothing changed" in line and "did not finish within 0.02s" in line and "\n" not in line
+    _counting(zap, "c")
+    # restore of a stopped pod: CRIU's restore is killed half-way, the pod stays as it was
+    zap("stop", "c")
+    files = counter_values(zap.volume("c"))
+    cp = zap("restore", "c@1", check=False, env={"ZAP_CRIU_TIMEOUT": "0.02"})
+    assert cp.returncode == 1 and "did not finish within 0.02s" in cp.stderr, cp.stderr
+    assert "Traceback" not in cp.stderr and len(cp.stderr.strip().splitlines()) == 1
+    assert zap.pod("c")["state"] == "stopped" and counter_values(zap.volume("c")) == files
+    assert not [ln for ln in Path("/proc/self/mountinfo").read_text().splitlines() if "/mnt/c " in ln]
+    # a branch: killed half-way, no branch left
+    cp = zap("branch", "c@1", "c2", check=False, env={"ZAP_CRIU_TIMEOUT": "0.02"})
+    assert cp.returncode == 1 and "did not finish within 0.02s" in cp.stderr, cp.stderr
+    assert [p["name"] for p in zap.json("ps")["pods"]] == ["c"]
+    assert not (zap.home / "pool" / "pods" / "c2").exists()
+    zap("restore", "c@1")
+    _counting(zap, "c")
+
 
 def test_unlinked_open_file_of_64_mib_and_the_ghost_limit(zap):
     """A process holding a deleted 64 MiB file: kept in the checkpoint by default (64 MiB), and

@@ -120,10 +120,12 @@ def through_host_root(path: Path) -> str:
     return f"{host_root()}{path}"
 
 
-def _run_bounded(argv: list[str], what: str, own_log: Path, log: Path, env: dict | None = None) -> proc.Result:
+def _run_bounded(argv: list[str], what: str, own_log: Path, log: Path, env: dict | None = None,
+                 limit: float | None = None) -> proc.Result:  # fmt: skip
     """Run CRIU with the timeout; on expiry its whole process group is killed (the tasks it had
-    seized are let go by the kernel when their tracer dies) and its log is kept."""
-    limit = timeout()
+    seized are let go by the kernel when their tracer dies, the ones it was restoring die with
+    it) and its log is kept."""
+    limit = limit or timeout()
     try:
         return proc.run(argv, check=False, own_session=True, timeout=limit, kill_group=True, env=env)
     except proc.CommandError:
@@ -165,7 +167,8 @@ def dump(init_pid: int, images: Path, hook: Path, log: Path, *, leave_stopped: b
         time.sleep(0.05 * attempt)
 
 
-def restore(images: Path, pidfile: Path, mounts: dict, netns: str | None, log: Path) -> int:
+def restore(images: Path, pidfile: Path, mounts: dict, netns: str | None, log: Path,
+            limit: float | None = None) -> int:  # fmt: skip
     """Restore the tree detached, in a fresh private mount namespace made like the pod's own
     (podmounts.py: the volume at its path, private /dev/shm and /dev/pts, declared volumes),
     inside the network namespace `netns` (None: the host's); returns the host pid of the
@@ -190,7 +193,7 @@ def restore(images: Path, pidfile: Path, mounts: dict, netns: str | None, log: P
     enter = ["nsenter", f"--net={netns}", "--"] if netns else []
     argv = [*enter, "unshare", "--mount", "--propagation", "private", "--", *inner, *criu]
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "PYTHONPATH": os.pathsep.join(sys.path)}
-    res = _run_bounded(argv, "CRIU restore failed", images / "restore.log", log, env)
+    res = _run_bounded(argv, "CRIU restore failed", images / "restore.log", log, env, limit)
     if res.returncode != 0:
         _keep_log(images / "restore.log", log)
         lines = log_errors(log) or [proc.CommandError(argv, res.returncode, res.stderr).reason()]

@@ -51,7 +51,7 @@ def materialized(ctx: Context, s: Session, ck: Checkpoint) -> Iterator[Path | No
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def restore_processes(ctx: Context, images: Path, pod: Pod) -> tuple[int, int]:
+def restore_processes(ctx: Context, images: Path, pod: Pod, limit: float | None = None) -> tuple[int, int]:
     """Let CRIU bring the tree back in the pod's own network namespace, with the pod's mounts
     (its volume at the pod's path, private /dev/shm and /dev/pts, declared volumes)."""
     os.makedirs(pod.mount_path, exist_ok=True)
@@ -64,7 +64,7 @@ def restore_processes(ctx: Context, images: Path, pod: Pod) -> tuple[int, int]:
         mounts["socket_dirs"] = sorted({os.path.dirname(n) for n in bound_unix_sockets(images)
                                         if not n.startswith(inside)})  # fmt: skip
     pid = criu.restore(images, images.parent / "pid", mounts, podnet.netns_path(ctx.net, pod),
-                       ctx.log_path(pod.name, "restore"))  # fmt: skip
+                       ctx.log_path(pod.name, "restore"), limit)  # fmt: skip
     return pid, procinfo.starttime(pid) or 0
 
 
@@ -134,7 +134,10 @@ def _restore_locked(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images: 
         if saved.has_images:
             try:
                 with materialized(ctx, s, saved) as saved_images:
-                    pod.init_pid, pod.init_starttime = restore_processes(ctx, saved_images, pod)
+                    # Putting the pod back must not fail for a timeout set for the new state.
+                    limit = max(criu.timeout(), criu.DEFAULT_TIMEOUT)
+                    pod.init_pid, pod.init_starttime = restore_processes(ctx, saved_images, pod, limit)
+                    pod.desired_state = "running"
                 back = " The pod was put back as it was."
             except ZapError as e2:
                 back = f" Putting the pod back failed too ({e2}); its state is kept as {saved.ref}."

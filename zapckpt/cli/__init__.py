@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
             args.cmd = list(args.cmd or []) + tail
         if os.geteuid() != 0 and args.command not in ("doctor",):
             raise ZapError("zap must run as root (it creates namespaces, mounts and runs CRIU)")
+        if os.environ.get("ZAP_CRIU_TIMEOUT"):
+            from ..criu import timeout
+
+            timeout()  # a bad value is bad input, refused before anything starts
         rc = args.func(args)
         return rc or 0
     except ZapError as e:
