@@ -488,29 +488,3 @@ def test_processes_that_exit_right_after_a_restore_are_reported(zap, tmp_path):
     (shared / "marker").touch()
     cp = zap("restore", "ex@1")
     assert "exited right after the restore" in cp.stderr and "python3" in cp.stderr, cp.stderr
-
-
-def test_tmp_is_private_and_rolled_back(zap, tmp_path):
-    """A pod without --rootfs reads the host's /tmp but writes its own: the host never sees
-    the pod's /tmp files, they are in the checkpoint, rolled back, and not shared by a branch."""
-    host_file = tmp_path / "from-host.txt"
-    host_file.write_text("host\n")
-    name = f"zap-private-{zap.bridge}"
-    script = (f"import time\nopen('/tmp/{name}', 'w').write('1')\n"
-              f"while True:\n    time.sleep(0.05)\n")  # fmt: skip
-    zap("run", "t", "--", "python3", "-c", script)
-    vol = zap.volume("t")
-    wait_for(lambda: (vol / ".zap/tmp" / name).exists(), what="the pod's /tmp file")
-    assert not Path(f"/tmp/{name}").exists()  # never on the host
-    assert zap("exec", "t", "--", "cat", str(host_file)).stdout == "host\n"  # the host's /tmp to read
-    zap("exec", "t", "--", "sh", "-c", f"echo pod > {host_file}")
-    assert host_file.read_text() == "host\n"  # a change stays the pod's
-    zap("checkpoint", "t")
-    zap("exec", "t", "--", "sh", "-c", f"echo 2 > /tmp/{name}")
-    zap("restore", "t@1")
-    assert zap("exec", "t", "--", "cat", f"/tmp/{name}").stdout == "1"
-    zap("branch", "t@1", "t-b")
-    zap("exec", "t-b", "--", "sh", "-c", f"echo branch > /tmp/{name}")
-    assert zap("exec", "t", "--", "cat", f"/tmp/{name}").stdout == "1"
-    assert zap("exec", "t-b", "--", "cat", f"/tmp/{name}").stdout == "branch\n"
-    assert not Path(f"/tmp/{name}").exists()

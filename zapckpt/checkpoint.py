@@ -23,7 +23,6 @@ from . import images as image_sets
 from .context import Context
 from .errors import UsageError, ZapError
 from .net import podnet
-from .podmounts import TMP_UPPER
 from .pods import live_state
 from .signals import deferred_interrupts
 
@@ -97,8 +96,7 @@ def take(
     # Before the freeze: what runs, and dirty data written back so the snapshot has little to do.
     pids = procinfo.pids_in_pidns(pod.init_pid)
     processes = [d for p in pids if (d := procinfo.describe(p))]
-    tmp_upper = None if pod.rootfs else str(volume / TMP_UPPER)
-    outside = procinfo.outside_files(pids, [pod.mount_path, *(v["pod"] for v in pod.volumes or [])], tmp_upper)
+    outside = procinfo.outside_files(pids, [pod.mount_path, *(v["pod"] for v in pod.volumes or [])])
     if outside and strict:
         raise ZapError(f"pod {pod.name!r} holds files open outside its volume, which the checkpoint would not "
                        f"contain: {_name_files(outside)} (--strict; declare them with --volume or drop --strict)")

@@ -11,8 +11,6 @@ in the new namespace), so restored processes find every file where they left it.
   the original or a branch.
 - /dev/pts is a new devpts instance (ptys numbered from 0 in every pod, so a branch gets the
   same pty numbers as its original).
-- /tmp of a pod without --rootfs is an overlay: the host's /tmp to read, the pod's writes in
-  `.zap/tmp` inside its volume (a system pod's /tmp is its root's).
 - Declared `--volume HOSTDIR:PODDIR` binds: shared with the host, never rolled back.
 
 Nothing here follows a symlink the pod placed: paths inside the volume are opened with
@@ -22,6 +20,7 @@ O_NOFOLLOW from a directory descriptor, and a system pod's mounts are made after
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import json
 import os
 import sys
@@ -29,9 +28,8 @@ import sys
 MS_BIND = 4096
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 SHM_DIR = ".zap/shm"
-TMP_UPPER, TMP_WORK = ".zap/tmp", ".zap/tmp-work"
 
-_libc = ctypes.CDLL(None, use_errno=True)  # the C library Python itself runs on
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
 def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
@@ -69,21 +67,6 @@ def _new_devpts() -> None:
         os.symlink("pts/ptmx", "/dev/ptmx")
         return
     _mount("/dev/pts/ptmx", "/dev/ptmx", None, MS_BIND)
-
-
-def _private_tmp(volume_fd: int) -> None:
-    """A pod without --rootfs runs the host's programs from the host's tree, /tmp included, so
-    its /tmp is an overlay: the host's /tmp to read, and every write (new files, changes,
-    deletions) in `.zap/tmp` inside its volume. Nothing it writes there reaches the host; it is
-    in every snapshot, rolled back with the pod, and not shared with a branch."""
-    upper = _private_dir(volume_fd, TMP_UPPER, 0o1777)
-    work = _private_dir(volume_fd, TMP_WORK, 0o700)
-    try:
-        _mount("overlay", "/tmp", "overlay", MS_NOSUID | MS_NODEV,
-               f"lowerdir=/tmp,upperdir=/proc/self/fd/{upper},workdir=/proc/self/fd/{work}")  # fmt: skip
-    finally:
-        os.close(upper)
-        os.close(work)
 
 
 def _hide_state_dir(state_root: str, mount_path: str, volume_fd: int) -> None:
@@ -133,8 +116,6 @@ def setup_pod_mounts(volume: str, mount_path: str, system: bool, volumes: list[d
     host_fds = [(os.open(v["host"], os.O_PATH | os.O_DIRECTORY), v["pod"]) for v in volumes]
     volume_fd = os.open(volume, os.O_PATH | os.O_DIRECTORY)
     try:
-        if not system:
-            _private_tmp(volume_fd)  # first: the state directory may be under /tmp
         _hide_state_dir(state_root, mount_path, volume_fd)
     finally:
         os.close(volume_fd)

@@ -140,10 +140,9 @@ def kill_tree(pid: int, level_timeout: float = 1.0) -> None:
 _ALWAYS_INSIDE = ("/dev/", "/proc/", "/sys/")
 
 
-def outside_files(pids: list[int], inside: list[str], tmp_upper: str | None = None) -> list[dict]:
+def outside_files(pids: list[int], inside: list[str]) -> list[dict]:
     """Regular files and directories that pids hold open outside the `inside` directories (as
-    the processes see them): the snapshot does not have them, so a restore may not match. With
-    tmp_upper (a volume pod's overlay /tmp), a /tmp file is inside if the pod wrote it there."""
+    the processes see them): the snapshot does not have them, so a restore may not match."""
     roots = [p.rstrip("/") + "/" for p in inside]
     found = []
     for pid in pids:
@@ -160,8 +159,6 @@ def outside_files(pids: list[int], inside: list[str], tmp_upper: str | None = No
                 continue  # pipe:[..], socket:[..], anon_inode:..
             path = target.removesuffix(" (deleted)")
             if path.startswith(_ALWAYS_INSIDE) or any((path + "/").startswith(r) for r in roots):
-                continue
-            if tmp_upper and path.startswith("/tmp/") and os.path.lexists(tmp_upper + path[4:]):
                 continue
             found.append({"host_pid": pid, "fd": int(fd), "path": path})
     return found
