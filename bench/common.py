@@ -188,7 +188,7 @@ def pod_info(home: Path, name: str) -> dict:
 
 def raw_dump(pid: int, out: Path) -> dict:
     """criu dump --leave-running into tmpfs, as zap runs it minus the hook; CRIU's own timings."""
-    from zapckpt import criu
+    from zapckpt import criu, procinfo
     from zapckpt.criu_images import read_dump_stats
 
     shutil.rmtree(out, ignore_errors=True)
@@ -197,7 +197,7 @@ def raw_dump(pid: int, out: Path) -> dict:
     # The pod's /dev/shm is its own: the image directory is reached through our root, as zap does.
     subprocess.run(["nsenter", "-t", str(pid), "-m", "-n", "--", criu.criu_binary(), "dump", "-t", str(pid),
                     "-D", criu.through_host_root(out), "-o", "dump.log", "--leave-running", "--file-locks",
-                    *criu.NET_OPTS], check=True, capture_output=True)  # fmt: skip
+                    *criu.net_opts(procinfo.has_tcp_connections(pid))], check=True, capture_output=True)  # fmt: skip
     wall = time.perf_counter() - t
     st = read_dump_stats(out)
     return {"wall_s": wall, "frozen_ms": st.frozen_ms, "memdump_ms": st.memdump_ms, "memwrite_ms": st.memwrite_ms,

@@ -88,10 +88,15 @@ def _keep_log(src: Path, dst: Path) -> Path:
     return dst
 
 
-# Every dump and restore: TCP connections (established, listening, half-closed) are dumped and
-# restored in repair mode; the network lock (nftables, in the pod's namespace) lets no packet
-# of theirs in or out while the pod is frozen, so peers see no reset.
-NET_OPTS = ["--tcp-established", "--network-lock", "nftables"]
+def net_opts(lock: bool = True) -> list[str]:
+    """TCP connections (established, listening, half-closed) are dumped and restored in repair
+    mode; the network lock (nftables, in the pod's namespace) lets no packet of theirs in or out
+    while the pod is frozen, so peers see no reset. Setting the lock up costs ~10 ms inside the
+    frozen window, so a dump without connections to hold skips it (see checkpoint.py)."""
+    return ["--tcp-established", "--network-lock", "nftables" if lock else "skip"]
+
+
+NET_OPTS = net_opts()
 DEFAULT_TIMEOUT = 300.0
 DEFAULT_GHOST_LIMIT = 64 << 20
 
@@ -134,7 +139,7 @@ def _run_bounded(argv: list[str], what: str, own_log: Path, log: Path, env: dict
 
 
 def dump(init_pid: int, images: Path, hook: Path, log: Path, *, leave_stopped: bool,
-         ghost_limit: int = DEFAULT_GHOST_LIMIT) -> float:  # fmt: skip
+         ghost_limit: int = DEFAULT_GHOST_LIMIT, network_lock: bool = True) -> float:  # fmt: skip
     """Dump the tree rooted at init_pid into images; returns the wall time in ms.
 
     CRIU runs inside the pod's mount and network namespaces, so it does not try to dump those
@@ -145,7 +150,7 @@ def dump(init_pid: int, images: Path, hook: Path, log: Path, *, leave_stopped: b
         "nsenter", "-t", str(init_pid), "-m", "-n", "--",
         criu_binary(), "dump", "-t", str(init_pid), "-D", through_host_root(images), "-o", "dump.log",
         "--leave-stopped" if leave_stopped else "--leave-running",
-        "--file-locks", "--action-script", through_host_root(hook), *NET_OPTS, "--ghost-limit", str(ghost_limit),
+        "--file-locks", "--action-script", through_host_root(hook), *net_opts(network_lock), "--ghost-limit", str(ghost_limit),
     ]  # fmt: skip
     attempt = 0
     while True:

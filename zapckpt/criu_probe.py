@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .criu import NET_OPTS, criu_binary
+
 # The probe's workload, run as pid 1 of new pid/mount/net namespaces: it reports its host pid,
 # then exchanges a byte over each socket and counts rounds in a file, forever.
 WORKLOAD = r"""
@@ -42,7 +44,6 @@ while True:
     time.sleep(0.02)
 """
 
-CRIU_NET_OPTS = ["--tcp-established", "--network-lock", "nftables"]
 NOISE = "rlimit: Can't setup RLIMIT_NOFILE"
 
 
@@ -106,7 +107,7 @@ def probe(criu: str, timeout: float = 60.0) -> str:
         t0 = time.perf_counter()
         dump = subprocess.run(
             ["nsenter", "-t", str(pid), "-m", "-n", "--", criu, "dump", "-t", str(pid), "-D", str(images),
-             "-o", "dump.log", *CRIU_NET_OPTS],
+             "-o", "dump.log", *NET_OPTS],
             capture_output=True, timeout=timeout,
         )  # fmt: skip
         dump_ms = (time.perf_counter() - t0) * 1000
@@ -117,7 +118,7 @@ def probe(criu: str, timeout: float = 60.0) -> str:
         restore = subprocess.run(
             ["ip", "netns", "exec", netns, "unshare", "--mount", "--propagation", "private", "--",
              criu, "restore", "-d", "-D", str(images), "-o", "restore.log", "--pidfile", str(work / "rpid"),
-             *CRIU_NET_OPTS],
+             *NET_OPTS],
             capture_output=True, timeout=timeout,
         )  # fmt: skip
         if restore.returncode != 0:
@@ -141,12 +142,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m zapckpt.criu_probe")
     ap.add_argument("--criu", help="the criu binary to probe (default: the one zap would use)")
     args = ap.parse_args()
-    if args.criu:
-        binary = args.criu
-    else:
-        from .criu import criu_binary
-
-        binary = criu_binary()
+    binary = args.criu or criu_binary()
     try:
         print(probe(binary))
         return 0

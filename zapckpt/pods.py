@@ -217,8 +217,9 @@ def run(ctx: Context, name: str, command: list[str], env: dict[str, str], cwd: s
             raise
         with ctx.catalog.session() as s:
             s.add(pod)
-            if pod.ports:
-                podnet.sync_nat(s, ctx.net)
+            if pod.net == "pod":
+                s.flush()
+                podnet.sync_nat(s, ctx.net)  # its published ports, and the outbound NAT
         return pod
 
 

@@ -164,6 +164,26 @@ def outside_files(pids: list[int], inside: list[str]) -> list[dict]:
     return found
 
 
+def has_tcp_connections(pid: int) -> bool:
+    """Whether pid's network namespace holds a TCP socket that is not only listening (one a
+    network lock would have to hold still)."""
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as f:
+                next(f, None)  # the header
+                if any(line.split()[3] != "0A" for line in f):  # 0A: LISTEN
+                    return True
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return False
+
+
+def name_processes(procs: list[dict], most: int = 3) -> str:
+    """ "pid 3 (redis-server *:6379), ..." for a message."""
+    names = [f"pid {p['pid']} ({' '.join(p['cmdline'])[:60] or '?'})" for p in procs]
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def missing_processes(expected: list[dict], init_pid: int | None) -> list[dict]:
     """Of the processes a checkpoint recorded (by pid inside the pod), those not running in
     init_pid's pid namespace now. Short-lived helpers (under a second old at the checkpoint,

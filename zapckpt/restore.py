@@ -70,10 +70,7 @@ def restore_processes(ctx: Context, images: Path, pod: Pod, limit: float | None 
 
 def exited_warning(ck: Checkpoint, init_pid: int) -> list[str]:
     gone = procinfo.missing_processes(ck.processes or [], init_pid)
-    if not gone:
-        return []
-    names = ", ".join(f"pid {p['pid']} ({' '.join(p['cmdline'])[:60]})" for p in gone[:3])
-    return [f"exited right after the restore: {names}" + (f" and {len(gone) - 3} more" if len(gone) > 3 else "")]
+    return [f"exited right after the restore: {procinfo.name_processes(gone)}"] if gone else []
 
 
 def restore(ctx: Context, ref: str, saved_message: str | None = None) -> tuple[Checkpoint, Checkpoint]:

@@ -131,20 +131,19 @@ def ensure(s: Session | None, cfg: NetConfig, pod: Pod) -> None:
         # original's address on loopback, and must never claim it on the bridge.
         proc.run(["nsenter", f"--net={NETNS_DIR / name}", "--", "sysctl", "-q", "-w",
                   "net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"])  # fmt: skip
-    if pod.net != "pod":
-        return
+    if pod.net != "pod" or _link_exists(POD_IFNAME, name):
+        return  # the usual case on restore: one look, nothing to make
     _ensure_bridge(cfg)
     hostif = host_ifname(cfg, pod.name)
-    if not _link_exists(POD_IFNAME, name):
-        if _link_exists(hostif):
-            proc.run(["ip", "link", "del", hostif], check=False)
-        proc.run(["ip", "link", "add", hostif, "type", "veth", "peer", "name", POD_IFNAME, "netns", name])
-        proc.run(["ip", "link", "set", hostif, "master", cfg.bridge, "up"])
-        proc.run(["ip", "-n", name, "addr", "add", f"{pod.address}/{cfg.subnet.prefixlen}", "dev", POD_IFNAME])
-        proc.run(["ip", "-n", name, "link", "set", POD_IFNAME, "up"])
-        proc.run(["ip", "-n", name, "route", "add", "default", "via", str(cfg.gateway)])
+    if _link_exists(hostif):
+        proc.run(["ip", "link", "del", hostif], check=False)
+    proc.run(["ip", "link", "add", hostif, "type", "veth", "peer", "name", POD_IFNAME, "netns", name])
+    proc.run(["ip", "link", "set", hostif, "master", cfg.bridge, "up"])
+    proc.run(["ip", "-n", name, "addr", "add", f"{pod.address}/{cfg.subnet.prefixlen}", "dev", POD_IFNAME])
+    proc.run(["ip", "-n", name, "link", "set", POD_IFNAME, "up"])
+    proc.run(["ip", "-n", name, "route", "add", "default", "via", str(cfg.gateway)])
     if s is not None:
-        sync_nat(s, cfg)
+        sync_nat(s, cfg)  # after a reboot or deinit the table is gone too
 
 
 def add_origin_alias(cfg: NetConfig, pod: Pod, original_address: str) -> None:
