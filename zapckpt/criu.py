@@ -92,8 +92,10 @@ def net_opts(lock: bool = True) -> list[str]:
     """TCP connections (established, listening, half-closed) are dumped and restored in repair
     mode; the network lock (nftables, in the pod's namespace) lets no packet of theirs in or out
     while the pod is frozen, so peers see no reset. Setting the lock up costs ~10 ms inside the
-    frozen window, so a dump without connections to hold skips it (see checkpoint.py)."""
-    return ["--tcp-established", "--network-lock", "nftables" if lock else "skip"]
+    frozen window, so a dump without connections to hold leaves CRIU its default method, which
+    sets nothing up until it meets a connection (see checkpoint.py; `skip` is unknown to CRIU
+    3.x)."""
+    return ["--tcp-established", *(["--network-lock", "nftables"] if lock else [])]
 
 
 NET_OPTS = net_opts()
@@ -146,15 +148,15 @@ def dump(init_pid: int, images: Path, hook: Path, log: Path, *, leave_stopped: b
     (the files are covered by the snapshot instead, and the network namespace outlives the
     processes); pid, ipc and uts namespaces are dumped, and so is every socket.
     """
-    argv = [
-        "nsenter", "-t", str(init_pid), "-m", "-n", "--",
-        criu_binary(), "dump", "-t", str(init_pid), "-D", through_host_root(images), "-o", "dump.log",
-        "--leave-stopped" if leave_stopped else "--leave-running",
-        "--file-locks", "--action-script", through_host_root(hook), *net_opts(network_lock), "--ghost-limit", str(ghost_limit),
-    ]  # fmt: skip
     attempt = 0
     while True:
         attempt += 1
+        argv = [
+            "nsenter", "-t", str(init_pid), "-m", "-n", "--",
+            criu_binary(), "dump", "-t", str(init_pid), "-D", through_host_root(images), "-o", "dump.log",
+            "--leave-stopped" if leave_stopped else "--leave-running", "--file-locks",
+            "--action-script", through_host_root(hook), *net_opts(network_lock), "--ghost-limit", str(ghost_limit),
+        ]  # fmt: skip
         images.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         # Its own session: a Ctrl-C at the terminal must not kill CRIU while its parasite code
@@ -167,7 +169,11 @@ def dump(init_pid: int, images: Path, hook: Path, log: Path, *, leave_stopped: b
         err = CriuError("CRIU refused to dump the pod", log, log_errors(log))
         if not err.lines:
             err = CriuError("CRIU dump failed", None, [proc.CommandError(argv, res.returncode, res.stderr).reason()])
-        if not err.transient or attempt > RETRIES:
+        if not network_lock and any("ptables" in ln for ln in err.lines):
+            # A connection opened between our look and the freeze met CRIU's default lock
+            # (iptables, often absent): dump again with ours.
+            network_lock = True
+        elif not err.transient or attempt > RETRIES:
             raise err
         time.sleep(0.05 * attempt)
 
