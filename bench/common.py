@@ -164,6 +164,22 @@ def fill_volume(path: Path, total_mib: int, file_mib: int = 64, small_files: int
 
 
 # --- pods the parts measure ------------------------------------------------------------
+def pod_program(path: Path) -> Path:
+    """path, where a pod sees it: pods without --rootfs have a /tmp of their own, so a program
+    of a checkout in the host's /tmp is run from a copy under /run (removed at exit)."""
+    if not str(path).startswith("/tmp/"):
+        return path
+    import atexit
+
+    copies = Path(f"/run/zapbench-{os.getpid()}")
+    if not copies.exists():
+        copies.mkdir(mode=0o755)
+        atexit.register(shutil.rmtree, copies, True)
+    copy = copies / path.name
+    shutil.copyfile(path, copy)
+    return copy
+
+
 MEMHOG = ROOT / "tests" / "workloads" / "memhog.py"
 
 
@@ -173,7 +189,7 @@ def size_name(mib: int) -> str:
 
 def start_memhog(home: Path, name: str, mib: int, net: str = "pod") -> int:
     zap(home, "run", name, "--net", net, "--env", f"MEMHOG_MIB={mib}", "--env", "MEMHOG_QUIET=1", "--", "python3",
-        str(MEMHOG))  # fmt: skip
+        str(pod_program(MEMHOG)))  # fmt: skip
     log = home / "pool" / "pods" / name / ".zap" / "console.log"
     wait_for(lambda: log.exists() and "holding" in log.read_text(), what=f"{name} to fill its memory")
     return pod_info(home, name)["pid"]

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from common import figure, wait_for, write_part, zap_env  # noqa: E402
+from common import figure, pod_program, wait_for, write_part, zap_env  # noqa: E402
 
 CHURN = ROOT / "tests" / "workloads" / "churn.py"
 
@@ -53,7 +53,7 @@ def main() -> int:
     store = ChunkStore(home / "store")
     rows = []
     try:
-        pods.run(ctx, "churn", ["python3", str(CHURN)], {"CHURN_MIB": str(args.mib), "CHURN_PCT": str(args.pct)}, None)
+        pods.run(ctx, "churn", ["python3", str(pod_program(CHURN))], {"CHURN_MIB": str(args.mib), "CHURN_PCT": str(args.pct)}, None)
         marks = home / "pool" / "pods" / "churn" / "churned.txt"
         wait = lambda n: wait_for(lambda: marks.exists() and len(marks.read_text().split()) >= n,  # noqa: E731
                                   what=f"the workload's churn round {n}")

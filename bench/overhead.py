@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, figure, pod_info, state_dir, wait_for, write_part, zap, zap_env  # noqa: E402
+from common import ROOT, figure, pod_info, pod_program, state_dir, wait_for, write_part, zap, zap_env  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 WORKLOAD = ROOT / "bench" / "workloads" / "cpumem.py"
@@ -71,7 +71,7 @@ def main() -> int:
     args = ap.parse_args()
     figures, curve = [], []
     with state_dir("8G") as home:
-        zap(home, "run", "work", "--env", f"WORK_MIB={args.work_mib}", "--", "python3", str(WORKLOAD))
+        zap(home, "run", "work", "--env", f"WORK_MIB={args.work_mib}", "--", "python3", str(pod_program(WORKLOAD)))
         volume = Path(pod_info(home, "work")["volume"])
         wait_for(lambda: (volume / "progress").exists() and progress(volume)[1] > 0, what="the workload to start")
         time.sleep(2)

@@ -49,6 +49,9 @@ class Pod(Base):
     ports: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
     # Declared host directories: [{"host", "pod"}]; shared with the host, never rolled back.
     volumes: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
+    # A pod without --rootfs sees `.zap/tmp` of its volume as /tmp (rolled back with it) instead
+    # of the host's; False for pods made before that existed (their checkpoints expect the host's).
+    private_tmp: Mapped[bool] = mapped_column(default=False, server_default="0")
     # The --stop checkpoint whose CRIU network lock still holds the pod's external connections
     # (restoring exactly that checkpoint brings them back; anything else releases them).
     net_locked_by: Mapped[Optional[str]] = mapped_column(String(12))

@@ -16,7 +16,10 @@ for p in demo demo-fork web-old web; do "$ZAP" rm --force "$p" >/dev/null 2>&1 |
 
 run "$ZAP" doctor
 run "$ZAP" init
-run "$ZAP" run demo --env COUNTER_INTERVAL=0.01 -- python3 "$WORKLOAD"
+# The program goes into the pod's volume, so it is rolled back and branched with its data.
+run "$ZAP" create demo --env COUNTER_INTERVAL=0.01 -- python3 counter.py
+run cp "$WORKLOAD" "$($ZAP show demo --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["volume"])')/"
+run "$ZAP" start demo
 sleep 1
 echo "counter file now ends at: $(last demo)"
 run "$ZAP" checkpoint demo -m "known good"

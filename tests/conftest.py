@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = Path(__file__).resolve().parent / "workloads"
+# Pods without --rootfs have a /tmp of their own, and this checkout may live in the host's /tmp
+# (CI clones there): the programs the pods run are copied for the session to where pods see them.
+WORKLOADS = Path(f"/run/zaptest-{os.getpid()}") / "workloads"
 COUNTER = WORKLOADS / "counter.py"
 
 
@@ -34,6 +36,11 @@ def pytest_sessionstart(session):
         problems.append("btrfs-progs is missing (make install)")
     if problems:
         pytest.exit("; ".join(problems), returncode=3)
+    shutil.copytree(Path(__file__).resolve().parent / "workloads", WORKLOADS)
+
+
+def pytest_sessionfinish(session):
+    shutil.rmtree(WORKLOADS.parent, ignore_errors=True)
 
 
 class Zap:
@@ -143,6 +150,15 @@ def _leftovers(home: Path) -> list[str]:
         if str(home).encode() in cmd and st not in (None, "Z"):
             found.append(f"process {pid}: {cmd[:120]!r}")
     return found
+
+
+@pytest.fixture
+def host_dir():
+    """A host directory pods see as the host's (tmp_path is under /tmp, which pods without
+    --rootfs do not see): removed after the test."""
+    d = Path(tempfile.mkdtemp(prefix="host-", dir=WORKLOADS.parent))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -42,15 +42,13 @@ def test_read_dump_stats(tmp_path):
 
 
 def test_pagemap_runs_cover_pages_file_of_a_real_dump(zap, tmp_path):
-    from pathlib import Path
-
-    from conftest import wait_for
+    from conftest import WORKLOADS, wait_for
     from catalog import queries
     from zapckpt import images as image_sets
     from zapckpt.context import Context
     from zapckpt.state import StateDir
 
-    memhog = Path(__file__).parent / "workloads" / "memhog.py"
+    memhog = WORKLOADS / "memhog.py"
     zap("run", "hog", "--env", "MEMHOG_MIB=8", "--", "python3", str(memhog))
     wait_for(lambda: "holding" in zap("logs", "hog").stdout, what="memhog")
     zap("checkpoint", "hog")

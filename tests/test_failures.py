@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_continuous, counter_values, proc_state, wait_for
+from conftest import WORKLOADS, assert_continuous, counter_values, proc_state, wait_for
 
 
 def _assert_running_and_counting(zap, name):
@@ -76,10 +76,10 @@ def test_checkpoint_of_stopped_pod_is_refused(zap):
 
 
 @pytest.fixture
-def unix_listener(tmp_path):
+def unix_listener(host_dir):
     """A unix socket server on the host, outside any pod: a pod connected to it holds a socket
     whose other end CRIU cannot dump (it is not in the pod)."""
-    path = tmp_path / "host.sock"
+    path = host_dir / "host.sock"
     srv = socket.socket(socket.AF_UNIX)
     srv.bind(str(path))
     srv.listen(8)
@@ -200,7 +200,7 @@ def test_pool_full(zap):
 
 
 def test_interrupted_checkpoint_leaves_nothing_half_done(zap):
-    memhog = Path(__file__).parent / "workloads" / "memhog.py"
+    memhog = WORKLOADS / "memhog.py"
     zap("run", "big", "--env", "MEMHOG_MIB=128", "--", "python3", str(memhog))
     wait_for(lambda: "holding" in zap("logs", "big").stdout, what="memhog to fill its memory")
     for delay in (0.7, 1.0, 1.3):

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
@@ -324,6 +326,54 @@ def test_shm_is_private_and_rolled_back(zap):
     assert int.from_bytes((Path(zap.volume("shm-b")) / ".zap/shm/zapseg").read_bytes()[:8], "little") == frozen_b
 
 
+def test_tmp_is_private_and_rolled_back(zap, tmp_path):
+    """A pod without --rootfs has a /tmp of its own (`.zap/tmp` in its volume): the host's is not
+    seen, files there are in the checkpoint, rolled back, not shared with a branch, and not
+    reported as outside files. The state directory here is under the host's /tmp itself, and
+    a declared volume can still be placed under the private /tmp."""
+    sentinel = Path(tempfile.mkdtemp(prefix="zaptest-host-", dir="/tmp"))
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "in.txt").write_text("shared")
+    try:
+        script = ("import os, time\n"
+                  "f = open('/tmp/count.txt', 'a')\n"
+                  "i = 0\n"
+                  "while True:\n"
+                  "    i += 1; f.write('%d\\n' % i); f.flush(); time.sleep(0.01)\n")  # fmt: skip
+        zap("run", "t", "-v", f"{shared}:/tmp/data", "--", "python3", "-c", script)
+        assert zap.pod("t")["private_tmp"] is True
+        vol = zap.volume("t")
+        mine = vol / ".zap/tmp/count.txt"
+        wait_for(lambda: len(values(vol / ".zap/tmp", "count.txt")) > 5, what="the pod's /tmp file")
+        assert not Path("/tmp/count.txt").exists()  # not the host's
+        assert zap("exec", "t", "--", "test", "-e", str(sentinel), check=False).returncode == 1
+        assert zap("exec", "t", "--", "cat", "/tmp/data/in.txt").stdout == "shared"
+        rec = zap.json("checkpoint", "t")
+        assert rec["outside_files"] == []
+        at = len(values(Path(zap.json("show", "t@1")["snapshot"]["path"]) / ".zap/tmp", "count.txt"))
+        assert at > 5
+        time.sleep(0.5)
+        zap("restore", "t@1")
+        # the restored process goes on appending to its own /tmp file from where it was
+        vals = wait_for(lambda: (v := values(vol / ".zap/tmp", "count.txt")) and len(v) > at + 10 and v,
+                        what="the restored pod to count")  # fmt: skip
+        assert_consecutive(vals)
+        zap("branch", "t@1", "t-b")
+        bvol = zap.volume("t-b")
+        wait_for(lambda: len(values(bvol / ".zap/tmp", "count.txt")) > at + 10, what="the branch to count")
+        zap("stop", "t-b")
+        n_b = len(values(bvol / ".zap/tmp", "count.txt"))
+        n = len(values(vol / ".zap/tmp", "count.txt"))
+        wait_for(lambda: len(values(vol / ".zap/tmp", "count.txt")) > n + 10, what="the original to count")
+        assert len(values(bvol / ".zap/tmp", "count.txt")) == n_b  # separate files
+        assert mine.exists() and not Path("/tmp/count.txt").exists()
+        # -v DIR:/tmp would share a /tmp on purpose, but this state directory is in /tmp
+        assert "hide the pod's own files" in zap.fails("run", "h", "-v", f"{shared}:/tmp", "--", "true", code=2)
+    finally:
+        shutil.rmtree(sentinel)
+
+
 def test_pty_program_survives_branch(zap):
     """A process talking to a child over a pseudo-terminal: the pod's /dev/pts is its own
     instance, so a branch gets the same pty numbers back while the original keeps its own."""
@@ -362,8 +412,8 @@ def test_exec_detached_daemon_is_checkpointable(zap):
     zap.fails("exec", "-d", "d", code=2)
 
 
-def test_outside_file_warning_strict_and_declared_volume(zap, tmp_path):
-    outside = tmp_path / "outside.txt"
+def test_outside_file_warning_strict_and_declared_volume(zap, tmp_path, host_dir):
+    outside = host_dir / "outside.txt"
     outside.write_text("x")
     shared = tmp_path / "shared"
     shared.mkdir()

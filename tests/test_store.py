@@ -6,9 +6,9 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-from conftest import counter_values, proc_state, wait_for
+from conftest import WORKLOADS, counter_values, proc_state, wait_for
 
-MEMHOG = Path(__file__).parent / "workloads" / "memhog.py"
+MEMHOG = WORKLOADS / "memhog.py"
 
 
 def _hog(zap, name, mib=16):

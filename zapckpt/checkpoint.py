@@ -96,7 +96,8 @@ def take(
     # Before the freeze: what runs, and dirty data written back so the snapshot has little to do.
     pids = procinfo.pids_in_pidns(pod.init_pid)
     processes = [d for p in pids if (d := procinfo.describe(p))]
-    outside = procinfo.outside_files(pids, [pod.mount_path, *(v["pod"] for v in pod.volumes or [])])
+    inside = [pod.mount_path, *(v["pod"] for v in pod.volumes or []), *(["/tmp"] if pod.private_tmp else [])]
+    outside = procinfo.outside_files(pids, inside)
     if outside and strict:
         raise ZapError(f"pod {pod.name!r} holds files open outside its volume, which the checkpoint would not "
                        f"contain: {_name_files(outside)} (--strict; declare them with --volume or drop --strict)")

@@ -37,7 +37,7 @@ def main() -> None:
         for mp in views:
             subprocess.run(["umount", "--lazy", mp.encode().decode("unicode_escape")], check=False)
         setup_pod_mounts(spec["volume"], spec["mount_path"], bool(spec.get("rootfs")), spec.get("volumes", []),
-                         chroot=True, state_root=spec["state_root"])  # fmt: skip
+                         chroot=True, state_root=spec["state_root"], private_tmp=spec.get("private_tmp", False))  # fmt: skip
         os.chdir(spec["cwd"])
         null = os.open("/dev/null", os.O_RDONLY)
         log = os.open(spec["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640)

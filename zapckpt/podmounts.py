@@ -11,6 +11,9 @@ in the new namespace), so restored processes find every file where they left it.
   the original or a branch.
 - /dev/pts is a new devpts instance (ptys numbered from 0 in every pod, so a branch gets the
   same pty numbers as its original).
+- /tmp is private for a volume pod made since it existed (`private_tmp`): `.zap/tmp` inside its
+  volume, rolled back with it, never the host's. A pod path that lives under /tmp (a state
+  directory there) gets a mount point inside that private /tmp.
 - Declared `--volume HOSTDIR:PODDIR` binds: shared with the host, never rolled back.
 
 Nothing here follows a symlink the pod placed: paths inside the volume are opened with
@@ -28,6 +31,7 @@ import sys
 MS_BIND = 4096
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 SHM_DIR = ".zap/shm"
+TMP_DIR = ".zap/tmp"
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
@@ -39,19 +43,34 @@ def _mount(source: str, target: str, fstype: str | None, flags: int, data: str |
         raise OSError(err, f"mount {source} on {target}: {os.strerror(err)}")
 
 
-def _private_dir(root_fd: int, rel: str, mode: int) -> int:
-    """An O_PATH descriptor of directory `rel` under root_fd, made if missing, never a symlink."""
-    fd = os.dup(root_fd)
-    for part in rel.split("/"):
+def _walk_dirs(base_fd: int, rel: str, mode: int = 0o755) -> int:
+    """An O_PATH descriptor of directory `rel` under base_fd, each missing part made, none
+    followed if it is a symlink (the pod controls everything below its volume)."""
+    fd = os.dup(base_fd)
+    for part in [p for p in rel.split("/") if p]:
         try:
             os.mkdir(part, mode, dir_fd=fd)
         except FileExistsError:
             pass
-        nxt = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-        os.close(fd)
+        try:
+            nxt = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+        finally:
+            os.close(fd)
         fd = nxt
+    return fd
+
+
+def _private_dir(root_fd: int, rel: str, mode: int) -> int:
+    """_walk_dirs, the last directory given `mode`."""
+    fd = _walk_dirs(root_fd, rel, mode)
     os.chmod(f"/proc/self/fd/{fd}", mode)
     return fd
+
+
+def _under(path: str, top: str) -> str | None:
+    """path relative to directory top, or None if it is not below it."""
+    top = top.rstrip("/") + "/"
+    return path[len(top):] if (path + "/").startswith(top) else None
 
 
 def _bind_fd(fd: int, target: str) -> None:
@@ -108,18 +127,39 @@ def _redirect_socket_dirs(dirs: list[tuple[int, str]]) -> None:
 
 
 def setup_pod_mounts(volume: str, mount_path: str, system: bool, volumes: list[dict], chroot: bool,
-                     state_root: str, socket_dirs: list[str] = ()) -> None:  # fmt: skip
+                     state_root: str, socket_dirs: list[str] = (), private_tmp: bool = False) -> None:  # fmt: skip
     """Make the pod's mounts in the current (new, private) mount namespace. chroot: enter a
     system pod's root afterwards (podinit); a restore leaves that to CRIU."""
     # Declared host directories and the volume are opened before anything is hidden or any
     # path of the pod's is looked at.
     host_fds = [(os.open(v["host"], os.O_PATH | os.O_DIRECTORY), v["pod"]) for v in volumes]
     volume_fd = os.open(volume, os.O_PATH | os.O_DIRECTORY)
+    tmp_fd = -1
     try:
-        _hide_state_dir(state_root, mount_path, volume_fd)
+        if private_tmp and not system:
+            shared_tmp = _private_dir(volume_fd, TMP_DIR, 0o1777)
+            try:
+                _bind_fd(shared_tmp, "/tmp")
+            finally:
+                os.close(shared_tmp)
+            # Mount points below are made through the new mount, not the volume's own: a
+            # mount sits on a (mount, directory) pair.
+            tmp_fd = os.open("/tmp", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+        if tmp_fd >= 0 and (rel := _under(mount_path, "/tmp")) is not None:
+            # The state directory is under the host's /tmp, hidden now with all the rest of it.
+            mount_point = _walk_dirs(tmp_fd, rel)
+            try:
+                _bind_fd(volume_fd, f"/proc/self/fd/{mount_point}")
+            finally:
+                os.close(mount_point)
+        else:
+            _hide_state_dir(state_root, mount_path, volume_fd)
+        root_fd = os.open(mount_path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+        if os.fstat(root_fd)[1:3] != os.fstat(volume_fd)[1:3]:  # (st_ino, st_dev)
+            os.close(root_fd)
+            raise OSError(f"{mount_path} is not the pod's volume after mounting it")
     finally:
         os.close(volume_fd)
-    root_fd = os.open(mount_path, os.O_PATH | os.O_DIRECTORY)
     try:
         if system:
             cwd = os.open(".", os.O_PATH | os.O_DIRECTORY)
@@ -157,10 +197,22 @@ def setup_pod_mounts(volume: str, mount_path: str, system: bool, volumes: list[d
             os.close(shm)
         _new_devpts()
         for fd, inside in host_fds:
-            os.makedirs(inside, exist_ok=True)
-            _bind_fd(fd, inside)
+            # Below the pod's own path or its private /tmp, the mount point is the pod's to
+            # shape: made without following its symlinks. Elsewhere it is an existing host directory.
+            if (rel := _under(inside, mount_path)) is not None:
+                target = _walk_dirs(root_fd, rel)
+            elif tmp_fd >= 0 and (rel := _under(inside, "/tmp")) is not None:
+                target = _walk_dirs(tmp_fd, rel)
+            else:
+                target = os.open(inside, os.O_PATH | os.O_DIRECTORY)
+            try:
+                _bind_fd(fd, f"/proc/self/fd/{target}")
+            finally:
+                os.close(target)
     finally:
         os.close(root_fd)
+        if tmp_fd >= 0:
+            os.close(tmp_fd)
         for fd, _ in host_fds:
             os.close(fd)
 
@@ -169,7 +221,8 @@ def main() -> None:
     """python -m zapckpt.podmounts SPEC_JSON -- CMD...: make the mounts, then exec CMD."""
     spec = json.loads(sys.argv[1])
     setup_pod_mounts(spec["volume"], spec["mount_path"], spec["system"], spec["volumes"], chroot=False,
-                     state_root=spec["state_root"], socket_dirs=spec.get("socket_dirs", []))  # fmt: skip
+                     state_root=spec["state_root"], socket_dirs=spec.get("socket_dirs", []),
+                     private_tmp=spec.get("private_tmp", False))  # fmt: skip
     cmd = sys.argv[sys.argv.index("--") + 1 :]
     os.execvp(cmd[0], cmd)
 

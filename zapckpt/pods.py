@@ -81,6 +81,7 @@ def start_processes(pod: Pod, netns: str | None, state_root: Path) -> tuple[int,
         "rootfs": bool(pod.rootfs),
         "hostname": pod.name,
         "volumes": pod.volumes or [],
+        "private_tmp": pod.private_tmp,
         "state_root": str(state_root),
     }
     (Path(pod.volume) / LOG_DIR).mkdir(exist_ok=True)
@@ -166,12 +167,19 @@ def run(ctx: Context, name: str, command: list[str], env: dict[str, str], cwd: s
         raise UsageError(f"unknown --net {net!r} (pod, none or host)")
     if ports and net != "pod":
         raise UsageError("--publish needs --net pod (the pod's own address to forward to)")
+    # `-v DIR:/tmp` shares a /tmp on purpose; otherwise a volume pod's /tmp is its own.
+    private_tmp = not rootfs and not any(v["pod"] == "/tmp" for v in volumes or [])
     for v in volumes or []:
-        # A volume pod sees the host's tree: mount points are made only inside its own path.
-        inside_own = (v["pod"] + "/").startswith(str(ctx.state.mount_path(name)) + "/")
+        if (str(ctx.state.mount_path(name)) + "/").startswith(v["pod"].rstrip("/") + "/"):
+            raise UsageError(f"--volume {v['host']}:{v['pod']}: it would hide the pod's own files at "
+                             f"{ctx.state.mount_path(name)}")  # fmt: skip
+        # A volume pod sees the host's tree: mount points are made only inside its own path
+        # (and its private /tmp).
+        own = [str(ctx.state.mount_path(name)), *(["/tmp"] if private_tmp else [])]
+        inside_own = any((v["pod"] + "/").startswith(top + "/") for top in own)
         if not rootfs and not inside_own and not os.path.isdir(v["pod"]):
-            raise UsageError(f"--volume {v['host']}:{v['pod']}: {v['pod']} does not exist (a pod without "
-                             f"--rootfs shares the host's tree: use an existing directory or one under {ctx.state.mount_path(name)})")
+            raise UsageError(f"--volume {v['host']}:{v['pod']}: {v['pod']} does not exist (a pod without --rootfs "
+                             f"shares the host's tree: use an existing directory, one under /tmp or under {ctx.state.mount_path(name)})")
     if rootfs:
         from . import rootfs as roots
 
@@ -193,6 +201,7 @@ def run(ctx: Context, name: str, command: list[str], env: dict[str, str], cwd: s
             name=name, volume=str(volume), mount_path=str(mount_path), command=command, env=env,
             cwd=_resolve_cwd(seen_from, cwd), desired_state="running" if start else "stopped", rootfs=rootfs,
             net=net, ports=ports or [], volumes=volumes or [],
+            private_tmp=private_tmp,
         )  # fmt: skip
         try:
             if net == "pod":

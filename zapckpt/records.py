@@ -82,6 +82,7 @@ def pod_record(pod: Pod, n_checkpoints: int) -> dict:
         "address": pod.address,
         "ports": [dict(p) for p in pod.ports or []],
         "volumes": [dict(v) for v in pod.volumes or []],
+        "private_tmp": pod.private_tmp,
         "origin": _ref(pod.origin),
         "head": _ref(pod.head),
         "checkpoints": n_checkpoints,

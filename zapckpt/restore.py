@@ -56,7 +56,8 @@ def restore_processes(ctx: Context, images: Path, pod: Pod, limit: float | None 
     (its volume at the pod's path, private /dev/shm and /dev/pts, declared volumes)."""
     os.makedirs(pod.mount_path, exist_ok=True)
     mounts = {"volume": pod.volume, "mount_path": pod.mount_path, "system": bool(pod.rootfs),
-              "volumes": pod.volumes or [], "state_root": str(ctx.state.root), "socket_dirs": []}  # fmt: skip
+              "volumes": pod.volumes or [], "private_tmp": pod.private_tmp, "state_root": str(ctx.state.root),
+              "socket_dirs": []}  # fmt: skip
     if pod.rootfs:
         # CRIU binds a system pod's unix sockets at the names the daemons gave, from the host's
         # root: their directories are redirected into the pod's root for the restore.
@@ -165,7 +166,7 @@ def branch(ctx: Context, ref: str, new_name: str, start: bool = True, ports: lis
             pod = Pod(
                 name=new_name, volume=str(volume), mount_path=src.mount_path, command=src.command,
                 env=src.env, cwd=src.cwd, rootfs=src.rootfs, desired_state="stopped", origin_checkpoint_id=ck.id,
-                head_checkpoint_id=ck.id, net=src.net, ports=ports or [], volumes=src.volumes or [],
+                head_checkpoint_id=ck.id, net=src.net, ports=ports or [], volumes=src.volumes or [], private_tmp=src.private_tmp,
             )  # fmt: skip
             if src.net == "pod":
                 check_ports_free(s, new_name, pod.ports)

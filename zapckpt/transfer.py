@@ -54,7 +54,7 @@ def export(ctx: Context, ref: str, dest: str) -> Path:
         meta = {
             "format": FORMAT, "version": VERSION, "checkpoint": checkpoint_record(ck),
             "pod": {"name": pod.name, "mount_path": pod.mount_path, "command": pod.command, "env": pod.env,
-                    "cwd": pod.cwd, "rootfs": pod.rootfs, "net": pod.net},
+                    "cwd": pod.cwd, "rootfs": pod.rootfs, "net": pod.net, "private_tmp": pod.private_tmp},
         }  # fmt: skip
         ctx.pool  # snapshots must be mounted
         if not Path(ck.snapshot_path).is_dir():
@@ -182,6 +182,7 @@ def import_(ctx: Context, file: str, name: str | None) -> Checkpoint:
                 net = p.get("net") if p.get("net") in podnet.MODES else "host"
                 pod = Pod(name=new_name, volume=str(volume), mount_path=p["mount_path"], command=p["command"],
                           env=p["env"], cwd=p["cwd"], rootfs=p.get("rootfs"), desired_state="stopped", net=net,
+                          private_tmp=p.get("private_tmp") is True,
                           address=podnet.allocate_address(s, ctx.net) if net == "pod" else None)  # fmt: skip
                 s.add(pod)
                 s.flush()

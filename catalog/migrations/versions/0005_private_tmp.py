@@ -1,0 +1,26 @@
+"""pods with a private /tmp
+
+pods.private_tmp: the pod (one without --rootfs) sees its own /tmp, `.zap/tmp` inside its
+volume, instead of the host's. Pods made before this revision keep the host's /tmp, so their
+checkpoints (whose processes may hold files there) still restore.
+
+Revision ID: 0005
+Revises: 0004
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0005"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("pods") as batch:
+        batch.add_column(sa.Column("private_tmp", sa.Boolean(), nullable=False, server_default=sa.false()))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("pods") as batch:
+        batch.drop_column("private_tmp")
