@@ -17,8 +17,9 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("pods") as batch:
-        batch.add_column(sa.Column("private_tmp", sa.Boolean(), nullable=False, server_default=sa.false()))
+    # A plain ALTER TABLE ADD COLUMN: a batch copy of `pods` would drop the table, and with
+    # foreign keys on, SQLite would delete the pods' checkpoints with it.
+    op.add_column("pods", sa.Column("private_tmp", sa.Boolean(), nullable=False, server_default=sa.text("0")))
 
 
 def downgrade() -> None:
