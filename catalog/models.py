@@ -160,3 +160,20 @@ class ImageFile(Base):
     raw_bytes: Mapped[int] = mapped_column(Integer)
     # zstd-compressed array of little-endian int64 chunk ids, in file order.
     chunk_ids: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Intent(Base):
+    """An operation in progress (checkpoint, restore, branch, import): written and committed
+    before its first change to the pool, the store or the processes, removed after its last.
+    A row whose owner process is gone is an interrupted operation that recovery finishes or
+    undoes from `data` (what it made or was about to make)."""
+
+    __tablename__ = "intents"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    op: Mapped[str] = mapped_column(String(16))
+    pod: Mapped[str] = mapped_column(String(63))
+    # The zap process doing it: (pid, start time in clock ticks), so a reused pid is not it.
+    owner_pid: Mapped[int] = mapped_column(Integer)
+    owner_start: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -98,14 +98,14 @@ def resolve_ref(s: Session, ref: str) -> Checkpoint:
             if ck is None:
                 raise NotFound(f"pod {name!r} has no checkpoints yet")
             return ck
-        if not what.isdigit():
+        if not (what.isascii() and what.isdigit() and len(what) <= 9):
             raise UsageError(f"bad checkpoint reference {ref!r}: expected NAME@N or NAME@latest")
         ck = s.scalars(q.where(Checkpoint.seq == int(what))).one_or_none()
         if ck is None:
             raise NotFound(f"no checkpoint {ref} (see `zap list {name}`)")
         return ck
     ref_l = ref.lower()
-    if len(ref_l) < 4 or not all(c in "0123456789abcdef" for c in ref_l):
+    if not 4 <= len(ref_l) <= 32 or not all(c in "0123456789abcdef" for c in ref_l):
         raise UsageError(f"bad checkpoint reference {ref!r}: expected NAME@N, NAME@latest or an id")
     found = list(s.scalars(select(Checkpoint).where(Checkpoint.id.startswith(ref_l)).limit(2)))
     if not found:

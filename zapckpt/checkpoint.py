@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import signal
 import time
 import uuid
@@ -17,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from catalog import Checkpoint, Pod, queries
 
-from . import criu, procinfo, settings
+from . import criu, intents, procinfo, settings, staging
 from .criu_images import dump_run_id, read_dump_stats
 from . import images as image_sets
 from .context import Context
@@ -35,7 +34,7 @@ echo "$t0 $EPOCHREALTIME" >{times}
 """
 
 
-def _new_id() -> str:
+def new_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
@@ -43,8 +42,9 @@ def _write_hook(path: Path, argv: list[str], err: Path, times: Path) -> None:
     # The hook runs in the pod's mount namespace (where /dev/shm is the pod's): our files are
     # reached through the host's root.
     err_at, times_at = criu.through_host_root(err), criu.through_host_root(times)
-    path.write_text(HOOK.format(snapshot=shlex.join(argv), err=shlex.quote(err_at), times=shlex.quote(times_at)))
-    path.chmod(0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o700)
+    with open(fd, "w") as f:
+        f.write(HOOK.format(snapshot=shlex.join(argv), err=shlex.quote(err_at), times=shlex.quote(times_at)))
 
 
 def _hook_ms(times: Path) -> float | None:
@@ -74,6 +74,7 @@ def record(s: Session, pod: Pod, ck_id: str, message: str, kind: str, backend: s
 def take(
     ctx: Context, s: Session, pod: Pod, message: str, *, stop: bool = False, kind: str = "manual",
     ghost_limit: int | None = None, release_connections: bool = False, strict: bool = False,
+    ck_id: str | None = None,
 ) -> Checkpoint:
     """Checkpoint a running pod and commit it. The caller holds the pod's lock.
 
@@ -86,11 +87,9 @@ def take(
         raise UsageError(f"pod {pod.name!r} is not running ({live_state(pod)}): nothing to checkpoint")
     pool = ctx.pool
     backend = pool.backend
-    ck_id = _new_id()
+    ck_id = ck_id or new_id()
     volume = Path(pod.volume)
     snap = pool.snapshots / ck_id
-    stage = ctx.state.staging / ck_id
-    images = stage / "images"
     backend.check_snapshot(volume, snap)
 
     # Before the freeze: what runs, and dirty data written back so the snapshot has little to do.
@@ -106,13 +105,51 @@ def take(
     # dumped, at worst a packet is retransmitted), always when the pod stops (its closing
     # sockets must send nothing), and always in the host's namespace (not ours to judge).
     network_lock = stop or pod.net == "host" or procinfo.has_tcp_connections(pod.init_pid)
+    with staging.stage(ctx.state, f"dump-{ck_id}") as stage, intents.recorded(
+        ctx, "checkpoint", pod.name, session=s, ck_id=ck_id, snapshot=str(snap), stage=str(stage), stop=stop,
+        release=release_connections,
+    ):  # fmt: skip
+        ck = _dump_and_commit(ctx, s, pod, ck_id, snap, stage, message, kind, stop, ghost_limit, network_lock,
+                              processes, t_start)  # fmt: skip
+        intents.fault_point("checkpoint:committed")
+        if stop:
+            if release_connections:
+                # Reset the outside connections while their sockets still exist (tasks stopped).
+                podnet.release_locks(ctx.net, pod, ck.criu_run_id)
+                podnet.abort_external(ctx.net, pod)
+            procinfo.kill_pod_tree(pod.init_pid)
+            pod.desired_state = "stopped"
+            pod.net_locked_by = None if release_connections else ck.id
+            s.commit()
+    # Reported, never hidden: what the checkpoint cannot vouch for.
+    ck.outside_files = outside
+    ck.warnings = []
+    if outside:
+        ck.warnings.append(f"files open outside the pod's volume are not in the checkpoint and will not be "
+                           f"rolled back: {_name_files(outside)}")
+    if pod.volumes:
+        shared = ", ".join(f"{v['host']} (at {v['pod']})" for v in pod.volumes)
+        ck.warnings.append(f"not rolled back: the declared volumes {shared} are the host's, not in the checkpoint")
+    if not stop and (gone := procinfo.missing_processes(processes, pod.init_pid)):
+        ck.warnings.append(f"exited right after the checkpoint: {procinfo.name_processes(gone)}")
+    return ck
+
+
+def _dump_and_commit(ctx: Context, s: Session, pod: Pod, ck_id: str, snap: Path, stage: Path, message: str,
+                     kind: str, stop: bool, ghost_limit: int | None, network_lock: bool, processes: list[dict],
+                     t_start: float) -> Checkpoint:  # fmt: skip
+    """The dump with the snapshot in its frozen window, then the commit; on failure nothing of
+    it is left and the pod runs on."""
+    backend = ctx.pool.backend
+    volume = Path(pod.volume)
+    images = stage / "images"
     backend.flush(volume)
-    stage.mkdir(parents=True, exist_ok=True)
     hook, hook_err, hook_times = stage / "hook.sh", stage / "hook.err", stage / "hook.times"
     # The hook runs in the pod's mount namespace, where the state directory is hidden: every
     # path it names is reached through our (the host's) root.
-    _write_hook(hook, backend.snapshot_argv(volume, snap, host_pid=os.getpid()), hook_err, hook_times)
+    _write_hook(hook, backend.snapshot_argv(volume, snap, host_pid=criu.host_root_pid()), hook_err, hook_times)
 
+    intents.fault_point("checkpoint:before-dump")
     stopped = False
     try:
         try:
@@ -127,6 +164,7 @@ def take(
                                f" (pod resumed; full log: {e.log})") from None
             raise
         stopped = stop
+        intents.fault_point("checkpoint:dumped")
         # After the thaw.
         stats = read_dump_stats(images)
         run_id = dump_run_id(images)
@@ -135,6 +173,7 @@ def take(
         store = image_sets.store(ctx)
         with store.lock():
             pending = store.ingest(s, images)
+            intents.fault_point("checkpoint:ingested")
             try:
                 ck = record(
                     s, pod, ck_id, message, kind, backend.name, info, image_format="cas",
@@ -154,28 +193,6 @@ def take(
             # The dump left the tasks stopped for us to end; the checkpoint failed, so resume them.
             procinfo.signal_all(procinfo.pids_in_pidns(pod.init_pid), signal.SIGCONT)
         raise
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    # Reported, never hidden: what the checkpoint cannot vouch for.
-    ck.outside_files = outside
-    ck.warnings = []
-    if outside:
-        ck.warnings.append(f"files open outside the pod's volume are not in the checkpoint and will not be "
-                           f"rolled back: {_name_files(outside)}")
-    if pod.volumes:
-        shared = ", ".join(f"{v['host']} (at {v['pod']})" for v in pod.volumes)
-        ck.warnings.append(f"not rolled back: the declared volumes {shared} are the host's, not in the checkpoint")
-    if not stop and (gone := procinfo.missing_processes(processes, pod.init_pid)):
-        ck.warnings.append(f"exited right after the checkpoint: {procinfo.name_processes(gone)}")
-    if stop:
-        if release_connections:
-            # Reset the outside connections while their sockets still exist (tasks stopped).
-            podnet.release_locks(ctx.net, pod, run_id)
-            podnet.abort_external(ctx.net, pod)
-        procinfo.kill_pod_tree(pod.init_pid)
-        pod.desired_state = "stopped"
-        pod.net_locked_by = None if release_connections else ck.id
-        s.commit()
     return ck
 
 
@@ -184,10 +201,11 @@ def _name_files(files: list[dict], most: int = 3) -> str:
     return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
-def snapshot_only(ctx: Context, s: Session, pod: Pod, message: str, kind: str = "auto") -> Checkpoint:
+def snapshot_only(ctx: Context, s: Session, pod: Pod, message: str, kind: str = "auto",
+                  ck_id: str | None = None) -> Checkpoint:  # fmt: skip
     """A files-only checkpoint of a pod that is not running (nothing to dump)."""
     pool = ctx.pool
-    ck_id = _new_id()
+    ck_id = ck_id or new_id()
     snap = pool.snapshots / ck_id
     t0 = time.perf_counter()
     info = pool.backend.snapshot(Path(pod.volume), snap)

@@ -297,7 +297,7 @@ class ChunkStore:
 
     def materialize(self, s: Session, checkpoint_id: str, target: Path) -> int:
         """Reassemble the image set into target (tmpfs); zstd checksums catch damaged chunks."""
-        target.mkdir(parents=True, exist_ok=True)
+        target.mkdir(mode=0o700, parents=True, exist_ok=True)
         files = [(n, raw, _unpack_ids(blob)) for n, raw, blob in self._files(s, checkpoint_id)]
         loc = self._locations(s, {i for _, _, ids in files for i in ids})
         maps: dict[str, mmap.mmap] = {}
@@ -330,7 +330,9 @@ class ChunkStore:
                             ahead.append(((pack, off), workers.submit(frames.get, pack, off, ln, f"{name}: a chunk")))
                             nxt += 1
 
-                    with open(target / name, "wb", buffering=0) as out:
+                    # 0600: process memory, for root's eyes only
+                    fd = os.open(target / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                    with open(fd, "wb", buffering=0) as out:
                         # Runs of chunks that sit side by side in one frame (most pages of an
                         # ingest) become one slice; slices go out in one writev per ~4 MiB, on
                         # another thread, while the next ones are cut.

@@ -10,6 +10,8 @@ from typing import Iterator
 
 from catalog import Catalog, queries
 
+from . import names
+from .errors import NotFound
 from .locks import locked
 from .net import podnet
 from .pool import Pool, ensure_pool
@@ -34,6 +36,8 @@ class Context:
 
     @contextmanager
     def pod_lock(self, name: str, wait: float | None = None) -> Iterator[None]:
+        if not names.is_valid(name):  # the lock file's name: never a path of the user's choosing
+            raise NotFound(f"no pod named {name!r} (see `zap ps`)")
         with locked(self.state.locks / f"{name}.lock", f"pod {name!r}", wait):
             yield
 

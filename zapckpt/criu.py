@@ -117,10 +117,23 @@ def timeout() -> float:
     return value
 
 
+def host_root_pid() -> int:
+    """A process whose root (/proc/<pid>/root) is ours, the host's, as seen from inside a pod's
+    mount namespace (where /dev/shm, /dev/pts and the state directory are the pod's own): the
+    init (pid 1) when it shares our root, since it outlives zap and a CRIU run then still finds
+    its images, pidfile and hook if zap dies half-way (recovery.py relies on it); else our own
+    (zap in a chroot)."""
+    try:
+        a, b = os.stat("/proc/1/root"), os.stat("/")
+        if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) and os.readlink("/proc/1/ns/mnt") == os.readlink("/proc/self/ns/mnt"):
+            return 1
+    except OSError:
+        pass
+    return os.getpid()
+
+
 def host_root() -> str:
-    """Our root (the host's) as seen from inside a pod's mount namespace, where /dev/shm,
-    /dev/pts and the state directory are the pod's own."""
-    return f"/proc/{os.getpid()}/root"
+    return f"/proc/{host_root_pid()}/root"
 
 
 def through_host_root(path: Path) -> str:
@@ -128,13 +141,13 @@ def through_host_root(path: Path) -> str:
 
 
 def _run_bounded(argv: list[str], what: str, own_log: Path, log: Path, env: dict | None = None,
-                 limit: float | None = None) -> proc.Result:  # fmt: skip
+                 limit: float | None = None, umask: int = -1) -> proc.Result:  # fmt: skip
     """Run CRIU with the timeout; on expiry its whole process group is killed (the tasks it had
     seized are let go by the kernel when their tracer dies, the ones it was restoring die with
     it) and its log is kept."""
     limit = limit or timeout()
     try:
-        return proc.run(argv, check=False, own_session=True, timeout=limit, kill_group=True, env=env)
+        return proc.run(argv, check=False, own_session=True, timeout=limit, kill_group=True, env=env, umask=umask)
     except proc.CommandError:
         _keep_log(own_log, log)
         raise CriuError(what, log, [f"CRIU did not finish within {limit:g}s (ZAP_CRIU_TIMEOUT) and was killed"]) from None
@@ -157,11 +170,12 @@ def dump(init_pid: int, images: Path, hook: Path, log: Path, *, leave_stopped: b
             "--leave-stopped" if leave_stopped else "--leave-running", "--file-locks",
             "--action-script", through_host_root(hook), *net_opts(network_lock), "--ghost-limit", str(ghost_limit),
         ]  # fmt: skip
-        images.mkdir(parents=True, exist_ok=True)
+        images.mkdir(mode=0o700, parents=True, exist_ok=True)
         t0 = time.perf_counter()
         # Its own session: a Ctrl-C at the terminal must not kill CRIU while its parasite code
         # runs inside the pod (zap defers the interrupt until CRIU is done, see signals.py).
-        res = _run_bounded(argv, "CRIU dump failed", images / "dump.log", log)
+        # Images 0600 (umask): they are the pod's memory.
+        res = _run_bounded(argv, "CRIU dump failed", images / "dump.log", log, umask=0o077)
         ms = (time.perf_counter() - t0) * 1000
         if res.returncode == 0:
             return ms

@@ -7,6 +7,10 @@ from .errors import UsageError
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 
 
+def is_valid(name: str) -> bool:
+    return isinstance(name, str) and NAME_RE.fullmatch(name) is not None
+
+
 def check_name(name: str) -> str:
     if not NAME_RE.fullmatch(name or ""):
         raise UsageError(

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 
-from zapckpt.podmounts import setup_pod_mounts
+from zapckpt.podmounts import open_console_log, setup_pod_mounts
 
 
 def main() -> None:
@@ -40,7 +40,10 @@ def main() -> None:
                          chroot=True, state_root=spec["state_root"], private_tmp=spec.get("private_tmp", False))  # fmt: skip
         os.chdir(spec["cwd"])
         null = os.open("/dev/null", os.O_RDONLY)
-        log = os.open(spec["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640)
+        # Inside the volume, never through a symlink the pod left there (see podmounts.py).
+        top = os.open("/" if spec.get("rootfs") else spec["mount_path"], os.O_PATH | os.O_DIRECTORY)
+        log = open_console_log(top)
+        os.close(top)
         os.dup2(null, 0)
         os.dup2(log, 1)
         os.dup2(log, 2)

@@ -26,10 +26,12 @@ import ctypes
 import ctypes.util
 import json
 import os
+import stat
 import sys
 
 MS_BIND = 4096
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+LOG_DIR, LOG_NAME = ".zap", "console.log"
 SHM_DIR = ".zap/shm"
 TMP_DIR = ".zap/tmp"
 
@@ -71,6 +73,27 @@ def _under(path: str, top: str) -> str | None:
     """path relative to directory top, or None if it is not below it."""
     top = top.rstrip("/") + "/"
     return path[len(top):] if (path + "/").startswith(top) else None
+
+
+def open_console_log(volume_fd: int, create: bool = True) -> int:
+    """The pod's console log (`.zap/console.log` under volume_fd), for appending (create) or
+    reading, reached without following a symlink the pod may have put there, and only if it is
+    a regular file (a FIFO would block zap)."""
+    flags = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    flags |= (os.O_WRONLY | os.O_APPEND | os.O_CREAT) if create else os.O_RDONLY
+    if create:
+        d = _walk_dirs(volume_fd, LOG_DIR)
+    else:
+        d = os.open(LOG_DIR, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=volume_fd)
+    try:
+        fd = os.open(LOG_NAME, flags, 0o640, dir_fd=d)
+    finally:
+        os.close(d)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{LOG_DIR}/{LOG_NAME} is not a regular file")
+    os.set_blocking(fd, True)
+    return fd
 
 
 def _bind_fd(fd: int, target: str) -> None:

@@ -18,10 +18,9 @@ from .context import Context
 from .errors import AlreadyExists, UsageError, ZapError
 from .names import check_name
 from .net import podnet
+from .podmounts import LOG_DIR, LOG_NAME, open_console_log
 
 START_TIMEOUT = 30.0
-LOG_DIR = ".zap"
-LOG_NAME = "console.log"
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/root",
@@ -30,8 +29,11 @@ BASE_ENV = {
 
 
 def live_state(pod: Pod) -> str:
+    """running, frozen (its init stopped: a dump that never finished; `zap recover`), stopped
+    (as asked) or dead (it ended by itself)."""
     if procinfo.is_alive(pod.init_pid, pod.init_starttime):
-        return "running"
+        st = procinfo.read_stat(pod.init_pid)
+        return "frozen" if st is not None and st.state in "Tt" else "running"
     return "stopped" if pod.desired_state == "stopped" else "dead"
 
 
@@ -41,11 +43,6 @@ def pod_env(pod: Pod) -> dict[str, str]:
     env["ZAP_POD"] = pod.name
     env["ZAP_POD_PATH"] = "/" if pod.rootfs else pod.mount_path
     return env
-
-
-def console_log(pod: Pod) -> Path:
-    """The console log as the host sees it (inside the pod's own volume)."""
-    return Path(pod.volume) / LOG_DIR / LOG_NAME
 
 
 def parse_env(pairs: list[str]) -> dict[str, str]:
@@ -77,14 +74,12 @@ def start_processes(pod: Pod, netns: str | None, state_root: Path) -> tuple[int,
         "cwd": pod.cwd,
         "volume": pod.volume,
         "mount_path": pod.mount_path,
-        "log": os.path.join("/" if pod.rootfs else pod.mount_path, LOG_DIR, LOG_NAME),
         "rootfs": bool(pod.rootfs),
         "hostname": pod.name,
         "volumes": pod.volumes or [],
         "private_tmp": pod.private_tmp,
         "state_root": str(state_root),
     }
-    (Path(pod.volume) / LOG_DIR).mkdir(exist_ok=True)
     # The pod's init reports through a pipe it opens by path: `unshare --fork` stays alive as
     # the pod's reaper, and it must not hold the write end, or we would never see EOF.
     r, w = os.pipe()
@@ -270,7 +265,7 @@ def start(ctx: Context, name: str) -> Pod:
     with ctx.pod_lock(name):
         with ctx.catalog.session() as s:
             pod = queries.get_pod(s, name)
-            if live_state(pod) == "running":
+            if live_state(pod) in ("running", "frozen"):
                 raise UsageError(f"pod {name!r} is already running")
             if not Path(pod.volume).is_dir():
                 raise ZapError(f"the volume of pod {name!r} is missing: {pod.volume}")
@@ -324,7 +319,7 @@ def remove(ctx: Context, name: str, force: bool) -> None:
                 if branches:
                     what.append("branches " + ", ".join(b.name for b in branches))
                 raise UsageError(f"pod {name!r} has {' and '.join(what)}; use --force to remove it with them")
-            if live_state(pod) == "running" and not force:
+            if live_state(pod) in ("running", "frozen") and not force:
                 raise UsageError(f"pod {name!r} is running; stop it first or use --force")
             stop_processes(pod, 0 if force else 10)
             podnet.release_locks(ctx.net, pod, queries.criu_run_id(s, pod.net_locked_by))
@@ -392,12 +387,40 @@ def exec_detached(ctx: Context, name: str, command: list[str]) -> None:
     the next checkpoint can dump it (host stdio would make CRIU refuse the tree)."""
     if not command:
         raise UsageError("no command given: zap exec -d NAME -- CMD [ARGS...]")
-    script = 'cd -- "$1" || exit 1; log=$2; shift 2; exec setsid -f "$@" </dev/null >>"$log" 2>&1'
-    argv, env = _enter_argv(ctx, name, script, command, console=True)
-    res = proc.run(argv, check=False, env=env)
+    with ctx.catalog.session() as s:
+        pod = queries.get_pod(s, name)
+    if pod.rootfs:
+        # A system pod's shell runs in its root: the log's path resolves inside it whatever it is.
+        script = 'cd -- "$1" || exit 1; log=$2; shift 2; exec setsid -f "$@" </dev/null >>"$log" 2>&1'
+        argv, env = _enter_argv(ctx, name, script, command, console=True)
+        res = proc.run(argv, check=False, env=env)
+    else:
+        # A volume pod sees the host's tree: the log is opened by zap itself, in the pod's mount
+        # namespace (so CRIU finds its mount there) and without following the pod's symlinks.
+        argv, env = _enter_argv(ctx, name, 'cd -- "$1" || exit 1; shift; exec setsid -f "$@"', command)
+        want = os.stat(pod.volume)
+        res = proc.run(argv, check=False, env=env, stdio_from=lambda: _console_in_pod(pod, (want.st_dev, want.st_ino)))
     if res.returncode != 0:
         raise ZapError(f"could not start {command[0]!r} in pod {name!r}: "
                        f"{proc.CommandError(argv, res.returncode, res.stderr).reason()}")  # fmt: skip
+
+
+def _console_in_pod(pod: Pod, volume_id: tuple[int, int]) -> tuple[int, int]:
+    """(stdin, stdout) for a daemon of a volume pod: /dev/null and the console log, opened in
+    the pod's mount namespace (entered here: this runs in the child, before it execs)."""
+    import ctypes
+
+    ns = os.open(f"/proc/{pod.init_pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    if ctypes.CDLL(None, use_errno=True).setns(ns, 0x00020000) != 0:  # CLONE_NEWNS
+        raise OSError(ctypes.get_errno(), "setns")
+    os.close(ns)
+    top = os.open(pod.mount_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    st = os.fstat(top)
+    if (st.st_dev, st.st_ino) != volume_id:
+        raise OSError(f"{pod.mount_path} is not the pod's volume in its namespace")
+    log = open_console_log(top)
+    os.close(top)
+    return os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), log
 
 
 class ExecTimeout(ZapError):
@@ -408,10 +431,20 @@ def follow_log(ctx: Context, name: str, follow: bool, out) -> None:
     with ctx.catalog.session() as s:
         pod = queries.get_pod(s, name)
     ctx.pool  # the log is inside the volume: make sure the pool is mounted
-    path = console_log(pod)
-    if not path.exists():
+    try:
+        volume = os.open(pod.volume, os.O_PATH | os.O_DIRECTORY)
+    except OSError as e:
+        raise ZapError(f"cannot read the log of pod {name!r}: {pod.volume}: {e.strerror}") from None
+    try:
+        fd = open_console_log(volume, create=False)
+    except FileNotFoundError:
         return
-    with open(path, "rb") as f:
+    except OSError as e:
+        raise ZapError(f"cannot read the log of pod {name!r}: {e.strerror or e} (not following a symlink "
+                       f"or reading anything but a regular file in the pod's volume)") from None  # fmt: skip
+    finally:
+        os.close(volume)
+    with open(fd, "rb") as f:
         while True:
             chunk = f.read(65536)
             if chunk:

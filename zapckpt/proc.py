@@ -55,12 +55,23 @@ def run(
     timeout: float | None = None,
     own_session: bool = False,
     kill_group: bool = False,
+    umask: int = -1,
+    stdio_from=None,
 ) -> Result:
     """Run argv to completion, capturing stdout and stderr as text. own_session keeps terminal
     signals (Ctrl-C) away from a child that must not die half-way. On a timeout the child is
     killed, with its whole process group if kill_group (it needs own_session), and
-    CommandError says so."""
+    CommandError says so. stdio_from, if given, is called in the child before it execs and
+    returns (stdin, stdout) descriptors for it (stderr goes with stdout); output is then not
+    captured."""
     argv = [str(a) for a in argv]
+    preexec = None
+    if stdio_from is not None:
+        def preexec() -> None:
+            stdin, stdout = stdio_from()
+            os.dup2(stdin, 0)
+            os.dup2(stdout, 1)
+            os.dup2(stdout, 2)
     try:
         child = subprocess.Popen(
             argv,
@@ -72,9 +83,13 @@ def run(
             cwd=cwd,
             close_fds=True,
             start_new_session=own_session,
+            umask=umask,
+            preexec_fn=preexec,
         )
     except FileNotFoundError:
         raise ToolMissing(argv[0]) from None
+    except subprocess.SubprocessError as e:  # stdio_from failed in the child
+        raise CommandError(argv, -1, f"preparing {argv[0]} failed: {e}") from None
     try:
         out, err = child.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -71,7 +71,7 @@ def pod_record(pod: Pod, n_checkpoints: int) -> dict:
     return {
         "name": pod.name,
         "state": state,
-        "pid": pod.init_pid if state == "running" else None,
+        "pid": pod.init_pid if state in ("running", "frozen") else None,
         "path": pod.mount_path,
         "volume": pod.volume,
         "command": pod.command,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
@@ -13,7 +12,7 @@ from sqlalchemy.orm import Session
 from catalog import Checkpoint, Pod, queries
 
 from . import checkpoint as ckpt
-from . import criu, proc, procinfo
+from . import criu, intents, proc, procinfo, staging
 from . import images as image_sets
 from .context import Context
 from .criu_images import bound_unix_sockets, listening_ports
@@ -42,13 +41,10 @@ def materialized(ctx: Context, s: Session, ck: Checkpoint) -> Iterator[Path | No
     if not ck.has_images:
         yield None
         return
-    stage = ctx.state.staging / f"restore-{ck.id}-{os.getpid()}"
-    try:
+    with staging.stage(ctx.state, f"restore-{ck.id}") as stage:
         images = stage / "images"
         image_sets.materialize(ctx, s, ck, images)
         yield images
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 def restore_processes(ctx: Context, images: Path, pod: Pod, limit: float | None = None) -> tuple[int, int]:
@@ -88,32 +84,46 @@ def restore(ctx: Context, ref: str, saved_message: str | None = None) -> tuple[C
 
 def _restore_locked(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images: Path | None,
                     saved_message: str | None) -> Checkpoint:  # fmt: skip
-    backend = ctx.pool.backend
+    if live_state(pod) == "frozen":
+        raise ZapError(f"pod {pod.name!r} is frozen (its processes are stopped): `zap recover`, or resume them "
+                       f"with kill -CONT, before restoring")  # fmt: skip
     # Outside connections come back only when ck is the --stop checkpoint still holding them
     # (see net/podnet.py); any other restore resets them, the replaced state's included.
     resume = pod.net_locked_by == ck.id and live_state(pod) != "running"
     podnet.ensure(s, ctx.net, pod)
+    volume = Path(pod.volume)
+    new = volume.with_name(f".{volume.name}.restoring")
+    old = volume.with_name(f".{volume.name}.replaced")
+    saved_id = ckpt.new_id()
+    with intents.recorded(ctx, "restore", pod.name, session=s, ck_id=ck.id, saved_id=saved_id, new=str(new),
+                          old=str(old), resume=resume, stage=str(images.parent) if images else None):  # fmt: skip
+        return _swap_and_restore(ctx, s, pod, ck, images, saved_message, resume, saved_id, volume, new, old)
+
+
+def _swap_and_restore(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images: Path | None,
+                      saved_message: str | None, resume: bool, saved_id: str, volume: Path, new: Path,
+                      old: Path) -> Checkpoint:  # fmt: skip
+    backend = ctx.pool.backend
     # Keep the state being replaced, so the rollback itself can be undone.
     msg = saved_message or f"before restore to {ck.ref}"
     if live_state(pod) == "running":
         try:
-            saved = ckpt.take(ctx, s, pod, msg, stop=True, kind="auto", release_connections=True)
+            saved = ckpt.take(ctx, s, pod, msg, stop=True, kind="auto", release_connections=True, ck_id=saved_id)
         except ZapError as e:
             raise ZapError(f"cannot save the current state before restoring (nothing changed): {e}; "
                            f"`zap stop {pod.name}` first to restore without keeping its processes") from None
     else:
-        saved = ckpt.snapshot_only(ctx, s, pod, msg)
+        saved = ckpt.snapshot_only(ctx, s, pod, msg, ck_id=saved_id)
+    intents.fault_point("restore:saved")
     if not resume:
         podnet.release_locks(ctx.net, pod, queries.criu_run_id(s, pod.net_locked_by))
     pod.net_locked_by = None
-    volume = Path(pod.volume)
-    new = volume.with_name(f".{volume.name}.restoring")
-    old = volume.with_name(f".{volume.name}.replaced")
     for leftover in (new, old):
         backend.delete_volume(leftover)
     backend.clone(Path(ck.snapshot_path), new)
     backend.rename_volume(volume, old)
     backend.rename_volume(new, volume)
+    intents.fault_point("restore:swapped")
     try:
         if images is not None:
             pod.init_pid, pod.init_starttime = restore_processes(ctx, images, pod)
@@ -141,6 +151,7 @@ def _restore_locked(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images: 
                 back = f" Putting the pod back failed too ({e2}); its state is kept as {saved.ref}."
         s.commit()
         raise ZapError(f"restore to {ck.ref} failed: {e}.{back}") from None
+    intents.fault_point("restore:restored")
     backend.delete_volume(old)
     pod.head_checkpoint_id = ck.id
     s.commit()
@@ -153,7 +164,13 @@ def branch(ctx: Context, ref: str, new_name: str, start: bool = True, ports: lis
     its own with its own address (`ports` published there). The original is untouched."""
     check_name(new_name)
     pool = ctx.pool
-    with ctx.pod_lock(new_name):
+    with ctx.catalog.session() as s:
+        src_name = queries.resolve_ref(s, ref).pod.name
+        if queries.find_pod(s, new_name):
+            raise AlreadyExists(f"pod {new_name!r} already exists")
+    # The source pod's lock too: rmckpt and prune (which take it) cannot remove the checkpoint
+    # while its snapshot and images are being read.
+    with ctx.pod_lock(src_name), ctx.pod_lock(new_name):
         with ctx.catalog.session() as s:
             ck = queries.resolve_ref(s, ref)
             if queries.find_pod(s, new_name):
@@ -178,29 +195,33 @@ def branch(ctx: Context, ref: str, new_name: str, start: bool = True, ports: lis
                         raise UsageError(
                             f"{ck.ref} listens on {', '.join(ports_held)} in the host's network (--net host), where "
                             f"{src.name!r} still holds them: stop {src.name!r} first, or run it with --net pod")  # fmt: skip
-                pool.backend.branch_volume(Path(ck.snapshot_path), volume)
-                try:
-                    podnet.ensure(None, ctx.net, pod)
-                    podnet.add_origin_alias(ctx.net, pod, src.address)
-                    if pod.rootfs:
-                        write_network_files(pod)  # its own name and address in /etc/hosts
-                    if images is not None:
-                        with deferred_interrupts():
-                            pod.init_pid, pod.init_starttime = restore_processes(ctx, images, pod)
-                            podnet.abort_external(ctx.net, pod)
-                            # its own name, as its own address (the uts namespace came back as the original's)
-                            proc.run(["nsenter", "-t", str(pod.init_pid), "-u", "--", "hostname", new_name], check=False)
-                        pod.desired_state = "running"
-                        pod.restore_warnings = exited_warning(ck, pod.init_pid)
-                    s.add(pod)
-                    s.commit()
-                    if pod.ports:
-                        podnet.sync_nat(s, ctx.net)
-                except BaseException:
-                    s.rollback()
-                    if pod.init_pid:
-                        procinfo.kill_pod_tree(pod.init_pid)
-                    podnet.remove(ctx.net, pod)
-                    pool.backend.delete_volume(volume)
-                    raise
+                with intents.recorded(ctx, "branch", new_name, session=s, volume=str(volume), net=src.net,
+                                      stage=str(images.parent) if images is not None else None):  # fmt: skip
+                    pool.backend.branch_volume(Path(ck.snapshot_path), volume)
+                    try:
+                        podnet.ensure(None, ctx.net, pod)
+                        podnet.add_origin_alias(ctx.net, pod, src.address)
+                        if pod.rootfs:
+                            write_network_files(pod)  # its own name and address in /etc/hosts
+                        if images is not None:
+                            with deferred_interrupts():
+                                intents.fault_point("branch:before-restore")
+                                pod.init_pid, pod.init_starttime = restore_processes(ctx, images, pod)
+                                intents.fault_point("branch:restored")
+                                podnet.abort_external(ctx.net, pod)
+                                # its own name, as its own address (the uts namespace came back as the original's)
+                                proc.run(["nsenter", "-t", str(pod.init_pid), "-u", "--", "hostname", new_name], check=False)
+                            pod.desired_state = "running"
+                            pod.restore_warnings = exited_warning(ck, pod.init_pid)
+                        s.add(pod)
+                        s.commit()
+                        if pod.ports:
+                            podnet.sync_nat(s, ctx.net)
+                    except BaseException:
+                        s.rollback()
+                        if pod.init_pid:
+                            procinfo.kill_pod_tree(pod.init_pid)
+                        podnet.remove(ctx.net, pod)
+                        pool.backend.delete_volume(volume)
+                        raise
             return pod

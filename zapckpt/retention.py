@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from catalog import Checkpoint, Pod
 
-from . import imagestore, images
+from . import imagestore, images, intents
 
 
 def _aware(t: datetime) -> datetime:
@@ -39,36 +39,36 @@ def remove_checkpoints(ctx, s: Session, cks: list[Checkpoint]) -> None:
         return cid
 
     store = images.store(ctx)
-    snapshots: list[Path] = []
-    dirs: list[Path] = []
-    with store.lock():
-        for child in s.scalars(select(Checkpoint).where(Checkpoint.parent_id.in_(gone))):
-            if child.id not in gone:
-                child.parent_id = survivor(child.parent_id)
-        for pod in s.scalars(select(Pod).where(Pod.head_checkpoint_id.in_(gone))):
-            pod.head_checkpoint_id = survivor(pod.head_checkpoint_id)
-        for ck in cks:
-            if ck.image_format == "cas":
-                store.release(s, ck.id)
-            elif ck.image_format == "dir":
-                dirs.append(Path(ck.image_dir))
-            snapshots.append(Path(ck.snapshot_path))
-            s.delete(ck)
-        s.flush()
-        old_packs = store.collect_garbage(s)
-        s.commit()
-    for p in old_packs:
-        p.unlink(missing_ok=True)
-    backend = ctx.pool.backend
-    for snap in snapshots:
-        backend.delete_volume(snap)
-        if snap.parent.parent.name == "imported":  # imports keep their own directory
-            try:
-                snap.parent.rmdir()
-            except OSError:
-                pass
-    for d in dirs:
-        imagestore.delete(d)
+    snapshots = [Path(ck.snapshot_path) for ck in cks]
+    dirs = [Path(ck.image_dir) for ck in cks if ck.image_format == "dir"]
+    # The rows go first (one commit); the record lets recovery finish the deleting after a crash.
+    with intents.recorded(ctx, "remove", cks[0].pod.name, session=s, snapshots=[str(p) for p in snapshots]):
+        with store.lock():
+            for child in s.scalars(select(Checkpoint).where(Checkpoint.parent_id.in_(gone))):
+                if child.id not in gone:
+                    child.parent_id = survivor(child.parent_id)
+            for pod in s.scalars(select(Pod).where(Pod.head_checkpoint_id.in_(gone))):
+                pod.head_checkpoint_id = survivor(pod.head_checkpoint_id)
+            for ck in cks:
+                if ck.image_format == "cas":
+                    store.release(s, ck.id)
+                s.delete(ck)
+            s.flush()
+            old_packs = store.collect_garbage(s)
+            s.commit()
+        intents.fault_point("remove:committed")
+        for p in old_packs:
+            p.unlink(missing_ok=True)
+        backend = ctx.pool.backend
+        for snap in snapshots:
+            backend.delete_volume(snap)
+            if snap.parent.parent.name == "imported":  # imports keep their own directory
+                try:
+                    snap.parent.rmdir()
+                except OSError:
+                    pass
+        for d in dirs:
+            imagestore.delete(d)
 
 
 @dataclass

@@ -14,7 +14,7 @@ _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
 def parse_size(text: str, what: str) -> int:
-    m = re.fullmatch(r"(\d{1,12})([KMG]?)(i?B)?", text.strip(), re.IGNORECASE)
+    m = re.fullmatch(r"(\d{1,12})([KMG]?)(i?B)?", text.strip(), re.IGNORECASE | re.ASCII)
     if not m:
         raise UsageError(f"bad {what} {text!r}: a size like 64M, 1G or 1048576")
     return int(m.group(1)) * _UNITS[m.group(2).upper()]

@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tarfile
+import tempfile
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
 import zstandard
@@ -20,7 +23,7 @@ import zstandard
 from catalog import Checkpoint, Pod, queries
 
 from . import images as image_sets
-from . import proc
+from . import intents, proc, staging
 from .checkpoint import record
 from .context import Context
 from .net import podnet
@@ -47,8 +50,14 @@ def _needs_send_stream(ctx: Context, what: str) -> None:
 def export(ctx: Context, ref: str, dest: str) -> Path:
     _needs_send_stream(ctx, "export")
     out = Path(dest).absolute()
-    partial = out.with_name(out.name + ".partial")
-    with ctx.catalog.session() as s:
+    try:
+        if not stat.S_ISREG(os.lstat(out).st_mode):
+            raise TransferError(f"refusing to write the export over {out}: it exists and is not a regular file")
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise TransferError(f"cannot write {out}: {e.strerror}") from None
+    with intents.operations_lock(ctx), ctx.catalog.session() as s, ExitStack() as stack:
         ck = queries.resolve_ref(s, ref)
         pod = ck.pod
         meta = {
@@ -59,13 +68,16 @@ def export(ctx: Context, ref: str, dest: str) -> Path:
         ctx.pool  # snapshots must be mounted
         if not Path(ck.snapshot_path).is_dir():
             raise TransferError(f"checkpoint {ck.ref} is damaged: its snapshot is missing")
+        # A new file of our own (0600: it holds the pod's memory), renamed over `out` when whole.
         try:
-            fo = open(partial, "wb")
+            fd, partial_name = tempfile.mkstemp(prefix=".zap-export-", suffix=".partial", dir=out.parent)
         except OSError as e:
             raise TransferError(f"cannot write {out}: {e.strerror}") from None
-        stage = ctx.state.staging / f"export-{uuid.uuid4().hex[:8]}"
+        partial = Path(partial_name)
+        fo = os.fdopen(fd, "wb")
         send = ctx.state.root / f".export-{uuid.uuid4().hex[:8]}.btrfs"
         try:
+            stage = stack.enter_context(staging.stage(ctx.state, "export"))
             images = stage / "images"
             if ck.has_images:
                 image_sets.materialize(ctx, s, ck, images)
@@ -89,7 +101,7 @@ def export(ctx: Context, ref: str, dest: str) -> Path:
             partial.unlink(missing_ok=True)
             raise
         finally:
-            shutil.rmtree(stage, ignore_errors=True)
+            fo.close()
             send.unlink(missing_ok=True)
     return out
 
@@ -102,6 +114,96 @@ class _BytesReader:
         end = len(self.data) if n < 0 else self.pos + n
         chunk, self.pos = self.data[self.pos : end], min(end, len(self.data))
         return chunk
+
+
+KINDS = {"manual", "auto", "pre", "post", "failed", "guard", "watch", "imported"}
+
+
+def _valid_meta(meta: dict, path: Path) -> dict:
+    """The fields an import uses, checked against what an export writes; anything else in the
+    file is ignored. Paths are not taken from it (see import_)."""
+
+    def bad(what: str):
+        return TransferError(f"{path}: bad metadata ({what}); not importing it")
+
+    def text(v, what: str, most: int = 4096) -> str:
+        if not isinstance(v, str) or len(v) > most or "\0" in v:
+            raise bad(what)
+        return v
+
+    def number(v, what: str) -> float | None:
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v < 1e12):
+            raise bad(what)
+        return float(v)
+
+    pod, ck = meta.get("pod"), meta.get("checkpoint")
+    if not isinstance(pod, dict) or not isinstance(ck, dict):
+        raise bad("no pod or checkpoint record")
+    command = pod.get("command")
+    if not isinstance(command, list) or len(command) > 4096:
+        raise bad("command")
+    env = pod.get("env")
+    if not isinstance(env, dict) or len(env) > 4096:
+        raise bad("env")
+    rootfs = pod.get("rootfs")
+    timings = ck.get("timings_ms")
+    processes = ck.get("processes") or []
+    if not isinstance(timings, dict) or not isinstance(processes, list):
+        raise bad("checkpoint record")
+    for p in processes:
+        if not isinstance(p, dict) or not isinstance(p.get("pid"), int) or not isinstance(p.get("cmdline", []), list):
+            raise bad("processes")
+    kind = text(ck.get("kind"), "kind", 16)
+    return {
+        "name": text(pod.get("name"), "pod name", 255),
+        "mount_path": text(pod.get("mount_path"), "mount path", 1024),
+        "command": [text(a, "command") for a in command],
+        "env": {text(k, "env", 255): text(v, "env") for k, v in env.items()},
+        "cwd": text(pod.get("cwd"), "cwd"),
+        "rootfs": None if rootfs is None else text(rootfs, "rootfs"),
+        "net": pod.get("net") if pod.get("net") in podnet.MODES else "host",
+        "private_tmp": pod.get("private_tmp") is True,
+        "ref": text(ck.get("ref"), "ref", 600),
+        "message": text(ck.get("message") or "", "message"),
+        "kind": kind if kind in KINDS else "manual",
+        "timings": {k: number(timings.get(k), "timings") for k in ("frozen", "dump", "fs_snapshot", "total")},
+        "processes": processes,
+    }
+
+
+# Directories under which an imported pod's path is never made (it would create directories
+# there on the host): a file naming one gets this state directory's path instead.
+_SYSTEM = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/root", "/run", "/sbin", "/sys",
+           "/usr")  # fmt: skip
+
+
+def _mount_path(ctx: Context, wanted: str, orig_name: str) -> str:
+    """Where the imported pod's processes see its volume: the original's path (CRIU finds its
+    open files there) if it has the shape of one, `<state dir>/mnt/<name>`, outside system
+    directories; else this state directory's path for that name (a restore of its processes
+    may then fail, its files are all there)."""
+    norm = os.path.normpath(wanted) if os.path.isabs(wanted) else ""
+    parent = os.path.dirname(norm)
+    if (norm == wanted and os.path.basename(norm) == orig_name and os.path.basename(parent) == "mnt"
+            and os.path.dirname(parent) != "/" and not any((norm + "/").startswith(d + "/") for d in _SYSTEM)):
+        return norm
+    return str(ctx.state.mount_path(orig_name))
+
+
+def _check_stream(stream: Path, path: Path) -> None:
+    """A full send of one subvolume, as `zap export` writes: not an incremental stream, and no
+    clone, both of which would read other subvolumes of this machine into the imported pod."""
+    try:
+        out = proc.run(["btrfs", "receive", "--dump", "-f", str(stream)]).stdout
+    except proc.CommandError as e:
+        raise TransferError(f"{path}: the filesystem snapshot is damaged: {e.reason()}") from None
+    commands = [ln.split(None, 1)[0] for ln in out.splitlines() if ln.strip()]
+    if not commands or commands[0] != "subvol" or commands.count("subvol") != 1:
+        raise TransferError(f"{path}: the filesystem snapshot is not one full subvolume; not importing it")
+    if "snapshot" in commands or "clone" in commands:
+        raise TransferError(f"{path}: the filesystem snapshot refers to other subvolumes; not importing it")
 
 
 def _unpack(path: Path, stage: Path) -> dict:
@@ -136,6 +238,10 @@ def _unpack(path: Path, stage: Path) -> dict:
                         raise TransferError(f"{path} is truncated")
     except FileNotFoundError:
         raise UsageError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a directory, not an export file") from None
+    except OSError as e:
+        raise TransferError(f"import of {path} failed: {e.strerror or e}") from None
     except (tarfile.TarError, zstandard.ZstdError, EOFError, ValueError, UnicodeDecodeError) as e:
         if meta is None:
             raise TransferError(f"{path} is not a zapckpt export (or is damaged): {e}") from None
@@ -151,24 +257,35 @@ def import_(ctx: Context, file: str, name: str | None) -> Checkpoint:
     path = Path(file)
     _needs_send_stream(ctx, "import")
     pool = ctx.pool
+    # Shared with other operations, never with a sweep (which would take the stage for garbage).
+    ops = ExitStack()
+    ops.enter_context(intents.operations_lock(ctx))
     stage = Path(ctx.state.root) / f".import-{uuid.uuid4().hex[:8]}"  # on disk: snapshots can be big
-    stage.mkdir()
+    stage.mkdir(mode=0o700)
     # btrfs receive needs a directory on the pool, and a received (read-only) subvolume cannot
     # be moved to another directory afterwards: it stays where it was received.
     recv = pool.snapshots / "imported" / uuid.uuid4().hex[:12]
     done = False
     try:
-        meta = _unpack(path, stage)
-        src = meta["checkpoint"]
-        new_name = check_name(name or meta["pod"]["name"])
+        meta = _valid_meta(_unpack(path, stage), path)
+        try:
+            orig_name = check_name(meta["name"])
+        except UsageError:
+            raise TransferError(f"{path}: bad metadata (pod name); not importing it") from None
+        new_name = check_name(name or orig_name)
+        _check_stream(stage / "snapshot.btrfs", path)
         with ctx.pod_lock(new_name), ctx.catalog.session() as s:
             if queries.find_pod(s, new_name):
                 raise AlreadyExists(f"pod {new_name!r} already exists; choose another with --name")
+            ops.enter_context(intents.recorded(ctx, "import", new_name, session=s, volume=str(pool.volume_of(new_name)),
+                                               recv=str(recv), stage=str(stage)))  # fmt: skip
             recv.mkdir(parents=True)
             try:
-                proc.run(["btrfs", "receive", "-q", "-f", str(stage / "snapshot.btrfs"), str(recv)])
+                # Confined (chroot) to its destination: no path in the stream reaches beyond it.
+                proc.run(["btrfs", "receive", "-q", "-C", "-E", "1", "-f", str(stage / "snapshot.btrfs"), str(recv)])
             except proc.CommandError as e:
                 raise TransferError(f"{path}: the filesystem snapshot cannot be received: {e.reason()}") from None
+            intents.fault_point("import:received")
             (snap,) = list(recv.iterdir())
             ck_id = uuid.uuid4().hex[:12]
             volume = pool.volume_of(new_name)
@@ -176,31 +293,36 @@ def import_(ctx: Context, file: str, name: str | None) -> Checkpoint:
             pending = None
             try:
                 pool.backend.clone(snap, volume)
-                p = meta["pod"]
                 # The network is this machine's: a pod network gets an address here (ports are
-                # not carried over, a host port is a property of the host).
-                net = p.get("net") if p.get("net") in podnet.MODES else "host"
-                pod = Pod(name=new_name, volume=str(volume), mount_path=p["mount_path"], command=p["command"],
-                          env=p["env"], cwd=p["cwd"], rootfs=p.get("rootfs"), desired_state="stopped", net=net,
-                          private_tmp=p.get("private_tmp") is True,
+                # not carried over, a host port is a property of the host). Paths are this
+                # state directory's: the processes see the volume where a pod of the original's
+                # name would (its restore needs that path, like a branch's).
+                net = meta["net"]
+                mount_path = _mount_path(ctx, meta["mount_path"], orig_name)
+                cwd = os.path.normpath(meta["cwd"]) if os.path.isabs(meta["cwd"]) else "/"
+                if not meta["rootfs"] and not (cwd + "/").startswith(mount_path + "/"):
+                    cwd = mount_path
+                pod = Pod(name=new_name, volume=str(volume), mount_path=mount_path, command=meta["command"],
+                          env=meta["env"], cwd=cwd, rootfs=meta["rootfs"], desired_state="stopped", net=net,
+                          private_tmp=meta["private_tmp"],
                           address=podnet.allocate_address(s, ctx.net) if net == "pod" else None)  # fmt: skip
                 s.add(pod)
                 s.flush()
                 info = pool.backend.describe(snap)
-                msg = src["message"] or ""
-                note = f"imported from {src['ref']}"
+                msg = meta["message"]
+                note = f"imported from {meta['ref']}"
                 with store.lock():
                     has_images = (stage / "images").is_dir()
                     if has_images:
                         pending = store.ingest(s, stage / "images")
                     ck = record(
-                        s, pod, ck_id, f"{msg} ({note})" if msg else note, src["kind"], pool.backend.name, info,
+                        s, pod, ck_id, f"{msg} ({note})" if msg else note, meta["kind"], pool.backend.name, info,
                         image_format="cas" if has_images else None,
                         before_commit=(lambda: pending.commit(s, ck_id)) if pending else None,
                         raw_bytes=pending.raw_bytes if pending else 0, stored_bytes=pending.stored_bytes if pending else 0,
-                        frozen_ms=src["timings_ms"]["frozen"], dump_ms=src["timings_ms"]["dump"],
-                        fs_snapshot_ms=src["timings_ms"]["fs_snapshot"], total_ms=src["timings_ms"]["total"],
-                        processes=src["processes"],
+                        frozen_ms=meta["timings"]["frozen"], dump_ms=meta["timings"]["dump"],
+                        fs_snapshot_ms=meta["timings"]["fs_snapshot"], total_ms=meta["timings"]["total"],
+                        processes=meta["processes"],
                     )  # fmt: skip
                 done = True
                 return ck
@@ -222,3 +344,4 @@ def import_(ctx: Context, file: str, name: str | None) -> Checkpoint:
                 pool.backend.delete_volume(leftover)
             recv.rmdir()
         shutil.rmtree(stage, ignore_errors=True)
+        ops.close()

@@ -35,10 +35,45 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Commands that do not touch pods or the store, or settle interrupted operations themselves.
+_NO_RECOVERY = {"doctor", "init", "recover", "mount-serve"}
+
+
+def _recover_interrupted() -> None:
+    """Before a command touches a pod or the store: operations whose zap died are finished or
+    undone first (recovery.py). One indexed query when there is nothing to do."""
+    from ..state import StateDir
+
+    state = StateDir.from_env()
+    if not state.catalog_db.exists():
+        return
+    from ..context import Context
+    from ..recovery import pending, recover
+
+    ctx = Context(state)
+    if pending(ctx):
+        for d in recover(ctx):
+            print(f"zap: recovered: {d['op']} of {d['pod']} interrupted (started {d['started']}): {d['outcome']}",
+                  file=sys.stderr)  # fmt: skip
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(ln.strip() for ln in str(text).splitlines() if ln.strip())
+
+
+def _check_utf8(argv: list[str]) -> None:
+    for a in argv:
+        try:
+            a.encode()
+        except UnicodeEncodeError:
+            raise UsageError(f"argument {a.encode(errors='surrogateescape')!r} is not valid UTF-8") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     argv = sys.argv[1:] if argv is None else argv
     try:
+        _check_utf8(argv)
         # Everything after the first `--` is the pod's command, untouched by option parsing.
         tail: list[str] = []
         if "--" in argv:
@@ -55,20 +90,38 @@ def main(argv: list[str] | None = None) -> int:
             from ..criu import timeout
 
             timeout()  # a bad value is bad input, refused before anything starts
+        if args.command not in _NO_RECOVERY:
+            _recover_interrupted()
         rc = args.func(args)
         return rc or 0
     except ZapError as e:
-        print(f"zap: error: {e}", file=sys.stderr)
+        print(f"zap: error: {_one_line(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("zap: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 1
+    except OSError as e:  # the machine said no: out of space, a name too long, ...
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"zap: error: {_one_line(e.strerror or e)}{where}", file=sys.stderr)
+        return 1
     except Exception as e:  # noqa: BLE001 - never a traceback for users, unless asked
+        from sqlalchemy.exc import OperationalError
+
+        if isinstance(e, OperationalError):  # SQLite's own words: "database or disk is full", ...
+            from ..state import StateDir
+
+            reason = _one_line(e.orig) if e.orig is not None else "unknown"
+            print(f"zap: error: the catalog in {StateDir.from_env().root} cannot be written: {reason}"
+                  f" (a full disk? see `df {StateDir.from_env().root}`)", file=sys.stderr)  # fmt: skip
+            return 1
         if os.environ.get("ZAP_DEBUG"):
             traceback.print_exc()
-        print(f"zap: internal error: {e.__class__.__name__}: {e} (ZAP_DEBUG=1 shows the traceback)", file=sys.stderr)
+        e = _one_line(e)  # noqa: PLW2901
+        if os.environ.get("ZAP_DEBUG"):
+            traceback.print_exc()
+        print(f"zap: internal error: {e} (ZAP_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 1
 
 

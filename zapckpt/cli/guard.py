@@ -6,6 +6,7 @@ from ..context import Context
 from ..errors import UsageError
 from ..diff import diff
 from ..guard import guard
+from . import argtypes
 from .output import emit_json, info
 
 
@@ -16,7 +17,7 @@ def register(sub) -> None:
     p.add_argument("--root", metavar="DIR", default="/",
                    help="with --host: a btrfs subvolume holding a root used through chroot (default /)")  # fmt: skip
     p.add_argument("--check", metavar="CMD", help="health check (a shell command run inside the pod) after CMD")
-    p.add_argument("--check-timeout", type=float, default=60.0, metavar="SECS",
+    p.add_argument("--check-timeout", type=argtypes.seconds, default=60.0, metavar="SECS",
                    help="a health check running longer fails (default 60)")  # fmt: skip
     p.add_argument("cmd", nargs="*", metavar="-- CMD [ARGS...]")
     p.set_defaults(func=cmd_guard)

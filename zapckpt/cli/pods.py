@@ -10,6 +10,7 @@ from .. import pods
 from ..net import publish
 from ..context import Context
 from ..records import pod_record
+from . import argtypes
 from .output import emit_json, table
 
 
@@ -54,7 +55,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("stop", help="stop a pod (SIGTERM, then SIGKILL)")
     p.add_argument("name")
-    p.add_argument("-t", "--time", type=float, default=10.0, help="seconds before SIGKILL (default 10)")
+    p.add_argument("-t", "--time", type=argtypes.seconds, default=10.0, help="seconds before SIGKILL (default 10)")
     p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser("rm", help="remove a pod and its volume")

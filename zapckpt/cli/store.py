@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .. import maintenance, transfer
 from ..context import Context
+from . import argtypes
 from .output import emit_json, human_bytes, info, table
 
 
@@ -14,9 +15,9 @@ def register(sub) -> None:
 
     p = sub.add_parser("prune", help="remove checkpoints outside a keep policy (like restic forget)")
     p.add_argument("name")
-    p.add_argument("--keep-last", type=int, metavar="N")
-    p.add_argument("--keep-hourly", type=int, metavar="N")
-    p.add_argument("--keep-daily", type=int, metavar="N")
+    p.add_argument("--keep-last", type=argtypes.count, metavar="N")
+    p.add_argument("--keep-hourly", type=argtypes.count, metavar="N")
+    p.add_argument("--keep-daily", type=argtypes.count, metavar="N")
     p.add_argument("--dry-run", "-n", action="store_true", help="only say what would be removed")
     p.add_argument("--force", action="store_true", help="allow a policy that removes every checkpoint")
     p.add_argument("--json", action="store_true")
@@ -36,10 +37,16 @@ def register(sub) -> None:
     p.add_argument("--name", help="name of the new pod (default: the exported pod's name)")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("verify", help="re-hash every chunk of a checkpoint (or of all)")
+    p = sub.add_parser("verify", help="re-hash every chunk of a checkpoint (or of all); list unrecorded objects")
     p.add_argument("ref", nargs="?")
+    p.add_argument("--repair", action="store_true",
+                   help="remove snapshots, volumes, packs and staging that no catalog row names")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("recover", help="finish or undo interrupted operations; remove what they left")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_recover)
 
 
 def cmd_rmckpt(args) -> int:
@@ -94,13 +101,42 @@ def cmd_import(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    doc = maintenance.verify(Context(), args.ref)
+    from .. import recovery
+
+    ctx = Context()
+    doc = maintenance.verify(ctx, args.ref)
+    if args.ref is None:
+        doc["unrecorded"] = recovery.sweep(ctx, repair=args.repair)
+        doc["repaired"] = bool(args.repair and doc["unrecorded"])
+        doc["ok"] = doc["ok"] and (args.repair or not doc["unrecorded"])
     if args.json:
         emit_json(doc)
     else:
         for d in doc["damage"]:
             print(f"damaged: {d['what']}; affects {', '.join(d['affects']) or 'no checkpoint'}")
+        for what in doc.get("unrecorded", []):
+            print(f"{'removed' if args.repair else 'unrecorded'}: {what}")
+        problems = len(doc["damage"]) + (0 if args.repair else len(doc.get("unrecorded", [])))
         print(f"verified {doc['chunks_checked']} chunk(s) of {doc['checkpoints_checked']} checkpoint(s): "
-              + ("OK" if doc["ok"] else f"{len(doc['damage'])} problem(s)"))  # fmt: skip
+              + ("OK" if doc["ok"] else f"{problems} problem(s)")
+              + ("" if args.repair or not doc.get("unrecorded") else " (`zap verify --repair` removes the unrecorded objects)"))  # fmt: skip
     return 0 if doc["ok"] else 1
+
+
+def cmd_recover(args) -> int:
+    from .. import recovery
+
+    ctx = Context()
+    done = recovery.recover(ctx)
+    removed = recovery.sweep(ctx, repair=True)
+    if args.json:
+        emit_json({"operations": done, "removed": removed})
+        return 0
+    for d in done:
+        print(f"{d['op']} of {d['pod']} (started {d['started']}): {d['outcome']}")
+    for what in removed:
+        print(f"removed unrecorded {what}")
+    if not done and not removed:
+        print("nothing to recover")
+    return 0
 

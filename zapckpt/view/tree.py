@@ -345,7 +345,11 @@ class HistoryTree:
                 pod = queries.find_pod(s, node.pod)
                 if pod is None:
                     raise ViewError(errno.ENOENT)
-                return _json(pod_record(pod, len(pod.checkpoints)))
+                rec = pod_record(pod, len(pod.checkpoints))
+                if self.allow_other:
+                    # Other users may read this file: --env values are often secrets.
+                    rec["env"] = {k: "(hidden: see `zap show`)" for k in rec["env"] or {}}
+                return _json(rec)
         if k == PROC_FILE:
             p = self._process(node)
             if node.key.endswith(":cmdline"):

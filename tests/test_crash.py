@@ -1,0 +1,211 @@
+"""zap killed with SIGKILL at each phase of checkpoint, restore, branch, rmckpt and import, then
+recovered: no pod frozen or running twice, nothing left that no catalog row names, `zap verify`
+clean, every earlier checkpoint branchable with its data continuing exactly.
+
+A phase is reached either through ZAP_FAULT (zap kills itself at a named point, see
+zapckpt/intents.py) or by killing zap from here when its CRIU child appears. ZAP_CRASH_RUNS
+repeats every phase (bench/crash_soak.sh runs 20 of each).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import COUNTER, assert_continuous, counter_values, proc_state, wait_for
+
+RUNS = int(os.environ.get("ZAP_CRASH_RUNS", "1"))
+
+
+def _staging_base(zap) -> str:
+    # As zapckpt/state.py names it: CRIU's command line names this directory.
+    return f"/dev/shm/zapckpt.{hashlib.sha1(str(zap.home).encode()).hexdigest()[:10]}"
+
+
+def _children_named(marker: str, *words: str) -> list[int]:
+    found = []
+    for e in os.listdir("/proc"):
+        if e.isdigit():
+            try:
+                cmd = Path(f"/proc/{e}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker.encode() in cmd and all(w.encode() in cmd for w in words):
+                found.append(int(e))
+    return found
+
+
+def killed(zap, *args: str, fault: str | None = None, when: tuple[str, ...] | None = None) -> None:
+    """Run `zap ARGS` and SIGKILL it at the fault point, or as soon as a process whose command
+    line names this test's staging and all of `when` appears (its CRIU run)."""
+    env = dict(zap.env, **({"ZAP_FAULT": fault} if fault else {}))
+    child = subprocess.Popen([sys.executable, "-m", "zapckpt.cli", *args], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    if when:
+        base = _staging_base(zap)
+        try:
+            wait_for(lambda: _children_named(base, *when) or child.poll() is not None, timeout=60, what=f"{when}")
+        finally:
+            child.send_signal(signal.SIGKILL)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == -signal.SIGKILL, f"zap {' '.join(args)} was not killed ({child.returncode}): {err}"
+
+
+def counters(zap) -> list[int]:
+    """Host pids of the counter processes (`python3 COUNTER`) of this test's pods."""
+    found = []
+    for e in os.listdir("/proc"):
+        if e.isdigit():
+            try:
+                argv = Path(f"/proc/{e}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv[:2] == [b"python3", str(COUNTER).encode()] and proc_state(int(e)) not in (None, "Z"):
+                found.append(int(e))
+    return found
+
+
+def assert_recovered(zap, running: dict[str, int]) -> dict:
+    """Recovery settles everything; then the invariants. running: pod -> copies expected (0/1)."""
+    rec = zap.json("recover")
+    again = zap.json("recover")
+    assert again == {"operations": [], "removed": []}, again
+    for name, copies in running.items():
+        pod = zap.pod(name)
+        assert pod["state"] == ("running" if copies else "stopped"), (name, pod["state"], rec)
+        if copies:
+            assert proc_state(pod["pid"]) not in ("T", "t", None), (name, proc_state(pod["pid"]))
+    assert len(counters(zap)) == sum(running.values()), (counters(zap), rec)
+    doc = zap.json("verify")
+    assert doc["ok"] and doc["unrecorded"] == [], doc
+    assert not [p for p in Path(_staging_base(zap)).glob("*")], "staging left behind"
+    return rec
+
+
+def assert_counts_on(zap, name: str) -> None:
+    vol = zap.volume(name)
+    n = len(counter_values(vol))
+    wait_for(lambda: len(counter_values(vol)) > n + 20, what=f"{name} to count on")
+    assert_continuous(counter_values(vol))
+
+
+def assert_branchable(zap, ref: str, name: str) -> None:
+    """An earlier checkpoint still forks, and the fork counts on exactly from its values."""
+    zap("branch", ref, name)
+    snap = Path(zap.json("show", ref)["snapshot"]["path"])
+    base = counter_values(snap)
+    vol = zap.volume(name)
+    wait_for(lambda: len(counter_values(vol)) > len(base) + 20, what=f"{name} to count")
+    vals = counter_values(vol)
+    assert vals[: len(base)] == base
+    assert_continuous(vals)
+    zap("rm", "--force", name)
+
+
+def _pod_with_checkpoint(zap, name: str = "c") -> None:
+    zap.run_counter(name)
+    zap("checkpoint", name)
+
+
+CHECKPOINT_FAULTS = ["checkpoint:before-dump", "checkpoint:dumped", "checkpoint:ingested", "checkpoint:committed"]
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+def test_killed_checkpoint(zap, run):
+    _pod_with_checkpoint(zap)
+    for fault in CHECKPOINT_FAULTS:
+        killed(zap, "checkpoint", "c", fault=fault)
+        rec = assert_recovered(zap, {"c": 1})
+        assert [o["op"] for o in rec["operations"]] == ["checkpoint"], rec
+        committed = fault == "checkpoint:committed"
+        assert rec["operations"][0]["outcome"].startswith("finished" if committed else "undone"), rec
+        assert_counts_on(zap, "c")
+    killed(zap, "checkpoint", "c", when=("criu", "dump"))
+    assert_recovered(zap, {"c": 1})
+    assert_counts_on(zap, "c")
+    # --stop killed after the dump (tasks left stopped, nothing committed): resumed, not frozen
+    killed(zap, "checkpoint", "--stop", "c", fault="checkpoint:dumped")
+    assert_recovered(zap, {"c": 1})
+    assert_counts_on(zap, "c")
+    # --stop killed after the commit: the pod ends as the checkpoint says, and restores from it
+    killed(zap, "checkpoint", "--stop", "c", fault="checkpoint:committed")
+    assert_recovered(zap, {"c": 0})
+    zap("restore", "c@latest")
+    assert_counts_on(zap, "c")
+    assert_branchable(zap, "c@1", "c-fork")
+
+
+RESTORE_FAULTS = ["restore:saved", "restore:swapped", "restore:restored"]
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+def test_killed_restore(zap, run):
+    _pod_with_checkpoint(zap)
+    for fault in RESTORE_FAULTS:
+        killed(zap, "restore", "c@1", fault=fault)
+        rec = assert_recovered(zap, {"c": 1})
+        ops = [o["op"] for o in rec["operations"]]
+        assert ops[-1] == "restore", rec
+        assert_counts_on(zap, "c")
+    killed(zap, "restore", "c@1", when=("criu", "restore"))
+    rec = assert_recovered(zap, {"c": 1})
+    # CRIU goes on without zap: it finishes the restore (recovery adopts it) where pid 1 shares
+    # our root, and fails its pidfile (and kills what it restored) where not (recovery undoes).
+    assert rec["operations"][-1]["outcome"].startswith(("finished", "undone (the pod was put back")), rec
+    assert_counts_on(zap, "c")
+    # The rollback itself stays undoable: every state it replaced is a checkpoint.
+    assert zap("restore", "c@latest").returncode == 0
+    assert_counts_on(zap, "c")
+    assert_branchable(zap, "c@1", "c-fork")
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+def test_killed_branch_leaves_nothing_and_retry_works(zap, run):
+    _pod_with_checkpoint(zap)
+    for kill in ({"fault": "branch:before-restore"}, {"when": ("criu", "restore")}, {"fault": "branch:restored"}):
+        killed(zap, "branch", "c@1", "fork", **kill)
+        rec = assert_recovered(zap, {"c": 1})
+        assert rec["operations"][-1]["outcome"].startswith("undone"), rec
+        assert "fork" not in [p["name"] for p in zap.json("ps")["pods"]]
+    assert_branchable(zap, "c@1", "fork")  # the same name works
+    assert_counts_on(zap, "c")
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+def test_killed_rmckpt_and_import(zap, run, tmp_path):
+    _pod_with_checkpoint(zap)
+    zap("checkpoint", "c")
+    killed(zap, "rmckpt", "c@2", fault="remove:committed")
+    rec = assert_recovered(zap, {"c": 1})
+    assert [o["op"] for o in rec["operations"]] == ["remove"], rec
+    assert [c["seq"] for c in zap.json("list", "c")["checkpoints"]] == [1]
+    out = tmp_path / "c1.zap"
+    zap("export", "c@1", out)
+    killed(zap, "import", out, "--name", "imp", fault="import:received")
+    rec = assert_recovered(zap, {"c": 1})
+    assert rec["operations"][-1]["outcome"].startswith("undone"), rec
+    zap("import", out, "--name", "imp")  # the retry works
+    assert_branchable(zap, "c@1", "fork")
+
+
+def test_frozen_pod_is_reported_and_refused(zap):
+    """A pod whose tasks are stopped is `frozen` in zap ps, and neither a checkpoint nor a
+    restore pretends otherwise."""
+    pod = zap.run_counter("f")
+    zap("checkpoint", "f")
+    os.kill(pod["pid"], signal.SIGSTOP)
+    try:
+        wait_for(lambda: proc_state(pod["pid"]) == "T", what="the stop")
+        assert zap.pod("f")["state"] == "frozen"
+        assert "frozen" in zap.fails("checkpoint", "f", code=2)
+        assert "frozen" in zap.fails("restore", "f@1", code=1)
+    finally:
+        os.kill(pod["pid"], signal.SIGCONT)
+    assert zap.pod("f")["state"] == "running"
+    assert len(zap.json("list", "f")["checkpoints"]) == 1

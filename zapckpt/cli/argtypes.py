@@ -1,0 +1,24 @@
+"""Argument types that refuse what a command cannot mean: NaN, infinities, negatives, numbers
+too large to be a duration or a count, and non-ASCII digits."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+
+
+def seconds(text: str) -> float:
+    try:
+        v = float(text) if re.fullmatch(r"[0-9]*\.?[0-9]+(e[+-]?[0-9]+)?", text.strip(), re.ASCII | re.I) else math.nan
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and 0 <= v <= 86400 * 365):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 to one year)")
+    return v
+
+
+def count(text: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,9}", text.strip(), re.ASCII):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (0 to 999999999)")
+    return int(text)
