@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 # The newest migration in catalog/migrations/versions; a test keeps the two in step. Knowing it
 # here lets a normal command skip importing Alembic when the schema is already current.
 SCHEMA_HEAD = "0006"
-BUSY_TIMEOUT_MS = 30_000
+BUSY_TIMEOUT_MS = 120_000  # writers wait for each other (a prune compacting packs) instead of failing
 
 
 def _set_pragmas(dbapi_conn, _record) -> None:

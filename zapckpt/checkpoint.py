@@ -71,6 +71,30 @@ def record(s: Session, pod: Pod, ck_id: str, message: str, kind: str, backend: s
     return ck
 
 
+def commit_pair(ctx: Context, s: Session, pod: Pod, ck_id: str, images: Path | None, message: str, kind: str,
+                info, t_start: float | None = None, **fields) -> Checkpoint:  # fmt: skip
+    """The one commit of a checkpoint (`checkpoint` and `import` both end here): the image set
+    into the store, the catalog row and the chunk index in one transaction, under the store's
+    lock; if any part fails, none of it stays (the new pack is discarded)."""
+    store = image_sets.store(ctx)
+    with store.lock():
+        pending = store.ingest(s, images) if images is not None else None
+        intents.fault_point("checkpoint:ingested")
+        try:
+            if t_start is not None:
+                fields["total_ms"] = (time.perf_counter() - t_start) * 1000
+            return record(
+                s, pod, ck_id, message, kind, ctx.pool.backend.name, info, image_format="cas" if pending else None,
+                before_commit=(lambda: pending.commit(s, ck_id)) if pending else None,
+                raw_bytes=pending.raw_bytes if pending else 0, stored_bytes=pending.stored_bytes if pending else 0,
+                **fields,
+            )  # fmt: skip
+        except BaseException:
+            if pending:
+                pending.discard()
+            raise
+
+
 def take(
     ctx: Context, s: Session, pod: Pod, message: str, *, stop: bool = False, kind: str = "manual",
     ghost_limit: int | None = None, release_connections: bool = False, strict: bool = False,
@@ -108,8 +132,8 @@ def take(
     with staging.stage(ctx.state, f"dump-{ck_id}") as stage, intents.recorded(
         ctx, "checkpoint", pod.name, session=s, ck_id=ck_id, snapshot=str(snap), stage=str(stage), stop=stop,
         release=release_connections,
-    ):  # fmt: skip
-        ck = _dump_and_commit(ctx, s, pod, ck_id, snap, stage, message, kind, stop, ghost_limit, network_lock,
+    ) as rec:  # fmt: skip
+        ck = _dump_and_commit(ctx, s, rec, pod, ck_id, snap, stage, message, kind, stop, ghost_limit, network_lock,
                               processes, t_start)  # fmt: skip
         intents.fault_point("checkpoint:committed")
         if stop:
@@ -135,7 +159,7 @@ def take(
     return ck
 
 
-def _dump_and_commit(ctx: Context, s: Session, pod: Pod, ck_id: str, snap: Path, stage: Path, message: str,
+def _dump_and_commit(ctx: Context, s: Session, rec: intents.Record, pod: Pod, ck_id: str, snap: Path, stage: Path, message: str,
                      kind: str, stop: bool, ghost_limit: int | None, network_lock: bool, processes: list[dict],
                      t_start: float) -> Checkpoint:  # fmt: skip
     """The dump with the snapshot in its frozen window, then the commit; on failure nothing of
@@ -151,6 +175,7 @@ def _dump_and_commit(ctx: Context, s: Session, pod: Pod, ck_id: str, snap: Path,
 
     intents.fault_point("checkpoint:before-dump")
     stopped = False
+    info = None
     try:
         try:
             dump_ms = criu.dump(pod.init_pid, images, hook, ctx.log_path(pod.name, "dump"), leave_stopped=stop,
@@ -170,24 +195,17 @@ def _dump_and_commit(ctx: Context, s: Session, pod: Pod, ck_id: str, snap: Path,
         run_id = dump_run_id(images)
         fs_ms = _hook_ms(hook_times)
         info = backend.describe(snap)
-        store = image_sets.store(ctx)
-        with store.lock():
-            pending = store.ingest(s, images)
-            intents.fault_point("checkpoint:ingested")
-            try:
-                ck = record(
-                    s, pod, ck_id, message, kind, backend.name, info, image_format="cas",
-                    before_commit=lambda: pending.commit(s, ck_id), raw_bytes=pending.raw_bytes,
-                    stored_bytes=pending.stored_bytes, frozen_ms=stats.frozen_ms, dump_ms=dump_ms,
-                    fs_snapshot_ms=fs_ms, processes=processes, total_ms=(time.perf_counter() - t_start) * 1000,
-                    stopped=stop, criu_run_id=run_id,
-                )  # fmt: skip
-            except BaseException:
-                pending.discard()
-                raise
+        if info.path != str(snap):
+            rec.note(snapshot=info.path)  # NILFS2: the snapshot is mkcp's, known only now
+        ck = commit_pair(ctx, s, pod, ck_id, images, message, kind, info, t_start=t_start, frozen_ms=stats.frozen_ms,
+                         dump_ms=dump_ms, fs_snapshot_ms=fs_ms, processes=processes, stopped=stop,
+                         criu_run_id=run_id)  # fmt: skip
     except BaseException:
         s.rollback()
-        if snap.exists():
+        # Undone by what was really made (on NILFS2 a checkpoint of mkcp's, not `snap`).
+        if info is not None:
+            backend.delete_volume(Path(info.path))
+        elif snap.exists():
             backend.delete_volume(snap)
         if stopped:
             # The dump left the tasks stopped for us to end; the checkpoint failed, so resume them.

@@ -24,8 +24,13 @@ from . import procinfo
 _FAULT = os.environ.get("ZAP_FAULT")
 
 
-def fault_point(name: str) -> None:
+def fault_point(name: str, delay: float = 0) -> None:
+    """delay: let a child just started (CRIU) get into its work first."""
     if _FAULT == name:
+        if delay:
+            import time
+
+            time.sleep(delay)
         os.kill(os.getpid(), 9)
 
 

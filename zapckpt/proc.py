@@ -57,6 +57,7 @@ def run(
     kill_group: bool = False,
     umask: int = -1,
     stdio_from=None,
+    on_start=None,
 ) -> Result:
     """Run argv to completion, capturing stdout and stderr as text. own_session keeps terminal
     signals (Ctrl-C) away from a child that must not die half-way. On a timeout the child is
@@ -90,6 +91,8 @@ def run(
         raise ToolMissing(argv[0]) from None
     except subprocess.SubprocessError as e:  # stdio_from failed in the child
         raise CommandError(argv, -1, f"preparing {argv[0]} failed: {e}") from None
+    if on_start is not None:
+        on_start()
     try:
         out, err = child.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:

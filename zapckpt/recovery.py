@@ -104,8 +104,8 @@ def _checkpoint(ctx, s, d: dict) -> str:
     ck = s.get(Checkpoint, d["ck_id"])
     _remove_stage(d.get("stage"))
     if ck is None:
-        if d.get("snapshot") and Path(d["snapshot"]).exists():
-            backend.delete_volume(Path(d["snapshot"]))
+        if d.get("snapshot"):
+            backend.delete_volume(Path(d["snapshot"]))  # tolerates one that was never made
         if pod is not None:
             podnet.release_locks(ctx.net, pod)  # a dump that died half-way may have left its lock
         resumed = _resume(pod)

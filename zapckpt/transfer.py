@@ -24,7 +24,7 @@ from catalog import Checkpoint, Pod, queries
 
 from . import images as image_sets
 from . import intents, proc, staging
-from .checkpoint import record
+from .checkpoint import commit_pair
 from .context import Context
 from .net import podnet
 from .errors import AlreadyExists, UsageError, ZapError
@@ -289,8 +289,6 @@ def import_(ctx: Context, file: str, name: str | None) -> Checkpoint:
             (snap,) = list(recv.iterdir())
             ck_id = uuid.uuid4().hex[:12]
             volume = pool.volume_of(new_name)
-            store = image_sets.store(ctx)
-            pending = None
             try:
                 pool.backend.clone(snap, volume)
                 # The network is this machine's: a pod network gets an address here (ports are
@@ -311,31 +309,21 @@ def import_(ctx: Context, file: str, name: str | None) -> Checkpoint:
                 info = pool.backend.describe(snap)
                 msg = meta["message"]
                 note = f"imported from {meta['ref']}"
-                with store.lock():
-                    has_images = (stage / "images").is_dir()
-                    if has_images:
-                        pending = store.ingest(s, stage / "images")
-                    ck = record(
-                        s, pod, ck_id, f"{msg} ({note})" if msg else note, meta["kind"], pool.backend.name, info,
-                        image_format="cas" if has_images else None,
-                        before_commit=(lambda: pending.commit(s, ck_id)) if pending else None,
-                        raw_bytes=pending.raw_bytes if pending else 0, stored_bytes=pending.stored_bytes if pending else 0,
-                        frozen_ms=meta["timings"]["frozen"], dump_ms=meta["timings"]["dump"],
-                        fs_snapshot_ms=meta["timings"]["fs_snapshot"], total_ms=meta["timings"]["total"],
-                        processes=meta["processes"],
-                    )  # fmt: skip
+                images = stage / "images"
+                ck = commit_pair(
+                    ctx, s, pod, ck_id, images if images.is_dir() else None, f"{msg} ({note})" if msg else note,
+                    meta["kind"], info, frozen_ms=meta["timings"]["frozen"], dump_ms=meta["timings"]["dump"],
+                    fs_snapshot_ms=meta["timings"]["fs_snapshot"], total_ms=meta["timings"]["total"],
+                    processes=meta["processes"],
+                )  # fmt: skip
                 done = True
                 return ck
             except OSError as e:
                 s.rollback()
-                if pending:
-                    pending.discard()
                 pool.backend.delete_volume(volume)
                 raise TransferError(f"import of {path} failed: {e.strerror or e}") from None
             except BaseException:
                 s.rollback()
-                if pending:
-                    pending.discard()
                 pool.backend.delete_volume(volume)
                 raise
     finally:
