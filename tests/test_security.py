@@ -149,23 +149,22 @@ def test_staging_is_private(zap):
     def watch():
         tried = False
         while not stop.is_set():
-            if base.exists():
+            try:
                 st = os.lstat(base)
-                if st.st_uid != 0 or st.st_mode & 0o077:
-                    bad.append(f"base {stat.filemode(st.st_mode)}")
-                try:
-                    found = list(base.rglob("*"))
-                except FileNotFoundError:
-                    continue  # a directory went away while listed: look again
-                for p in found:
-                    seen.add(p.name)
-                    if not tried and p.name.startswith("pages-"):
-                        tried = True  # a real attempt by another user, not only the modes
-                        cp = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", str(p)],
-                                            capture_output=True)  # fmt: skip
-                        if cp.returncode == 0:
-                            bad.append(f"user nobody read {p}")
-                bad.extend(_modes_under(base))
+                found = list(base.rglob("*"))
+            except FileNotFoundError:
+                continue  # made or removed while looked at: look again
+            if st.st_uid != 0 or st.st_mode & 0o077:
+                bad.append(f"base {stat.filemode(st.st_mode)}")
+            for p in found:
+                seen.add(p.name)
+                if not tried and p.name.startswith("pages-"):
+                    tried = True  # a real attempt by another user, not only the modes
+                    cp = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", str(p)],
+                                        capture_output=True)  # fmt: skip
+                    if cp.returncode == 0:
+                        bad.append(f"user nobody read {p}")
+            bad.extend(_modes_under(base))
 
     t = threading.Thread(target=watch)
     t.start()
