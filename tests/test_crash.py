@@ -216,3 +216,26 @@ def test_branches_during_a_prune_wait_or_miss_cleanly(zap):
     for name in made:
         assert_counts_on(zap, name)
     assert zap.json("verify")["ok"]
+
+
+def test_verify_finds_and_repairs_unrecorded_objects(zap):
+    """What no catalog row names (a stray snapshot, volume, pack, staging directory) is reported
+    by `zap verify` (exit 1) and removed by `zap verify --repair`; recorded data is untouched."""
+    zap.run_counter("c")
+    zap("checkpoint", "c")
+    pool = zap.home / "pool"
+    subprocess.run(["btrfs", "subvolume", "create", str(pool / "snapshots" / "stray")], check=True, capture_output=True)
+    subprocess.run(["btrfs", "subvolume", "create", str(pool / "pods" / "ghost")], check=True, capture_output=True)
+    (zap.home / "store" / "packs" / "stray.pack").write_bytes(b"x" * 100)
+    stray_stage = Path(_staging_base(zap)) / "dump-stray-abc"
+    stray_stage.mkdir(parents=True)
+    cp = zap("verify", "--json", check=False)
+    doc = __import__("json").loads(cp.stdout)
+    assert cp.returncode == 1 and not doc["ok"], doc
+    assert len(doc["unrecorded"]) == 4 and all(any(k in u for u in doc["unrecorded"]) for k in
+                                               ("stray", "ghost", "stray.pack", "dump-stray-abc")), doc  # fmt: skip
+    doc = zap.json("verify", "--repair")
+    assert doc["ok"] and len(doc["unrecorded"]) == 4 and doc["repaired"], doc
+    assert zap.json("verify")["unrecorded"] == []
+    assert not (pool / "snapshots" / "stray").exists() and not (pool / "pods" / "ghost").exists()
+    assert_branchable(zap, "c@1", "fork")

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from catalog import Checkpoint, Pod, queries
 
-from . import criu, intents, procinfo, settings, staging
+from . import criu, faults, intents, procinfo, settings, staging
 from .criu_images import dump_run_id, read_dump_stats
 from . import images as image_sets
 from .context import Context
@@ -79,7 +79,7 @@ def commit_pair(ctx: Context, s: Session, pod: Pod, ck_id: str, images: Path | N
     store = image_sets.store(ctx)
     with store.lock():
         pending = store.ingest(s, images) if images is not None else None
-        intents.fault_point("checkpoint:ingested")
+        faults.point("checkpoint:ingested")
         try:
             if t_start is not None:
                 fields["total_ms"] = (time.perf_counter() - t_start) * 1000
@@ -135,7 +135,7 @@ def take(
     ) as rec:  # fmt: skip
         ck = _dump_and_commit(ctx, s, rec, pod, ck_id, snap, stage, message, kind, stop, ghost_limit, network_lock,
                               processes, t_start)  # fmt: skip
-        intents.fault_point("checkpoint:committed")
+        faults.point("checkpoint:committed")
         if stop:
             if release_connections:
                 # Reset the outside connections while their sockets still exist (tasks stopped).
@@ -173,7 +173,7 @@ def _dump_and_commit(ctx: Context, s: Session, rec: intents.Record, pod: Pod, ck
     # path it names is reached through our (the host's) root.
     _write_hook(hook, backend.snapshot_argv(volume, snap, host_pid=criu.host_root_pid()), hook_err, hook_times)
 
-    intents.fault_point("checkpoint:before-dump")
+    faults.point("checkpoint:before-dump")
     stopped = False
     info = None
     try:
@@ -189,7 +189,7 @@ def _dump_and_commit(ctx: Context, s: Session, rec: intents.Record, pod: Pod, ck
                                f" (pod resumed; full log: {e.log})") from None
             raise
         stopped = stop
-        intents.fault_point("checkpoint:dumped")
+        faults.point("checkpoint:dumped")
         # After the thaw.
         stats = read_dump_stats(images)
         run_id = dump_run_id(images)

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import intents, proc
+from . import faults, proc
 from .errors import UsageError, ZapError
 
 # The private CRIU runtime that scripts/install.sh builds where the distribution's CRIU is too old.
@@ -149,7 +149,7 @@ def _run_bounded(argv: list[str], what: str, own_log: Path, log: Path, env: dict
     try:
         action = next((a for a in ("dump", "restore") if a in argv), "criu")
         return proc.run(argv, check=False, own_session=True, timeout=limit, kill_group=True, env=env, umask=umask,
-                        on_start=lambda: intents.fault_point(f"criu-{action}", delay=0.05))  # fmt: skip
+                        on_start=lambda: faults.point(f"criu-{action}", delay=0.05))  # fmt: skip
     except proc.CommandError:
         _keep_log(own_log, log)
         raise CriuError(what, log, [f"CRIU did not finish within {limit:g}s (ZAP_CRIU_TIMEOUT) and was killed"]) from None

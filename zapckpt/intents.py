@@ -19,21 +19,6 @@ from catalog import Intent
 
 from . import procinfo
 
-# Test hook: ZAP_FAULT=<point> kills zap (SIGKILL) when it reaches that point, to prove that
-# recovery handles a death there (tests/test_crash.py). Unset in normal use.
-_FAULT = os.environ.get("ZAP_FAULT")
-
-
-def fault_point(name: str, delay: float = 0) -> None:
-    """delay: let a child just started (CRIU) get into its work first."""
-    if _FAULT == name:
-        if delay:
-            import time
-
-            time.sleep(delay)
-        os.kill(os.getpid(), 9)
-
-
 class Record:
     def __init__(self, ctx, op: str, pod: str, data: dict[str, Any]):
         self.ctx, self.id, self.op, self.pod, self.data = ctx, uuid.uuid4().hex, op, pod, dict(data)

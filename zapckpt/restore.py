@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from catalog import Checkpoint, Pod, queries
 
 from . import checkpoint as ckpt
-from . import criu, intents, proc, procinfo, staging
+from . import criu, faults, intents, proc, procinfo, staging
 from . import images as image_sets
 from .context import Context
 from .criu_images import bound_unix_sockets, listening_ports
@@ -114,7 +114,7 @@ def _swap_and_restore(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images
                            f"`zap stop {pod.name}` first to restore without keeping its processes") from None
     else:
         saved = ckpt.snapshot_only(ctx, s, pod, msg, ck_id=saved_id)
-    intents.fault_point("restore:saved")
+    faults.point("restore:saved")
     if not resume:
         podnet.release_locks(ctx.net, pod, queries.criu_run_id(s, pod.net_locked_by))
     pod.net_locked_by = None
@@ -123,7 +123,7 @@ def _swap_and_restore(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images
     backend.clone(Path(ck.snapshot_path), new)
     backend.rename_volume(volume, old)
     backend.rename_volume(new, volume)
-    intents.fault_point("restore:swapped")
+    faults.point("restore:swapped")
     try:
         if images is not None:
             pod.init_pid, pod.init_starttime = restore_processes(ctx, images, pod)
@@ -151,7 +151,7 @@ def _swap_and_restore(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images
                 back = f" Putting the pod back failed too ({e2}); its state is kept as {saved.ref}."
         s.commit()
         raise ZapError(f"restore to {ck.ref} failed: {e}.{back}") from None
-    intents.fault_point("restore:restored")
+    faults.point("restore:restored")
     backend.delete_volume(old)
     pod.head_checkpoint_id = ck.id
     s.commit()
@@ -205,9 +205,9 @@ def branch(ctx: Context, ref: str, new_name: str, start: bool = True, ports: lis
                             write_network_files(pod)  # its own name and address in /etc/hosts
                         if images is not None:
                             with deferred_interrupts():
-                                intents.fault_point("branch:before-restore")
+                                faults.point("branch:before-restore")
                                 pod.init_pid, pod.init_starttime = restore_processes(ctx, images, pod)
-                                intents.fault_point("branch:restored")
+                                faults.point("branch:restored")
                                 podnet.abort_external(ctx.net, pod)
                                 # its own name, as its own address (the uts namespace came back as the original's)
                                 proc.run(["nsenter", "-t", str(pod.init_pid), "-u", "--", "hostname", new_name], check=False)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from catalog import Checkpoint, Pod
 
-from . import imagestore, images, intents
+from . import faults, images, imagestore, intents
 
 
 def _aware(t: datetime) -> datetime:
@@ -56,7 +56,7 @@ def remove_checkpoints(ctx, s: Session, cks: list[Checkpoint]) -> None:
             s.flush()
             old_packs = store.collect_garbage(s)
             s.commit()
-        intents.fault_point("remove:committed")
+        faults.point("remove:committed")
         for p in old_packs:
             p.unlink(missing_ok=True)
         backend = ctx.pool.backend

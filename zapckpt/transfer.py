@@ -23,7 +23,7 @@ import zstandard
 from catalog import Checkpoint, Pod, queries
 
 from . import images as image_sets
-from . import intents, proc, staging
+from . import faults, intents, proc, staging
 from .checkpoint import commit_pair
 from .context import Context
 from .net import podnet
@@ -285,7 +285,7 @@ def import_(ctx: Context, file: str, name: str | None) -> Checkpoint:
                 proc.run(["btrfs", "receive", "-q", "-C", "-E", "1", "-f", str(stage / "snapshot.btrfs"), str(recv)])
             except proc.CommandError as e:
                 raise TransferError(f"{path}: the filesystem snapshot cannot be received: {e.reason()}") from None
-            intents.fault_point("import:received")
+            faults.point("import:received")
             (snap,) = list(recv.iterdir())
             ck_id = uuid.uuid4().hex[:12]
             volume = pool.volume_of(new_name)
