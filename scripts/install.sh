@@ -20,7 +20,7 @@ ZAP_LINK=/usr/local/bin/zap
 APT_PACKAGES=(btrfs-progs fuse3 libfuse3-dev pkg-config util-linux mount debootstrap
               zstd procps e2fsprogs python3 python3-venv python3-dev gcc make rsync iproute2 nftables
               # real services the tests run inside pods
-              redis-server nginx
+              redis-server nginx mariadb-server-core mariadb-client-core
               # the VM suite (vagrant/run-vm-tests): qemu, the guest's initramfs tools, NILFS2
               # tools, and Debian's own CRIU, which the Debian 12 guest uses
               qemu-system-x86 busybox-static cpio kmod nilfs-tools criu)

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import text
 
 from catalog import Catalog, Checkpoint, Pod, queries
-from catalog.db import SCHEMA_HEAD
+from catalog.db import BUSY_TIMEOUT_MS, SCHEMA_HEAD
 from catalog.migrate import head_revision
 from zapckpt.errors import NotFound, UsageError
 
@@ -20,7 +20,7 @@ def test_migration_creates_schema_and_pragmas(tmp_path):
     with cat.session() as s:
         assert s.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert s.execute(text("PRAGMA foreign_keys")).scalar() == 1
-        assert s.execute(text("PRAGMA busy_timeout")).scalar() == 30000
+        assert s.execute(text("PRAGMA busy_timeout")).scalar() == BUSY_TIMEOUT_MS
     assert cat.current_revision() == SCHEMA_HEAD
     tables = {r[0] for r in sqlite3.connect(tmp_path / "c.db").execute("select name from sqlite_master where type='table'")}
     assert {"pods", "checkpoints", "settings", "alembic_version"} <= tables
