@@ -239,3 +239,51 @@ def test_verify_finds_and_repairs_unrecorded_objects(zap):
     assert zap.json("verify")["unrecorded"] == []
     assert not (pool / "snapshots" / "stray").exists() and not (pool / "pods" / "ghost").exists()
     assert_branchable(zap, "c@1", "fork")
+
+
+def test_full_state_directory_is_one_line_and_changes_nothing(tmp_path):
+    """A state directory with no space left (the catalog cannot be written): a checkpoint fails
+    with one line, the pod runs on, and once there is space again everything works."""
+    from conftest import Zap, _leftovers, _net_leftovers
+
+    home, mp, img = tmp_path / "home", tmp_path / "pool", tmp_path / "pool.img"
+    home.mkdir()
+    mp.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(home)], check=True)
+    try:
+        subprocess.run(["truncate", "-s", "1G", str(img)], check=True)
+        subprocess.run(["mkfs.btrfs", "-q", str(img)], check=True)
+        subprocess.run(["mount", "-o", "loop", str(img), str(mp)], check=True)
+        z = Zap(home)
+        try:
+            z("init", "--pool", mp)
+            z.run_counter("c")
+            z("checkpoint", "c")
+            filler = home / "filler"
+            with open(filler, "wb") as f:
+                try:
+                    while True:
+                        f.write(b"\0" * 65536)
+                        f.flush()
+                except OSError:
+                    pass
+            cp = z("checkpoint", "c", check=False)
+            lines = cp.stderr.strip().splitlines()
+            assert cp.returncode == 1 and len(lines) == 1 and lines[0].startswith("zap: error: "), cp.stderr
+            assert "internal error" not in cp.stderr and ("full" in cp.stderr or "space" in cp.stderr), cp.stderr
+            filler.unlink()
+            assert z.pod("c")["state"] == "running"
+            assert_counts_on(z, "c")
+            z("checkpoint", "c")
+            assert [c["seq"] for c in z.json("list", "c")["checkpoints"]] == [1, 2]
+            doc = z.json("verify")
+            assert doc["ok"] and doc["unrecorded"] == [], doc
+            assert_branchable(z, "c@1", "fork")
+        finally:
+            z("rm", "--force", "c", check=False)
+            z("deinit", check=False)
+            left = [x for x in _leftovers(home) if x != f"mount: {home}"]  # the tmpfs itself goes below
+            assert not left + _net_leftovers(z.bridge, home), left
+    finally:
+        subprocess.run(["umount", str(mp)], capture_output=True)
+        subprocess.run(["umount", str(home)], capture_output=True)
