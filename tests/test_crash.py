@@ -287,3 +287,25 @@ def test_full_state_directory_is_one_line_and_changes_nothing(tmp_path):
     finally:
         subprocess.run(["umount", str(mp)], capture_output=True)
         subprocess.run(["umount", str(home)], capture_output=True)
+
+
+def test_a_recovery_that_fails_does_not_lock_the_user_out(zap):
+    """An intent record recovery cannot settle (here: an unknown operation): commands that only
+    look, and deinit, go on with a warning; the others refuse with one line; recover says why."""
+    import sqlite3
+
+    zap.run_counter("c")
+    db = sqlite3.connect(zap.home / "catalog.db")
+    db.execute("INSERT INTO intents (id, op, pod, owner_pid, owner_start, created_at, data) "
+               "VALUES ('bad', 'bogus', 'c', 999999, 1, '2026-01-01 00:00:00', '{}')")  # fmt: skip
+    db.commit()
+    db.close()
+    cp = zap("ps", check=False)
+    assert cp.returncode == 0 and "zap: warning: interrupted operations could not be settled" in cp.stderr, cp.stderr
+    assert "unknown operation" in zap.fails("checkpoint", "c", code=1)
+    assert "unknown operation 'bogus'" in zap.fails("recover", code=1)
+    assert zap.pod("c")["state"] == "running"
+    db = sqlite3.connect(zap.home / "catalog.db")
+    db.execute("DELETE FROM intents WHERE id = 'bad'")
+    db.commit()
+    db.close()

@@ -37,6 +37,7 @@ from catalog import Checkpoint, Intent, Pack, Pod, queries
 
 from . import criu, procinfo, staging
 from . import images as image_sets
+from .errors import ZapError
 from .intents import operations_lock, owner_alive
 from .net import podnet
 
@@ -225,6 +226,8 @@ def recover(ctx) -> list[dict]:
                 row = s.get(Intent, rid)
                 if row is None or owner_alive(row):
                     continue  # settled by another command meanwhile
+                if row.op not in HANDLERS:
+                    raise ZapError(f"intent record {row.id} names an unknown operation {row.op!r}")
                 outcome = HANDLERS[row.op](ctx, s, dict(row.data, pod=row.pod))
                 done.append({"op": row.op, "pod": row.pod, "started": row.created_at.isoformat(), "outcome": outcome})
                 s.delete(row)

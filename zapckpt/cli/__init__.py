@@ -39,7 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
 _NO_RECOVERY = {"doctor", "init", "recover", "mount-serve"}
 
 
-def _recover_interrupted() -> None:
+# Commands that only look, or take everything down: they go on (with a warning) if recovery fails.
+_DESPITE_RECOVERY = {"ps", "show", "list", "log", "logs", "df", "verify", "umount", "deinit"}
+
+
+def _recover_interrupted(command: str) -> None:
     """Before a command touches a pod or the store: operations whose zap died are finished or
     undone first (recovery.py). One indexed query when there is nothing to do."""
     from ..state import StateDir
@@ -51,10 +55,20 @@ def _recover_interrupted() -> None:
     from ..recovery import pending, recover
 
     ctx = Context(state)
-    if pending(ctx):
+    try:
+        if not pending(ctx):
+            return
         for d in recover(ctx):
             print(f"zap: recovered: {d['op']} of {d['pod']} interrupted (started {d['started']}): {d['outcome']}",
                   file=sys.stderr)  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - a failed recovery must not lock the user out of deinit
+        why = _one_line(e) or e.__class__.__name__
+        if command in _DESPITE_RECOVERY:
+            print(f"zap: warning: interrupted operations could not be settled ({why}); `zap recover` retries",
+                  file=sys.stderr)  # fmt: skip
+            return
+        raise ZapError(f"interrupted operations could not be settled first ({why}); `zap recover` retries, "
+                       f"`zap deinit` still works") from None
 
 
 def _one_line(text: str) -> str:
@@ -91,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
             timeout()  # a bad value is bad input, refused before anything starts
         if args.command not in _NO_RECOVERY:
-            _recover_interrupted()
+            _recover_interrupted(args.command)
         rc = args.func(args)
         return rc or 0
     except ZapError as e:
