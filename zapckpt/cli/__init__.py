@@ -62,6 +62,10 @@ def _recover_interrupted(command: str) -> None:
             print(f"zap: recovered: {d['op']} of {d['pod']} interrupted (started {d['started']}): {d['outcome']}",
                   file=sys.stderr)  # fmt: skip
     except Exception as e:  # noqa: BLE001 - a failed recovery must not lock the user out of deinit
+        from sqlalchemy.exc import OperationalError
+
+        if isinstance(e, OperationalError):
+            raise  # the catalog itself cannot be used (a full disk...): main says so in one line
         why = _one_line(e) or e.__class__.__name__
         if command in _DESPITE_RECOVERY:
             print(f"zap: warning: interrupted operations could not be settled ({why}); `zap recover` retries",
