@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -117,6 +118,7 @@ def timeout() -> float:
     return value
 
 
+@functools.cache  # a property of this process: looked up once, not per path
 def host_root_pid() -> int:
     """A process whose root (/proc/<pid>/root) is ours, the host's, as seen from inside a pod's
     mount namespace (where /dev/shm, /dev/pts and the state directory are the pod's own): the
