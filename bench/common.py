@@ -84,7 +84,7 @@ def machine() -> dict:
             cpu = line.split(":", 1)[1].strip()
             break
     mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
-    from zapckpt import criu
+    from zapckpt.criu import runner as criu
 
     return {"hostname": platform.node(), "kernel": os.uname().release, "cpus": os.cpu_count(), "cpu_model": cpu,
             "mem_mib": mem, "python": platform.python_version(), "criu": criu.version(),
@@ -204,8 +204,9 @@ def pod_info(home: Path, name: str) -> dict:
 
 def raw_dump(pid: int, out: Path) -> dict:
     """criu dump --leave-running into tmpfs, as zap runs it minus the hook; CRIU's own timings."""
-    from zapckpt import criu, procinfo
-    from zapckpt.criu_images import read_dump_stats
+    from zapckpt.criu import runner as criu
+    from zapckpt.system import procinfo
+    from zapckpt.criu.images import read_dump_stats
 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)

@@ -3,7 +3,7 @@
 resident data where 2% of pages change between checkpoints.
 
 For each checkpoint the same real CRIU dump (into tmpfs) is stored three ways, in the same run:
-  ours     the content-addressed store (zapckpt.chunkstore), timed (ingest, then materialise)
+  ours     the content-addressed store (zapckpt.store.chunkstore), timed (ingest, then materialise)
   raw      the CRIU image directory as it is
   tar|zstd one `tar -cf - | zstd -3 -T0` per checkpoint (what Podman's export does)
 Target: total stored <= 1.5x the first checkpoint; ingest >= 200 MB/s; materialise >= 400 MB/s.
@@ -42,11 +42,12 @@ def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="zapbench-"))
     os.environ.update(zap_env(home))
     from catalog import Checkpoint, Pod
-    from zapckpt import criu, pods
-    from zapckpt.chunkstore import ChunkStore
+    from zapckpt.criu import runner as criu
+    from zapckpt.pod import lifecycle as pods
+    from zapckpt.store.chunkstore import ChunkStore
     from zapckpt.context import Context
-    from zapckpt.pool import init_pool
-    from zapckpt.teardown import deinit
+    from zapckpt.system.pool import init_pool
+    from zapckpt.ops.teardown import deinit
 
     ctx = Context()
     init_pool(ctx.state, ctx.catalog, size="4G")

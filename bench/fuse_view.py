@@ -90,11 +90,11 @@ def main() -> int:
     os.environ.update(zap_env(home))
     env = dict(os.environ)
     from catalog import Checkpoint, Pod
-    from zapckpt import checkpoint as ckpt
-    from zapckpt import pods
+    from zapckpt.ops import checkpoint as ckpt
+    from zapckpt.pod import lifecycle as pods
     from zapckpt.context import Context
-    from zapckpt.pool import init_pool
-    from zapckpt.teardown import deinit
+    from zapckpt.system.pool import init_pool
+    from zapckpt.ops.teardown import deinit
 
     ctx = Context()
     init_pool(ctx.state, ctx.catalog, size=f"{int(args.gib) + 6}G")

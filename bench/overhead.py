@@ -76,7 +76,7 @@ def main() -> int:
         wait_for(lambda: (volume / "progress").exists() and progress(volume)[1] > 0, what="the workload to start")
         time.sleep(2)
         os.environ.update(zap_env(home))
-        from zapckpt import checkpoint
+        from zapckpt.ops import checkpoint
         from zapckpt.context import Context
 
         ctx = Context()

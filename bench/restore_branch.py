@@ -34,7 +34,8 @@ RAW = Path("/dev/shm/zapbench-raw-restore")
 
 def raw_restore(images: Path, volume: Path, mount_path: Path, log: Path) -> float:
     """criu restore -d of an image set in tmpfs; the restored tree is killed after timing."""
-    from zapckpt import criu, procinfo
+    from zapckpt.criu import runner as criu
+    from zapckpt.system import procinfo
 
     pidfile = images.with_name(images.name + ".pid")
     pidfile.unlink(missing_ok=True)
@@ -51,7 +52,7 @@ def raw_restore(images: Path, volume: Path, mount_path: Path, log: Path) -> floa
 
 def in_process_restore(home: Path, ref: str) -> float:
     os.environ.update(zap_env(home))
-    from zapckpt import restore
+    from zapckpt.ops import restore
     from zapckpt.context import Context
 
     ctx = Context()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from zapckpt.errors import NotFound, UsageError
+from zapckpt.common.errors import NotFound, UsageError
 
 from .models import Checkpoint, Pod, Setting
 

@@ -8,8 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from zapckpt import proc
-from zapckpt.errors import ZapError
+from zapckpt.common import proc
+from zapckpt.common.errors import ZapError
 
 
 class BackendError(ZapError):

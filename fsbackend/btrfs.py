@@ -7,7 +7,7 @@ import re
 import stat
 from pathlib import Path
 
-from zapckpt import proc
+from zapckpt.common import proc
 
 from .base import BackendError, Capabilities, SnapshotBackend, SnapshotInfo, fs_magic
 

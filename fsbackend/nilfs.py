@@ -25,7 +25,7 @@ import re
 import shutil
 from pathlib import Path
 
-from zapckpt import proc
+from zapckpt.common import proc
 
 from .base import BackendError, Capabilities, SnapshotBackend, SnapshotInfo
 

@@ -64,7 +64,7 @@ criu_major() {
 }
 PROBE_OUT=""
 criu_works() {
-    PROBE_OUT="$(cd "$REPO" && PYTHONPATH="$REPO" python3 -m zapckpt.criu_probe --criu "$1" 2>&1)"
+    PROBE_OUT="$(cd "$REPO" && PYTHONPATH="$REPO" python3 -m zapckpt.criu.probe --criu "$1" 2>&1)"
 }
 
 system_criu_ok() {

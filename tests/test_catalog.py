@@ -8,7 +8,7 @@ from sqlalchemy import text
 from catalog import Catalog, Checkpoint, Pod, queries
 from catalog.db import BUSY_TIMEOUT_MS, SCHEMA_HEAD
 from catalog.migrate import head_revision
-from zapckpt.errors import NotFound, UsageError
+from zapckpt.common.errors import NotFound, UsageError
 
 
 def test_schema_head_constant_matches_alembic():

@@ -2,7 +2,8 @@
 
 import struct
 
-from zapckpt import criu, criu_images
+from zapckpt.criu import runner as criu
+from zapckpt.criu import images as criu_images
 
 
 def test_log_errors_drop_noise_and_classify_transient(tmp_path):
@@ -44,7 +45,7 @@ def test_read_dump_stats(tmp_path):
 def test_pagemap_runs_cover_pages_file_of_a_real_dump(zap, tmp_path):
     from conftest import WORKLOADS, wait_for
     from catalog import queries
-    from zapckpt import images as image_sets
+    from zapckpt.store import imagesets as image_sets
     from zapckpt.context import Context
     from zapckpt.state import StateDir
 

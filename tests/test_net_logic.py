@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from zapckpt.errors import UsageError
+from zapckpt.common.errors import UsageError
 from zapckpt.net import nftables, publish
 
 

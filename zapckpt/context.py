@@ -10,11 +10,11 @@ from typing import Iterator
 
 from catalog import Catalog, queries
 
-from . import names
-from .errors import NotFound
-from .locks import locked
+from zapckpt.pod import names
+from zapckpt.common.errors import NotFound
+from zapckpt.system.locks import locked
 from .net import podnet
-from .pool import Pool, ensure_pool
+from zapckpt.system.pool import Pool, ensure_pool
 from .state import StateDir
 
 

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 from catalog import Checkpoint, Pod
 
-from .pods import live_state
+from zapckpt.pod.lifecycle import live_state
 
 
 def _ref(ck: Checkpoint | None) -> str | None:

@@ -7,8 +7,8 @@ import re
 
 from catalog import queries
 
-from .criu import DEFAULT_GHOST_LIMIT
-from .errors import UsageError
+from zapckpt.criu.runner import DEFAULT_GHOST_LIMIT
+from zapckpt.common.errors import UsageError
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 

@@ -30,8 +30,8 @@ def ctx():
     home = Path(tempfile.mkdtemp(prefix="zapvm-"))
     os.environ["ZAP_HOME"] = str(home)
     from zapckpt.context import Context
-    from zapckpt.pool import init_pool
-    from zapckpt.teardown import deinit
+    from zapckpt.system.pool import init_pool
+    from zapckpt.ops.teardown import deinit
 
     c = Context()
     init_pool(c.state, c.catalog, backend_name="nilfs", device=DEVICE)
@@ -50,8 +50,10 @@ def _snapshots() -> set[int]:
 
 def test_nilfs_checkpoint_is_atomic_and_restores_branches_and_prunes(ctx):
     from catalog import queries
-    from zapckpt import checkpoint as ckpt
-    from zapckpt import pods, restore, retention
+    from zapckpt.ops import checkpoint as ckpt
+    from zapckpt.pod import lifecycle as pods
+    from zapckpt.ops import restore
+    from zapckpt.ops import retention
 
     pod = pods.run(ctx, "ctr", ["python3", str(COUNTER)], {"COUNTER_INTERVAL": "0.002"}, None)
     vol = Path(pod.volume)

@@ -16,7 +16,7 @@ import os
 import traceback
 
 from .. import __version__
-from ..errors import UsageError, ZapError
+from zapckpt.common.errors import UsageError, ZapError
 from . import checkpoints, guard, pods, store, system, view
 
 
@@ -52,7 +52,7 @@ def _recover_interrupted(command: str) -> None:
     if not state.catalog_db.exists():
         return
     from ..context import Context
-    from ..recovery import pending, recover
+    from zapckpt.ops.recovery import pending, recover
 
     ctx = Context(state)
     try:
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.geteuid() != 0 and args.command not in ("doctor",):
             raise ZapError("zap must run as root (it creates namespaces, mounts and runs CRIU)")
         if os.environ.get("ZAP_CRIU_TIMEOUT"):
-            from ..criu import timeout
+            from zapckpt.criu.runner import timeout
 
             timeout()  # a bad value is bad input, refused before anything starts
         if args.command not in _NO_RECOVERY:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from catalog import queries
 
-from .. import checkpoint as ckpt
-from .. import restore as rst
+from zapckpt.ops import checkpoint as ckpt
+from zapckpt.ops import restore as rst
 from ..context import Context
-from ..lineage import render_lineage
+from zapckpt.ops.lineage import render_lineage
 from ..net import publish
 from ..settings import parse_size
 from ..records import checkpoint_record, checkpoint_row_records, pod_record

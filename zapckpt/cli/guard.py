@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ..context import Context
-from ..errors import UsageError
-from ..diff import diff
-from ..guard import guard
+from zapckpt.common.errors import UsageError
+from zapckpt.ops.diff import diff
+from zapckpt.ops.guard import guard
 from . import argtypes
 from .output import emit_json, info
 
@@ -38,7 +38,7 @@ def cmd_guard(args) -> int:
     if args.host:
         if args.name:
             raise UsageError("--host guards the host, not a pod: zap guard --host -- CMD")
-        from ..hostguard import host_guard
+        from zapckpt.ops.hostguard import host_guard
 
         print(*host_guard(args.cmd, args.check, args.check_timeout, args.root))
         return 0
@@ -52,7 +52,7 @@ def cmd_guard(args) -> int:
 
 
 def cmd_host_snapshot(args) -> int:
-    from ..hostguard import host_snapshot
+    from zapckpt.ops.hostguard import host_snapshot
 
     print(host_snapshot(args.label, args.root))
     return 0

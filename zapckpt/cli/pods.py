@@ -6,7 +6,7 @@ import sys
 
 from catalog import queries
 
-from .. import pods
+from zapckpt.pod import lifecycle as pods
 from ..net import publish
 from ..context import Context
 from ..records import pod_record

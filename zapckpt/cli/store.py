@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .. import maintenance, transfer
+from zapckpt.ops import maintenance
+from zapckpt.ops import transfer
 from ..context import Context
 from . import argtypes
 from .output import emit_json, human_bytes, info, table
@@ -101,7 +102,7 @@ def cmd_import(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .. import recovery
+    from zapckpt.ops import recovery
 
     ctx = Context()
     doc = maintenance.verify(ctx, args.ref)
@@ -124,7 +125,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_recover(args) -> int:
-    from .. import recovery
+    from zapckpt.ops import recovery
 
     ctx = Context()
     done = recovery.recover(ctx)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from ..context import Context
-from ..doctor import report, run_checks
-from ..pool import init_pool
+from zapckpt.ops.doctor import report, run_checks
+from zapckpt.system.pool import init_pool
 from ..settings import parse_size, set_ghost_limit
-from ..teardown import deinit
+from zapckpt.ops.teardown import deinit
 from .output import emit_json, info
 
 

@@ -4,7 +4,7 @@ the catalog after every change, in one atomic `nft -f` transaction, and removed 
 
 from __future__ import annotations
 
-from .. import proc
+from zapckpt.common import proc
 
 
 def table_name(bridge: str) -> str:

@@ -30,8 +30,8 @@ from sqlalchemy.orm import Session
 
 from catalog import Pod, queries
 
-from .. import proc
-from ..errors import UsageError, ZapError
+from zapckpt.common import proc
+from zapckpt.common.errors import UsageError, ZapError
 from . import nftables
 
 MODES = ("pod", "none", "host")

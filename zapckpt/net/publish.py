@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from ..errors import UsageError
+from zapckpt.common.errors import UsageError
 
 
 def _port(text: str, spec: str) -> int:

@@ -20,9 +20,9 @@ import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from .. import proc
+from zapckpt.common import proc
 from ..context import Context
-from ..errors import UsageError, ZapError
+from zapckpt.common.errors import UsageError, ZapError
 
 FSTYPE = "fuse.zapckpt"
 # The kernel reads a FUSE file 128 KiB at a time, with 128 KiB of read-ahead: one request in

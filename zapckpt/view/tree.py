@@ -36,11 +36,11 @@ from sqlalchemy import func, select
 
 from catalog import Checkpoint, ImageFile, Pod, queries
 
-from .. import images as image_sets
-from ..chunkstore import ImageReader, StoreError
+from zapckpt.store import imagesets as image_sets
+from zapckpt.store.chunkstore import ImageReader, StoreError
 from ..context import Context
-from ..errors import AlreadyExists, NotFound, UsageError, ZapError
-from ..names import NAME_RE
+from zapckpt.common.errors import AlreadyExists, NotFound, UsageError, ZapError
+from zapckpt.pod.names import NAME_RE
 from ..records import checkpoint_record, pod_record
 
 ROOT_INO = 1
@@ -401,7 +401,7 @@ class HistoryTree:
         """mkdir in checkpoints/<N>/branches/: exactly `zap branch POD@N NAME`."""
         if parent.kind != BRANCHES:
             raise ViewError(errno.EROFS, "the view is read-only; only checkpoints/<N>/branches/ takes mkdir")
-        from ..restore import branch
+        from zapckpt.ops.restore import branch
 
         try:
             branch(self.ctx, parent.ck, name)
@@ -455,7 +455,7 @@ class HistoryTree:
     def _images(self, ck_id: str) -> list[tuple[str, int]]:
         info = self.checkpoint(ck_id)
         if info.image_format == "dir":
-            from .. import imagestore
+            from zapckpt.store import legacy as imagestore
 
             try:
                 return [(f["name"], f["raw"]) for f in imagestore.manifest(Path(info.image_dir or ""))]

@@ -1,0 +1,130 @@
+"""The one subprocess wrapper: every external tool (btrfs, mount, criu, ...) runs through here.
+
+It captures stderr and raises CommandError carrying argv, exit status and stderr, so callers can
+turn a failure into one clear line without re-running anything.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from zapckpt.common.errors import ZapError
+
+# Lines every CRIU run prints on this kind of kernel; they never explain a failure.
+NOISE = ("rlimit: Can't setup RLIMIT_NOFILE",)
+
+
+class CommandError(ZapError):
+    def __init__(self, argv: Sequence[str], returncode: int, stderr: str, stdout: str = ""):
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stderr = stderr
+        self.stdout = stdout
+        super().__init__(f"{self.argv[0]} failed (exit {returncode}): {self.reason()}")
+
+    def reason(self) -> str:
+        lines = [ln.strip() for ln in self.stderr.splitlines() if ln.strip()]
+        lines = [ln for ln in lines if not any(n in ln for n in NOISE)]
+        return lines[-1] if lines else "no error output"
+
+
+class ToolMissing(ZapError):
+    def __init__(self, tool: str):
+        super().__init__(f"{tool} not found; run `zap doctor` to see how to install it")
+
+
+@dataclass
+class Result:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    input: str | None = None,
+    timeout: float | None = None,
+    own_session: bool = False,
+    kill_group: bool = False,
+    umask: int = -1,
+    stdio_from=None,
+    on_start=None,
+) -> Result:
+    """Run argv to completion, capturing stdout and stderr as text. own_session keeps terminal
+    signals (Ctrl-C) away from a child that must not die half-way. On a timeout the child is
+    killed, with its whole process group if kill_group (it needs own_session), and
+    CommandError says so. stdio_from, if given, is called in the child before it execs and
+    returns (stdin, stdout) descriptors for it (stderr goes with stdout); output is then not
+    captured."""
+    argv = [str(a) for a in argv]
+    preexec = None
+    if stdio_from is not None:
+        def preexec() -> None:
+            stdin, stdout = stdio_from()
+            os.dup2(stdin, 0)
+            os.dup2(stdout, 1)
+            os.dup2(stdout, 2)
+    try:
+        child = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=cwd,
+            close_fds=True,
+            start_new_session=own_session,
+            umask=umask,
+            preexec_fn=preexec,
+        )
+    except FileNotFoundError:
+        raise ToolMissing(argv[0]) from None
+    except subprocess.SubprocessError as e:  # stdio_from failed in the child
+        raise CommandError(argv, -1, f"preparing {argv[0]} failed: {e}") from None
+    if on_start is not None:
+        on_start()
+    try:
+        out, err = child.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        if kill_group and own_session:
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        child.kill()
+        child.communicate()
+        raise CommandError(argv, -1, f"timed out after {timeout:g}s") from None
+    except BaseException:
+        child.kill()
+        child.wait()
+        raise
+    if check and child.returncode != 0:
+        raise CommandError(argv, child.returncode, err, out)
+    return Result(argv, child.returncode, out, err)
+
+
+def spawn_detached(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """Start argv in a new session with no inherited descriptors (pods must not hold our fds)."""
+    argv = [str(a) for a in argv]
+    try:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            close_fds=True,
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        raise ToolMissing(argv[0]) from None

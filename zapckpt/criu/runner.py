@@ -1,0 +1,231 @@
+"""Running CRIU: where it is, how a pod is dumped and restored, and what its logs say."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from zapckpt.system import faults
+from zapckpt.common import proc
+from zapckpt.common.errors import UsageError, ZapError
+
+# The private CRIU runtime that scripts/install.sh builds where the distribution's CRIU is too old.
+PRIVATE_CRIU = "/opt/zapckpt/bin/criu"
+MIN_MAJOR = 4
+
+# Failures caused by a passing state of the tree; a quick retry usually gets past them.
+TRANSIENT = (
+    "In-flight connection",
+    "Unseizable non-zombie",
+    "Task pid reused while suspending",
+    "zombie found while seizing",
+    "can't interrupt task",
+    "task not stopped after seize",
+    "Collected (",
+)
+RETRIES = 3
+
+
+class CriuError(ZapError):
+    def __init__(self, what: str, log: Path | None, lines: list[str]):
+        self.log = log
+        self.lines = lines
+        detail = "; ".join(lines[-3:]) if lines else "no error in its log"
+        where = f" (full log: {log})" if log else ""
+        super().__init__(f"{what}: {detail}{where}")
+
+    @property
+    def transient(self) -> bool:
+        return any(t in ln for ln in self.lines for t in TRANSIENT)
+
+
+def criu_binary() -> str:
+    """ZAP_CRIU, else the private runtime if installed, else the system's criu."""
+    env = os.environ.get("ZAP_CRIU")
+    if env:
+        return env
+    if os.access(PRIVATE_CRIU, os.X_OK):
+        return PRIVATE_CRIU
+    found = shutil.which("criu")
+    if found:
+        return found
+    raise ZapError("CRIU >= 4 not found: run `make install` (or see `zap doctor`)")
+
+
+def version(binary: str | None = None) -> str:
+    out = proc.run([binary or criu_binary(), "--version"]).stdout
+    for line in out.splitlines():
+        if line.startswith("Version:"):
+            return line.split(":", 1)[1].strip()
+    return out.strip()
+
+
+def log_errors(log: Path) -> list[str]:
+    """The lines of a CRIU log that explain a failure (minus the harmless rlimit line)."""
+    try:
+        text = log.read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in text.splitlines():
+        if ("Error" in line or "rror (" in line) and not any(n in line for n in proc.NOISE):
+            # "(00.012345) Error (criu/x.c:12): text" -> "text"
+            out.append(line.split("): ", 1)[-1].strip())
+    return [ln for ln in out if ln and not ln.startswith("Dumping FAILED") and ln != "Restoring FAILED."]
+
+
+def _keep_log(src: Path, dst: Path) -> Path:
+    """Staging is removed after each operation: a failed run's log goes to the state directory."""
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+    except FileNotFoundError:
+        pass
+    return dst
+
+
+def net_opts(lock: bool = True) -> list[str]:
+    """TCP connections (established, listening, half-closed) are dumped and restored in repair
+    mode; the network lock (nftables, in the pod's namespace) lets no packet of theirs in or out
+    while the pod is frozen, so peers see no reset. Setting the lock up costs ~10 ms inside the
+    frozen window, so a dump without connections to hold leaves CRIU its default method, which
+    sets nothing up until it meets a connection (see checkpoint.py; `skip` is unknown to CRIU
+    3.x)."""
+    return ["--tcp-established", *(["--network-lock", "nftables"] if lock else [])]
+
+
+NET_OPTS = net_opts()
+DEFAULT_TIMEOUT = 300.0
+DEFAULT_GHOST_LIMIT = 64 << 20
+
+
+def timeout() -> float:
+    """ZAP_CRIU_TIMEOUT seconds for one CRIU run (default 300)."""
+    raw = os.environ.get("ZAP_CRIU_TIMEOUT")
+    if not raw:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1
+    if not (value > 0 and value < 1e6):
+        raise UsageError(f"bad ZAP_CRIU_TIMEOUT {raw!r}: a number of seconds")
+    return value
+
+
+@functools.cache  # a property of this process: looked up once, not per path
+def host_root_pid() -> int:
+    """A process whose root (/proc/<pid>/root) is ours, the host's, as seen from inside a pod's
+    mount namespace (where /dev/shm, /dev/pts and the state directory are the pod's own): the
+    init (pid 1) when it shares our root, since it outlives zap and a CRIU run then still finds
+    its images, pidfile and hook if zap dies half-way (recovery.py relies on it); else our own
+    (zap in a chroot)."""
+    try:
+        a, b = os.stat("/proc/1/root"), os.stat("/")
+        if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) and os.readlink("/proc/1/ns/mnt") == os.readlink("/proc/self/ns/mnt"):
+            return 1
+    except OSError:
+        pass
+    return os.getpid()
+
+
+def host_root() -> str:
+    return f"/proc/{host_root_pid()}/root"
+
+
+def through_host_root(path: Path) -> str:
+    return f"{host_root()}{path}"
+
+
+def _run_bounded(argv: list[str], what: str, own_log: Path, log: Path, env: dict | None = None,
+                 limit: float | None = None, umask: int = -1) -> proc.Result:  # fmt: skip
+    """Run CRIU with the timeout; on expiry its whole process group is killed (the tasks it had
+    seized are let go by the kernel when their tracer dies, the ones it was restoring die with
+    it) and its log is kept."""
+    limit = limit or timeout()
+    try:
+        action = next((a for a in ("dump", "restore") if a in argv), "criu")
+        return proc.run(argv, check=False, own_session=True, timeout=limit, kill_group=True, env=env, umask=umask,
+                        on_start=lambda: faults.point(f"criu-{action}", delay=0.05))  # fmt: skip
+    except proc.CommandError:
+        _keep_log(own_log, log)
+        raise CriuError(what, log, [f"CRIU did not finish within {limit:g}s (ZAP_CRIU_TIMEOUT) and was killed"]) from None
+
+
+def dump(init_pid: int, images: Path, hook: Path, log: Path, *, leave_stopped: bool,
+         ghost_limit: int = DEFAULT_GHOST_LIMIT, network_lock: bool = True) -> float:  # fmt: skip
+    """Dump the tree rooted at init_pid into images; returns the wall time in ms.
+
+    CRIU runs inside the pod's mount and network namespaces, so it does not try to dump those
+    (the files are covered by the snapshot instead, and the network namespace outlives the
+    processes); pid, ipc and uts namespaces are dumped, and so is every socket.
+    """
+    attempt = 0
+    while True:
+        attempt += 1
+        argv = [
+            "nsenter", "-t", str(init_pid), "-m", "-n", "--",
+            criu_binary(), "dump", "-t", str(init_pid), "-D", through_host_root(images), "-o", "dump.log",
+            "--leave-stopped" if leave_stopped else "--leave-running", "--file-locks",
+            "--action-script", through_host_root(hook), *net_opts(network_lock), "--ghost-limit", str(ghost_limit),
+        ]  # fmt: skip
+        images.mkdir(mode=0o700, parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        # Its own session: a Ctrl-C at the terminal must not kill CRIU while its parasite code
+        # runs inside the pod (zap defers the interrupt until CRIU is done, see signals.py).
+        # Images 0600 (umask): they are the pod's memory.
+        res = _run_bounded(argv, "CRIU dump failed", images / "dump.log", log, umask=0o077)
+        ms = (time.perf_counter() - t0) * 1000
+        if res.returncode == 0:
+            return ms
+        _keep_log(images / "dump.log", log)
+        err = CriuError("CRIU refused to dump the pod", log, log_errors(log))
+        if not err.lines:
+            err = CriuError("CRIU dump failed", None, [proc.CommandError(argv, res.returncode, res.stderr).reason()])
+        if not network_lock and any("ptables" in ln for ln in err.lines):
+            # A connection opened between our look and the freeze met CRIU's default lock
+            # (iptables, often absent): dump again with ours.
+            network_lock = True
+        elif not err.transient or attempt > RETRIES:
+            raise err
+        time.sleep(0.05 * attempt)
+
+
+def restore(images: Path, pidfile: Path, mounts: dict, netns: str | None, log: Path,
+            limit: float | None = None) -> int:  # fmt: skip
+    """Restore the tree detached, in a fresh private mount namespace made like the pod's own
+    (podmounts.py: the volume at its path, private /dev/shm and /dev/pts, declared volumes),
+    inside the network namespace `netns` (None: the host's); returns the host pid of the
+    restored init. A system pod gets its /proc mounted again, from inside its new pid
+    namespace, before its processes come back."""
+    criu = [criu_binary(), "restore", "-d", "-D", through_host_root(images), "-o", "restore.log",
+            "--file-locks", "--pidfile", through_host_root(pidfile), *NET_OPTS]  # fmt: skip
+    if mounts["system"]:
+        hook = images.parent / "restore-hook.sh"
+        proc_dir = Path(mounts["mount_path"]) / "proc"
+        hook.write_text(
+            "#!/bin/sh\n"
+            '[ "$CRTOOLS_SCRIPT_ACTION" = setup-namespaces ] || exit 0\n'
+            f'exec nsenter -t "$CRTOOLS_INIT_PID" -p -- mount -t proc -o nosuid,nodev,noexec proc {shlex.quote(str(proc_dir))}\n'
+        )
+        hook.chmod(0o700)
+        criu += ["--action-script", through_host_root(hook)]
+    # As in podinit: detach `zap mount` views from the copy of the mount table the pod gets.
+    inner = ["sh", "-c", 'for m in $(awk \'$0 ~ / - fuse\\.zapckpt / {print $5}\' /proc/self/mountinfo); do '
+             'umount --lazy "$m"; done; exec "$@"', "sh",
+             sys.executable, "-m", "zapckpt.pod.mounts", json.dumps(mounts), "--"]  # fmt: skip
+    enter = ["nsenter", f"--net={netns}", "--"] if netns else []
+    argv = [*enter, "unshare", "--mount", "--propagation", "private", "--", *inner, *criu]
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "PYTHONPATH": os.pathsep.join(sys.path)}
+    res = _run_bounded(argv, "CRIU restore failed", images / "restore.log", log, env, limit)
+    if res.returncode != 0:
+        _keep_log(images / "restore.log", log)
+        lines = log_errors(log) or [proc.CommandError(argv, res.returncode, res.stderr).reason()]
+        raise CriuError("CRIU could not restore the pod", log, lines)
+    return int(pidfile.read_text().strip())

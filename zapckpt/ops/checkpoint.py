@@ -1,0 +1,252 @@
+"""The atomic step: CRIU dumps the pod while its post-dump hook takes the read-only snapshot,
+so memory and files are captured at the same frozen instant. Everything else (flushing dirty
+data, listing processes, compressing and fsyncing images, the catalog) happens before the
+freeze or after the thaw."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import time
+import uuid
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from catalog import Checkpoint, Pod, queries
+
+from zapckpt import settings
+from zapckpt.criu import runner as criu
+from zapckpt.system import faults
+from zapckpt.ops import intents
+from zapckpt.system import procinfo
+from zapckpt.system import staging
+from zapckpt.criu.images import dump_run_id, read_dump_stats
+from zapckpt.store import imagesets as image_sets
+from zapckpt.context import Context
+from zapckpt.common.errors import UsageError, ZapError
+from zapckpt.net import podnet
+from zapckpt.pod.lifecycle import live_state
+from zapckpt.system.signals import deferred_interrupts
+
+HOOK = """#!/bin/bash
+# CRIU action script: runs in the frozen window; only post-dump does anything.
+[ "$CRTOOLS_SCRIPT_ACTION" = post-dump ] || exit 0
+t0=$EPOCHREALTIME
+{snapshot} >/dev/null 2>{err} || exit 1
+echo "$t0 $EPOCHREALTIME" >{times}
+"""
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def _write_hook(path: Path, argv: list[str], err: Path, times: Path) -> None:
+    # The hook runs in the pod's mount namespace (where /dev/shm is the pod's): our files are
+    # reached through the host's root.
+    err_at, times_at = criu.through_host_root(err), criu.through_host_root(times)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o700)
+    with open(fd, "w") as f:
+        f.write(HOOK.format(snapshot=shlex.join(argv), err=shlex.quote(err_at), times=shlex.quote(times_at)))
+
+
+def _hook_ms(times: Path) -> float | None:
+    try:
+        t0, t1 = (float(x) for x in times.read_text().split())
+    except (OSError, ValueError):
+        return None
+    return (t1 - t0) * 1000
+
+
+def record(s: Session, pod: Pod, ck_id: str, message: str, kind: str, backend: str, snap, before_commit=None,
+            **fields) -> Checkpoint:  # fmt: skip
+    """Write the catalog row (both halves exist by now) and move the pod's head to it."""
+    ck = Checkpoint(
+        id=ck_id, pod=pod, seq=queries.next_seq(s, pod), parent_id=pod.head_checkpoint_id, message=message,
+        kind=kind, backend=backend, snapshot_path=snap.path, snapshot_generation=snap.generation, **fields,
+    )  # fmt: skip
+    s.add(ck)
+    s.flush()  # the row first: pods.head_checkpoint_id and image_files reference it
+    pod.head_checkpoint_id = ck_id
+    if before_commit:
+        before_commit()
+    s.commit()
+    return ck
+
+
+def commit_pair(ctx: Context, s: Session, pod: Pod, ck_id: str, images: Path | None, message: str, kind: str,
+                info, t_start: float | None = None, **fields) -> Checkpoint:  # fmt: skip
+    """The one commit of a checkpoint (`checkpoint` and `import` both end here): the image set
+    into the store, the catalog row and the chunk index in one transaction, under the store's
+    lock; if any part fails, none of it stays (the new pack is discarded)."""
+    store = image_sets.store(ctx)
+    with store.lock():
+        pending = store.ingest(s, images) if images is not None else None
+        faults.point("checkpoint:ingested")
+        try:
+            if t_start is not None:
+                fields["total_ms"] = (time.perf_counter() - t_start) * 1000
+            return record(
+                s, pod, ck_id, message, kind, ctx.pool.backend.name, info, image_format="cas" if pending else None,
+                before_commit=(lambda: pending.commit(s, ck_id)) if pending else None,
+                raw_bytes=pending.raw_bytes if pending else 0, stored_bytes=pending.stored_bytes if pending else 0,
+                **fields,
+            )  # fmt: skip
+        except BaseException:
+            if pending:
+                pending.discard()
+            raise
+
+
+def take(
+    ctx: Context, s: Session, pod: Pod, message: str, *, stop: bool = False, kind: str = "manual",
+    ghost_limit: int | None = None, release_connections: bool = False, strict: bool = False,
+    ck_id: str | None = None,
+) -> Checkpoint:
+    """Checkpoint a running pod and commit it. The caller holds the pod's lock.
+
+    With stop, the pod ends after the dump and its connections to the outside stay held by
+    CRIU's network lock, for a restore of exactly this checkpoint to bring back; with
+    release_connections too (a rollback to another state), they are reset instead, so that
+    clients reconnect at once."""
+    t_start = time.perf_counter()
+    if live_state(pod) != "running":
+        raise UsageError(f"pod {pod.name!r} is not running ({live_state(pod)}): nothing to checkpoint")
+    pool = ctx.pool
+    backend = pool.backend
+    ck_id = ck_id or new_id()
+    volume = Path(pod.volume)
+    snap = pool.snapshots / ck_id
+    backend.check_snapshot(volume, snap)
+
+    # Before the freeze: what runs, and dirty data written back so the snapshot has little to do.
+    pids = procinfo.pids_in_pidns(pod.init_pid)
+    processes = [d for p in pids if (d := procinfo.describe(p))]
+    inside = [pod.mount_path, *(v["pod"] for v in pod.volumes or []), *(["/tmp"] if pod.private_tmp else [])]
+    outside = procinfo.outside_files(pids, inside)
+    if outside and strict:
+        raise ZapError(f"pod {pod.name!r} holds files open outside its volume, which the checkpoint would not "
+                       f"contain: {_name_files(outside)} (--strict; declare them with --volume or drop --strict)")
+    # The network lock costs ~10 ms inside the frozen window: taken only when there are TCP
+    # connections to hold (checked here, before the freeze; one opened in between is still
+    # dumped, at worst a packet is retransmitted), always when the pod stops (its closing
+    # sockets must send nothing), and always in the host's namespace (not ours to judge).
+    network_lock = stop or pod.net == "host" or procinfo.has_tcp_connections(pod.init_pid)
+    with staging.stage(ctx.state, f"dump-{ck_id}") as stage, intents.recorded(
+        ctx, "checkpoint", pod.name, session=s, ck_id=ck_id, snapshot=str(snap), stage=str(stage), stop=stop,
+        release=release_connections,
+    ) as rec:  # fmt: skip
+        ck = _dump_and_commit(ctx, s, rec, pod, ck_id, snap, stage, message, kind, stop, ghost_limit, network_lock,
+                              processes, t_start)  # fmt: skip
+        faults.point("checkpoint:committed")
+        if stop:
+            if release_connections:
+                # Reset the outside connections while their sockets still exist (tasks stopped).
+                podnet.release_locks(ctx.net, pod, ck.criu_run_id)
+                podnet.abort_external(ctx.net, pod)
+            procinfo.kill_pod_tree(pod.init_pid)
+            pod.desired_state = "stopped"
+            pod.net_locked_by = None if release_connections else ck.id
+            s.commit()
+    # Reported, never hidden: what the checkpoint cannot vouch for.
+    ck.outside_files = outside
+    ck.warnings = []
+    if outside:
+        ck.warnings.append(f"files open outside the pod's volume are not in the checkpoint and will not be "
+                           f"rolled back: {_name_files(outside)}")
+    if pod.volumes:
+        shared = ", ".join(f"{v['host']} (at {v['pod']})" for v in pod.volumes)
+        ck.warnings.append(f"not rolled back: the declared volumes {shared} are the host's, not in the checkpoint")
+    if not stop and (gone := procinfo.missing_processes(processes, pod.init_pid)):
+        ck.warnings.append(f"exited right after the checkpoint: {procinfo.name_processes(gone)}")
+    return ck
+
+
+def _dump_and_commit(ctx: Context, s: Session, rec: intents.Record, pod: Pod, ck_id: str, snap: Path, stage: Path, message: str,
+                     kind: str, stop: bool, ghost_limit: int | None, network_lock: bool, processes: list[dict],
+                     t_start: float) -> Checkpoint:  # fmt: skip
+    """The dump with the snapshot in its frozen window, then the commit; on failure nothing of
+    it is left and the pod runs on."""
+    backend = ctx.pool.backend
+    volume = Path(pod.volume)
+    images = stage / "images"
+    backend.flush(volume)
+    hook, hook_err, hook_times = stage / "hook.sh", stage / "hook.err", stage / "hook.times"
+    # The hook runs in the pod's mount namespace, where the state directory is hidden: every
+    # path it names is reached through our (the host's) root.
+    _write_hook(hook, backend.snapshot_argv(volume, snap, host_pid=criu.host_root_pid()), hook_err, hook_times)
+
+    faults.point("checkpoint:before-dump")
+    stopped = False
+    info = None
+    try:
+        try:
+            dump_ms = criu.dump(pod.init_pid, images, hook, ctx.log_path(pod.name, "dump"), leave_stopped=stop,
+                                ghost_limit=ghost_limit if ghost_limit is not None else settings.ghost_limit(ctx),
+                                network_lock=network_lock)  # fmt: skip
+        except criu.CriuError as e:
+            podnet.release_locks(ctx.net, pod)  # a dump that died half-way may have left its lock
+            hook_msg = hook_err.read_text().strip() if hook_err.exists() else ""
+            if hook_msg:
+                raise ZapError(f"filesystem snapshot failed inside the frozen window: {hook_msg.splitlines()[-1]}"
+                               f" (pod resumed; full log: {e.log})") from None
+            raise
+        stopped = stop
+        faults.point("checkpoint:dumped")
+        # After the thaw.
+        stats = read_dump_stats(images)
+        run_id = dump_run_id(images)
+        fs_ms = _hook_ms(hook_times)
+        info = backend.describe(snap)
+        if info.path != str(snap):
+            rec.note(snapshot=info.path)  # NILFS2: the snapshot is mkcp's, known only now
+        ck = commit_pair(ctx, s, pod, ck_id, images, message, kind, info, t_start=t_start, frozen_ms=stats.frozen_ms,
+                         dump_ms=dump_ms, fs_snapshot_ms=fs_ms, processes=processes, stopped=stop,
+                         criu_run_id=run_id)  # fmt: skip
+    except BaseException:
+        s.rollback()
+        # Undone by what was really made (on NILFS2 a checkpoint of mkcp's, not `snap`).
+        if info is not None:
+            backend.delete_volume(Path(info.path))
+        elif snap.exists():
+            backend.delete_volume(snap)
+        if stopped:
+            # The dump left the tasks stopped for us to end; the checkpoint failed, so resume them.
+            procinfo.signal_all(procinfo.pids_in_pidns(pod.init_pid), signal.SIGCONT)
+        raise
+    return ck
+
+
+def _name_files(files: list[dict], most: int = 3) -> str:
+    names = sorted({f["path"] for f in files})
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def snapshot_only(ctx: Context, s: Session, pod: Pod, message: str, kind: str = "auto",
+                  ck_id: str | None = None) -> Checkpoint:  # fmt: skip
+    """A files-only checkpoint of a pod that is not running (nothing to dump)."""
+    pool = ctx.pool
+    ck_id = ck_id or new_id()
+    snap = pool.snapshots / ck_id
+    t0 = time.perf_counter()
+    info = pool.backend.snapshot(Path(pod.volume), snap)
+    fs_ms = (time.perf_counter() - t0) * 1000
+    try:
+        ck = record(s, pod, ck_id, message, kind, pool.backend.name, info, image_format=None,
+                     fs_snapshot_ms=fs_ms, total_ms=fs_ms, processes=[])  # fmt: skip
+    except BaseException:
+        s.rollback()
+        pool.backend.delete_volume(snap)
+        raise
+    return ck
+
+
+def checkpoint(ctx: Context, name: str, message: str = "", stop: bool = False, kind: str = "manual",
+               ghost_limit: int | None = None, strict: bool = False) -> Checkpoint:  # fmt: skip
+    with ctx.pod_lock(name):
+        with ctx.catalog.session() as s:
+            pod = queries.get_pod(s, name)
+            with deferred_interrupts():
+                return take(ctx, s, pod, message, stop=stop, kind=kind, ghost_limit=ghost_limit, strict=strict)

@@ -1,0 +1,134 @@
+"""`zap guard --host [--root DIR] -- CMD`: snapper's apt hook idea for a machine (or a chroot)
+whose root is a btrfs subvolume. Files only (the host's processes are not checkpointed).
+
+A read-only snapshot `N-pre` is taken before CMD, `N-post` after it succeeds; on failure the
+failed tree is kept as `N-failed` and the root goes back to `N-pre`:
+- DIR (a subvolume that is not a mount point, e.g. a chroot): swapped in place, at once;
+- the running root `/`: cannot be swapped under the running system, so a writable copy of
+  `N-pre` becomes the default subvolume and the rollback completes at the next boot (as
+  `snapper rollback` does); zap says so.
+Snapshots live in `<root>/.zap-snapshots` for `/` and beside DIR (`.DIR.zap-snapshots`)
+otherwise, so a swap never moves them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from fsbackend import get_backend
+
+from zapckpt.common import proc
+from zapckpt.system import procinfo
+from zapckpt.ops.guard import outcome
+from zapckpt.common.errors import UsageError, ZapError
+from zapckpt.pod.lifecycle import ExecTimeout
+
+
+def _say(msg: str) -> None:
+    print(f"zap guard: {msg}", file=sys.stderr, flush=True)
+
+
+def _check_root(root: Path):
+    fstype = proc.run(["stat", "-f", "-c", "%T", str(root)]).stdout.strip()
+    if fstype != "btrfs":
+        raise UsageError(f"the root {root} is on {fstype}, not btrfs: `guard --host` needs a btrfs root subvolume "
+                         "(snapshots are how it rolls back)")  # fmt: skip
+    backend = get_backend("btrfs")
+    if not backend.is_volume(root):
+        raise UsageError(f"{root} is on btrfs but is not a subvolume: it cannot be snapshotted")
+    return backend
+
+
+def _store(root: Path) -> Path:
+    return root / ".zap-snapshots" if root == Path("/") else root.parent / f".{root.name}.zap-snapshots"
+
+
+def _next_number(store: Path) -> int:
+    nums = [int(p.name.split("-", 1)[0]) for p in store.iterdir() if p.name.split("-", 1)[0].isdigit()]
+    return max(nums, default=0) + 1
+
+
+def _run(root: Path, argv: list[str], timeout: float | None = None) -> int:
+    """Run argv on the host, or chrooted in root (with /proc and /dev, in a private mount
+    namespace so nothing stays mounted)."""
+    if root != Path("/"):
+        setup = 'mount -t proc proc "$1/proc" && mount --rbind /dev "$1/dev" && r="$1" && shift && exec chroot "$r" "$@"'
+        argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", setup, "sh", str(root), *argv]
+    import subprocess
+
+    child = subprocess.Popen(argv)
+    try:
+        return child.wait(timeout)
+    except KeyboardInterrupt:
+        child.wait()
+        return 130
+    except subprocess.TimeoutExpired:
+        procinfo.kill_tree(child.pid)  # the same deepest-first kill as a pod's health check
+        child.wait()
+        raise ExecTimeout(f"{argv[-1]} timed out") from None
+
+
+def host_snapshot(label: str, root: str = "/") -> str:
+    """One numbered read-only snapshot of the root (for apt's DPkg::Pre/Post-Invoke hooks)."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,40}", label):
+        raise UsageError(f"bad label {label!r}: use a-z 0-9 _ . - (e.g. apt-pre)")
+    top = Path(root).resolve()
+    backend = _check_root(top)
+    store = _store(top)
+    store.mkdir(exist_ok=True)
+    snap = store / f"{_next_number(store)}-{label}"
+    backend.snapshot(top, snap)
+    return str(snap)
+
+
+def host_guard(command: list[str], check: str | None, check_timeout: float, root: str = "/") -> tuple[str, str]:
+    if not command:
+        raise UsageError("no command given: zap guard --host -- CMD [ARGS...]")
+    top = Path(root).resolve()
+    backend = _check_root(top)
+    # os.path.ismount is true for every btrfs subvolume (each has its own st_dev): ask mountinfo.
+    mounts = {ln.split()[4] for ln in Path("/proc/self/mountinfo").read_text().splitlines()}
+    live_root = top == Path("/") or str(top) in mounts
+    store = _store(top)
+    store.mkdir(exist_ok=True)
+    n = _next_number(store)
+    what = shlex.join(command)
+    pre = store / f"{n}-pre"
+    backend.snapshot(top, pre)
+    (store / f"{n}.json").write_text(json.dumps({"command": what, "started": time.time()}))
+    _say(f"pre snapshot {pre}; running `{what}`" + ("" if top == Path("/") else f" in {top}"))
+    failure = outcome(what, lambda argv, timeout=None: _run(top, argv, timeout), command, check, check_timeout)
+    if failure is None:
+        post = store / f"{n}-post"
+        backend.snapshot(top, post)
+        _say(f"`{what}` succeeded; post snapshot {post}")
+        return str(pre), str(post)
+    failed = store / f"{n}-failed"
+    backend.snapshot(top, failed)
+    if live_root:
+        # The running root cannot be swapped: boot into a writable copy of pre next time.
+        nxt = store / f"{n}-rollback"
+        backend.clone(pre, nxt)
+        subvol_id = proc.run(["btrfs", "inspect-internal", "rootid", str(nxt)]).stdout.strip()
+        proc.run(["btrfs", "subvolume", "set-default", subvol_id, str(top)])
+        raise ZapError(f"{failure}; the root {top} will be back to {pre} after a reboot (default subvolume "
+                       f"{nxt}); the failed state is kept as {failed}")  # fmt: skip
+    # A subvolume directory: swap it for a writable copy of pre.
+    staged = top.with_name(f".{top.name}.zap-rollback")
+    backend.delete_volume(staged)
+    try:
+        backend.clone(pre, staged)
+        old = top.with_name(f".{top.name}.zap-replaced")
+        os.rename(top, old)
+        os.rename(staged, top)
+        backend.delete_volume(old)  # its content is kept as the failed snapshot
+    except (OSError, ZapError) as e:
+        raise ZapError(f"{failure}, and rolling back to {pre} failed too: {e} (both states are kept: "
+                       f"{pre}, {failed})") from None  # fmt: skip
+    raise ZapError(f"{failure}; rolled {top} back to {pre}; the failed state is kept as {failed}")

@@ -1,0 +1,104 @@
+"""Removing checkpoints (`zap rmckpt`, `zap prune`, `zap rm --force`) and the restic-style
+keep policy. A checkpoint that a branch still comes from is never removed; removing one keeps
+the lineage connected (children and pod heads move to its parent) and frees every chunk that
+nothing references any more."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from catalog import Checkpoint, Pod
+
+from zapckpt.system import faults
+from zapckpt.store import imagesets as images
+from zapckpt.store import legacy as imagestore
+from zapckpt.ops import intents
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def needed_by(s: Session, ck: Checkpoint) -> list[str]:
+    """Why ck must stay: the pods (branches) whose origin it is."""
+    return [p.name for p in s.scalars(select(Pod).where(Pod.origin_checkpoint_id == ck.id))]
+
+
+def remove_checkpoints(ctx, s: Session, cks: list[Checkpoint]) -> None:
+    """Delete the rows, then (after the commit) the snapshots and freed pack space."""
+    if not cks:
+        return
+    gone = {c.id for c in cks}
+    parent_of = {c.id: c.parent_id for c in s.scalars(select(Checkpoint))}
+
+    def survivor(cid: str | None) -> str | None:
+        while cid is not None and cid in gone:
+            cid = parent_of.get(cid)
+        return cid
+
+    store = images.store(ctx)
+    snapshots = [Path(ck.snapshot_path) for ck in cks]
+    dirs = [Path(ck.image_dir) for ck in cks if ck.image_format == "dir"]
+    # The rows go first (one commit); the record lets recovery finish the deleting after a crash.
+    with intents.recorded(ctx, "remove", cks[0].pod.name, session=s, snapshots=[str(p) for p in snapshots]):
+        with store.lock():
+            for child in s.scalars(select(Checkpoint).where(Checkpoint.parent_id.in_(gone))):
+                if child.id not in gone:
+                    child.parent_id = survivor(child.parent_id)
+            for pod in s.scalars(select(Pod).where(Pod.head_checkpoint_id.in_(gone))):
+                pod.head_checkpoint_id = survivor(pod.head_checkpoint_id)
+            for ck in cks:
+                if ck.image_format == "cas":
+                    store.release(s, ck.id)
+                s.delete(ck)
+            s.flush()
+            old_packs = store.collect_garbage(s)
+            s.commit()
+        faults.point("remove:committed")
+        for p in old_packs:
+            p.unlink(missing_ok=True)
+        backend = ctx.pool.backend
+        for snap in snapshots:
+            backend.delete_volume(snap)
+            if snap.parent.parent.name == "imported":  # imports keep their own directory
+                try:
+                    snap.parent.rmdir()
+                except OSError:
+                    pass
+        for d in dirs:
+            imagestore.delete(d)
+
+
+@dataclass
+class Decision:
+    ck: Checkpoint
+    keep: bool
+    reasons: list[str]
+
+
+def plan_prune(s: Session, cks: list[Checkpoint], keep_last: int, keep_hourly: int, keep_daily: int) -> list[Decision]:
+    """restic forget: keep the newest N; the newest of each of the last N hours / days that
+    have checkpoints; and anything a branch comes from."""
+    newest_first = sorted(cks, key=lambda c: (_aware(c.created_at), c.seq), reverse=True)
+    reasons: dict[str, list[str]] = {c.id: [] for c in cks}
+    for c in newest_first[:keep_last]:
+        reasons[c.id].append("last")
+    for label, n, fmt in (("hourly", keep_hourly, "%Y-%m-%d %H"), ("daily", keep_daily, "%Y-%m-%d")):
+        buckets: list[str] = []
+        for c in newest_first:
+            b = _aware(c.created_at).astimezone().strftime(fmt)
+            if b not in buckets:
+                if len(buckets) == n:
+                    break
+                buckets.append(b)
+                reasons[c.id].append(f"{label} {b}")
+    for c in cks:
+        users = needed_by(s, c)
+        if users:
+            reasons[c.id].append("origin of branch " + ", ".join(users))
+    return [Decision(c, bool(reasons[c.id]), reasons[c.id]) for c in sorted(cks, key=lambda c: c.seq)]

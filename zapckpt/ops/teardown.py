@@ -1,0 +1,64 @@
+"""`zap deinit`: stop every pod, unmount the pool (its loop device goes with it), and with
+--purge delete everything zap stored."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from catalog import queries
+
+from zapckpt.system import procinfo
+from zapckpt.context import Context
+from zapckpt.common.errors import ZapError
+from zapckpt.net import podnet
+from zapckpt.system.pool import existing_pool, unmount_pool
+from zapckpt.pod.lifecycle import stop_processes
+
+
+def _detach_loops_of(image: Path) -> None:
+    from zapckpt.common import proc
+
+    out = proc.run(["losetup", "-j", str(image)], check=False).stdout
+    for line in out.splitlines():
+        dev = line.split(":", 1)[0]
+        if dev:
+            proc.run(["losetup", "-d", dev], check=False)
+
+
+def deinit(ctx: Context, purge: bool, stop_timeout: float = 3.0) -> list[str]:
+    from zapckpt.view.mount import unmount_all
+
+    unmount_all(ctx)  # a view keeps no pool file open for long, but it reads the snapshots
+    stopped = []
+    pool = existing_pool(ctx.state, ctx.catalog)
+    if ctx.state.catalog_db.exists():
+        with ctx.catalog.session() as s:
+            for pod in queries.list_pods(s):
+                if procinfo.is_alive(pod.init_pid, pod.init_starttime):
+                    stop_processes(pod, stop_timeout)
+                    pod.desired_state = "stopped"
+                    stopped.append(pod.name)
+                if purge and pod.net_locked_by:
+                    # nothing will ever restore these: a --net host pod's lock lives in the host's namespace
+                    podnet.release_locks(ctx.net, pod, queries.criu_run_id(s, pod.net_locked_by))
+    if pool is not None:
+        if purge and pool.kind == "dir":
+            # Our subvolumes inside a user-provided btrfs directory belong to this state.
+            for parent in (pool.snapshots, pool.pods):
+                if parent.is_dir():
+                    for child in parent.iterdir():
+                        pool.backend.delete_volume(child)
+                    parent.rmdir()
+        unmount_pool(ctx.state, pool)
+    _detach_loops_of(ctx.state.pool_image)
+    if ctx.state.catalog_db.exists():
+        podnet.teardown(ctx.net)  # namespaces, the bridge, zap's nftables table
+    shutil.rmtree(ctx.state.staging, ignore_errors=True)
+    if purge:
+        ctx.close()
+        if os.path.ismount(ctx.state.default_pool_mount):
+            raise ZapError(f"{ctx.state.default_pool_mount} is still mounted; not deleting {ctx.state.root}")
+        shutil.rmtree(ctx.state.root, ignore_errors=True)
+    return stopped

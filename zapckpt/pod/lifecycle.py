@@ -1,0 +1,463 @@
+"""Pods: a process tree in its own pid/ipc/uts/mount namespaces, working in its own volume."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from catalog import Pod, queries
+
+from zapckpt.common import proc
+from zapckpt.system import procinfo
+from zapckpt.context import Context
+from zapckpt.common.errors import AlreadyExists, UsageError, ZapError
+from zapckpt.pod.names import check_name
+from zapckpt.net import podnet
+from zapckpt.pod.mounts import LOG_DIR, LOG_NAME, open_console_log
+
+START_TIMEOUT = 30.0
+BASE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "LANG": "C.UTF-8",
+}
+
+
+def live_state(pod: Pod) -> str:
+    """running, frozen (its init stopped: a dump that never finished; `zap recover`), stopped
+    (as asked) or dead (it ended by itself)."""
+    if procinfo.is_alive(pod.init_pid, pod.init_starttime):
+        st = procinfo.read_stat(pod.init_pid)
+        return "frozen" if st is not None and st.state in "Tt" else "running"
+    return "stopped" if pod.desired_state == "stopped" else "dead"
+
+
+def pod_env(pod: Pod) -> dict[str, str]:
+    env = dict(BASE_ENV)
+    env.update(pod.env or {})
+    env["ZAP_POD"] = pod.name
+    env["ZAP_POD_PATH"] = "/" if pod.rootfs else pod.mount_path
+    return env
+
+
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for p in pairs:
+        k, sep, v = p.partition("=")
+        if not sep or not k or not k.replace("_", "a").isalnum() or k[0].isdigit():
+            raise UsageError(f"bad --env {p!r}: expected KEY=VALUE")
+        env[k] = v
+    return env
+
+
+def _resolve_cwd(mount_path: str, cwd: str | None) -> str:
+    """The working directory as the pod's processes see it (inside the root of a system pod:
+    call with mount_path "/")."""
+    if not cwd:
+        return mount_path
+    if not os.path.isabs(cwd):
+        cwd = os.path.join(mount_path, cwd)
+    return os.path.normpath(cwd)
+
+
+def start_processes(pod: Pod, netns: str | None, state_root: Path) -> tuple[int, int]:
+    """Start pod.command as pid 1 of fresh namespaces (in the network namespace `netns`, or the
+    host's for None); returns (host pid, start time)."""
+    spec = {
+        "command": pod.command,
+        "env": pod_env(pod),
+        "cwd": pod.cwd,
+        "volume": pod.volume,
+        "mount_path": pod.mount_path,
+        "rootfs": bool(pod.rootfs),
+        "hostname": pod.name,
+        "volumes": pod.volumes or [],
+        "private_tmp": pod.private_tmp,
+        "state_root": str(state_root),
+    }
+    # The pod's init reports through a pipe it opens by path: `unshare --fork` stays alive as
+    # the pod's reaper, and it must not hold the write end, or we would never see EOF.
+    r, w = os.pipe()
+    spec["ready"] = f"/proc/{os.getpid()}/fd/{w}"
+    enter = ["nsenter", f"--net={netns}", "--"] if netns else []
+    argv = [
+        *enter, "unshare", "--pid", "--fork", "--ipc", "--uts", "--mount", "--propagation", "private", "--",
+        sys.executable, "-m", "zapckpt.pod.init", json.dumps(spec),
+    ]  # fmt: skip
+    env = {"PATH": BASE_ENV["PATH"], "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True, env=env,
+    )  # fmt: skip
+    pid = None
+    error = None
+    buf = b""
+    deadline = time.monotonic() + START_TIMEOUT
+    with os.fdopen(r, "rb", buffering=0) as f:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([f], [], [], 0.1)
+            if not ready:
+                if child.poll() is not None and w >= 0:
+                    break  # died before it could report
+                continue
+            chunk = f.read(4096)
+            if not chunk:
+                break  # EOF: init exec'd the command (or exited)
+            buf += chunk
+            for line in buf.decode(errors="replace").splitlines():
+                if line.startswith("pid ") and pid is None:
+                    pid = int(line.split()[1])
+                    os.close(w)  # init holds its own copy now; EOF comes with its exec
+                    w = -1
+                elif line.startswith("error "):
+                    error = line[6:]
+        else:
+            error = f"pod {pod.name!r} did not start within {START_TIMEOUT:g}s"
+    if w >= 0:
+        os.close(w)
+    if error or pid is None:
+        if child.poll() is None:
+            for victim in (pid, child.pid):
+                if victim:
+                    try:
+                        os.kill(victim, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        child.wait()
+        err = child.stderr.read().decode(errors="replace").strip().splitlines() if child.stderr else []
+        raise ZapError(error or f"pod {pod.name!r} failed to start: {err[-1] if err else 'unshare failed'}")
+    child.stderr.close()
+    start = procinfo.starttime(pid)
+    return pid, start or 0
+
+
+def parse_volumes(specs: list[str]) -> list[dict]:
+    """--volume HOSTDIR:PODDIR: a host directory the pod shares (never rolled back)."""
+    out = []
+    for spec in specs:
+        host, sep, inside = spec.partition(":")
+        if not sep or not os.path.isabs(host) or not os.path.isabs(inside):
+            raise UsageError(f"bad --volume {spec!r}: expected HOSTDIR:PODDIR, both absolute")
+        if not os.path.isdir(host):
+            raise UsageError(f"--volume {spec!r}: {host} is not a directory")
+        out.append({"host": os.path.normpath(host), "pod": os.path.normpath(inside)})
+    return out
+
+
+def run(ctx: Context, name: str, command: list[str], env: dict[str, str], cwd: str | None,
+        rootfs: str | None = None, start: bool = True, net: str = "pod", ports: list[dict] | None = None,
+        volumes: list[dict] | None = None) -> Pod:  # fmt: skip
+    """`zap run` (start=True) and `zap create` (start=False): a new pod with a fresh volume, or
+    with a root file system made from `rootfs` (see rootfs.py), in its own network (net "pod":
+    an address on the bridge, `ports` published; "none": loopback only) or the host's."""
+    check_name(name)
+    if start and not command:
+        raise UsageError("no command given: zap run NAME -- CMD [ARGS...]")
+    if net not in podnet.MODES:
+        raise UsageError(f"unknown --net {net!r} (pod, none or host)")
+    if ports and net != "pod":
+        raise UsageError("--publish needs --net pod (the pod's own address to forward to)")
+    # `-v DIR:/tmp` shares a /tmp on purpose; otherwise a volume pod's /tmp is its own.
+    private_tmp = not rootfs and not any(v["pod"] == "/tmp" for v in volumes or [])
+    for v in volumes or []:
+        if (str(ctx.state.mount_path(name)) + "/").startswith(v["pod"].rstrip("/") + "/"):
+            raise UsageError(f"--volume {v['host']}:{v['pod']}: it would hide the pod's own files at "
+                             f"{ctx.state.mount_path(name)}")  # fmt: skip
+        # A volume pod sees the host's tree: mount points are made only inside its own path
+        # (and its private /tmp).
+        own = [str(ctx.state.mount_path(name)), *(["/tmp"] if private_tmp else [])]
+        inside_own = any((v["pod"] + "/").startswith(top + "/") for top in own)
+        if not rootfs and not inside_own and not os.path.isdir(v["pod"]):
+            raise UsageError(f"--volume {v['host']}:{v['pod']}: {v['pod']} does not exist (a pod without --rootfs "
+                             f"shares the host's tree: use an existing directory, one under /tmp or under {ctx.state.mount_path(name)})")
+    if rootfs:
+        from zapckpt.pod import rootfs as roots
+
+        kind, what = roots.parse(rootfs)  # bad specs fail before anything is made
+        rootfs = f"debian:{what}" if kind == "debian" else what
+    pool = ctx.pool
+    with ctx.pod_lock(name):
+        with ctx.catalog.session() as s:
+            if queries.find_pod(s, name):
+                raise AlreadyExists(f"pod {name!r} already exists")
+        volume = pool.volume_of(name)
+        mount_path = ctx.state.mount_path(name)
+        if rootfs:
+            roots.populate(pool, rootfs, volume, ctx.log_path(name, "rootfs"))
+        else:
+            pool.backend.create_volume(volume)
+        seen_from = "/" if rootfs else str(mount_path)
+        pod = Pod(
+            name=name, volume=str(volume), mount_path=str(mount_path), command=command, env=env,
+            cwd=_resolve_cwd(seen_from, cwd), desired_state="running" if start else "stopped", rootfs=rootfs,
+            net=net, ports=ports or [], volumes=volumes or [],
+            private_tmp=private_tmp,
+        )  # fmt: skip
+        try:
+            if net == "pod":
+                with ctx.catalog.session() as s:
+                    check_ports_free(s, name, pod.ports)
+                    pod.address = podnet.allocate_address(s, ctx.net)
+            podnet.ensure(None, ctx.net, pod)  # the NAT table follows once the pod is recorded
+            if rootfs:
+                write_network_files(pod)
+            inside = os.path.relpath(pod.cwd, seen_from)
+            if inside.startswith(".."):
+                if not os.path.isdir(pod.cwd):
+                    raise UsageError(f"--cwd {cwd!r} does not exist")
+            else:
+                os.makedirs(os.path.join(pod.volume, inside), exist_ok=True)
+            mount_path.mkdir(parents=True, exist_ok=True)
+            if start:
+                pod.init_pid, pod.init_starttime = start_processes(pod, podnet.netns_path(ctx.net, pod), ctx.state.root)
+        except BaseException:
+            podnet.remove(ctx.net, pod)
+            pool.backend.delete_volume(volume)
+            raise
+        with ctx.catalog.session() as s:
+            s.add(pod)
+            if pod.net == "pod":
+                s.flush()
+                podnet.sync_nat(s, ctx.net)  # its published ports, and the outbound NAT
+        return pod
+
+
+def check_ports_free(s, name: str, ports: list[dict]) -> None:
+    taken = {(p["host_ip"], p["host_port"], p["proto"]): other.name
+             for other in queries.list_pods(s) if other.name != name for p in other.ports}  # fmt: skip
+    for p in ports:
+        for (ip, port, proto), owner in taken.items():
+            if port == p["host_port"] and proto == p["proto"] and (ip is None or p["host_ip"] is None or ip == p["host_ip"]):
+                raise AlreadyExists(f"host port {port}/{proto} is already published by pod {owner!r}")
+
+
+def write_network_files(pod: Pod) -> None:
+    """A system pod's /etc/hostname, /etc/hosts and /etc/resolv.conf, for its own network. The
+    name servers are the host's, minus loopback ones (the pod's loopback has none)."""
+    etc = Path(pod.volume) / "etc"
+    if not etc.is_dir() or etc.is_symlink():
+        return
+    hosts = f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    hosts += f"{pod.address or '127.0.1.1'}\t{pod.name}\n"
+    try:
+        host_resolv = Path("/etc/resolv.conf").read_text()
+    except OSError:
+        host_resolv = ""
+    resolv = "".join(ln + "\n" for ln in host_resolv.splitlines()
+                     if not (ln.startswith("nameserver") and (" 127." in ln or " ::1" in ln)))  # fmt: skip
+    for fname, text in (("hostname", pod.name + "\n"), ("hosts", hosts), ("resolv.conf", resolv)):
+        target = etc / fname
+        # Never through a link the pod's tree placed there.
+        if target.is_symlink():
+            target.unlink()
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+
+
+def start(ctx: Context, name: str) -> Pod:
+    """Run the pod's command afresh in its current volume (as `podman start` does)."""
+    with ctx.pod_lock(name):
+        with ctx.catalog.session() as s:
+            pod = queries.get_pod(s, name)
+            if live_state(pod) in ("running", "frozen"):
+                raise UsageError(f"pod {name!r} is already running")
+            if not Path(pod.volume).is_dir():
+                raise ZapError(f"the volume of pod {name!r} is missing: {pod.volume}")
+            if not pod.command:
+                raise UsageError(f"pod {name!r} has no command (it was created without one)")
+            os.makedirs(pod.mount_path, exist_ok=True)
+            podnet.ensure(s, ctx.net, pod)
+            # A fresh start has no connections to bring back: drop a --stop dump's locks.
+            podnet.release_locks(ctx.net, pod, queries.criu_run_id(s, pod.net_locked_by))
+            pod.net_locked_by = None
+            pod.init_pid, pod.init_starttime = start_processes(pod, podnet.netns_path(ctx.net, pod), ctx.state.root)
+            pod.desired_state = "running"
+            return pod
+
+
+def stop_processes(pod: Pod, timeout: float) -> None:
+    """SIGTERM the pod's init, SIGKILL after timeout; the kernel then ends its pid namespace."""
+    if not procinfo.is_alive(pod.init_pid, pod.init_starttime):
+        return
+    pids = procinfo.pids_in_pidns(pod.init_pid)
+    try:
+        os.kill(pod.init_pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    if not procinfo.wait_gone([pod.init_pid], timeout):
+        procinfo.signal_all(procinfo.pids_in_pidns(pod.init_pid) or pids, signal.SIGKILL)
+    if not procinfo.wait_gone(pids, 10):
+        raise ZapError(f"processes of pod {pod.name!r} did not exit: {pids}")
+
+
+def stop(ctx: Context, name: str, timeout: float = 10.0) -> Pod:
+    with ctx.pod_lock(name):
+        with ctx.catalog.session() as s:
+            pod = queries.get_pod(s, name)
+            stop_processes(pod, timeout)
+            pod.desired_state = "stopped"
+            return pod
+
+
+def remove(ctx: Context, name: str, force: bool) -> None:
+    from zapckpt.ops.retention import remove_checkpoints
+
+    with ctx.pod_lock(name):
+        with ctx.catalog.session() as s:
+            pod = queries.get_pod(s, name)
+            branches = queries.branches_of(s, pod)
+            if not force and (pod.checkpoints or branches):
+                what = []
+                if pod.checkpoints:
+                    what.append(f"{len(pod.checkpoints)} checkpoint(s)")
+                if branches:
+                    what.append("branches " + ", ".join(b.name for b in branches))
+                raise UsageError(f"pod {name!r} has {' and '.join(what)}; use --force to remove it with them")
+            if live_state(pod) in ("running", "frozen") and not force:
+                raise UsageError(f"pod {name!r} is running; stop it first or use --force")
+            stop_processes(pod, 0 if force else 10)
+            podnet.release_locks(ctx.net, pod, queries.criu_run_id(s, pod.net_locked_by))
+            pool = ctx.pool
+            for b in branches:
+                b.origin_checkpoint_id = None
+            remove_checkpoints(ctx, s, list(pod.checkpoints))
+            pool.backend.delete_volume(Path(pod.volume))
+            podnet.remove(ctx.net, pod)
+            s.delete(pod)
+            s.flush()
+            if pod.ports:
+                podnet.sync_nat(s, ctx.net)
+            # The mount point may still be where a branch's volume appears: keep it while used.
+            if not queries.pods_using_mount_path(s, pod.mount_path):
+                try:
+                    os.rmdir(pod.mount_path)
+                except OSError:
+                    pass
+
+
+def _enter_argv(ctx: Context, name: str, script: str, command: list[str], console: bool = False):
+    """The argv (and environment) that runs `sh -c script sh CWD [LOG] COMMAND...` inside the
+    running pod's namespaces (and root, for a system pod)."""
+    with ctx.catalog.session() as s:
+        pod = queries.get_pod(s, name)
+        if live_state(pod) != "running":
+            raise UsageError(f"pod {name!r} is not running")
+        root = ["-r", "-w"] if pod.rootfs else []  # a system pod: its root (and a cwd inside it)
+        log = [os.path.join("/" if pod.rootfs else pod.mount_path, LOG_DIR, LOG_NAME)] if console else []
+        argv = ["nsenter", "-t", str(pod.init_pid), "-p", "-m", "-i", "-u", "-n", *root, "--",
+                "/bin/sh", "-c", script, "sh", pod.cwd, *log, *command]  # fmt: skip
+        return argv, pod_env(pod)
+
+
+def exec_in(ctx: Context, name: str, command: list[str], timeout: float | None = None, quiet: bool = False) -> int:
+    """Run a command inside the pod's namespaces (and root) and working directory; returns its
+    exit code. With a timeout, it is killed with all it started when the time is up
+    (ExecTimeout)."""
+    if not command:
+        raise UsageError("no command given: zap exec NAME -- CMD [ARGS...]")
+    # nsenter --wd would resolve the directory before entering the mount namespace, where the
+    # pod's volume is not mounted: change directory inside instead.
+    argv, env = _enter_argv(ctx, name, 'cd -- "$1" && shift && exec "$@"', command)
+    out = subprocess.DEVNULL if quiet else None
+    if timeout is None:
+        try:
+            return subprocess.call(argv, env=env, stdout=out, stderr=out)
+        except KeyboardInterrupt:
+            return 130
+    child = subprocess.Popen(argv, env=env, stdout=out, stderr=out)
+    try:
+        return child.wait(timeout)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt) as e:
+        procinfo.kill_tree(child.pid)
+        child.wait()
+        if isinstance(e, KeyboardInterrupt):
+            return 130
+        raise ExecTimeout(f"{command[0]} did not finish within {timeout:g}s and was killed") from None
+
+
+def exec_detached(ctx: Context, name: str, command: list[str]) -> None:
+    """`zap exec -d`: start a daemon inside the pod in a session of its own, with /dev/null as
+    stdin and the pod's console log as stdout and stderr, all opened inside the pod, so that
+    the next checkpoint can dump it (host stdio would make CRIU refuse the tree)."""
+    if not command:
+        raise UsageError("no command given: zap exec -d NAME -- CMD [ARGS...]")
+    with ctx.catalog.session() as s:
+        pod = queries.get_pod(s, name)
+    if pod.rootfs:
+        # A system pod's shell runs in its root: the log's path resolves inside it whatever it is.
+        script = 'cd -- "$1" || exit 1; log=$2; shift 2; exec setsid -f "$@" </dev/null >>"$log" 2>&1'
+        argv, env = _enter_argv(ctx, name, script, command, console=True)
+        res = proc.run(argv, check=False, env=env)
+    else:
+        # A volume pod sees the host's tree: the log is opened by zap itself, in the pod's mount
+        # namespace (so CRIU finds its mount there) and without following the pod's symlinks.
+        argv, env = _enter_argv(ctx, name, 'cd -- "$1" || exit 1; shift; exec setsid -f "$@"', command)
+        want = os.stat(pod.volume)
+        res = proc.run(argv, check=False, env=env, stdio_from=lambda: _console_in_pod(pod, (want.st_dev, want.st_ino)))
+    if res.returncode != 0:
+        raise ZapError(f"could not start {command[0]!r} in pod {name!r}: "
+                       f"{proc.CommandError(argv, res.returncode, res.stderr).reason()}")  # fmt: skip
+
+
+def _console_in_pod(pod: Pod, volume_id: tuple[int, int]) -> tuple[int, int]:
+    """(stdin, stdout) for a daemon of a volume pod: /dev/null and the console log, opened in
+    the pod's mount namespace (entered here: this runs in the child, before it execs)."""
+    import ctypes
+
+    ns = os.open(f"/proc/{pod.init_pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    if ctypes.CDLL(None, use_errno=True).setns(ns, 0x00020000) != 0:  # CLONE_NEWNS
+        raise OSError(ctypes.get_errno(), "setns")
+    os.close(ns)
+    top = os.open(pod.mount_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    st = os.fstat(top)
+    if (st.st_dev, st.st_ino) != volume_id:
+        raise OSError(f"{pod.mount_path} is not the pod's volume in its namespace")
+    log = open_console_log(top)
+    os.close(top)
+    return os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), log
+
+
+class ExecTimeout(ZapError):
+    pass
+
+
+def follow_log(ctx: Context, name: str, follow: bool, out) -> None:
+    with ctx.catalog.session() as s:
+        pod = queries.get_pod(s, name)
+    ctx.pool  # the log is inside the volume: make sure the pool is mounted
+    try:
+        volume = os.open(pod.volume, os.O_PATH | os.O_DIRECTORY)
+    except OSError as e:
+        raise ZapError(f"cannot read the log of pod {name!r}: {pod.volume}: {e.strerror}") from None
+    try:
+        fd = open_console_log(volume, create=False)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise ZapError(f"cannot read the log of pod {name!r}: {e.strerror or e} (not following a symlink "
+                       f"or reading anything but a regular file in the pod's volume)") from None  # fmt: skip
+    finally:
+        os.close(volume)
+    with open(fd, "rb") as f:
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                out.write(chunk)
+                out.flush()
+                continue
+            if not follow:
+                return
+            with ctx.catalog.session() as s:
+                pod = queries.get_pod(s, name)
+                running = live_state(pod) == "running"
+            if not running:
+                out.write(f.read())
+                return
+            time.sleep(0.2)

@@ -1,0 +1,254 @@
+"""The mounts of a pod's own mount namespace, made the same way when it starts (podinit) and
+when CRIU restores or branches it (`python -m zapckpt.pod.mounts`, right before `criu restore`
+in the new namespace), so restored processes find every file where they left it.
+
+- The volume appears at the pod's path (for a branch: the original pod's path), on a tmpfs
+  that hides the rest of the state directory.
+- A system pod: the volume is its root, with its own /proc (a restore mounts it from inside
+  the new pid namespace, see criu.py) and everything below resolved inside that root.
+- /dev/shm is private: a volume pod's is `.zap/shm` inside its volume, a system pod's is its
+  root's /dev/shm; either way POSIX shared memory is in every snapshot and never shared with
+  the original or a branch.
+- /dev/pts is a new devpts instance (ptys numbered from 0 in every pod, so a branch gets the
+  same pty numbers as its original).
+- /tmp is private for a volume pod made since it existed (`private_tmp`): `.zap/tmp` inside its
+  volume, rolled back with it, never the host's. A pod path that lives under /tmp (a state
+  directory there) gets a mount point inside that private /tmp.
+- Declared `--volume HOSTDIR:PODDIR` binds: shared with the host, never rolled back.
+
+Nothing here follows a symlink the pod placed: paths inside the volume are opened with
+O_NOFOLLOW from a directory descriptor, and a system pod's mounts are made after the chroot.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import os
+import stat
+import sys
+
+MS_BIND = 4096
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+LOG_DIR, LOG_NAME = ".zap", "console.log"
+SHM_DIR = ".zap/shm"
+TMP_DIR = ".zap/tmp"
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    if _libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags,
+                   data.encode() if data else None) != 0:  # fmt: skip
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {source} on {target}: {os.strerror(err)}")
+
+
+def _walk_dirs(base_fd: int, rel: str, mode: int = 0o755) -> int:
+    """An O_PATH descriptor of directory `rel` under base_fd, each missing part made, none
+    followed if it is a symlink (the pod controls everything below its volume)."""
+    fd = os.dup(base_fd)
+    for part in [p for p in rel.split("/") if p]:
+        try:
+            os.mkdir(part, mode, dir_fd=fd)
+        except FileExistsError:
+            pass
+        try:
+            nxt = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = nxt
+    return fd
+
+
+def _private_dir(root_fd: int, rel: str, mode: int) -> int:
+    """_walk_dirs, the last directory given `mode`."""
+    fd = _walk_dirs(root_fd, rel, mode)
+    os.chmod(f"/proc/self/fd/{fd}", mode)
+    return fd
+
+
+def _under(path: str, top: str) -> str | None:
+    """path relative to directory top, or None if it is not below it."""
+    top = top.rstrip("/") + "/"
+    return path[len(top):] if (path + "/").startswith(top) else None
+
+
+def open_console_log(volume_fd: int, create: bool = True) -> int:
+    """The pod's console log (`.zap/console.log` under volume_fd), for appending (create) or
+    reading, reached without following a symlink the pod may have put there, and only if it is
+    a regular file (a FIFO would block zap)."""
+    flags = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    flags |= (os.O_WRONLY | os.O_APPEND | os.O_CREAT) if create else os.O_RDONLY
+    if create:
+        d = _walk_dirs(volume_fd, LOG_DIR)
+    else:
+        d = os.open(LOG_DIR, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=volume_fd)
+    try:
+        fd = os.open(LOG_NAME, flags, 0o640, dir_fd=d)
+    finally:
+        os.close(d)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{LOG_DIR}/{LOG_NAME} is not a regular file")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _bind_fd(fd: int, target: str) -> None:
+    _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND)
+
+
+def _new_devpts() -> None:
+    os.makedirs("/dev/pts", exist_ok=True)
+    _mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    if os.path.islink("/dev/ptmx"):
+        return  # e.g. "pts/ptmx": already the new instance's
+    if not os.path.exists("/dev/ptmx"):
+        os.symlink("pts/ptmx", "/dev/ptmx")
+        return
+    _mount("/dev/pts/ptmx", "/dev/ptmx", None, MS_BIND)
+
+
+def _hide_state_dir(state_root: str, mount_path: str, volume_fd: int) -> None:
+    """Over the state directory, an empty tmpfs holding only the pod's own path: the pod sees
+    neither the catalog, the image store nor other pods' volumes, and a service running as
+    another user can reach its volume (the state directory itself is root's alone, 0700)."""
+    if not (mount_path + "/").startswith(state_root.rstrip("/") + "/"):
+        os.makedirs(mount_path, exist_ok=True)
+        _bind_fd(volume_fd, mount_path)
+        return
+    _mount("tmpfs", state_root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
+    os.makedirs(mount_path, mode=0o755, exist_ok=True)
+    _bind_fd(volume_fd, mount_path)
+
+
+# Host directories a restore must never hide (CRIU and the tools it runs live there).
+_KEEP_VISIBLE = {"/", "/usr", "/lib", "/lib64", "/bin", "/sbin", "/opt", "/proc", "/sys", "/etc"}
+
+
+def _redirect_socket_dirs(dirs: list[tuple[int, str]]) -> None:
+    """A restore of a system pod: CRIU binds the daemons' unix sockets at their names (e.g.
+    /dev/log) from the host's root. In this private namespace, each of those directories is
+    the pod's own (opened inside its root), so nothing is created, replaced or deleted on the
+    host. A directory the host lacks is made on a tmpfs over its nearest existing parent."""
+    for fd, name in dirs:
+        target = name
+        if not os.path.isdir(target):
+            parent = os.path.dirname(target)
+            while not os.path.isdir(parent):
+                parent = os.path.dirname(parent)
+            if parent in _KEEP_VISIBLE:
+                raise OSError(f"cannot restore the unix socket directory {name} inside the pod: its parent "
+                              f"{parent} on the host cannot be hidden")  # fmt: skip
+            _mount("tmpfs", parent, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
+            os.makedirs(target, exist_ok=True)
+        elif os.path.realpath(target) in _KEEP_VISIBLE:
+            raise OSError(f"cannot restore the unix socket directory {name} inside the pod: it would hide the host's")
+        _bind_fd(fd, target)
+
+
+def setup_pod_mounts(volume: str, mount_path: str, system: bool, volumes: list[dict], chroot: bool,
+                     state_root: str, socket_dirs: list[str] = (), private_tmp: bool = False) -> None:  # fmt: skip
+    """Make the pod's mounts in the current (new, private) mount namespace. chroot: enter a
+    system pod's root afterwards (podinit); a restore leaves that to CRIU."""
+    # Declared host directories and the volume are opened before anything is hidden or any
+    # path of the pod's is looked at.
+    host_fds = [(os.open(v["host"], os.O_PATH | os.O_DIRECTORY), v["pod"]) for v in volumes]
+    volume_fd = os.open(volume, os.O_PATH | os.O_DIRECTORY)
+    tmp_fd = -1
+    try:
+        if private_tmp and not system:
+            shared_tmp = _private_dir(volume_fd, TMP_DIR, 0o1777)
+            try:
+                _bind_fd(shared_tmp, "/tmp")
+            finally:
+                os.close(shared_tmp)
+            # Mount points below are made through the new mount, not the volume's own: a
+            # mount sits on a (mount, directory) pair.
+            tmp_fd = os.open("/tmp", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+        if tmp_fd >= 0 and (rel := _under(mount_path, "/tmp")) is not None:
+            # The state directory is under the host's /tmp, hidden now with all the rest of it.
+            mount_point = _walk_dirs(tmp_fd, rel)
+            try:
+                _bind_fd(volume_fd, f"/proc/self/fd/{mount_point}")
+            finally:
+                os.close(mount_point)
+        else:
+            _hide_state_dir(state_root, mount_path, volume_fd)
+        root_fd = os.open(mount_path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+        if os.fstat(root_fd)[1:3] != os.fstat(volume_fd)[1:3]:  # (st_ino, st_dev)
+            os.close(root_fd)
+            raise OSError(f"{mount_path} is not the pod's volume after mounting it")
+    finally:
+        os.close(volume_fd)
+    try:
+        if system:
+            cwd = os.open(".", os.O_PATH | os.O_DIRECTORY)
+            real_root = os.open("/", os.O_PATH | os.O_DIRECTORY)
+            os.chroot(f"/proc/self/fd/{root_fd}")
+            os.chdir("/")
+            try:
+                if chroot:
+                    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+                _new_devpts()
+                for fd, inside in host_fds:
+                    os.makedirs(inside, exist_ok=True)
+                    _bind_fd(fd, inside)
+                # resolved inside the root: the pod's symlinks stay in the pod
+                sock_fds = [(os.open(d, os.O_PATH | os.O_DIRECTORY), d) for d in socket_dirs]
+            finally:
+                if not chroot:
+                    # Back out of the root: CRIU restores with the host's root and the pod's
+                    # root as the tasks' own (it is in their images).
+                    os.fchdir(real_root)
+                    os.chroot(".")
+                    os.fchdir(cwd)
+                os.close(cwd)
+                os.close(real_root)
+            try:
+                _redirect_socket_dirs(sock_fds)
+            finally:
+                for fd, _ in sock_fds:
+                    os.close(fd)
+            return
+        shm = _private_dir(root_fd, SHM_DIR, 0o1777)
+        try:
+            _bind_fd(shm, "/dev/shm")
+        finally:
+            os.close(shm)
+        _new_devpts()
+        for fd, inside in host_fds:
+            # Below the pod's own path or its private /tmp, the mount point is the pod's to
+            # shape: made without following its symlinks. Elsewhere it is an existing host directory.
+            if (rel := _under(inside, mount_path)) is not None:
+                target = _walk_dirs(root_fd, rel)
+            elif tmp_fd >= 0 and (rel := _under(inside, "/tmp")) is not None:
+                target = _walk_dirs(tmp_fd, rel)
+            else:
+                target = os.open(inside, os.O_PATH | os.O_DIRECTORY)
+            try:
+                _bind_fd(fd, f"/proc/self/fd/{target}")
+            finally:
+                os.close(target)
+    finally:
+        os.close(root_fd)
+        if tmp_fd >= 0:
+            os.close(tmp_fd)
+        for fd, _ in host_fds:
+            os.close(fd)
+
+
+def main() -> None:
+    """python -m zapckpt.pod.mounts SPEC_JSON -- CMD...: make the mounts, then exec CMD."""
+    spec = json.loads(sys.argv[1])
+    setup_pod_mounts(spec["volume"], spec["mount_path"], spec["system"], spec["volumes"], chroot=False,
+                     state_root=spec["state_root"], socket_dirs=spec.get("socket_dirs", []),
+                     private_tmp=spec.get("private_tmp", False))  # fmt: skip
+    cmd = sys.argv[sys.argv.index("--") + 1 :]
+    os.execvp(cmd[0], cmd)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""The storage pool: where pod volumes and snapshots live.
+
+By default a sparse loop-file btrfs inside the state directory (as LXD does for its default
+pool), created and mounted on first use and re-mounted after a reboot; `zap init --pool DIR`
+uses an existing btrfs directory instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from catalog import Catalog, queries
+from fsbackend import SnapshotBackend, get_backend
+
+from zapckpt.common import proc
+from zapckpt.common.errors import UsageError, ZapError
+from zapckpt.system.locks import locked
+from zapckpt.state import StateDir
+
+DEFAULT_SIZE = "8G"
+
+
+@dataclass(frozen=True)
+class Pool:
+    path: Path
+    kind: str  # "loop" (embedded image file) or "dir" (an existing btrfs directory)
+    backend: SnapshotBackend
+
+    @property
+    def pods(self) -> Path:
+        return self.path / "pods"
+
+    @property
+    def snapshots(self) -> Path:
+        return self.path / "snapshots"
+
+    def volume_of(self, name: str) -> Path:
+        return self.pods / name
+
+
+def _is_mounted(path: Path) -> bool:
+    return os.path.ismount(path)
+
+
+def _read(catalog: Catalog) -> tuple[str | None, str | None, str]:
+    with catalog.session() as s:
+        return (
+            queries.get_setting(s, "pool.kind"),
+            queries.get_setting(s, "pool.path"),
+            queries.get_setting(s, "pool.backend") or "btrfs",
+        )
+
+
+def init_pool(state: StateDir, catalog: Catalog, size: str | None = None, pool_dir: str | None = None,
+              backend_name: str | None = None, device: str | None = None) -> Pool:  # fmt: skip
+    """Explicit `zap init`; a second call with the same settings just makes sure it is mounted."""
+    if sum(x is not None for x in (size, pool_dir, device)) > 1:
+        raise UsageError("--size, --pool and --device exclude each other")
+    if backend_name not in (None, "btrfs", "nilfs"):
+        raise UsageError(f"unknown backend {backend_name!r} (btrfs or nilfs)")
+    if size and not re.fullmatch(r"\d+[KMGT]?", size):
+        raise UsageError(f"bad --size {size!r}: use a number with an optional K, M, G or T suffix")
+    state.ensure()
+    with locked(state.locks / ".pool.lock", "the pool"):
+        kind, path, known_backend = _read(catalog)
+        if kind is not None and backend_name and backend_name != known_backend:
+            raise UsageError(f"this state directory already uses a {known_backend} pool; run `zap deinit --purge` first")
+        backend = get_backend(known_backend if kind is not None else backend_name or "btrfs")
+        if kind is None:
+            if device:
+                if backend.name != "nilfs":
+                    raise UsageError("--device goes with --backend nilfs (a btrfs pool is a loop file or --pool DIR)")
+                kind, path = "device", str(state.default_pool_mount)
+                backend.make_device_pool(Path(device), Path(path))
+                with catalog.session() as s:
+                    queries.set_setting(s, "pool.device", str(Path(device).absolute()))
+            elif pool_dir:
+                p = Path(pool_dir).absolute()
+                backend.check_pool(p)
+                kind, path = "dir", str(p)
+            else:
+                kind, path = "loop", str(state.default_pool_mount)
+                if not state.pool_image.exists():
+                    backend.make_loop_pool(state.pool_image, Path(path), size or DEFAULT_SIZE)
+            with catalog.session() as s:
+                queries.set_setting(s, "pool.kind", kind)
+                queries.set_setting(s, "pool.path", path)
+                queries.set_setting(s, "pool.backend", backend.name)
+        elif pool_dir and Path(pool_dir).absolute() != Path(path):
+            raise UsageError(f"this state directory already uses the pool at {path}; run `zap deinit --purge` first")
+        pool = Pool(Path(path), kind, backend)
+        _mount(state, pool, catalog)
+        return pool
+
+
+def _mount(state: StateDir, pool: Pool, catalog: Catalog) -> None:
+    if pool.kind == "loop" and not _is_mounted(pool.path):
+        if not state.pool_image.exists():
+            raise ZapError(f"pool image {state.pool_image} is missing; run `zap deinit --purge` and `zap init`")
+        pool.backend.mount_loop_pool(state.pool_image, pool.path)
+    elif pool.kind == "device" and not _is_mounted(pool.path):
+        with catalog.session() as s:
+            device = queries.get_setting(s, "pool.device")
+        pool.backend.mount_device_pool(Path(device), pool.path)
+    pool.backend.check_pool(pool.path)
+    for d in (pool.pods, pool.snapshots):
+        d.mkdir(exist_ok=True)
+    pool.backend.after_mount(pool.path)
+
+
+def ensure_pool(state: StateDir, catalog: Catalog) -> Pool:
+    """What every pool-using command calls: init on first use, re-mount after a reboot."""
+    kind, path, backend_name = _read(catalog) if state.catalog_db.exists() else (None, None, "btrfs")
+    if kind is None:
+        return init_pool(state, catalog)
+    pool = Pool(Path(path), kind, get_backend(backend_name))
+    if pool.kind in ("loop", "device") and not _is_mounted(pool.path):
+        with locked(state.locks / ".pool.lock", "the pool"):
+            _mount(state, pool, catalog)
+    return pool
+
+
+def existing_pool(state: StateDir, catalog: Catalog) -> Pool | None:
+    """The configured pool without creating or mounting anything (for deinit and doctor)."""
+    if not state.catalog_db.exists():
+        return None
+    kind, path, backend_name = _read(catalog)
+    if kind is None:
+        return None
+    return Pool(Path(path), kind, get_backend(backend_name))
+
+
+def unmount_pool(state: StateDir, pool: Pool) -> None:
+    if pool.kind in ("loop", "device") and _is_mounted(pool.path):
+        try:
+            pool.backend.unmount_pool(pool.path)
+        except proc.CommandError as e:
+            raise ZapError(f"cannot unmount the pool at {pool.path}: {e.reason()}") from None
