@@ -10,7 +10,7 @@ from typing import Iterator
 
 from catalog import Catalog, queries
 
-from zapckpt.pod import names
+from zapckpt import names
 from zapckpt.common.errors import NotFound
 from zapckpt.system.locks import locked
 from .net import podnet
@@ -23,10 +23,17 @@ class Context:
         self.state = state or StateDir.from_env()
         self.state.ensure()
         self.catalog = Catalog(self.state.catalog_db)
+        self._pool: Pool | None = None
 
-    @cached_property
+    def ensure_pool(self) -> Pool:
+        """The pool: made on first use, mounted again after a reboot or `zap deinit`."""
+        if self._pool is None:
+            self._pool = ensure_pool(self.state, self.catalog)
+        return self._pool
+
+    @property
     def pool(self) -> Pool:
-        return ensure_pool(self.state, self.catalog)
+        return self.ensure_pool()
 
     @cached_property
     def net(self) -> podnet.NetConfig:

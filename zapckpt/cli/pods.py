@@ -7,6 +7,7 @@ import sys
 from catalog import queries
 
 from zapckpt.pod import lifecycle as pods
+from zapckpt.ops import retention
 from ..net import publish
 from ..context import Context
 from ..records import pod_record
@@ -111,6 +112,6 @@ def cmd_stop(args) -> int:
 
 
 def cmd_rm(args) -> int:
-    pods.remove(Context(), args.name, args.force)
+    retention.remove_pod(Context(), args.name, args.force)
     print(f"removed {args.name}")
     return 0

@@ -43,7 +43,10 @@ def cmd_init(args) -> int:
 
 
 def cmd_deinit(args) -> int:
+    from zapckpt.view.mount import unmount_all
+
     ctx = Context()
+    unmount_all(ctx)  # a view keeps no pool file open for long, but it reads the snapshots
     stopped = deinit(ctx, args.purge)
     if stopped:
         info(f"stopped pods: {', '.join(stopped)}")

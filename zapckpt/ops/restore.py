@@ -23,7 +23,7 @@ from zapckpt.context import Context
 from zapckpt.criu.images import bound_unix_sockets, listening_ports
 from zapckpt.common.errors import AlreadyExists, UsageError, ZapError
 from zapckpt.net import podnet
-from zapckpt.pod.names import check_name
+from zapckpt.names import check_name
 from zapckpt.pod.lifecycle import check_ports_free, live_state, write_network_files
 from zapckpt.system.signals import deferred_interrupts
 
@@ -77,7 +77,7 @@ def exited_warning(ck: Checkpoint, init_pid: int) -> list[str]:
 
 def restore(ctx: Context, ref: str, saved_message: str | None = None) -> tuple[Checkpoint, Checkpoint]:
     """Roll the pod of `ref` back to it, files and processes; returns (ref, saved-state)."""
-    ctx.pool  # mounted (after a reboot or deinit) before anything looks at snapshots
+    ctx.ensure_pool()  # mounted (after a reboot or deinit) before anything looks at snapshots
     with ctx.ref_lock(ref):
         with ctx.catalog.session() as s:
             ck = queries.resolve_ref(s, ref)

@@ -7,17 +7,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
+import os
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from catalog import Checkpoint, Pod
+from catalog import Checkpoint, Pod, queries
 
 from zapckpt.system import faults
 from zapckpt.store import imagesets as images
 from zapckpt.store import legacy as imagestore
 from zapckpt.ops import intents
+from zapckpt.context import Context
+from zapckpt.common.errors import UsageError
+from zapckpt.net import podnet
+from zapckpt.pod.lifecycle import live_state, stop_processes
 
 
 def _aware(t: datetime) -> datetime:
@@ -102,3 +107,38 @@ def plan_prune(s: Session, cks: list[Checkpoint], keep_last: int, keep_hourly: i
         if users:
             reasons[c.id].append("origin of branch " + ", ".join(users))
     return [Decision(c, bool(reasons[c.id]), reasons[c.id]) for c in sorted(cks, key=lambda c: c.seq)]
+
+
+def remove_pod(ctx: Context, name: str, force: bool) -> None:
+    """`zap rm [--force]`: the pod, its volume and (with force) its checkpoints and processes."""
+    with ctx.pod_lock(name):
+        with ctx.catalog.session() as s:
+            pod = queries.get_pod(s, name)
+            branches = queries.branches_of(s, pod)
+            if not force and (pod.checkpoints or branches):
+                what = []
+                if pod.checkpoints:
+                    what.append(f"{len(pod.checkpoints)} checkpoint(s)")
+                if branches:
+                    what.append("branches " + ", ".join(b.name for b in branches))
+                raise UsageError(f"pod {name!r} has {' and '.join(what)}; use --force to remove it with them")
+            if live_state(pod) in ("running", "frozen") and not force:
+                raise UsageError(f"pod {name!r} is running; stop it first or use --force")
+            stop_processes(pod, 0 if force else 10)
+            podnet.release_locks(ctx.net, pod, queries.criu_run_id(s, pod.net_locked_by))
+            pool = ctx.ensure_pool()
+            for b in branches:
+                b.origin_checkpoint_id = None
+            remove_checkpoints(ctx, s, list(pod.checkpoints))
+            pool.backend.delete_volume(Path(pod.volume))
+            podnet.remove(ctx.net, pod)
+            s.delete(pod)
+            s.flush()
+            if pod.ports:
+                podnet.sync_nat(s, ctx.net)
+            # The mount point may still be where a branch's volume appears: keep it while used.
+            if not queries.pods_using_mount_path(s, pod.mount_path):
+                try:
+                    os.rmdir(pod.mount_path)
+                except OSError:
+                    pass

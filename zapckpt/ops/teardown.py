@@ -28,9 +28,6 @@ def _detach_loops_of(image: Path) -> None:
 
 
 def deinit(ctx: Context, purge: bool, stop_timeout: float = 3.0) -> list[str]:
-    from zapckpt.view.mount import unmount_all
-
-    unmount_all(ctx)  # a view keeps no pool file open for long, but it reads the snapshots
     stopped = []
     pool = existing_pool(ctx.state, ctx.catalog)
     if ctx.state.catalog_db.exists():

@@ -31,7 +31,7 @@ from zapckpt.ops.checkpoint import commit_pair
 from zapckpt.context import Context
 from zapckpt.net import podnet
 from zapckpt.common.errors import AlreadyExists, UsageError, ZapError
-from zapckpt.pod.names import check_name
+from zapckpt.names import check_name
 from zapckpt.records import checkpoint_record
 
 FORMAT = "zapckpt-export"
@@ -68,7 +68,7 @@ def export(ctx: Context, ref: str, dest: str) -> Path:
             "pod": {"name": pod.name, "mount_path": pod.mount_path, "command": pod.command, "env": pod.env,
                     "cwd": pod.cwd, "rootfs": pod.rootfs, "net": pod.net, "private_tmp": pod.private_tmp},
         }  # fmt: skip
-        ctx.pool  # snapshots must be mounted
+        ctx.ensure_pool()  # snapshots must be mounted
         if not Path(ck.snapshot_path).is_dir():
             raise TransferError(f"checkpoint {ck.ref} is damaged: its snapshot is missing")
         # A new file of our own (0600: it holds the pod's memory), renamed over `out` when whole.

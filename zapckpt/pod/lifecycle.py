@@ -17,7 +17,7 @@ from zapckpt.common import proc
 from zapckpt.system import procinfo
 from zapckpt.context import Context
 from zapckpt.common.errors import AlreadyExists, UsageError, ZapError
-from zapckpt.pod.names import check_name
+from zapckpt.names import check_name
 from zapckpt.net import podnet
 from zapckpt.pod.mounts import LOG_DIR, LOG_NAME, open_console_log
 
@@ -306,42 +306,6 @@ def stop(ctx: Context, name: str, timeout: float = 10.0) -> Pod:
             return pod
 
 
-def remove(ctx: Context, name: str, force: bool) -> None:
-    from zapckpt.ops.retention import remove_checkpoints
-
-    with ctx.pod_lock(name):
-        with ctx.catalog.session() as s:
-            pod = queries.get_pod(s, name)
-            branches = queries.branches_of(s, pod)
-            if not force and (pod.checkpoints or branches):
-                what = []
-                if pod.checkpoints:
-                    what.append(f"{len(pod.checkpoints)} checkpoint(s)")
-                if branches:
-                    what.append("branches " + ", ".join(b.name for b in branches))
-                raise UsageError(f"pod {name!r} has {' and '.join(what)}; use --force to remove it with them")
-            if live_state(pod) in ("running", "frozen") and not force:
-                raise UsageError(f"pod {name!r} is running; stop it first or use --force")
-            stop_processes(pod, 0 if force else 10)
-            podnet.release_locks(ctx.net, pod, queries.criu_run_id(s, pod.net_locked_by))
-            pool = ctx.pool
-            for b in branches:
-                b.origin_checkpoint_id = None
-            remove_checkpoints(ctx, s, list(pod.checkpoints))
-            pool.backend.delete_volume(Path(pod.volume))
-            podnet.remove(ctx.net, pod)
-            s.delete(pod)
-            s.flush()
-            if pod.ports:
-                podnet.sync_nat(s, ctx.net)
-            # The mount point may still be where a branch's volume appears: keep it while used.
-            if not queries.pods_using_mount_path(s, pod.mount_path):
-                try:
-                    os.rmdir(pod.mount_path)
-                except OSError:
-                    pass
-
-
 def _enter_argv(ctx: Context, name: str, script: str, command: list[str], console: bool = False):
     """The argv (and environment) that runs `sh -c script sh CWD [LOG] COMMAND...` inside the
     running pod's namespaces (and root, for a system pod)."""
@@ -431,7 +395,7 @@ class ExecTimeout(ZapError):
 def follow_log(ctx: Context, name: str, follow: bool, out) -> None:
     with ctx.catalog.session() as s:
         pod = queries.get_pod(s, name)
-    ctx.pool  # the log is inside the volume: make sure the pool is mounted
+    ctx.ensure_pool()  # the log is inside the volume: make sure the pool is mounted
     try:
         volume = os.open(pod.volume, os.O_PATH | os.O_DIRECTORY)
     except OSError as e:

@@ -88,7 +88,7 @@ def serve(ctx: Context, mountpoint: Path, allow_other: bool, ready_fd: int | Non
 
     try:
         mp = _check_mountpoint(mountpoint)
-        ctx.pool  # the snapshots must be there (re-mounted after a reboot)
+        ctx.ensure_pool()  # the snapshots must be there (re-mounted after a reboot)
         import pyfuse3  # noqa: F401 - fails here, reported, if the module is missing
         import trio
 
@@ -144,7 +144,7 @@ async def _serve(ctx: Context, ops, mp: Path, options: set[str], report) -> None
 def start_daemon(ctx: Context, mountpoint: Path, allow_other: bool) -> tuple[Path, int, Path]:
     """Start `zap mount --foreground` detached; return once the mount is ready (or failed)."""
     mp = _check_mountpoint(mountpoint)
-    ctx.pool
+    ctx.ensure_pool()
     log_path = ctx.log_path("view", "mount")
     r, w = os.pipe()
     argv = [sys.executable, "-m", "zapckpt.cli", "mount", "--foreground", "--ready-fd", str(w), str(mp)]

@@ -40,7 +40,7 @@ from zapckpt.store import imagesets as image_sets
 from zapckpt.store.chunkstore import ImageReader, StoreError
 from ..context import Context
 from zapckpt.common.errors import AlreadyExists, NotFound, UsageError, ZapError
-from zapckpt.pod.names import NAME_RE
+from zapckpt.names import NAME_RE
 from ..records import checkpoint_record, pod_record
 
 ROOT_INO = 1

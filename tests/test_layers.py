@@ -1,0 +1,97 @@
+"""The architecture, checked: every import points down this list of layers, never up or sideways
+into a cycle. A new module goes in the layer of what it needs; needing something above means it
+is in the wrong place."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Lowest first. A package may import only packages of a LOWER layer (or itself).
+LAYERS = [
+    ["zapckpt.common"],  # errors and the one subprocess wrapper: shared by everything below zap
+    ["catalog", "fsbackend", "zapckpt.names", "zapckpt.state"],
+    ["zapckpt.system", "zapckpt.net"],  # the pool, staging, locks, /proc; network namespaces
+    ["zapckpt.criu"],
+    ["zapckpt.store", "zapckpt.settings"],
+    ["zapckpt.context"],
+    ["zapckpt.pod"],
+    ["zapckpt.records"],
+    ["zapckpt.ops"],  # one module per command family
+    ["zapckpt.view"],  # the history as a tree, and its FUSE adapter
+    ["zapckpt.cli"],
+]
+RANK = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
+
+
+def _unit(module: str) -> str | None:
+    """The layer unit a module belongs to: the longest LAYERS name that is a prefix of it."""
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in RANK:
+            return ".".join(parts[:n])
+    return None
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names)  # `from zapckpt import names`
+    return found
+
+
+def _modules():
+    for top in ("zapckpt", "fsbackend", "catalog"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            rel = path.relative_to(ROOT).with_suffix("").parts
+            if "migrations" in rel:
+                continue  # Alembic's scripts: they import only catalog and alembic
+            yield path, ".".join(rel[:-1] if rel[-1] == "__init__" else rel)
+
+
+def test_every_module_has_a_layer():
+    homeless = [m for _p, m in _modules() if _unit(m) is None and m != "zapckpt"]
+    assert not homeless, f"add these to a layer in tests/test_layers.py: {homeless}"
+
+
+def test_imports_point_down():
+    wrong = []
+    for path, module in _modules():
+        me = _unit(module)
+        if me is None:
+            continue
+        for target in _imports(path, module):
+            them = _unit(target)
+            if them is None or them == me:
+                continue
+            if RANK[them] >= RANK[me]:
+                wrong.append(f"{module} imports {target} ({me} is not above {them})")
+    assert not wrong, "\n".join(sorted(set(wrong)))
+
+
+def test_backends_and_catalog_share_only_the_common_layer():
+    """The snapshot backends and the catalog are usable without the orchestration layer."""
+    for path, module in _modules():
+        if module.split(".")[0] in ("fsbackend", "catalog"):
+            zap = {t for t in _imports(path, module) if t.split(".")[0] == "zapckpt"}
+            assert all(t.startswith("zapckpt.common") for t in zap), (module, zap)
+
+
+def test_the_checker_sees_an_upward_import(tmp_path):
+    """The check itself: an import from a lower layer to a higher one is found."""
+    f = tmp_path / "pool.py"
+    f.write_text("from zapckpt.ops import checkpoint\nfrom ..cli import main\n")
+    targets = _imports(f, "zapckpt.system.pool")
+    assert "zapckpt.ops.checkpoint" in targets and "zapckpt.cli.main" in targets
+    assert RANK[_unit("zapckpt.ops.checkpoint")] > RANK[_unit("zapckpt.system.pool")]
