@@ -38,6 +38,7 @@ SUITE = {
     "overhead": ("overhead.py", ["--runs", "5", "--intervals", "10,2,1", "--window", "20"],
                  ["--runs", "2", "--intervals", "1", "--window", "3"]),
     "network": ("network.py", ["--runs", "5"], ["--runs", "2"]),
+    "startup": ("startup.py", ["--runs", "30"], ["--runs", "5"]),
 }  # fmt: skip
 
 

@@ -1,6 +1,18 @@
-"""The SQLite catalog: typed SQLAlchemy models, Alembic migrations, and the queries zap uses."""
+"""The SQLite catalog: typed SQLAlchemy models, Alembic migrations, and the queries zap uses.
 
-from .db import Catalog
-from .models import Base, Checkpoint, Chunk, ImageFile, Intent, Pack, Pod, Setting
+The models and the engine are imported on first use (PEP 562), so `catalog.fastread` can serve
+`zap ps` and `zap list` without importing SQLAlchemy at all."""
 
-__all__ = ["Base", "Catalog", "Checkpoint", "Chunk", "ImageFile", "Intent", "Pack", "Pod", "Setting"]
+from importlib import import_module
+
+_WHERE = {"Catalog": ".db", **{n: ".models" for n in
+          ("Base", "Checkpoint", "Chunk", "ImageFile", "Intent", "Pack", "Pod", "Setting")}}  # fmt: skip
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(_WHERE[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_WHERE)

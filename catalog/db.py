@@ -11,10 +11,8 @@ from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-# The newest migration in catalog/migrations/versions; a test keeps the two in step. Knowing it
-# here lets a normal command skip importing Alembic when the schema is already current.
-SCHEMA_HEAD = "0006"
-BUSY_TIMEOUT_MS = 120_000  # writers wait for each other (a prune compacting packs) instead of failing
+# Knowing the newest migration lets a normal command skip importing Alembic when the schema is current.
+from .fastread import BUSY_TIMEOUT_MS, SCHEMA_HEAD
 
 
 def _set_pragmas(dbapi_conn, _record) -> None:

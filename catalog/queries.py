@@ -5,8 +5,9 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from zapckpt.common.errors import NotFound, UsageError
+from zapckpt.common.errors import NotFound, UsageError, unknown_pod
 
+from . import fastread
 from .models import Checkpoint, Pod, Setting
 
 
@@ -35,7 +36,7 @@ def find_pod(s: Session, name: str) -> Pod | None:
 def get_pod(s: Session, name: str) -> Pod:
     pod = find_pod(s, name)
     if pod is None:
-        raise NotFound(f"no pod named {name!r} (see `zap ps`)")
+        raise unknown_pod(name)
     return pod
 
 
@@ -63,28 +64,8 @@ def list_checkpoints(s: Session, pod: Pod | None = None) -> list[Checkpoint]:
 
 
 def checkpoint_rows(s: Session, pod: Pod | None = None) -> list[tuple]:
-    """What list_checkpoints gives, as plain tuples (CHECKPOINT_ROW names the columns) with the
-    pod's and the parent's names joined in, created_at as SQLite stores it (UTC text) and
-    processes as JSON text: no ORM or Row objects, so 100,000 checkpoints load in a fraction of
-    the time."""
-    sql = (
-        "SELECT c.id, p.name, c.seq, pp.name, par.seq, c.parent_id, c.created_at, c.message, c.kind, c.image_format,"
-        " c.backend, c.snapshot_path, c.snapshot_generation, c.raw_bytes, c.stored_bytes, c.frozen_ms, c.dump_ms,"
-        " c.fs_snapshot_ms, c.total_ms, c.processes"
-        " FROM checkpoints c JOIN pods p ON p.id = c.pod_id"
-        " LEFT JOIN checkpoints par ON par.id = c.parent_id LEFT JOIN pods pp ON pp.id = par.pod_id"
-    )  # fmt: skip
-    args: tuple = ()
-    if pod is not None:
-        sql += " WHERE c.pod_id = ?"
-        args = (pod.id,)
-    cur = s.connection().connection.cursor()
-    return cur.execute(sql + " ORDER BY p.name, c.seq", args).fetchall()
-
-
-CHECKPOINT_ROW = ("id", "pod", "seq", "parent_pod", "parent_seq", "parent_id", "created_at", "message", "kind",
-                  "image_format", "backend", "snapshot_path", "snapshot_generation", "raw_bytes", "stored_bytes",
-                  "frozen_ms", "dump_ms", "fs_snapshot_ms", "total_ms", "processes")  # fmt: skip
+    """fastread.checkpoint_rows through this session's own connection."""
+    return fastread.checkpoint_rows(s.connection().connection.cursor(), pod.id if pod is not None else None)
 
 
 def resolve_ref(s: Session, ref: str) -> Checkpoint:

@@ -151,3 +151,47 @@ def test_big_json_documents_carry_the_same_values():
         assert len(doc) == n and ("\n  " in out.decode()) == indented
         assert doc[-1] == {"i": n - 1, "m": 'ünï "q" \u2603', "f": 69.21847999910824 + n - 1, "n": None,
                            "p": [{"cmd": ["sh", "-c", "échο"]}]}  # fmt: skip
+
+
+def test_fastread_rows_match_the_orm(tmp_path):
+    """`zap ps` and `zap list` read through catalog.fastread (plain sqlite3): the same rows as
+    the ORM gives, for pods with an origin, a head, JSON columns and checkpoints."""
+    from catalog import fastread
+
+    cat = Catalog(tmp_path / "c.db")
+    with cat.session() as s:
+        web = _pod(s, "web")
+        web.ports = [{"host_ip": "127.0.0.1", "host_port": 8080, "pod_port": 80, "proto": "tcp"}]
+        web.env = {"A": "b"}
+        _ck(s, web, 1, "aaaa11112222")
+        web.head_checkpoint_id = _ck(s, web, 2, "aaaa33334444", parent="aaaa11112222").id
+        fork = _pod(s, "fork")
+        fork.origin_checkpoint_id = "aaaa11112222"
+        fork.private_tmp = True
+    with cat.session() as s:
+        counts = queries.checkpoint_counts(s)
+        orm_pods = [fastread.PodRow.of(p, counts.get(p.id, 0)) for p in queries.list_pods(s)]
+        orm_cks = queries.checkpoint_rows(s)
+        orm_web = queries.checkpoint_rows(s, queries.get_pod(s, "web"))
+    conn = fastread.open_current(tmp_path / "c.db")
+    assert conn is not None
+    assert fastread.pod_rows(conn) == orm_pods
+    assert [p.origin for p in orm_pods] == ["web@1", None] and orm_pods[1].head == "web@2"
+    assert fastread.checkpoint_rows(conn.cursor()) == orm_cks
+    assert fastread.checkpoint_rows(conn.cursor(), fastread.pod_id(conn, "web")) == orm_web
+    with pytest.raises(fastread.LookupFailed):
+        fastread.pod_id(conn, "nope")
+    assert not fastread.has_intents(conn)
+    conn.close()
+
+
+def test_fastread_leaves_an_old_or_missing_catalog_to_the_orm(tmp_path):
+    from catalog import fastread
+
+    assert fastread.open_current(tmp_path / "none.db") is None
+    cat = Catalog(tmp_path / "c.db")
+    with cat.session():
+        pass
+    with sqlite3.connect(tmp_path / "c.db") as c:
+        c.execute("UPDATE alembic_version SET version_num = '0005'")
+    assert fastread.open_current(tmp_path / "c.db") is None

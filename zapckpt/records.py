@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
-from catalog import Checkpoint, Pod
+from catalog.fastread import PodRow, iso, iso_text  # noqa: F401 - iso is part of this module's API
 
-from zapckpt.pod.lifecycle import live_state
+from zapckpt.pod.status import live_state
+
+if TYPE_CHECKING:
+    from catalog import Checkpoint, Pod
 
 
 def _ref(ck: Checkpoint | None) -> str | None:
     return ck.ref if ck is not None else None
-
-
-def iso(t: datetime) -> str:
-    """SQLite drops the zone; everything is stored in UTC."""
-    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).isoformat()
 
 
 def checkpoint_record(ck: Checkpoint) -> dict:
@@ -33,14 +31,7 @@ def checkpoint_row_records(rows: list[tuple]) -> list[dict]:
     """The same records from rows of queries.checkpoint_rows (the fast path of `zap list`); the
     processes of all rows are parsed in one json.loads, not one call per row."""
     procs = json.loads("[" + ",".join(r[19] or "[]" for r in rows) + "]")
-    return [_checkpoint_dict(*r[:6], _iso_text(r[6]), *r[7:19], p) for r, p in zip(rows, procs)]
-
-
-def _iso_text(stored: str) -> str:
-    """iso() of a time as SQLite stores it ("YYYY-MM-DD HH:MM:SS.ffffff", UTC), without parsing."""
-    if stored.endswith(".000000"):
-        stored = stored[:-7]
-    return f"{stored[:10]}T{stored[11:]}+00:00"
+    return [_checkpoint_dict(*r[:6], iso_text(r[6]), *r[7:19], p) for r, p in zip(rows, procs)]
 
 
 def _checkpoint_dict(id, pod, seq, parent_pod, parent_seq, parent_id, created_at, message, kind, image_format,
@@ -67,24 +58,28 @@ def _checkpoint_dict(id, pod, seq, parent_pod, parent_seq, parent_id, created_at
 
 
 def pod_record(pod: Pod, n_checkpoints: int) -> dict:
-    state = live_state(pod)
+    return pod_row_record(PodRow.of(pod, n_checkpoints))
+
+
+def pod_row_record(row: PodRow) -> dict:
+    state = live_state(row)
     return {
-        "name": pod.name,
+        "name": row.name,
         "state": state,
-        "pid": pod.init_pid if state in ("running", "frozen") else None,
-        "path": pod.mount_path,
-        "volume": pod.volume,
-        "command": pod.command,
-        "env": pod.env,
-        "cwd": pod.cwd,
-        "rootfs": pod.rootfs,
-        "net": pod.net,
-        "address": pod.address,
-        "ports": [dict(p) for p in pod.ports or []],
-        "volumes": [dict(v) for v in pod.volumes or []],
-        "private_tmp": pod.private_tmp,
-        "origin": _ref(pod.origin),
-        "head": _ref(pod.head),
-        "checkpoints": n_checkpoints,
-        "created_at": iso(pod.created_at),
+        "pid": row.init_pid if state in ("running", "frozen") else None,
+        "path": row.mount_path,
+        "volume": row.volume,
+        "command": row.command,
+        "env": row.env,
+        "cwd": row.cwd,
+        "rootfs": row.rootfs,
+        "net": row.net,
+        "address": row.address,
+        "ports": row.ports,
+        "volumes": row.volumes,
+        "private_tmp": row.private_tmp,
+        "origin": row.origin,
+        "head": row.head,
+        "checkpoints": row.checkpoints,
+        "created_at": row.created_at,
     }

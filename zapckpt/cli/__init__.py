@@ -51,6 +51,15 @@ def _recover_interrupted(command: str) -> None:
     state = StateDir.from_env()
     if not state.catalog_db.exists():
         return
+    from contextlib import closing
+
+    from catalog import fastread
+
+    conn = fastread.open_current(state.catalog_db)
+    if conn is not None:  # the usual case, answered without importing SQLAlchemy
+        with closing(conn):
+            if not fastread.has_intents(conn):
+                return
     from ..context import Context
     from zapckpt.ops.recovery import pending, recover
 

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from catalog import queries
+from contextlib import closing
 
-from zapckpt.ops import checkpoint as ckpt
-from zapckpt.ops import restore as rst
-from ..context import Context
-from zapckpt.ops.lineage import render_lineage
-from ..net import publish
-from ..settings import parse_size
-from ..records import checkpoint_record, checkpoint_row_records, pod_record
+from .lazy import lazy
 from .output import emit_json, human_bytes, info, ms, table, warn
+
+# imported by the command that uses them (cli/lazy.py)
+queries = lazy("catalog.queries")
+ckpt = lazy("zapckpt.ops.checkpoint")
+rst = lazy("zapckpt.ops.restore")
+context = lazy("zapckpt.context")
+lineage = lazy("zapckpt.ops.lineage")
+publish = lazy("zapckpt.net.publish")
+settings = lazy("zapckpt.settings")
+records = lazy("zapckpt.records")
+fastread = lazy("catalog.fastread")
+state = lazy("zapckpt.state")
+errors = lazy("zapckpt.common.errors")
 
 
 def register(sub) -> None:
@@ -55,11 +62,11 @@ def register(sub) -> None:
 
 
 def cmd_checkpoint(args) -> int:
-    ctx = Context()
-    limit = parse_size(args.ghost_limit, "--ghost-limit") if args.ghost_limit else None
+    ctx = context.Context()
+    limit = settings.parse_size(args.ghost_limit, "--ghost-limit") if args.ghost_limit else None
     ck = ckpt.checkpoint(ctx, args.name, args.message, args.stop, ghost_limit=limit, strict=args.strict)
     with ctx.catalog.session() as s:
-        rec = checkpoint_record(queries.resolve_ref(s, ck.id))
+        rec = records.checkpoint_record(queries.resolve_ref(s, ck.id))
     for w in ck.warnings:
         warn(w)
     if args.json:
@@ -74,10 +81,20 @@ def cmd_checkpoint(args) -> int:
 
 
 def cmd_list(args) -> int:
-    ctx = Context()
-    with ctx.catalog.session() as s:
-        pod = queries.get_pod(s, args.name) if args.name else None
-        recs = checkpoint_row_records(queries.checkpoint_rows(s, pod))
+    # Straight from SQLite when the catalog is current: no SQLAlchemy import (see cmd_ps).
+    conn = fastread.open_current(state.StateDir.from_env().catalog_db)
+    if conn is not None:
+        with closing(conn):
+            try:
+                pod_id = fastread.pod_id(conn, args.name) if args.name else None
+            except fastread.LookupFailed:
+                raise errors.unknown_pod(args.name) from None
+            recs = records.checkpoint_row_records(fastread.checkpoint_rows(conn.cursor(), pod_id))
+    else:
+        ctx = context.Context()
+        with ctx.catalog.session() as s:
+            pod = queries.get_pod(s, args.name) if args.name else None
+            recs = records.checkpoint_row_records(queries.checkpoint_rows(s, pod))
     if args.json:
         emit_json({"checkpoints": recs})
         return 0
@@ -92,20 +109,20 @@ def cmd_list(args) -> int:
 
 
 def cmd_log(args) -> int:
-    ctx = Context()
+    ctx = context.Context()
     with ctx.catalog.session() as s:
-        print(render_lineage(s, queries.get_pod(s, args.name)))
+        print(lineage.render_lineage(s, queries.get_pod(s, args.name)))
     return 0
 
 
 def cmd_show(args) -> int:
-    ctx = Context()
+    ctx = context.Context()
     with ctx.catalog.session() as s:
         pod = queries.find_pod(s, args.ref) if "@" not in args.ref else None
         if pod is not None:
-            rec = pod_record(pod, len(pod.checkpoints))
+            rec = records.pod_record(pod, len(pod.checkpoints))
         else:
-            rec = checkpoint_record(queries.resolve_ref(s, args.ref))
+            rec = records.checkpoint_record(queries.resolve_ref(s, args.ref))
     if args.json:
         emit_json(rec)
     else:
@@ -119,7 +136,7 @@ def cmd_show(args) -> int:
 
 
 def cmd_restore(args) -> int:
-    ctx = Context()
+    ctx = context.Context()
     ck, saved = rst.restore(ctx, args.ref)
     with ctx.catalog.session() as s:
         ref, saved_ref = queries.resolve_ref(s, ck.id).ref, queries.resolve_ref(s, saved.id).ref
@@ -131,7 +148,7 @@ def cmd_restore(args) -> int:
 
 
 def cmd_branch(args) -> int:
-    ctx = Context()
+    ctx = context.Context()
     pod = rst.branch(ctx, args.ref, args.new_name, start=not args.no_start, ports=publish.parse_all(args.publish))
     for w in getattr(pod, "restore_warnings", []):
         warn(w)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from ..context import Context
-from zapckpt.common.errors import UsageError
-from zapckpt.ops.diff import diff
-from zapckpt.ops.guard import guard
 from . import argtypes
+from .lazy import lazy
 from .output import emit_json, info
+from zapckpt.common.errors import UsageError
+
+# imported by the command that uses them (cli/lazy.py)
+context = lazy("zapckpt.context")
+diff_op = lazy("zapckpt.ops.diff")
+guard_op = lazy("zapckpt.ops.guard")
 
 
 def register(sub) -> None:
@@ -46,7 +49,7 @@ def cmd_guard(args) -> int:
         raise UsageError("which pod? zap guard NAME -- CMD (or --host)")
     if args.root != "/":
         raise UsageError("--root goes with --host")
-    res = guard(Context(), args.name, args.cmd, args.check, args.check_timeout)
+    res = guard_op.guard(context.Context(), args.name, args.cmd, args.check, args.check_timeout)
     print(f"{res.pre} {res.post}")
     return 0
 
@@ -62,7 +65,7 @@ MARKS = (("added", "+"), ("modified", "M"), ("deleted", "-"), ("type_changed", "
 
 
 def cmd_diff(args) -> int:
-    a, b, ch = diff(Context(), args.ref_a, args.ref_b)
+    a, b, ch = diff_op.diff(context.Context(), args.ref_a, args.ref_b)
     counts = ch.counts()
     if args.json:
         doc = {"from": a, "to": b, "counts": counts, "renamed": [{"from": x, "to": y} for x, y in ch.renamed]}

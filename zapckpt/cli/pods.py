@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import sys
+from contextlib import closing
 
-from catalog import queries
-
-from zapckpt.pod import lifecycle as pods
-from zapckpt.ops import retention
-from ..net import publish
-from ..context import Context
-from ..records import pod_record
 from . import argtypes
+from .lazy import lazy
 from .output import emit_json, table
+
+# imported by the command that uses them (cli/lazy.py)
+queries = lazy("catalog.queries")
+pods = lazy("zapckpt.pod.lifecycle")
+retention = lazy("zapckpt.ops.retention")
+publish = lazy("zapckpt.net.publish")
+context = lazy("zapckpt.context")
+records = lazy("zapckpt.records")
+fastread = lazy("catalog.fastread")
+state = lazy("zapckpt.state")
 
 
 def register(sub) -> None:
@@ -66,7 +71,7 @@ def register(sub) -> None:
 
 
 def cmd_run(args) -> int:
-    ctx = Context()
+    ctx = context.Context()
     pod = pods.run(ctx, args.name, args.cmd, pods.parse_env(args.env), args.cwd, args.rootfs, args.start,
                    net=args.net, ports=publish.parse_all(args.publish), volumes=pods.parse_volumes(args.volume))  # fmt: skip
     print(f"{pod.name} {pod.mount_path}")
@@ -74,16 +79,23 @@ def cmd_run(args) -> int:
 
 
 def cmd_start(args) -> int:
-    pod = pods.start(Context(), args.name)
+    pod = pods.start(context.Context(), args.name)
     print(f"{pod.name} {pod.mount_path}")
     return 0
 
 
 def cmd_ps(args) -> int:
-    ctx = Context()
-    with ctx.catalog.session() as s:
-        counts = queries.checkpoint_counts(s)
-        recs = [pod_record(p, counts.get(p.id, 0)) for p in queries.list_pods(s)]
+    # Straight from SQLite when the catalog is current: `zap ps` answers without importing SQLAlchemy.
+    conn = fastread.open_current(state.StateDir.from_env().catalog_db)
+    if conn is not None:
+        with closing(conn):
+            rows = fastread.pod_rows(conn)
+    else:  # a new or older catalog: the ORM path creates or migrates it
+        ctx = context.Context()
+        with ctx.catalog.session() as s:
+            counts = queries.checkpoint_counts(s)
+            rows = [fastread.PodRow.of(p, counts.get(p.id, 0)) for p in queries.list_pods(s)]
+    recs = [records.pod_row_record(r) for r in rows]
     if args.json:
         emit_json({"pods": recs})
         return 0
@@ -94,24 +106,24 @@ def cmd_ps(args) -> int:
 
 
 def cmd_logs(args) -> int:
-    pods.follow_log(Context(), args.name, args.follow, sys.stdout.buffer)
+    pods.follow_log(context.Context(), args.name, args.follow, sys.stdout.buffer)
     return 0
 
 
 def cmd_exec(args) -> int:
     if args.detach:
-        pods.exec_detached(Context(), args.name, args.cmd)
+        pods.exec_detached(context.Context(), args.name, args.cmd)
         return 0
-    return pods.exec_in(Context(), args.name, args.cmd)
+    return pods.exec_in(context.Context(), args.name, args.cmd)
 
 
 def cmd_stop(args) -> int:
-    pod = pods.stop(Context(), args.name, args.time)
+    pod = pods.stop(context.Context(), args.name, args.time)
     print(f"stopped {pod.name}")
     return 0
 
 
 def cmd_rm(args) -> int:
-    retention.remove_pod(Context(), args.name, args.force)
+    retention.remove_pod(context.Context(), args.name, args.force)
     print(f"removed {args.name}")
     return 0

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from zapckpt.ops import maintenance
-from zapckpt.ops import transfer
-from ..context import Context
 from . import argtypes
+from .lazy import lazy
 from .output import emit_json, human_bytes, info, table
+
+# imported by the command that uses them (cli/lazy.py)
+maintenance = lazy("zapckpt.ops.maintenance")
+transfer = lazy("zapckpt.ops.transfer")
+context = lazy("zapckpt.context")
 
 
 def register(sub) -> None:
@@ -51,13 +54,13 @@ def register(sub) -> None:
 
 
 def cmd_rmckpt(args) -> int:
-    ref = maintenance.rmckpt(Context(), args.ref)
+    ref = maintenance.rmckpt(context.Context(), args.ref)
     print(f"removed {ref}")
     return 0
 
 
 def cmd_prune(args) -> int:
-    decisions = maintenance.prune(Context(), args.name, args.keep_last, args.keep_hourly, args.keep_daily,
+    decisions = maintenance.prune(context.Context(), args.name, args.keep_last, args.keep_hourly, args.keep_daily,
                                   dry_run=args.dry_run, force=args.force)  # fmt: skip
     if args.json:
         emit_json({"dry_run": args.dry_run, "checkpoints": decisions})
@@ -69,7 +72,7 @@ def cmd_prune(args) -> int:
 
 
 def cmd_df(args) -> int:
-    doc = maintenance.df(Context())
+    doc = maintenance.df(context.Context())
     if args.json:
         emit_json(doc)
         return 0
@@ -84,13 +87,13 @@ def cmd_df(args) -> int:
 
 
 def cmd_export(args) -> int:
-    out = transfer.export(Context(), args.ref, args.file)
+    out = transfer.export(context.Context(), args.ref, args.file)
     print(f"exported {args.ref} to {out} ({human_bytes(out.stat().st_size)})")
     return 0
 
 
 def cmd_import(args) -> int:
-    ctx = Context()
+    ctx = context.Context()
     ck = transfer.import_(ctx, args.file, args.name)
     with ctx.catalog.session() as s:
         from catalog import queries
@@ -104,7 +107,7 @@ def cmd_import(args) -> int:
 def cmd_verify(args) -> int:
     from zapckpt.ops import recovery
 
-    ctx = Context()
+    ctx = context.Context()
     doc = maintenance.verify(ctx, args.ref)
     if args.ref is None:
         doc["unrecorded"] = recovery.sweep(ctx, repair=args.repair)
@@ -127,7 +130,7 @@ def cmd_verify(args) -> int:
 def cmd_recover(args) -> int:
     from zapckpt.ops import recovery
 
-    ctx = Context()
+    ctx = context.Context()
     done = recovery.recover(ctx)
     removed = recovery.sweep(ctx, repair=True)
     if args.json:

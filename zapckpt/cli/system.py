@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from ..context import Context
-from zapckpt.ops.doctor import report, run_checks
-from zapckpt.system.pool import init_pool
-from ..settings import parse_size, set_ghost_limit
-from zapckpt.ops.teardown import deinit
+from .lazy import lazy
 from .output import emit_json, info
+
+# imported by the command that uses them (cli/lazy.py)
+context = lazy("zapckpt.context")
+doctor = lazy("zapckpt.ops.doctor")
+storage_pool = lazy("zapckpt.system.pool")
+settings = lazy("zapckpt.settings")
+teardown = lazy("zapckpt.ops.teardown")
 
 
 def register(sub) -> None:
@@ -31,10 +34,10 @@ def register(sub) -> None:
 
 
 def cmd_init(args) -> int:
-    ctx = Context()
+    ctx = context.Context()
     if args.ghost_limit:
-        set_ghost_limit(ctx, parse_size(args.ghost_limit, "--ghost-limit"))
-    pool = init_pool(ctx.state, ctx.catalog, size=args.size, pool_dir=args.pool, backend_name=args.backend,
+        settings.set_ghost_limit(ctx, settings.parse_size(args.ghost_limit, "--ghost-limit"))
+    pool = storage_pool.init_pool(ctx.state, ctx.catalog, size=args.size, pool_dir=args.pool, backend_name=args.backend,
                      device=args.device)  # fmt: skip
     where = {"loop": f"loop file {ctx.state.pool_image}", "device": "device", "dir": "directory"}[pool.kind]
     print(f"pool ready: {pool.path} ({pool.backend.name}, {where})")
@@ -45,9 +48,9 @@ def cmd_init(args) -> int:
 def cmd_deinit(args) -> int:
     from zapckpt.view.mount import unmount_all
 
-    ctx = Context()
+    ctx = context.Context()
     unmount_all(ctx)  # a view keeps no pool file open for long, but it reads the snapshots
-    stopped = deinit(ctx, args.purge)
+    stopped = teardown.deinit(ctx, args.purge)
     if stopped:
         info(f"stopped pods: {', '.join(stopped)}")
     print(f"{'purged' if args.purge else 'deinitialised'} {ctx.state.root}")
@@ -55,8 +58,8 @@ def cmd_deinit(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    checks = run_checks()
-    doc = report(checks)
+    checks = doctor.run_checks()
+    doc = doctor.report(checks)
     if args.json:
         emit_json(doc)
     else:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..context import Context
-from ..view import mount as view
+from .lazy import lazy
 from .output import info
+
+# imported by the command that uses them (cli/lazy.py)
+context = lazy("zapckpt.context")
+view = lazy("zapckpt.view.mount")
 
 
 def register(sub) -> None:
@@ -26,7 +29,7 @@ def register(sub) -> None:
 
 
 def cmd_mount(args) -> int:
-    ctx = Context()
+    ctx = context.Context()
     if args.foreground:
         if args.ready_fd is None:
             info(f"serving the view at {args.mountpoint}; Ctrl-C unmounts")
@@ -39,7 +42,7 @@ def cmd_mount(args) -> int:
 
 
 def cmd_umount(args) -> int:
-    view.unmount(Context(), args.mountpoint, args.lazy)
+    view.unmount(context.Context(), args.mountpoint, args.lazy)
     print(f"unmounted {args.mountpoint}")
     if args.lazy:
         info("files still open in it stay readable; its server exits once they are closed")

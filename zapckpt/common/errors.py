@@ -17,6 +17,10 @@ class NotFound(UsageError):
     """Unknown pod or checkpoint reference (exit code 2)."""
 
 
+def unknown_pod(name: str) -> NotFound:
+    return NotFound(f"no pod named {name!r} (see `zap ps`)")
+
+
 class AlreadyExists(UsageError):
     """A name that is already taken (exit code 2)."""
 

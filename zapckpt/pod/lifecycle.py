@@ -20,6 +20,7 @@ from zapckpt.common.errors import AlreadyExists, UsageError, ZapError
 from zapckpt.names import check_name
 from zapckpt.net import podnet
 from zapckpt.pod.mounts import LOG_DIR, LOG_NAME, open_console_log
+from zapckpt.pod.status import live_state
 
 START_TIMEOUT = 30.0
 BASE_ENV = {
@@ -27,15 +28,6 @@ BASE_ENV = {
     "HOME": "/root",
     "LANG": "C.UTF-8",
 }
-
-
-def live_state(pod: Pod) -> str:
-    """running, frozen (its init stopped: a dump that never finished; `zap recover`), stopped
-    (as asked) or dead (it ended by itself)."""
-    if procinfo.is_alive(pod.init_pid, pod.init_starttime):
-        st = procinfo.read_stat(pod.init_pid)
-        return "frozen" if st is not None and st.state in "Tt" else "running"
-    return "stopped" if pod.desired_state == "stopped" else "dead"
 
 
 def pod_env(pod: Pod) -> dict[str, str]:

@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Start-up benchmark (issue 13): how long the commands people type most, or run in loops and
+from tab-completion, take from exec to exit, against a bare interpreter in the same run.
+
+  startup_help      `zap --help`          (target < 0.1 s)
+  startup_version   `zap --version`       (target < 0.1 s)
+  startup_ps        `zap ps` with a running pod holding 10 checkpoints (target < 0.25 s)
+  startup_list      `zap list` of the same (target < 0.25 s)
+  baseline          `python3 -c pass` (the system interpreter), each run interleaved with ours
+
+zap runs as a user runs it: the console script .venv/bin/zap (falls back to python -m).
+
+    .venv/bin/python bench/startup.py [--runs 30]
+Writes bench/results/parts/startup.json (figures in the shape of bench/results/latest.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from common import figure, state_dir, write_part, zap, zap_env  # noqa: E402
+
+SCRIPT = ROOT / ".venv" / "bin" / "zap"
+ZAP_CMD = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "zapckpt.cli"]
+
+COMMANDS = {
+    "help": (["--help"], 0.1),
+    "version": (["--version"], 0.1),
+    "ps": (["ps"], 0.25),
+    "list": (["list"], 0.25),
+}
+
+
+def timed(argv: list[str], env: dict) -> float:
+    t = time.perf_counter()
+    subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - t
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "parts" / "startup.json")
+    args = ap.parse_args()
+    ours: dict[str, list[float]] = {k: [] for k in COMMANDS}
+    base: list[float] = []
+    with state_dir("1G", prefix="zapbench-startup-") as home:
+        zap(home, "run", "idle", "--", "sleep", "100000")
+        for i in range(10):
+            zap(home, "checkpoint", "idle", "-m", f"c{i}")
+        env = zap_env(home)
+        for k, (argv, _t) in COMMANDS.items():  # warm the page cache and .pyc files first
+            timed(ZAP_CMD + argv, env)
+        for r in range(args.runs):
+            base.append(timed(["python3", "-c", "pass"], env))
+            for k, (argv, _t) in COMMANDS.items():
+                ours[k].append(timed(ZAP_CMD + argv, env))
+        zap(home, "stop", "idle", "-t", "1")
+    figures = [
+        figure(f"startup_{k}", "s", ours[k], base, "python3 -c pass", target, target_on="ours")
+        for k, (_argv, target) in COMMANDS.items()
+    ]
+    for f in figures:
+        print(f"{f['name']}: median {f['ours']['median'] * 1000:.0f} ms, python3 -c pass "
+              f"{f['baseline']['median'] * 1000:.0f} ms, ratio {f['ratio_median']:.1f}", file=sys.stderr)  # fmt: skip
+    write_part(args.out, figures, {"runs": args.runs, "zap": " ".join(ZAP_CMD), "pid": os.getpid()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

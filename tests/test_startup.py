@@ -1,0 +1,50 @@
+"""Start-up: the commands people run in loops and from tab-completion import only what they
+need. What is checked here is WHAT gets imported (the time itself is a bench figure,
+bench/startup.py); SQLAlchemy alone costs ~0.25 s to import on a small machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("sqlalchemy", "alembic", "pyfuse3", "trio", "zstandard", "zapckpt.ops.checkpoint", "zapckpt.store")
+
+PROBE = """
+import json, sys
+from zapckpt.cli import main
+try:
+    rc = main(sys.argv[1:])
+except SystemExit as e:
+    rc = e.code
+print(json.dumps({"rc": rc, "modules": sorted(sys.modules)}), file=sys.stderr)
+"""
+
+
+def _imported(home, *args):
+    env = dict(os.environ, ZAP_HOME=str(home))
+    cp = subprocess.run([sys.executable, "-c", PROBE, *args], env=env, capture_output=True, text=True, timeout=60)
+    doc = json.loads(cp.stderr.strip().splitlines()[-1])
+    return doc["rc"], [m for m in doc["modules"] if m.split(".")[0] in ("sqlalchemy", "alembic", "pyfuse3", "trio",
+                                                                          "zstandard") or m.startswith(HEAVY)]  # fmt: skip
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["checkpoint", "--help"]])
+def test_help_and_version_import_nothing_heavy(tmp_path, args):
+    rc, heavy = _imported(tmp_path, *args)
+    assert rc == 0 and heavy == []
+
+
+def test_ps_and_list_read_the_catalog_without_sqlalchemy(tmp_path):
+    # The first command creates the catalog (through the ORM, which migrates it) ...
+    rc, heavy = _imported(tmp_path, "ps")
+    assert rc == 0 and "sqlalchemy" in heavy
+    # ... every later listing reads it with plain sqlite3.
+    for args in (["ps"], ["ps", "--json"], ["list"], ["list", "--json"]):
+        rc, heavy = _imported(tmp_path, *args)
+        assert rc == 0 and heavy == [], (args, heavy)
+    rc, heavy = _imported(tmp_path, "list", "nosuchpod")
+    assert rc == 2 and heavy == []
