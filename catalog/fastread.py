@@ -40,6 +40,11 @@ def has_intents(conn: sqlite3.Connection) -> bool:
     return conn.execute("SELECT 1 FROM intents LIMIT 1").fetchone() is not None
 
 
+def has_old_image_sets(conn: sqlite3.Connection) -> bool:
+    """Image sets still in the format of schema 0001 (zapckpt.store.convert converts them)."""
+    return conn.execute("SELECT 1 FROM checkpoints WHERE image_format = 'dir' LIMIT 1").fetchone() is not None
+
+
 @dataclass(frozen=True)
 class PodRow:
     """What listings show of a pod: its columns, with the origin and head as references."""

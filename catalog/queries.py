@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
@@ -113,3 +115,32 @@ def children_of_checkpoint(s: Session, ck: Checkpoint) -> list[Checkpoint]:
 
 def pods_using_mount_path(s: Session, mount_path: str) -> list[Pod]:
     return list(s.scalars(select(Pod).where(Pod.mount_path == mount_path)))
+
+
+# --- what the history view lists (plain rows: a listing may hold 10,000 checkpoints) ---------
+def pod_names(s: Session) -> list[str]:
+    return list(s.scalars(select(Pod.name).order_by(Pod.name)))
+
+
+def pod_checkpoint_rows(s: Session, pod_name: str) -> list[tuple[int, str, datetime]]:
+    """(seq, id, created_at) of a pod's checkpoints, oldest first."""
+    q = (select(Checkpoint.seq, Checkpoint.id, Checkpoint.created_at).join(Pod, Checkpoint.pod_id == Pod.id)
+         .where(Pod.name == pod_name).order_by(Checkpoint.seq))  # fmt: skip
+    return [tuple(r) for r in s.execute(q)]
+
+
+def checkpoint_at(s: Session, pod_name: str, seq: int) -> Checkpoint | None:
+    q = select(Checkpoint).join(Pod, Checkpoint.pod_id == Pod.id).where(Pod.name == pod_name, Checkpoint.seq == seq)
+    return s.scalars(q).one_or_none()
+
+
+def latest_seq(s: Session, pod_name: str) -> int | None:
+    return s.scalar(select(func.max(Checkpoint.seq)).join(Pod, Checkpoint.pod_id == Pod.id).where(Pod.name == pod_name))
+
+
+def branch_names(s: Session, checkpoint_id: str, name: str | None = None) -> list[str]:
+    """Pods branched from the checkpoint (only `name`, if given)."""
+    q = select(Pod.name).where(Pod.origin_checkpoint_id == checkpoint_id)
+    if name is not None:
+        q = q.where(Pod.name == name)
+    return list(s.scalars(q.order_by(Pod.name)))

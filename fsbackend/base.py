@@ -18,10 +18,14 @@ class BackendError(ZapError):
 
 @dataclass(frozen=True)
 class Capabilities:
-    writable_clones: bool
-    in_place_rollback: bool
-    diff: bool
+    """What a backend can do; the operations consult these before they start."""
+
+    writable_clones: bool  # a snapshot gives a writable copy (branch)
+    in_place_rollback: bool  # a volume can be replaced by a copy of a snapshot (restore)
+    diff: bool  # two snapshots can be compared (diff)
     send_stream: bool  # snapshots move as send streams (export, import)
+    device_pool: bool  # the pool can be a block device of its own (`zap init --device`)
+    snapshot_dirs: bool  # each snapshot is a directory of the pool's snapshots/ (a sweep lists them)
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,13 @@ class SnapshotBackend(abc.ABC):
 
     @abc.abstractmethod
     def mount_loop_pool(self, image: Path, mountpoint: Path) -> None: ...
+
+    def make_device_pool(self, device: Path, mountpoint: Path) -> None:
+        """A pool on a block device (capabilities.device_pool): formatted if it must be, mounted."""
+        raise BackendError(f"the {self.name} backend has no device pools")
+
+    def mount_device_pool(self, device: Path, mountpoint: Path) -> None:
+        raise BackendError(f"the {self.name} backend has no device pools")
 
     @abc.abstractmethod
     def unmount_pool(self, mountpoint: Path) -> None: ...
@@ -116,6 +127,21 @@ class SnapshotBackend(abc.ABC):
     def diff(self, old: Path, new: Path):
         """What changed from snapshot old to snapshot new (fsbackend.sendstream.Changes)."""
         raise BackendError(f"the {self.name} backend cannot compare snapshots")
+
+    # --- moving snapshots between machines (capabilities.send_stream) --------------------------
+    def send(self, snap: Path, out: Path) -> None:
+        """Write a full, self-contained stream of snapshot snap into the file out."""
+        raise BackendError(f"the {self.name} backend cannot send snapshots")
+
+    def check_stream(self, stream: Path) -> None:
+        """Refuse (BackendError) a stream that is not one full snapshot as send() writes it:
+        an incremental stream or a clone would read other snapshots of this machine."""
+        raise BackendError(f"the {self.name} backend cannot receive snapshots")
+
+    def receive(self, stream: Path, into: Path) -> Path:
+        """Receive a checked stream into the empty directory into (on the pool), confined to it;
+        returns the read-only snapshot made there."""
+        raise BackendError(f"the {self.name} backend cannot receive snapshots")
 
     def branch_volume(self, snap: Path, dst: Path) -> None:
         """The volume of a new branch from a snapshot (default: a writable clone)."""

@@ -16,7 +16,8 @@ BTRFS_SUPER_MAGIC = 0x9123683E
 
 class BtrfsBackend(SnapshotBackend):
     name = "btrfs"
-    capabilities = Capabilities(writable_clones=True, in_place_rollback=True, diff=True, send_stream=True)
+    capabilities = Capabilities(writable_clones=True, in_place_rollback=True, diff=True, send_stream=True,
+                                device_pool=False, snapshot_dirs=True)  # fmt: skip
     fs_name, magic, mkfs = "btrfs", BTRFS_SUPER_MAGIC, ["mkfs.btrfs", "-q", "-f", "-L", "zapckpt"]
 
     def mount_loop_pool(self, image: Path, mountpoint: Path) -> None:
@@ -86,6 +87,30 @@ class BtrfsBackend(SnapshotBackend):
             return of
 
         return parse(dump.stdout, kind(old), kind(new))
+
+    def send(self, snap: Path, out: Path) -> None:
+        proc.run(["btrfs", "send", "-q", "-f", str(out), str(snap)])
+
+    def check_stream(self, stream: Path) -> None:
+        try:
+            out = proc.run(["btrfs", "receive", "--dump", "-f", str(stream)]).stdout
+        except proc.CommandError as e:
+            raise BackendError(f"the filesystem snapshot is damaged: {e.reason()}") from None
+        commands = [ln.split(None, 1)[0] for ln in out.splitlines() if ln.strip()]
+        if not commands or commands[0] != "subvol" or commands.count("subvol") != 1:
+            raise BackendError("the filesystem snapshot is not one full subvolume")
+        if "snapshot" in commands or "clone" in commands:
+            raise BackendError("the filesystem snapshot refers to other subvolumes")
+
+    def receive(self, stream: Path, into: Path) -> Path:
+        try:
+            # -C: chrooted into its destination, so no path in the stream reaches beyond it;
+            # -E 1: stop at the end of the first (only) subvolume.
+            proc.run(["btrfs", "receive", "-q", "-C", "-E", "1", "-f", str(stream), str(into)])
+        except proc.CommandError as e:
+            raise BackendError(f"the filesystem snapshot cannot be received: {e.reason()}") from None
+        (snap,) = list(into.iterdir())
+        return snap
 
     def set_readonly(self, path: Path) -> None:
         proc.run(["btrfs", "property", "set", "-ts", str(path), "ro", "true"])

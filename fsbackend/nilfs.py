@@ -25,7 +25,7 @@ import re
 import shutil
 from pathlib import Path
 
-from zapckpt.common import proc
+from zapckpt.common import mountinfo, proc
 
 from .base import BackendError, Capabilities, SnapshotBackend, SnapshotInfo
 
@@ -37,17 +37,13 @@ LAYERS = ".layers"
 
 def _mounted() -> dict[str, tuple[str, str, str]]:
     """mount point -> (source, fstype, options)"""
-    out = {}
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        pre, _, post = line.partition(" - ")
-        fstype, source, opts = (post.split() + ["", "", ""])[:3]
-        out[pre.split()[4]] = (source, fstype, opts)
-    return out
+    return {m.point: (m.source, m.fstype, m.super_options) for m in mountinfo.mounts()}
 
 
 class NilfsBackend(SnapshotBackend):
     name = "nilfs"
-    capabilities = Capabilities(writable_clones=True, in_place_rollback=True, diff=False, send_stream=False)
+    capabilities = Capabilities(writable_clones=True, in_place_rollback=True, diff=False, send_stream=False,
+                                device_pool=True, snapshot_dirs=False)  # fmt: skip
     fs_name, magic, mkfs = "NILFS2", NILFS_SUPER_MAGIC, ["mkfs.nilfs2", "-q", "-f", "-L", "zapckpt"]
 
     # --- the pool ------------------------------------------------------------------------------

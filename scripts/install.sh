@@ -1,6 +1,13 @@
 #!/bin/bash
 # zapckpt installer: Debian packages, CRIU >= 4, Python venv, /usr/local/bin/zap.
-# Idempotent: every step checks first and only acts when something is missing.
+# Idempotent: every step checks first and only acts when something is missing. It prints one
+# line per step (what it checked or installed, and how long it took); the full apt, debootstrap
+# and pip output goes to a log file it names.
+#
+#   bash scripts/install.sh            what running zap needs (`make install`, `make demo`)
+#   bash scripts/install.sh --test     also what the tests and benchmarks use: the real services
+#                                      (Redis, nginx, MariaDB), the VM suite's qemu and NILFS2
+#                                      tools, pytest, hypothesis, matplotlib (`make test`)
 #
 # Environment overrides:
 #   ZAP_DEBIAN_MIRROR  mirror URL for debootstrap (default: taken from apt config)
@@ -16,30 +23,65 @@ CRIU_SUITE="${ZAP_CRIU_SUITE:-testing}"
 VENV="$REPO/.venv"
 STAMP="$VENV/.zap-installed"
 ZAP_LINK=/usr/local/bin/zap
+LOG_DIR=/var/log/zapckpt
+LOG="$LOG_DIR/install.log"
 
+FOR_TESTS=0
+case "${1:-}" in
+    "") ;;
+    --test) FOR_TESTS=1 ;;
+    *) echo "usage: bash scripts/install.sh [--test]" >&2; exit 2 ;;
+esac
+
+# What zap itself needs (pyfuse3 is built from source: the compiler and FUSE headers).
 APT_PACKAGES=(btrfs-progs fuse3 libfuse3-dev pkg-config util-linux mount debootstrap
-              zstd procps e2fsprogs python3 python3-venv python3-dev gcc make rsync iproute2 nftables
-              # real services the tests run inside pods
-              redis-server nginx mariadb-server-core mariadb-client-core
-              # the VM suite (vagrant/run-vm-tests): qemu, the guest's initramfs tools, NILFS2
-              # tools, and Debian's own CRIU, which the Debian 12 guest uses
-              qemu-system-x86 busybox-static cpio kmod nilfs-tools criu)
+              zstd procps e2fsprogs python3 python3-venv python3-dev gcc make iproute2 nftables)
+EXTRAS=""
+if [[ $FOR_TESTS -eq 1 ]]; then
+    APT_PACKAGES+=(rsync
+                   # real services the tests run inside pods
+                   redis-server nginx mariadb-server-core mariadb-client-core
+                   # the VM suite (vagrant/run-vm-tests): qemu, the guest's initramfs tools, NILFS2
+                   # tools, and Debian's own CRIU, which the Debian 12 guest uses
+                   qemu-system-x86 busybox-static cpio kmod nilfs-tools criu)
+    EXTRAS="[test,bench]"
+fi
 
+step_start=$SECONDS
 log()  { echo "[install] $*"; }
+# One line for a finished step, with its time.
+done_step() { echo "[install] $1 ($((SECONDS - step_start)) s)"; step_start=$SECONDS; }
 warn() { echo "[install] WARNING: $*" >&2; }
-die()  { echo "[install] ERROR: $*" >&2; exit 1; }
+die()  {
+    echo "[install] ERROR: $*" >&2
+    if [[ -s "$LOG" ]]; then
+        echo "[install] the last lines of $LOG:" >&2
+        tail -n 15 "$LOG" | sed 's/^/    /' >&2
+    fi
+    exit 1
+}
+# Run a command with its output in the log only.
+logged() {
+    { echo; echo "### $(date -u +%FT%TZ) $*"; } >>"$LOG"
+    "$@" >>"$LOG" 2>&1
+}
 
 
 [[ "$(id -u)" -eq 0 ]] || die "must be run as root (try: sudo bash $0)"
+mkdir -p "$LOG_DIR"
+chmod 0700 "$LOG_DIR"
+: >"$LOG"
+log "full output of this run: $LOG"
 
 # ---------------------------------------------------------------- a. apt
 apt_updated=0
 apt_install() {
     if [[ $apt_updated -eq 0 ]]; then
-        apt-get update -qq
+        logged apt-get update || die "apt-get update failed"
         apt_updated=1
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+    DEBIAN_FRONTEND=noninteractive logged apt-get install -y --no-install-recommends "$@" \
+        || die "apt-get install failed"
 }
 
 missing=()
@@ -48,11 +90,11 @@ for p in "${APT_PACKAGES[@]}"; do
     [[ "$st" == "install ok installed" ]] || missing+=("$p")
 done
 if [[ ${#missing[@]} -eq 0 ]]; then
-    log "apt packages: ok (already installed)"
+    done_step "apt packages: ok (all ${#APT_PACKAGES[@]} already installed)"
 else
-    log "apt packages: installing ${missing[*]}"
+    log "apt packages: installing ${#missing[@]}: ${missing[*]}"
     apt_install "${missing[@]}"
-    log "apt packages: ok (installed ${#missing[@]})"
+    done_step "apt packages: ok (installed ${#missing[@]})"
 fi
 
 # ---------------------------------------------------------------- b. criu
@@ -133,19 +175,15 @@ EOF
 }
 
 build_criu_root() {
-    local mirror tmp="$CRIU_ROOT.tmp" logf script=""
+    local mirror tmp="$CRIU_ROOT.tmp" script=""
     mirror="$(find_mirror)" || die "no Debian mirror found in /etc/apt/sources.list.d/*.sources or /etc/apt/sources.list; set ZAP_DEBIAN_MIRROR"
     # Releases newer than the host's debootstrap have no script of their own: sid's fits them.
     [[ -e "/usr/share/debootstrap/scripts/$CRIU_SUITE" ]] || script=/usr/share/debootstrap/scripts/sid
     log "criu: building a private $CRIU_SUITE runtime in $CRIU_ROOT (debootstrap from $mirror, ~30 s)"
     mkdir -p "$ZAP_PREFIX"
     rm -rf "$tmp"
-    logf="$(mktemp /tmp/zap-debootstrap.XXXXXX.log)"
-    if ! debootstrap --variant=minbase --include=criu "$CRIU_SUITE" "$tmp" "$mirror" $script >"$logf" 2>&1; then
-        tail -n 20 "$logf" >&2
-        die "debootstrap of $CRIU_SUITE failed (full log: $logf)"
-    fi
-    rm -f "$logf"
+    logged debootstrap --variant=minbase --include=criu "$CRIU_SUITE" "$tmp" "$mirror" $script \
+        || die "debootstrap of $CRIU_SUITE failed"
     [[ -x "$tmp/usr/sbin/criu" ]] || die "debootstrap finished but $tmp/usr/sbin/criu is missing"
     rm -rf "$CRIU_ROOT"
     mv "$tmp" "$CRIU_ROOT"
@@ -153,54 +191,55 @@ build_criu_root() {
 
 SYSTEM_CRIU=""
 if [[ -x "$CRIU_WRAPPER" ]] && criu_works "$CRIU_WRAPPER"; then
-    log "criu: ok ($CRIU_WRAPPER $("$CRIU_WRAPPER" --version 2>/dev/null | sed -n 's/^Version: *//p'): $PROBE_OUT)"
+    done_step "criu: ok ($CRIU_WRAPPER $("$CRIU_WRAPPER" --version 2>/dev/null | sed -n 's/^Version: *//p'): $PROBE_OUT)"
 elif system_criu_ok; then
-    log "criu: ok (system $SYSTEM_CRIU: $PROBE_OUT)"
+    done_step "criu: ok (system $SYSTEM_CRIU: $PROBE_OUT)"
 else
     [[ -n "$PROBE_OUT" ]] && log "criu: the installed CRIU fails the probe: $PROBE_OUT"
     build_criu_root
     write_criu_wrapper
     criu_works "$CRIU_WRAPPER" || die "the private CRIU fails the probe too: $PROBE_OUT"
-    log "criu: ok (installed $CRIU_WRAPPER $("$CRIU_WRAPPER" --version 2>/dev/null | sed -n 's/^Version: *//p'): $PROBE_OUT)"
+    done_step "criu: ok (installed $CRIU_WRAPPER $("$CRIU_WRAPPER" --version 2>/dev/null | sed -n 's/^Version: *//p'): $PROBE_OUT)"
 fi
 
 # ---------------------------------------------------------------- c. venv
 [[ -f "$REPO/pyproject.toml" ]] || die "$REPO/pyproject.toml not found"
 if [[ -x "$VENV/bin/python" && -x "$VENV/bin/pip" ]] && "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
-    log "venv: ok ($VENV exists)"
+    done_step "venv: ok ($VENV exists)"
 else
-    log "venv: creating $VENV"
     rm -rf "$VENV"
-    python3 -m venv "$VENV"
+    logged python3 -m venv "$VENV" || die "python3 -m venv $VENV failed"
+    done_step "venv: ok (created $VENV)"
 fi
 
-want="$( (cat "$REPO/pyproject.toml"; echo "extras: test,bench") | sha256sum | cut -d' ' -f1)"
+# A run for the tests installs everything a plain install does, and more: its stamp covers both.
+want_for() { (cat "$REPO/pyproject.toml"; echo "extras: $1") | sha256sum | cut -d' ' -f1; }
 have="$(cat "$STAMP" 2>/dev/null || true)"
-if [[ "$want" == "$have" ]]; then
-    log "python deps: ok (pyproject.toml unchanged)"
+if [[ "$have" == "$(want_for "$EXTRAS")" || ( -z "$EXTRAS" && "$have" == "$(want_for "[test,bench]")" ) ]]; then
+    done_step "python deps: ok (pyproject.toml unchanged)"
 else
-    log "python deps: pip install -e '.[test,bench]'"
     rm -f "$STAMP"
-    (cd "$REPO" && "$VENV/bin/pip" --disable-pip-version-check -q install -e '.[test,bench]')
-    echo "$want" >"$STAMP"
-    log "python deps: ok (installed)"
+    (cd "$REPO" && logged "$VENV/bin/pip" --disable-pip-version-check install -e ".$EXTRAS") \
+        || die "pip install -e '.$EXTRAS' failed"
+    want_for "$EXTRAS" >"$STAMP"
+    done_step "python deps: ok (installed zapckpt${EXTRAS:+ with $EXTRAS} into $VENV)"
 fi
 
 # ---------------------------------------------------------------- d. zap link
 target="$VENV/bin/zap"
 if [[ -L "$ZAP_LINK" ]]; then
     if [[ "$(readlink "$ZAP_LINK")" == "$target" ]]; then
-        log "zap link: ok ($ZAP_LINK -> $target)"
+        done_step "zap link: ok ($ZAP_LINK -> $target)"
     else
         ln -sfn "$target" "$ZAP_LINK"
-        log "zap link: ok (replaced $ZAP_LINK -> $target)"
+        done_step "zap link: ok (replaced $ZAP_LINK -> $target)"
     fi
 elif [[ -e "$ZAP_LINK" ]]; then
     warn "$ZAP_LINK exists and is not a symlink; leaving it alone"
 else
     mkdir -p "$(dirname "$ZAP_LINK")"
     ln -s "$target" "$ZAP_LINK"
-    log "zap link: ok (created $ZAP_LINK -> $target)"
+    done_step "zap link: ok (created $ZAP_LINK -> $target)"
 fi
 
-log "done"
+log "done in $SECONDS s"

@@ -1,6 +1,9 @@
-"""Every test here uses the real parts: real CRIU, a real btrfs pool on a loop file, real
-SQLite. Each test gets its own state directory and pool, and must leave nothing behind: the
-fixture deinitialises it and then checks that no mount, loop device or pod process is left."""
+"""Fixtures. Tests marked `system` use the real parts: real CRIU, a real btrfs pool on a loop
+file, namespaces, FUSE, real servers; each gets its own state directory and pool (the `zap`
+fixture) and must leave nothing behind: the fixture deinitialises it and then checks that no
+mount, loop device, network object or pod process is left. Every test using the `zap` fixture is
+marked `system` by itself. The rest are pure: they run anywhere (`pytest -m "not system"`).
+Shared helpers are in helpers.py."""
 
 from __future__ import annotations
 
@@ -11,31 +14,44 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-# Pods without --rootfs have a /tmp of their own, and this checkout may live in the host's /tmp
-# (CI clones there): the programs the pods run are copied for the session to where pods see them.
-WORKLOADS = Path(f"/run/zaptest-{os.getpid()}") / "workloads"
-COUNTER = WORKLOADS / "counter.py"
+from helpers import COUNTER, WORKLOADS, counter_values, proc_state, wait_for
 
 
 # tests/vm need NILFS2, which this kernel lacks: tests/test_vm_runner.py runs them in a guest.
 collect_ignore = [] if os.environ.get("ZAP_IN_VM") else ["vm"]
 
 
-def pytest_sessionstart(session):
+SYSTEM_FIXTURES = {"zap", "host_dir"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "system: needs root and the real parts (btrfs, CRIU, namespaces, FUSE)")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SYSTEM_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.system)
+
+
+def pytest_collection_finish(session):
+    system = [i for i in session.items if i.get_closest_marker("system")]
+    if not system:
+        return
     # A skipped real-part test would be a failed suite: refuse to run without what they need.
     problems = []
     if os.geteuid() != 0:
-        problems.append("the tests must run as root")
+        problems.append("the system tests must run as root")
     if not shutil.which("mkfs.btrfs"):
         problems.append("btrfs-progs is missing (make install)")
     if problems:
-        pytest.exit("; ".join(problems), returncode=3)
+        pure = len(session.items) - len(system)
+        pytest.exit(f"{'; '.join(problems)} (`-m 'not system'` runs the {pure} pure tests alone)", returncode=3)
     shutil.copytree(Path(__file__).resolve().parent / "workloads", WORKLOADS)
 
 
@@ -87,39 +103,6 @@ class Zap:
         self("run", name, "--env", f"COUNTER_INTERVAL={interval}", "--", "python3", str(COUNTER))
         wait_for(lambda: counter_values(self.volume(name)), what=f"{name} to start counting")
         return self.pod(name)
-
-
-def wait_for(pred, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def counter_values(volume: Path) -> list[int]:
-    try:
-        data = (volume / "counter.txt").read_bytes()
-    except FileNotFoundError:
-        return []
-    return [int(x) for x in data[: data.rfind(b"\n") + 1].split()]  # complete lines only
-
-
-def assert_continuous(values: list[int], start: int = 1) -> None:
-    assert values, "no values"
-    assert values[0] == start, f"starts at {values[0]}, not {start}"
-    for a, b in zip(values, values[1:]):
-        assert b == a + 1, f"discontinuity: {a} followed by {b}"
-
-
-def proc_state(pid: int) -> str | None:
-    try:
-        data = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return None
-    return data[data.rindex(")") + 2]
 
 
 def _net_leftovers(bridge: str, home: Path) -> list[str]:

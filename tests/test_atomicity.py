@@ -12,7 +12,7 @@ import random
 import time
 from pathlib import Path
 
-from conftest import assert_continuous, counter_values, wait_for
+from helpers import assert_continuous, counter_values, wait_for
 
 
 def test_twenty_random_checkpoints_are_atomic(zap):

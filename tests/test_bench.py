@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.system  # real pods, pools and CRIU
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

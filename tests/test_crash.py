@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COUNTER, assert_continuous, counter_values, proc_state, wait_for
+from helpers import COUNTER, assert_continuous, counter_values, proc_state, wait_for
 
 RUNS = int(os.environ.get("ZAP_CRASH_RUNS", "1"))
 
@@ -241,6 +241,7 @@ def test_verify_finds_and_repairs_unrecorded_objects(zap):
     assert_branchable(zap, "c@1", "fork")
 
 
+@pytest.mark.system  # a tmpfs of its own
 def test_full_state_directory_is_one_line_and_changes_nothing(tmp_path):
     """A state directory with no space left (the catalog cannot be written): a checkpoint fails
     with one line, the pod runs on, and once there is space again everything works."""

@@ -3,12 +3,9 @@ files a checkpoint keeps (--ghost-limit), and what `--net host` can and cannot d
 
 from __future__ import annotations
 
-import hashlib
-import json
-import time
 from pathlib import Path
 
-from conftest import counter_values, proc_state, wait_for
+from helpers import counter_values, proc_state, wait_for
 
 
 def _counting(zap, name: str) -> None:

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import WORKLOADS, assert_continuous, counter_values, proc_state, wait_for
+from helpers import (WORKLOADS, assert_continuous, catalog_db, counted_past, counter_values, pack_files, proc_state,
+                     wait_for)
 
 
 def _assert_running_and_counting(zap, name):
     pod = zap.pod(name)
     assert pod["state"] == "running"
     assert proc_state(pod["pid"]) in ("R", "S", "D"), f"pod init in state {proc_state(pod['pid'])}"
-    n = len(counter_values(zap.volume(name)))
-    wait_for(lambda: len(counter_values(zap.volume(name))) > n + 20, what=f"{name} to keep counting")
+    counted_past(zap.volume(name), len(counter_values(zap.volume(name))) + 20, f"{name} to keep counting")
 
 
 def _snapshots(zap):
@@ -26,14 +26,11 @@ def _snapshots(zap):
 
 
 def _packs(zap):
-    d = zap.home / "store" / "packs"
-    return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+    return [p.name for p in pack_files(zap)]
 
 
 def _catalog_packs(zap):
-    import sqlite3
-
-    with sqlite3.connect(zap.home / "catalog.db") as db:
+    with catalog_db(zap) as db:
         return sorted(r[0] for r in db.execute("SELECT name FROM packs"))
 
 

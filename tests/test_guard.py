@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_continuous, counter_values, proc_state, wait_for
+from helpers import assert_continuous, counted_past, counter_values, proc_state, wait_for
 
 # A service with state in memory (n) and on disk (the file it appends to): after a rollback the
 # file must go on exactly where the pre checkpoint's memory was.
@@ -127,8 +127,7 @@ def test_system_pod_checkpoint_branch_restore_and_view(zap, tmp_path):
     zap("branch", "sys@1", "fork")
     fork = zap.pod("fork")
     assert fork["state"] == "running"
-    fvals = wait_for(lambda: (v := counter_values(zap.volume("fork") / "srv")) and len(v) > len(at) + 50 and v,
-                     what="the branch to count")  # fmt: skip
+    fvals = counted_past(zap.volume("fork") / "srv", len(at) + 50, "the branch to count")  # fmt: skip
     assert fvals[: len(at)] == at
     assert_continuous(fvals)
     # The branch has its own root and its own /proc, pid 1 inside.
@@ -165,8 +164,7 @@ def test_system_pod_checkpoint_branch_restore_and_view(zap, tmp_path):
     finally:
         zap("umount", mp)
     zap("restore", "sys@1")
-    vals = wait_for(lambda: (v := counter_values(zap.volume("sys") / "srv")) and len(v) > len(at) + 50 and v,
-                    what="the restored pod to count")  # fmt: skip
+    vals = counted_past(zap.volume("sys") / "srv", len(at) + 50, "the restored pod to count")  # fmt: skip
     assert vals[: len(at)] == at
     assert_continuous(vals)
     # Bad --rootfs specs change nothing.

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import WORKLOADS, wait_for
+from helpers import WORKLOADS, wait_for
 
 REDIS = ["redis-server", "--port", "6379", "--bind", "0.0.0.0", "--save", "", "--appendonly", "no",
          "--protected-mode", "no"]  # fmt: skip

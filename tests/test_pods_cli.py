@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import COUNTER, counter_values, proc_state, wait_for
+from helpers import COUNTER, counter_values, proc_state, wait_for
 
 
 def test_doctor_json(zap):
@@ -23,6 +23,16 @@ def test_run_ps_logs_exec_stop_start_rm(zap):
     path = out[1]
     pod = wait_for(lambda: (p := zap.pod("svc")) and p["state"] == "running" and p, what="running")
     assert pod["path"] == path and pod["cwd"] == path + "/work" and pod["env"] == {"GREETING": "hi there"}
+    # `zap show` text: labelled lines a person reads, no Python reprs.
+    text = zap("show", "svc").stdout
+    assert f"state:         running (pid {pod['pid']})" in text and "environment:   GREETING='hi there'" in text
+    assert "checkpoints:   0" in text and "branched from: -" in text and " UTC" in text
+    ck = zap("checkpoint", "svc", "-m", "one").stdout.strip()
+    ck_text = zap("show", ck).stdout
+    assert f"checkpoint: {ck} (id " in ck_text and "message:    one" in ck_text and "parent:     -" in ck_text
+    assert "  pid 1 (host " in ck_text and "python3 -c 'import os,time;" in ck_text
+    for repr_ in ("None", "True", "False", "{'", "['"):
+        assert repr_ not in text and repr_ not in ck_text, repr_
     # The console log lives inside the pod's volume; the process is pid 1 and a session leader.
     log = wait_for(lambda: zap("logs", "svc").stdout, what="log output")
     assert log.strip() == f"hi there {path}/work svc 1"
@@ -41,7 +51,7 @@ def test_run_ps_logs_exec_stop_start_rm(zap):
     for ns in ("pid", "ipc", "uts", "mnt"):
         assert os.readlink(f"/proc/{pod['pid']}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}")
     ps = zap.json("ps")["pods"]
-    assert [(p["name"], p["state"], p["checkpoints"]) for p in ps] == [("svc", "running", 0)]
+    assert [(p["name"], p["state"], p["checkpoints"]) for p in ps] == [("svc", "running", 1)]
     assert "svc" in zap("ps").stdout
 
     zap("stop", "-t", "2", "svc")

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from conftest import assert_continuous, counter_values, proc_state, wait_for
+from helpers import assert_continuous, counted_past, counter_values, proc_state, wait_for
 
 
 def _snapshot_values(zap, ref):
@@ -17,7 +17,7 @@ def test_restore_in_place_and_undo(zap):
     # Change files after the checkpoint; the restore must undo this too.
     (zap.volume("web") / "note.txt").write_text("after\n")
     (zap.volume("web") / "junk.txt").write_text("junk\n")
-    wait_for(lambda: len(counter_values(zap.volume("web"))) > len(at_ckpt) + 500, what="more counting")
+    counted_past(zap.volume("web"), len(at_ckpt) + 500, "more counting")
     old_pid = zap.pod("web")["pid"]
 
     out = zap("restore", "web@1")
@@ -84,7 +84,7 @@ def test_branch_while_original_runs_two_at_once_and_branch_of_branch(zap):
     assert zap.pod("fork-a")["origin"] is None
     # The fork keeps running and writing after the original is gone.
     n = len(counter_values(zap.volume("fork-b")))
-    wait_for(lambda: len(counter_values(zap.volume("fork-b"))) > n + 50, what="fork-b still counting")
+    counted_past(zap.volume("fork-b"), n + 50, "fork-b still counting")
 
 
 def test_checkpoint_stop_then_restore_and_stopped_pod_restore(zap):

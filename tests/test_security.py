@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from conftest import wait_for
+from helpers import wait_for
 
 # --- crafted `btrfs send` streams (format v1: btrfs-progs send.h) --------------------------
 SUBVOL, SYMLINK, WRITE, TRUNCATE, MKFILE, RENAME, END = 1, 8, 15, 17, 3, 9, 21

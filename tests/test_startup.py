@@ -38,6 +38,7 @@ def test_help_and_version_import_nothing_heavy(tmp_path, args):
     assert rc == 0 and heavy == []
 
 
+@pytest.mark.system  # zap ps runs as root
 def test_ps_and_list_read_the_catalog_without_sqlalchemy(tmp_path):
     # The first command creates the catalog (through the ORM, which migrates it) ...
     rc, heavy = _imported(tmp_path, "ps")

@@ -4,9 +4,11 @@ counts, garbage collection, prune/rmckpt, verify, and failures (damage, disk ful
 import os
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
-from conftest import WORKLOADS, counter_values, proc_state, wait_for
+from helpers import (ROOT, WORKLOADS, assert_continuous, catalog_db, counted_past, counter_values, pack_files,
+                     proc_state, wait_for)
 
 MEMHOG = WORKLOADS / "memhog.py"
 
@@ -14,15 +16,6 @@ MEMHOG = WORKLOADS / "memhog.py"
 def _hog(zap, name, mib=16):
     zap("run", name, "--env", f"MEMHOG_MIB={mib}", "--", "python3", str(MEMHOG))
     wait_for(lambda: "holding" in zap("logs", name).stdout, what=f"{name} to fill its memory")
-
-
-def _packs(zap):
-    d = zap.home / "store" / "packs"
-    return sorted(d.iterdir()) if d.is_dir() else []
-
-
-def _db(zap):
-    return sqlite3.connect(zap.home / "catalog.db")
 
 
 def test_repeated_checkpoints_are_deduplicated_and_restorable(zap):
@@ -35,7 +28,7 @@ def test_repeated_checkpoints_are_deduplicated_and_restorable(zap):
         assert r["stored_bytes"] < first["stored_bytes"] / 100, r  # only what changed is new
     df = zap.json("df")
     assert df["total"]["dedup_ratio"] > 2.5 and df["pods"][0]["checkpoints"] == 3
-    assert sum(p.stat().st_size for p in _packs(zap)) == df["total"]["pack_bytes"]
+    assert sum(p.stat().st_size for p in pack_files(zap)) == df["total"]["pack_bytes"]
     # Any of them restores, from chunks shared with the others.
     zap("restore", "hog@1")
     assert zap.pod("hog")["state"] == "running"
@@ -54,8 +47,8 @@ def test_garbage_is_freed_exactly(zap):
     # a's chunks (random memory: nothing shared with b but a few small images) are gone.
     assert after["stored_bytes"] <= b_only
     assert after["pack_bytes"] < before["pack_bytes"] - (6 << 20)
-    assert sum(p.stat().st_size for p in _packs(zap)) == after["pack_bytes"]
-    with _db(zap) as db:
+    assert sum(p.stat().st_size for p in pack_files(zap)) == after["pack_bytes"]
+    with catalog_db(zap) as db:
         assert db.execute("SELECT COUNT(*) FROM chunks WHERE refcount <= 0").fetchone()[0] == 0
     assert zap("verify").returncode == 0  # includes the recount of every reference
 
@@ -89,7 +82,7 @@ def test_verify_reports_damage_and_restore_refuses(zap):
     _hog(zap, "hog", 8)
     zap("checkpoint", "hog")
     zap("checkpoint", "hog")
-    (pack,) = [p for p in _packs(zap) if p.stat().st_size > 1 << 20]
+    (pack,) = [p for p in pack_files(zap) if p.stat().st_size > 1 << 20]
     data = bytearray(pack.read_bytes())
     data[len(data) // 3] ^= 0x55
     pack.write_bytes(bytes(data))
@@ -106,7 +99,7 @@ def test_verify_reports_damage_and_restore_refuses(zap):
     pack.unlink()
     cp = zap("verify", "hog@1", check=False)
     assert cp.returncode == 1 and "missing" in cp.stdout
-    with _db(zap) as db:
+    with catalog_db(zap) as db:
         db.execute("UPDATE image_files SET chunk_ids = x'00112233' WHERE name LIKE 'pages-%'")
     cp = zap("verify", check=False)
     assert cp.returncode == 1 and "chunk list" in cp.stdout
@@ -157,3 +150,55 @@ def test_disk_full_during_ingest(zap, tmp_path):
         z("deinit", "--purge")
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def _write_schema_0001_set(images: Path, target: Path) -> None:
+    """An image set as schema 0001 kept it: NAME.zst per image (frame checksums) + manifest."""
+    import json
+
+    import zstandard
+
+    target.mkdir(parents=True)
+    files = []
+    for f in sorted(images.iterdir()):
+        data = f.read_bytes()
+        packed = zstandard.ZstdCompressor(write_checksum=True).compress(data)
+        (target / (f.name + ".zst")).write_bytes(packed)
+        files.append({"name": f.name, "raw": len(data), "stored": len(packed)})
+    (target / "manifest.json").write_text(json.dumps({"files": files}))
+
+
+def test_old_image_sets_are_converted_into_the_store_once(zap):
+    """A state directory from before the image store (an upgrade from catalog schema 0001):
+    the first command converts its image sets into the store, and they restore exactly."""
+    zap.run_counter("old")
+    ck = zap.json("checkpoint", "old")
+    at = max(counter_values(zap.volume("old")))
+    # Make it an old-format checkpoint: its images in images/<id>/, nothing in the store.
+    stage = zap.home / "stage"
+    subprocess.run([sys.executable, "-c", f"""
+import sys; sys.path.insert(0, {str(ROOT)!r})
+from pathlib import Path
+from zapckpt.context import Context
+from zapckpt.store.imagesets import store
+ctx = Context()
+with ctx.catalog.session() as s:
+    store(ctx).materialize(s, {ck['id']!r}, Path({str(stage)!r}))
+"""], check=True, env=zap.env)  # fmt: skip
+    old = zap.home / "images" / ck["id"]
+    _write_schema_0001_set(stage, old)
+    with catalog_db(zap) as db:
+        db.execute("DELETE FROM image_files")
+        db.execute("DELETE FROM chunks")
+        db.execute("DELETE FROM packs")
+        db.execute("UPDATE checkpoints SET image_format = 'dir', image_dir = ? WHERE id = ?", (str(old), ck["id"]))
+    for p in pack_files(zap):
+        p.unlink()
+    cp = zap("list")
+    assert "converted 1 image set(s)" in cp.stderr
+    assert not old.exists() and pack_files(zap)
+    assert zap.json("show", "old@1")["image_format"] == "cas"
+    assert "converted" not in zap("list").stderr  # once
+    assert zap("verify").stdout.strip().endswith("OK")
+    zap("restore", "old@1")
+    assert_continuous(counted_past(zap.volume("old"), at + 50, "counting on"))

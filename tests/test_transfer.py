@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Zap, assert_continuous, counter_values, wait_for
+from conftest import Zap
+from helpers import assert_continuous, counter_values, wait_for
 
 
 @pytest.fixture

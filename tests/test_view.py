@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, assert_continuous, counter_values, wait_for
+from helpers import ROOT, assert_continuous, counted_past, counter_values, wait_for
 
 
 def _mounted(mp: Path) -> bool:
@@ -136,7 +136,7 @@ def test_browse_matches_the_snapshot(zap, view):
 import sys; sys.path.insert(0, {str(ROOT)!r})
 from pathlib import Path
 from zapckpt.context import Context
-from zapckpt.images import store
+from zapckpt.store.imagesets import store
 ctx = Context()
 with ctx.catalog.session() as s:
     store(ctx).materialize(s, {ck['id']!r}, Path({str(stage)!r}))
@@ -217,7 +217,7 @@ def test_branch_by_mkdir_and_live_updates(zap, view):
     assert os.readlink(branches / "fork" / "pod") == "../../../../../fork"
     assert json.loads((branches / "fork" / "pod" / "info.json").read_text())["origin"] == "web@1"
     at = counter_values(Path(zap.json("show", "web@1")["snapshot"]["path"]))
-    vals = wait_for(lambda: (v := counter_values(zap.volume("fork"))) and len(v) > len(at) + 50 and v, what="fork counting")
+    vals = counted_past(zap.volume("fork"), len(at) + 50, "fork counting")
     assert vals[: len(at)] == at
     assert_continuous(vals)
     assert sorted(os.listdir(view / "pods")) == ["fork", "web"]

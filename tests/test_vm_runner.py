@@ -7,7 +7,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from conftest import ROOT
+import pytest
+
+from helpers import ROOT
+
+pytestmark = pytest.mark.system  # a real guest under qemu
 
 RUNNER = ROOT / "vagrant" / "run-vm-tests"
 

@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import COUNTER, assert_continuous, counter_values, wait_for  # noqa: E402
+from helpers import COUNTER, assert_continuous, counter_values, wait_for  # noqa: E402
 
 DEVICE = "/dev/vda"
 

@@ -43,23 +43,43 @@ _NO_RECOVERY = {"doctor", "init", "recover", "mount-serve"}
 _DESPITE_RECOVERY = {"ps", "show", "list", "log", "logs", "df", "verify", "umount", "deinit"}
 
 
-def _recover_interrupted(command: str) -> None:
+def _settle_catalog(command: str) -> None:
     """Before a command touches a pod or the store: operations whose zap died are finished or
-    undone first (recovery.py). One indexed query when there is nothing to do."""
-    from ..state import StateDir
+    undone (ops/recovery.py), and image sets of an older zap are converted into the store
+    (store/convert.py). Two indexed queries, without SQLAlchemy, when there is nothing to do."""
+    from contextlib import closing
+
+    from catalog import fastread
+    from zapckpt.state import StateDir
 
     state = StateDir.from_env()
     if not state.catalog_db.exists():
         return
-    from contextlib import closing
-
-    from catalog import fastread
-
     conn = fastread.open_current(state.catalog_db)
-    if conn is not None:  # the usual case, answered without importing SQLAlchemy
+    if conn is not None:  # the usual case
         with closing(conn):
-            if not fastread.has_intents(conn):
+            if not fastread.has_intents(conn) and not fastread.has_old_image_sets(conn):
                 return
+    _recover_interrupted(command, state)
+    _convert_old_image_sets()
+
+
+def _convert_old_image_sets() -> None:
+    from zapckpt.context import Context
+    from zapckpt.store.convert import convert_old_image_sets, pending
+
+    ctx = Context()
+    with ctx.catalog.session() as s:
+        if not pending(s):
+            return
+    done, failed = convert_old_image_sets(ctx)
+    if done:
+        print(f"zap: converted {len(done)} image set(s) of an older zap into the image store", file=sys.stderr)
+    for line in failed:
+        print(f"zap: warning: not converted: {line} (`zap verify` lists it)", file=sys.stderr)
+
+
+def _recover_interrupted(command: str, state) -> None:
     from ..context import Context
     from zapckpt.ops.recovery import pending, recover
 
@@ -118,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
             timeout()  # a bad value is bad input, refused before anything starts
         if args.command not in _NO_RECOVERY:
-            _recover_interrupted(args.command)
+            _settle_catalog(args.command)
         rc = args.func(args)
         return rc or 0
     except ZapError as e:

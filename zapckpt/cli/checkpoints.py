@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import closing
 
+from . import show
 from .lazy import lazy
 from .output import emit_json, human_bytes, info, ms, table, warn
 
@@ -126,12 +127,7 @@ def cmd_show(args) -> int:
     if args.json:
         emit_json(rec)
     else:
-        for k, v in rec.items():
-            if k == "processes":
-                for p in v:
-                    print(f"process: pid {p['pid']} (host {p['host_pid']}) cwd {p['cwd']}: {' '.join(p['cmdline'])}")
-            else:
-                print(f"{k}: {v}")
+        print(show.pod_text(rec) if pod is not None else show.checkpoint_text(rec))
     return 0
 
 

@@ -113,18 +113,49 @@ def run(
     return Result(argv, child.returncode, out, err)
 
 
-def spawn_detached(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> subprocess.Popen:
-    """Start argv in a new session with no inherited descriptors (pods must not hold our fds)."""
+class Timeout(ZapError):
+    """A command did not finish in its time and was killed."""
+
+
+def interactive(argv: Sequence[str], *, env: Mapping[str, str] | None = None, quiet: bool = False,
+                timeout: float | None = None, kill=None, what: str | None = None) -> int:  # fmt: skip
+    """Run argv on the user's terminal (stdio inherited, or discarded if quiet) and return its
+    exit status. Ctrl-C reaches it too; we wait for it and return 130. On a timeout, kill(pid)
+    (default: SIGKILL to it alone; pass procinfo.kill_tree for all it started) and Timeout."""
+    argv = [str(a) for a in argv]
+    out = subprocess.DEVNULL if quiet else None
+    try:
+        child = subprocess.Popen(argv, env=env, stdout=out, stderr=out, close_fds=True)
+    except FileNotFoundError:
+        raise ToolMissing(argv[0]) from None
+    try:
+        return child.wait(timeout)
+    except KeyboardInterrupt:
+        if timeout is not None:
+            (kill or _kill_one)(child.pid)
+        child.wait()
+        return 130
+    except subprocess.TimeoutExpired:
+        (kill or _kill_one)(child.pid)
+        child.wait()
+        raise Timeout(f"{what or argv[0]} did not finish within {timeout:g}s and was killed") from None
+
+
+def _kill_one(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def spawn(argv: Sequence[str], *, env: Mapping[str, str] | None = None, stdout=subprocess.DEVNULL,
+          stderr=subprocess.DEVNULL, pass_fds: Sequence[int] = ()) -> subprocess.Popen:  # fmt: skip
+    """Start argv and return at once (the caller watches it): in a new session, so terminal
+    signals stay away from it, with no descriptor of ours but pass_fds (pods must not hold our
+    files)."""
     argv = [str(a) for a in argv]
     try:
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            close_fds=True,
-            start_new_session=True,
-        )
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env,
+                                close_fds=True, pass_fds=tuple(pass_fds), start_new_session=True)  # fmt: skip
     except FileNotFoundError:
         raise ToolMissing(argv[0]) from None

@@ -216,10 +216,9 @@ def restore(images: Path, pidfile: Path, mounts: dict, netns: str | None, log: P
         )
         hook.chmod(0o700)
         criu += ["--action-script", through_host_root(hook)]
-    # As in podinit: detach `zap mount` views from the copy of the mount table the pod gets.
-    inner = ["sh", "-c", 'for m in $(awk \'$0 ~ / - fuse\\.zapckpt / {print $5}\' /proc/self/mountinfo); do '
-             'umount --lazy "$m"; done; exec "$@"', "sh",
-             sys.executable, "-m", "zapckpt.pod.mounts", json.dumps(mounts), "--"]  # fmt: skip
+    # pod/mounts.py detaches `zap mount` views from the pod's copy of the mount table, makes its
+    # mounts (as pod/init.py does at start), then execs CRIU.
+    inner = [sys.executable, "-m", "zapckpt.pod.mounts", json.dumps(mounts), "--"]
     enter = ["nsenter", f"--net={netns}", "--"] if netns else []
     argv = [*enter, "unshare", "--mount", "--propagation", "private", "--", *inner, *criu]
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "PYTHONPATH": os.pathsep.join(sys.path)}

@@ -16,7 +16,8 @@ from zapckpt.ops import checkpoint as ckpt
 from zapckpt.ops import restore as rst
 from zapckpt.context import Context
 from zapckpt.common.errors import UsageError, ZapError
-from zapckpt.pod.lifecycle import ExecTimeout, exec_in, live_state
+from zapckpt.common.proc import Timeout
+from zapckpt.pod.lifecycle import exec_in, live_state
 from zapckpt.system.signals import deferred_interrupts
 
 
@@ -36,7 +37,7 @@ def _say(msg: str) -> None:
 
 def outcome(what: str, run, command: list[str], check: str | None, check_timeout: float) -> str | None:
     """Run the command, then the health check, with run(argv, timeout=None) -> exit code (it
-    raises ExecTimeout); None if both passed, else what went wrong. Shared with --host."""
+    raises proc.Timeout); None if both passed, else what went wrong. Shared with --host."""
     rc = run(command)
     if rc == 130:
         return f"`{what}` was interrupted"
@@ -47,7 +48,7 @@ def outcome(what: str, run, command: list[str], check: str | None, check_timeout
     _say(f"health check: {check}")
     try:
         crc = run(["sh", "-c", check], timeout=check_timeout)
-    except ExecTimeout:
+    except Timeout:
         return f"the health check `{check}` hung (killed after {check_timeout:g}s)"
     if crc == 130:
         return "the health check was interrupted"

@@ -26,8 +26,8 @@ from fsbackend import get_backend
 from zapckpt.common import proc
 from zapckpt.system import procinfo
 from zapckpt.ops.guard import outcome
+from zapckpt.common import mountinfo
 from zapckpt.common.errors import UsageError, ZapError
-from zapckpt.pod.lifecycle import ExecTimeout
 
 
 def _say(msg: str) -> None:
@@ -60,18 +60,8 @@ def _run(root: Path, argv: list[str], timeout: float | None = None) -> int:
     if root != Path("/"):
         setup = 'mount -t proc proc "$1/proc" && mount --rbind /dev "$1/dev" && r="$1" && shift && exec chroot "$r" "$@"'
         argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", setup, "sh", str(root), *argv]
-    import subprocess
-
-    child = subprocess.Popen(argv)
-    try:
-        return child.wait(timeout)
-    except KeyboardInterrupt:
-        child.wait()
-        return 130
-    except subprocess.TimeoutExpired:
-        procinfo.kill_tree(child.pid)  # the same deepest-first kill as a pod's health check
-        child.wait()
-        raise ExecTimeout(f"{argv[-1]} timed out") from None
+    # the same deepest-first kill as a pod's health check
+    return proc.interactive(argv, timeout=timeout, kill=procinfo.kill_tree, what=argv[-1])
 
 
 def host_snapshot(label: str, root: str = "/") -> str:
@@ -92,9 +82,7 @@ def host_guard(command: list[str], check: str | None, check_timeout: float, root
         raise UsageError("no command given: zap guard --host -- CMD [ARGS...]")
     top = Path(root).resolve()
     backend = _check_root(top)
-    # os.path.ismount is true for every btrfs subvolume (each has its own st_dev): ask mountinfo.
-    mounts = {ln.split()[4] for ln in Path("/proc/self/mountinfo").read_text().splitlines()}
-    live_root = top == Path("/") or str(top) in mounts
+    live_root = top == Path("/") or mountinfo.find(top) is not None
     store = _store(top)
     store.mkdir(exist_ok=True)
     n = _next_number(store)

@@ -10,6 +10,8 @@ from sqlalchemy import select
 from catalog import Checkpoint, queries
 
 from zapckpt.store import imagesets as image_sets
+from zapckpt.store import convert
+from zapckpt.store.index import ChunkIndex
 from zapckpt.context import Context
 from zapckpt.common.errors import UsageError, ZapError
 from zapckpt.ops.retention import needed_by, plan_prune, remove_checkpoints
@@ -53,20 +55,19 @@ def prune(ctx: Context, name: str, keep_last: int | None, keep_hourly: int | Non
 
 def df(ctx: Context) -> dict:
     with ctx.catalog.session() as s:
-        store = image_sets.store(ctx)
-        cur = s.connection().connection.cursor()
-        frame_of = {i: (p, o, ln) for i, p, o, ln in cur.execute("SELECT id, pack_id, offset, length FROM chunks")}
+        index = ChunkIndex(s)
+        frame_of = index.frames()
         pods = []
         for pod in queries.list_pods(s):
             ids: set[int] = set()
             raw = 0
             for ck in pod.checkpoints:
                 raw += ck.raw_bytes
-                ids |= store.chunk_ids(s, ck.id) if ck.image_format == "cas" else set()
+                ids |= index.chunk_ids(ck.id) if ck.image_format == "cas" else set()
             stored = sum(ln for _p, _o, ln in {frame_of[i] for i in ids if i in frame_of})
             pods.append({"pod": pod.name, "checkpoints": len(pod.checkpoints), "raw_bytes": raw,
                          "stored_bytes": stored, "dedup_ratio": raw / stored if stored else None})  # fmt: skip
-        use = store.usage(s)
+        use = index.usage()
         raw_total = sum(p["raw_bytes"] for p in pods)
         total = {"checkpoints": sum(p["checkpoints"] for p in pods), "raw_bytes": raw_total,
                  "stored_bytes": use["chunk_bytes"], "pack_bytes": use["pack_bytes"], "packs": use["packs"],
@@ -80,6 +81,7 @@ def verify(ctx: Context, ref: str | None) -> dict:
     every damaged chunk is reported with the checkpoints it affects."""
     with ctx.catalog.session() as s:
         store = image_sets.store(ctx)
+        index = ChunkIndex(s)
         targets = [queries.resolve_ref(s, ref)] if ref else list(s.scalars(select(Checkpoint)))
         damage = []
         with store.lock():
@@ -87,14 +89,11 @@ def verify(ctx: Context, ref: str | None) -> dict:
             for ck in targets:
                 if ck.image_format == "cas":
                     try:
-                        per_ck[ck.id] = store.chunk_ids(s, ck.id)
+                        per_ck[ck.id] = index.chunk_ids(ck.id)
                     except ZapError as e:
                         damage.append({"what": f"chunk list of {ck.ref} ({e})", "affects": [ck.ref]})
-                elif ck.image_format == "dir":
-                    try:
-                        image_sets.check_legacy(ck)
-                    except ZapError as e:
-                        damage.append({"what": str(e), "affects": [ck.ref]})
+                elif ck.image_format == convert.OLD_FORMAT:
+                    damage.append({"what": f"{ck.ref}: {convert.unconverted(ck)}", "affects": [ck.ref]})
                 if not Path(ck.snapshot_path).is_dir():
                     damage.append({"what": f"snapshot {ck.snapshot_path} is missing", "affects": [ck.ref]})
             wanted = set().union(*per_ck.values()) if per_ck else set()
@@ -106,7 +105,7 @@ def verify(ctx: Context, ref: str | None) -> dict:
                 for cid, ck in all_cks.items():
                     if ck.image_format == "cas":
                         try:
-                            hit = store.chunk_ids(s, ck.id) & bad.keys()
+                            hit = index.chunk_ids(ck.id) & bad.keys()
                         except ZapError:
                             continue  # its damaged chunk list is reported on its own
                         for i in hit:
@@ -115,7 +114,7 @@ def verify(ctx: Context, ref: str | None) -> dict:
                     damage.append({"what": f"chunk {i}: {what}", "affects": sorted(users.get(i, []))})
             lists_ok = not any(d["what"].startswith("chunk list") for d in damage)
             if ref is None and lists_ok:  # counting needs every chunk list readable
-                for cid, stored, actual in store.recount(s):
+                for cid, stored, actual in index.recount():
                     damage.append({"what": f"chunk {cid}: reference count {stored}, but {actual} references",
                                    "affects": []})  # fmt: skip
     return {"ok": not damage, "checkpoints_checked": len(targets), "chunks_checked": len(wanted), "damage": damage}

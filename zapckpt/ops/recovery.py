@@ -33,12 +33,13 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from catalog import Checkpoint, Intent, Pack, Pod, queries
+from catalog import Checkpoint, Intent, Pod, queries
 
 from zapckpt.criu import runner as criu
 from zapckpt.system import procinfo
 from zapckpt.system import staging
 from zapckpt.store import imagesets as image_sets
+from zapckpt.store.index import ChunkIndex
 from zapckpt.common.errors import ZapError
 from zapckpt.ops.intents import operations_lock, owner_alive
 from zapckpt.net import podnet
@@ -64,7 +65,7 @@ def _wait_tools(marker: str | None) -> None:
     if not marker:
         return
     deadline = time.monotonic() + criu.timeout()
-    while (pids := _tools_of(marker)) and time.monotonic() < deadline:
+    while _tools_of(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
     for pid in _tools_of(marker):
         try:
@@ -192,7 +193,7 @@ def _remove(ctx, s, d: dict) -> str:
             backend.delete_volume(Path(snap))
     store = image_sets.store(ctx)
     with store.lock():  # freed packs: the files no row names any more
-        packs = {n for (n,) in s.execute(select(Pack.name))}
+        packs = ChunkIndex(s).pack_names()
         for f in store.packs.iterdir() if store.packs.is_dir() else []:
             if f.name not in packs:
                 f.unlink(missing_ok=True)
@@ -261,8 +262,8 @@ def _sweep_locked(ctx, repair: bool) -> list[str]:
     with ctx.catalog.session() as s:
         snaps = {c for (c,) in s.execute(select(Checkpoint.snapshot_path))}
         vols = {v for (v,) in s.execute(select(Pod.volume))}
-        packs = {n for (n,) in s.execute(select(Pack.name))}
-    if backend.name == "btrfs":
+        packs = ChunkIndex(s).pack_names()
+    if backend.capabilities.snapshot_dirs:
         for d in sorted(pool.snapshots.iterdir()) if pool.snapshots.is_dir() else []:
             if d.name == "imported":
                 for sub in sorted(d.iterdir()):

@@ -77,7 +77,9 @@ def exited_warning(ck: Checkpoint, init_pid: int) -> list[str]:
 
 def restore(ctx: Context, ref: str, saved_message: str | None = None) -> tuple[Checkpoint, Checkpoint]:
     """Roll the pod of `ref` back to it, files and processes; returns (ref, saved-state)."""
-    ctx.ensure_pool()  # mounted (after a reboot or deinit) before anything looks at snapshots
+    pool = ctx.ensure_pool()  # mounted (after a reboot or deinit) before anything looks at snapshots
+    if not pool.backend.capabilities.in_place_rollback:
+        raise UsageError(f"the {pool.backend.name} backend cannot roll a volume back in place; branch instead")
     with ctx.ref_lock(ref):
         with ctx.catalog.session() as s:
             ck = queries.resolve_ref(s, ref)
@@ -168,7 +170,9 @@ def branch(ctx: Context, ref: str, new_name: str, start: bool = True, ports: lis
     namespaces where that volume appears at the original pod's path, and a network namespace of
     its own with its own address (`ports` published there). The original is untouched."""
     check_name(new_name)
-    pool = ctx.pool
+    pool = ctx.ensure_pool()
+    if not pool.backend.capabilities.writable_clones:
+        raise UsageError(f"the {pool.backend.name} backend cannot make writable copies of snapshots: no branches")
     with ctx.catalog.session() as s:
         src_name = queries.resolve_ref(s, ref).pod.name
         if queries.find_pod(s, new_name):

@@ -17,7 +17,7 @@ from catalog import Checkpoint, Pod, queries
 
 from zapckpt.system import faults
 from zapckpt.store import imagesets as images
-from zapckpt.store import legacy as imagestore
+from zapckpt.store import convert
 from zapckpt.ops import intents
 from zapckpt.context import Context
 from zapckpt.common.errors import UsageError
@@ -48,7 +48,6 @@ def remove_checkpoints(ctx, s: Session, cks: list[Checkpoint]) -> None:
 
     store = images.store(ctx)
     snapshots = [Path(ck.snapshot_path) for ck in cks]
-    dirs = [Path(ck.image_dir) for ck in cks if ck.image_format == "dir"]
     # The rows go first (one commit); the record lets recovery finish the deleting after a crash.
     with intents.recorded(ctx, "remove", cks[0].pod.name, session=s, snapshots=[str(p) for p in snapshots]):
         with store.lock():
@@ -75,8 +74,8 @@ def remove_checkpoints(ctx, s: Session, cks: list[Checkpoint]) -> None:
                     snap.parent.rmdir()
                 except OSError:
                     pass
-        for d in dirs:
-            imagestore.delete(d)
+        for ck in cks:
+            convert.remove_old_set(ck)
 
 
 @dataclass

@@ -21,11 +21,11 @@ from pathlib import Path
 import zstandard
 
 from catalog import Checkpoint, Pod, queries
+from fsbackend import BackendError
 
 from zapckpt.store import imagesets as image_sets
 from zapckpt.system import faults
 from zapckpt.ops import intents
-from zapckpt.common import proc
 from zapckpt.system import staging
 from zapckpt.ops.checkpoint import commit_pair
 from zapckpt.context import Context
@@ -84,7 +84,7 @@ def export(ctx: Context, ref: str, dest: str) -> Path:
             images = stage / "images"
             if ck.has_images:
                 image_sets.materialize(ctx, s, ck, images)
-            proc.run(["btrfs", "send", "-q", "-f", str(send), ck.snapshot_path])
+            ctx.pool.backend.send(Path(ck.snapshot_path), send)
             with fo, zstandard.ZstdCompressor(level=3, threads=-1, write_checksum=True).stream_writer(fo) as zw:
                 with tarfile.open(fileobj=zw, mode="w|") as tar:
                     data = json.dumps(meta, indent=1).encode()
@@ -195,20 +195,6 @@ def _mount_path(ctx: Context, wanted: str, orig_name: str) -> str:
     return str(ctx.state.mount_path(orig_name))
 
 
-def _check_stream(stream: Path, path: Path) -> None:
-    """A full send of one subvolume, as `zap export` writes: not an incremental stream, and no
-    clone, both of which would read other subvolumes of this machine into the imported pod."""
-    try:
-        out = proc.run(["btrfs", "receive", "--dump", "-f", str(stream)]).stdout
-    except proc.CommandError as e:
-        raise TransferError(f"{path}: the filesystem snapshot is damaged: {e.reason()}") from None
-    commands = [ln.split(None, 1)[0] for ln in out.splitlines() if ln.strip()]
-    if not commands or commands[0] != "subvol" or commands.count("subvol") != 1:
-        raise TransferError(f"{path}: the filesystem snapshot is not one full subvolume; not importing it")
-    if "snapshot" in commands or "clone" in commands:
-        raise TransferError(f"{path}: the filesystem snapshot refers to other subvolumes; not importing it")
-
-
 def _unpack(path: Path, stage: Path) -> dict:
     """Read the whole file into staging; raise a clear error for anything not ours or cut short."""
     meta = None
@@ -276,7 +262,10 @@ def import_(ctx: Context, file: str, name: str | None) -> Checkpoint:
         except UsageError:
             raise TransferError(f"{path}: bad metadata (pod name); not importing it") from None
         new_name = check_name(name or orig_name)
-        _check_stream(stage / "snapshot.btrfs", path)
+        try:
+            pool.backend.check_stream(stage / "snapshot.btrfs")
+        except BackendError as e:
+            raise TransferError(f"{path}: {e}; not importing it") from None
         with ctx.pod_lock(new_name), ctx.catalog.session() as s:
             if queries.find_pod(s, new_name):
                 raise AlreadyExists(f"pod {new_name!r} already exists; choose another with --name")
@@ -284,12 +273,10 @@ def import_(ctx: Context, file: str, name: str | None) -> Checkpoint:
                                                recv=str(recv), stage=str(stage)))  # fmt: skip
             recv.mkdir(parents=True)
             try:
-                # Confined (chroot) to its destination: no path in the stream reaches beyond it.
-                proc.run(["btrfs", "receive", "-q", "-C", "-E", "1", "-f", str(stage / "snapshot.btrfs"), str(recv)])
-            except proc.CommandError as e:
-                raise TransferError(f"{path}: the filesystem snapshot cannot be received: {e.reason()}") from None
+                snap = pool.backend.receive(stage / "snapshot.btrfs", recv)
+            except BackendError as e:
+                raise TransferError(f"{path}: {e}") from None
             faults.point("import:received")
-            (snap,) = list(recv.iterdir())
             ck_id = uuid.uuid4().hex[:12]
             volume = pool.volume_of(new_name)
             try:

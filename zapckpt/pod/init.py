@@ -11,10 +11,9 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 
-from zapckpt.pod.mounts import open_console_log, setup_pod_mounts
+from zapckpt.pod.mounts import detach_views, open_console_log, setup_pod_mounts
 
 
 def main() -> None:
@@ -30,12 +29,7 @@ def main() -> None:
     try:
         os.setsid()
         socket.sethostname(spec["hostname"])
-        # The copy of the host's mounts includes any `zap mount` view: not the pod's business,
-        # and a dead view (its server gone) would make CRIU trip over it later.
-        with open("/proc/self/mountinfo") as f:
-            views = [ln.split()[4] for ln in f if " - fuse.zapckpt " in ln]
-        for mp in views:
-            subprocess.run(["umount", "--lazy", mp.encode().decode("unicode_escape")], check=False)
+        detach_views()
         setup_pod_mounts(spec["volume"], spec["mount_path"], bool(spec.get("rootfs")), spec.get("volumes", []),
                          chroot=True, state_root=spec["state_root"], private_tmp=spec.get("private_tmp", False))  # fmt: skip
         os.chdir(spec["cwd"])

@@ -83,10 +83,7 @@ def start_processes(pod: Pod, netns: str | None, state_root: Path) -> tuple[int,
         sys.executable, "-m", "zapckpt.pod.init", json.dumps(spec),
     ]  # fmt: skip
     env = {"PATH": BASE_ENV["PATH"], "PYTHONPATH": os.pathsep.join(sys.path)}
-    child = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        start_new_session=True, env=env,
-    )  # fmt: skip
+    child = proc.spawn(argv, env=env, stderr=subprocess.PIPE)
     pid = None
     error = None
     buf = b""
@@ -315,27 +312,14 @@ def _enter_argv(ctx: Context, name: str, script: str, command: list[str], consol
 def exec_in(ctx: Context, name: str, command: list[str], timeout: float | None = None, quiet: bool = False) -> int:
     """Run a command inside the pod's namespaces (and root) and working directory; returns its
     exit code. With a timeout, it is killed with all it started when the time is up
-    (ExecTimeout)."""
+    (proc.Timeout)."""
     if not command:
         raise UsageError("no command given: zap exec NAME -- CMD [ARGS...]")
     # nsenter --wd would resolve the directory before entering the mount namespace, where the
     # pod's volume is not mounted: change directory inside instead.
     argv, env = _enter_argv(ctx, name, 'cd -- "$1" && shift && exec "$@"', command)
-    out = subprocess.DEVNULL if quiet else None
-    if timeout is None:
-        try:
-            return subprocess.call(argv, env=env, stdout=out, stderr=out)
-        except KeyboardInterrupt:
-            return 130
-    child = subprocess.Popen(argv, env=env, stdout=out, stderr=out)
-    try:
-        return child.wait(timeout)
-    except (subprocess.TimeoutExpired, KeyboardInterrupt) as e:
-        procinfo.kill_tree(child.pid)
-        child.wait()
-        if isinstance(e, KeyboardInterrupt):
-            return 130
-        raise ExecTimeout(f"{command[0]} did not finish within {timeout:g}s and was killed") from None
+    kill = procinfo.kill_tree  # with a timeout, all it started goes too
+    return proc.interactive(argv, env=env, quiet=quiet, timeout=timeout, kill=kill, what=command[0])
 
 
 def exec_detached(ctx: Context, name: str, command: list[str]) -> None:
@@ -378,10 +362,6 @@ def _console_in_pod(pod: Pod, volume_id: tuple[int, int]) -> tuple[int, int]:
     log = open_console_log(top)
     os.close(top)
     return os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), log
-
-
-class ExecTimeout(ZapError):
-    pass
 
 
 def follow_log(ctx: Context, name: str, follow: bool, out) -> None:

@@ -29,6 +29,8 @@ import os
 import stat
 import sys
 
+from zapckpt.common import mountinfo, proc
+
 MS_BIND = 4096
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 LOG_DIR, LOG_NAME = ".zap", "console.log"
@@ -240,9 +242,18 @@ def setup_pod_mounts(volume: str, mount_path: str, system: bool, volumes: list[d
             os.close(fd)
 
 
+def detach_views() -> None:
+    """A new mount namespace starts as a copy of the host's, `zap mount` views included: not the
+    pod's business, and a dead view (its server gone) would make CRIU trip over it later."""
+    for point in mountinfo.points(mountinfo.VIEW_FSTYPE):
+        proc.run(["umount", "--lazy", point], check=False)
+
+
 def main() -> None:
-    """python -m zapckpt.pod.mounts SPEC_JSON -- CMD...: make the mounts, then exec CMD."""
+    """python -m zapckpt.pod.mounts SPEC_JSON -- CMD...: in the new mount namespace CRIU restores
+    into, detach views, make the pod's mounts, then exec CMD (criu restore)."""
     spec = json.loads(sys.argv[1])
+    detach_views()
     setup_pod_mounts(spec["volume"], spec["mount_path"], spec["system"], spec["volumes"], chroot=False,
                      state_root=spec["state_root"], socket_dirs=spec.get("socket_dirs", []),
                      private_tmp=spec.get("private_tmp", False))  # fmt: skip

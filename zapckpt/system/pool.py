@@ -71,8 +71,8 @@ def init_pool(state: StateDir, catalog: Catalog, size: str | None = None, pool_d
         backend = get_backend(known_backend if kind is not None else backend_name or "btrfs")
         if kind is None:
             if device:
-                if backend.name != "nilfs":
-                    raise UsageError("--device goes with --backend nilfs (a btrfs pool is a loop file or --pool DIR)")
+                if not backend.capabilities.device_pool:
+                    raise UsageError(f"--device goes with --backend nilfs (a {backend.name} pool is a loop file or --pool DIR)")
                 kind, path = "device", str(state.default_pool_mount)
                 backend.make_device_pool(Path(device), Path(path))
                 with catalog.session() as s:

@@ -14,13 +14,13 @@ from itertools import count
 import pyfuse3
 import trio
 
-from .tree import FS, IMAGE, IMAGES, PROC, PROCS, ROOT_INO, Attr, HistoryTree, Node, ViewError
+from .nodes import ROOT_INO, Attr, BytesReader, Node, ViewError
+from .tree import HistoryTree
 
 log = logging.getLogger("zapckpt.view")
 
 LONG = 24 * 3600.0  # past states never change
 SHORT = 1.0  # listings from the catalog: new checkpoints show up within a second
-CACHED_LISTINGS = (FS, PROCS, PROC, IMAGES)  # directories whose entries never change
 LISTED_ENTRIES = 500_000  # directory entries of past states kept in memory (about 200 bytes each)
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
@@ -141,7 +141,7 @@ class HistoryOps(pyfuse3.Operations):
         node = self._node(inode)
         # Listings of past states never change: kept (bounded) so a second `find` or `ls` does
         # not walk the snapshot again. Catalog listings are read fresh every time.
-        cacheable = node.kind in CACHED_LISTINGS
+        cacheable = node.cache_listing
         entries = self.listings.get(inode) if cacheable else None
         if entries is None:
             entries = await self._run(self._listing, node)
@@ -164,28 +164,20 @@ class HistoryOps(pyfuse3.Operations):
         self.handles.pop(fh, None)
 
     # --- files -----------------------------------------------------------------------------------
-    def _open(self, node: Node):
-        if node.kind == FS:
-            return _Fd(os.open(node.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC))
-        if node.kind == IMAGE:
-            return self.tree.open_image(node)
-        return _Bytes(self.tree.contents(node))
-
     async def open(self, inode, flags, ctx):
         if flags & WRITE_FLAGS:
             raise pyfuse3.FUSEError(errno.EROFS)
         node = self._node(inode)
-        handle = await self._run(self._open, node)
+        handle = await self._run(self.tree.open, node)
         fh = next(self._fh)
         self.handles[fh] = handle
         # Past states never change: let the kernel keep their pages. Generated files (info.json
         # of a live pod) are read fresh each time.
-        immutable = node.immutable and node.kind in (FS, IMAGE)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=immutable, direct_io=not immutable)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=node.cache_content, direct_io=not node.cache_content)
 
     async def read(self, fh, off, size):
         h = self.handles[fh]
-        if isinstance(h, _Bytes):
+        if isinstance(h, BytesReader):  # in memory: no thread needed
             return h.read(off, size)
         return await self._run(h.read, off, size)
 
@@ -197,14 +189,10 @@ class HistoryOps(pyfuse3.Operations):
     # --- extended attributes ---------------------------------------------------------------------
     async def listxattr(self, inode, ctx):
         node = self._node(inode)
-        if node.kind != FS:
-            return []
         return [os.fsencode(n) for n in await self._run(self.tree.xattrs, node)]
 
     async def getxattr(self, inode, name, ctx):
         node = self._node(inode)
-        if node.kind != FS:
-            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return await self._run(self.tree.getxattr, node, os.fsdecode(name))
 
     # --- the one write: mkdir in branches/ --------------------------------------------------------
@@ -249,29 +237,3 @@ class _Listings:
         while self.total > self.max:
             _ino, old = self.data.popitem(last=False)
             self.total -= len(old)
-
-
-class _Fd:
-    __slots__ = ("fd",)
-
-    def __init__(self, fd: int):
-        self.fd = fd
-
-    def read(self, off: int, size: int) -> bytes:
-        return os.pread(self.fd, size, off)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-class _Bytes:
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes):
-        self.data = data
-
-    def read(self, off: int, size: int) -> bytes:
-        return self.data[off : off + size]
-
-    def close(self) -> None:
-        pass

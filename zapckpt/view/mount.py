@@ -14,17 +14,16 @@ import logging
 import os
 import select
 import signal
-import subprocess
 import sys
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from zapckpt.common import proc
+from zapckpt.common import mountinfo, proc
 from ..context import Context
 from zapckpt.common.errors import UsageError, ZapError
 
-FSTYPE = "fuse.zapckpt"
+FSTYPE = mountinfo.VIEW_FSTYPE
 # The kernel reads a FUSE file 128 KiB at a time, with 128 KiB of read-ahead: one request in
 # flight, and a cold sequential read at a third of the disk's speed. A larger window keeps
 # several requests (and worker threads) busy: about 2.5x faster measured (docs/fuse-view.md).
@@ -46,25 +45,19 @@ def _entry_path(ctx: Context, mountpoint: Path) -> Path:
 
 def view_mounts() -> list[str]:
     """Mount points of zap views in this mount namespace."""
-    out = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        pre, _, post = line.partition(" - ")
-        if post.split(" ", 1)[0] == FSTYPE:
-            out.append(pre.split()[4].encode().decode("unicode_escape"))
-    return out
+    return mountinfo.points(FSTYPE)
 
 
 def _tune_read_ahead(mp: Path) -> None:
     """Widen the view's read-ahead, once the kernel has its INIT answer (which sets it to the
     128 KiB default): run on a worker thread, whose stat waits for the loop to answer it."""
     os.stat(mp)
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        if fields[4] == str(mp) and f" - {FSTYPE} " in line:
-            try:
-                Path(f"/sys/class/bdi/{fields[2]}/read_ahead_kb").write_text(f"{READ_AHEAD_KB}\n")
-            except OSError as e:
-                log.warning("cannot widen the read-ahead of %s: %s", mp, e)
+    m = mountinfo.find(mp)
+    if m is not None and m.fstype == FSTYPE:
+        try:
+            Path(f"/sys/class/bdi/{m.device}/read_ahead_kb").write_text(f"{READ_AHEAD_KB}\n")
+        except OSError as e:
+            log.warning("cannot widen the read-ahead of %s: %s", mp, e)
 
 
 def _check_mountpoint(mountpoint: Path) -> Path:
@@ -151,8 +144,7 @@ def start_daemon(ctx: Context, mountpoint: Path, allow_other: bool) -> tuple[Pat
     if allow_other:
         argv.append("--allow-other")
     with open(log_path, "ab") as out:
-        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, pass_fds=(w,),
-                                 start_new_session=True, env=dict(os.environ, ZAP_HOME=str(ctx.state.root)))  # fmt: skip
+        child = proc.spawn(argv, env=dict(os.environ, ZAP_HOME=str(ctx.state.root)), stdout=out, stderr=out, pass_fds=(w,))
     os.close(w)
     try:
         ready, _, _ = select.select([r], [], [], READY_TIMEOUT)

@@ -1,0 +1,65 @@
+"""What the tests share besides fixtures: where things are, waiting, reading a counter pod's
+output, and looking into a state directory's store and catalog."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# Pods without --rootfs have a /tmp of their own, and this checkout may live in the host's /tmp
+# (CI clones there): the programs the pods run are copied for the session to where pods see them.
+WORKLOADS = Path(f"/run/zaptest-{os.getpid()}") / "workloads"
+COUNTER = WORKLOADS / "counter.py"
+
+
+def wait_for(pred, timeout: float = 20.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def counter_values(volume: Path) -> list[int]:
+    try:
+        data = (volume / "counter.txt").read_bytes()
+    except FileNotFoundError:
+        return []
+    return [int(x) for x in data[: data.rfind(b"\n") + 1].split()]  # complete lines only
+
+
+def counted_past(volume: Path, n: int, what: str, timeout: float = 20.0) -> list[int]:
+    """Wait until a counter pod (tests/workloads/counter.py) has written more than n values;
+    returns them."""
+    return wait_for(lambda: (v := counter_values(volume)) and len(v) > n and v, timeout, what)
+
+
+def assert_continuous(values: list[int], start: int = 1) -> None:
+    assert values, "no values"
+    assert values[0] == start, f"starts at {values[0]}, not {start}"
+    for a, b in zip(values, values[1:]):
+        assert b == a + 1, f"discontinuity: {a} followed by {b}"
+
+
+def proc_state(pid: int) -> str | None:
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    return data[data.rindex(")") + 2]
+
+
+def pack_files(zap) -> list[Path]:
+    """The image store's pack files of a test's state directory."""
+    d = zap.home / "store" / "packs"
+    return sorted(d.iterdir()) if d.is_dir() else []
+
+
+def catalog_db(zap) -> sqlite3.Connection:
+    """The test's catalog, for looking at rows the CLI does not show (close it after)."""
+    return sqlite3.connect(zap.home / "catalog.db")

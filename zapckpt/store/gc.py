@@ -1,0 +1,81 @@
+"""Giving space back and checking what is kept. Removing a checkpoint only lowers reference
+counts (index.release); collect_garbage then forgets unreferenced chunks and rewrites each pack
+that held one, copying the frames that still hold a live chunk. verify_chunks re-reads and
+re-hashes chunks."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy.orm import Session
+
+from zapckpt.store import StoreError
+from zapckpt.store.index import ChunkIndex
+from zapckpt.store.packs import FrameReader, copy_frames, fsync_dir, new_pack_name
+
+if TYPE_CHECKING:
+    from zapckpt.store.chunkstore import ChunkStore
+
+
+def collect_garbage(store: ChunkStore, s: Session) -> list[Path]:
+    """Forget unreferenced chunks and rewrite the packs that held them. Returns the old pack
+    files, to delete once the caller's transaction has committed."""
+    index = ChunkIndex(s)
+    old_files = []
+    for pack_id, pname in index.packs_with_garbage():
+        live = index.live_chunks(pack_id)
+        index.forget_garbage(pack_id)
+        if live:
+            new_name = new_pack_name()
+            new_path = store.pack_path(new_name)
+            try:
+                where = copy_frames(store.pack_path(pname), new_path, [(off, ln) for _cid, off, ln in live])
+                fsync_dir(store.packs)
+            except OSError as e:
+                new_path.unlink(missing_ok=True)
+                raise StoreError(f"cannot rewrite pack {pname}: {e.strerror or e}") from None
+            size = sum(ln for off, ln in {(off, ln) for _c, off, ln in live})
+            index.pack_rewritten(pack_id, new_name, size, [(where[off], cid) for cid, off, _ln in live])
+        else:
+            index.forget_pack(pack_id)
+        old_files.append(store.pack_path(pname))
+    return old_files
+
+
+def verify_chunks(store: ChunkStore, s: Session, ids: set[int]) -> dict[int, str]:
+    """Re-read and re-hash chunks; returns {chunk id: what is wrong} for the damaged ones."""
+    index = ChunkIndex(s)
+    loc = index.locations(ids)
+    hashes = index.hashes(ids)
+    bad: dict[int, str] = {}
+    by_pack: dict[str, list[int]] = {}
+    for cid in ids:
+        if cid not in loc:
+            bad[cid] = "missing from the index"
+        else:
+            by_pack.setdefault(loc[cid].pack, []).append(cid)
+    for pack, cids in by_pack.items():
+        if not store.pack_path(pack).is_file():
+            for cid in cids:
+                bad[cid] = f"pack {pack} is missing"
+            continue
+        reader = FrameReader(store.pack_path)
+        cached: tuple = (None, None)
+        try:
+            for cid in sorted(cids, key=lambda c: loc[c].offset):
+                c = loc[cid]
+                try:
+                    frame = cached[1] if cached[0] == c.offset else reader.get(pack, c.offset, c.length, f"chunk {cid}")
+                    cached = (c.offset, frame)
+                except StoreError as e:
+                    bad[cid] = str(e)
+                    continue
+                chunk = frame[c.start : c.start + c.raw_length]
+                if c.start + c.raw_length > len(frame) or hashlib.sha256(chunk).digest() != hashes[cid]:
+                    bad[cid] = f"content does not match its hash (pack {pack})"
+        finally:
+            cached = (None, None)
+            reader.close()
+    return bad

@@ -1,0 +1,83 @@
+"""Ingest: an image set in a staging directory becomes a new pack plus index rows. The pack is
+written and fsynced first; the rows go into the caller's catalog transaction (commit()), so a
+checkpoint row and its chunks become durable together, or not at all."""
+
+from __future__ import annotations
+
+import mmap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy.orm import Session
+
+from zapckpt.store import StoreError
+from zapckpt.store.chunking import chunk_hash, pieces, stored_images
+from zapckpt.store.index import ChunkIndex, NewChunk
+from zapckpt.store.packs import PackWriter, fsync_dir, new_pack_name
+
+if TYPE_CHECKING:
+    from zapckpt.store.chunkstore import ChunkStore
+
+
+@dataclass
+class PendingIngest:
+    """An image set written to a new pack but not yet in the catalog."""
+
+    store: ChunkStore
+    pack_name: str
+    pack_size: int
+    new_chunks: list[NewChunk]
+    files: list[tuple[str, int, list]] = field(default_factory=list)  # name, raw bytes, [id or new hash]
+    raw_bytes: int = 0
+    stored_bytes: int = 0  # the new frames: what this image set added to the store
+
+    def commit(self, s: Session, checkpoint_id: str) -> None:
+        """Index the new chunks and the checkpoint's files; the caller's transaction commits."""
+        index = ChunkIndex(s)
+        new_ids = index.add_pack(self.pack_name, self.pack_size, self.new_chunks)
+        index.add_files(checkpoint_id, [(name, raw, [r if isinstance(r, int) else new_ids[r] for r in refs])
+                                        for name, raw, refs in self.files])  # fmt: skip
+
+    def discard(self) -> None:
+        self.store.pack_path(self.pack_name).unlink(missing_ok=True)
+
+
+def ingest(store: ChunkStore, s: Session, staging: Path) -> PendingIngest:
+    """Chunk, deduplicate and compress the image set in staging into a new, fsynced pack. Call
+    with the store lock held, and commit the result in the same lock."""
+    store.packs.mkdir(parents=True, exist_ok=True)
+    known = ChunkIndex(s).known_hashes()
+    name = new_pack_name()
+    path = store.pack_path(name)
+    pending = PendingIngest(store, name, 0, [])
+    seen: set[bytes] = set()
+    try:
+        with PackWriter(path) as pack:
+            for img in stored_images(staging):
+                size = img.stat().st_size
+                refs: list = []
+                with open(img, "rb") as f:
+                    data = memoryview(mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)) if size else memoryview(b"")
+                # data maps the tmpfs file; it is unmapped with the last view of it.
+                for piece in pieces(img, data):
+                    h = chunk_hash(piece).digest()
+                    cid = known.get(h)
+                    if cid is not None:
+                        refs.append(cid)
+                        continue
+                    refs.append(h)
+                    if h not in seen:
+                        seen.add(h)
+                        pack.add(h, piece)
+                pending.files.append((img.name, size, refs))
+                pending.raw_bytes += size
+            pending.new_chunks = pack.finish()
+            pending.pack_size = pending.stored_bytes = pack.size
+        if not pending.new_chunks:
+            path.unlink()
+        fsync_dir(store.packs)
+    except OSError as e:
+        path.unlink(missing_ok=True)
+        raise StoreError(f"cannot store the image set in {store.packs}: {e.strerror or e}") from None
+    return pending
