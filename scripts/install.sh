@@ -99,7 +99,7 @@ fi
 
 # ---------------------------------------------------------------- b. criu
 # `criu check` passes for CRIUs that cannot dump a single inet socket on this kernel (4.1 on
-# Linux >= 6.16), so a CRIU is judged by the functional probe (zapckpt/criu_probe.py): a tiny
+# Linux >= 6.16), so a CRIU is judged by the functional probe (zapckpt/criu/probe.py): a tiny
 # pod with TCP, UDP and unix sockets in its own netns is dumped, restored and must go on.
 criu_major() {
     "$1" --version 2>/dev/null | sed -n 's/^Version: *\([0-9][0-9]*\)\..*/\1/p' | head -n1

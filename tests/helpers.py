@@ -61,5 +61,18 @@ def pack_files(zap) -> list[Path]:
 
 
 def catalog_db(zap) -> sqlite3.Connection:
-    """The test's catalog, for looking at rows the CLI does not show (close it after)."""
+    """The test's catalog as raw SQLite: for damaging it on purpose (close it after)."""
     return sqlite3.connect(zap.home / "catalog.db")
+
+
+def store_index(zap, what):
+    """what(ChunkIndex) on the test's catalog: the store's index as zap itself reads it."""
+    from catalog import Catalog
+    from zapckpt.store.index import ChunkIndex
+
+    cat = Catalog(zap.home / "catalog.db")
+    try:
+        with cat.session() as s:
+            return what(ChunkIndex(s))
+    finally:
+        cat.dispose()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (WORKLOADS, assert_continuous, catalog_db, counted_past, counter_values, pack_files, proc_state,
+from helpers import (WORKLOADS, assert_continuous, counted_past, counter_values, pack_files, proc_state, store_index,
                      wait_for)
 
 
@@ -30,8 +30,7 @@ def _packs(zap):
 
 
 def _catalog_packs(zap):
-    with catalog_db(zap) as db:
-        return sorted(r[0] for r in db.execute("SELECT name FROM packs"))
+    return sorted(store_index(zap, lambda index: index.pack_names()))
 
 
 def test_bad_names_unknown_things_and_taken_names(zap):

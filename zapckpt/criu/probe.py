@@ -13,12 +13,12 @@ import argparse
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from zapckpt.common import proc
 from zapckpt.criu.runner import NET_OPTS, criu_binary
 
 # The probe's workload, run as pid 1 of new pid/mount/net namespaces: it reports its host pid,
@@ -91,50 +91,42 @@ def probe(criu: str, timeout: float = 60.0) -> str:
     netns = f"zapprobe-{os.getpid()}"
     pid = 0
     try:
-        subprocess.run(["ip", "netns", "add", netns], check=True, capture_output=True)
-        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True, capture_output=True)
+        proc.run(["ip", "netns", "add", netns])
+        proc.run(["ip", "-n", netns, "link", "set", "lo", "up"])
         shell = 'exec </dev/null >/dev/null 2>&1; exec setsid "$@"'
-        subprocess.Popen(
-            ["ip", "netns", "exec", netns, "unshare", "--pid", "--fork", "--mount", "--propagation", "private",
-             "--", "sh", "-c", shell, "sh", sys.executable, "-c", WORKLOAD, str(work)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, close_fds=True,
-        )  # fmt: skip
+        proc.spawn(["ip", "netns", "exec", netns, "unshare", "--pid", "--fork", "--mount", "--propagation", "private",
+                    "--", "sh", "-c", shell, "sh", sys.executable, "-c", WORKLOAD, str(work)])  # fmt: skip
         pid = int(_wait(lambda: (work / "pid").exists() and (work / "pid").read_text(), 10, "the probe workload"))
         _wait(lambda: _rounds(work) > 0, 10, "the probe's sockets")
         images = work / "images"
         images.mkdir()
         t0 = time.perf_counter()
-        dump = subprocess.run(
-            ["nsenter", "-t", str(pid), "-m", "-n", "--", criu, "dump", "-t", str(pid), "-D", str(images),
-             "-o", "dump.log", *NET_OPTS],
-            capture_output=True, timeout=timeout,
-        )  # fmt: skip
+        dump = proc.run(["nsenter", "-t", str(pid), "-m", "-n", "--", criu, "dump", "-t", str(pid), "-D", str(images),
+                         "-o", "dump.log", *NET_OPTS], check=False, timeout=timeout)  # fmt: skip
         dump_ms = (time.perf_counter() - t0) * 1000
         if dump.returncode != 0:
             raise ProbeFailed(f"dump failed: {_log_error(images / 'dump.log')}")
         _wait(lambda: not Path(f"/proc/{pid}").exists(), 10, "the dumped probe to exit")
         before = _rounds(work)
-        restore = subprocess.run(
-            ["ip", "netns", "exec", netns, "unshare", "--mount", "--propagation", "private", "--",
-             criu, "restore", "-d", "-D", str(images), "-o", "restore.log", "--pidfile", str(work / "rpid"),
-             *NET_OPTS],
-            capture_output=True, timeout=timeout,
-        )  # fmt: skip
+        restore = proc.run(["ip", "netns", "exec", netns, "unshare", "--mount", "--propagation", "private", "--",
+                            criu, "restore", "-d", "-D", str(images), "-o", "restore.log", "--pidfile",
+                            str(work / "rpid"), *NET_OPTS], check=False, timeout=timeout)  # fmt: skip
         if restore.returncode != 0:
             raise ProbeFailed(f"restore failed: {_log_error(images / 'restore.log')}")
         pid = int((work / "rpid").read_text())
         _wait(lambda: _rounds(work) > before + 2, 10, "the restored probe to use its sockets")
         return f"TCP listener, TCP pair, UDP and unix sockets dumped ({dump_ms:.0f} ms) and restored in a netns"
-    except subprocess.TimeoutExpired:
-        raise ProbeFailed(f"CRIU did not finish within {timeout:g}s") from None
-    except (OSError, subprocess.CalledProcessError) as e:
+    except proc.CommandError as e:
+        if "timed out after" in e.stderr:
+            raise ProbeFailed(f"CRIU did not finish within {timeout:g}s") from None
+        raise ProbeFailed(f"could not set up the probe: {e}") from None
+    except (OSError, proc.ToolMissing) as e:
         raise ProbeFailed(f"could not set up the probe: {e}") from None
     finally:
         if pid:
             _kill_tree(pid)
             _wait(lambda: True if not Path(f"/proc/{pid}").exists() else False, 5, "the probe to exit")
-        subprocess.run(["ip", "netns", "del", netns], capture_output=True)
+        proc.run(["ip", "netns", "del", netns], check=False)
         shutil.rmtree(work, ignore_errors=True)
 
 

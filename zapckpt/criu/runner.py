@@ -200,7 +200,7 @@ def dump(init_pid: int, images: Path, hook: Path, log: Path, *, leave_stopped: b
 def restore(images: Path, pidfile: Path, mounts: dict, netns: str | None, log: Path,
             limit: float | None = None) -> int:  # fmt: skip
     """Restore the tree detached, in a fresh private mount namespace made like the pod's own
-    (podmounts.py: the volume at its path, private /dev/shm and /dev/pts, declared volumes),
+    (pod/mounts.py: the volume at its path, private /dev/shm and /dev/pts, declared volumes),
     inside the network namespace `netns` (None: the host's); returns the host pid of the
     restored init. A system pod gets its /proc mounted again, from inside its new pid
     namespace, before its processes come back."""

@@ -89,7 +89,8 @@ def commit_pair(ctx: Context, s: Session, pod: Pod, ck_id: str, images: Path | N
             if t_start is not None:
                 fields["total_ms"] = (time.perf_counter() - t_start) * 1000
             return record(
-                s, pod, ck_id, message, kind, ctx.pool.backend.name, info, image_format="cas" if pending else None,
+                s, pod, ck_id, message, kind, ctx.pool.backend.name, info,
+                image_format=image_sets.STORE_FORMAT if pending else None,
                 before_commit=(lambda: pending.commit(s, ck_id)) if pending else None,
                 raw_bytes=pending.raw_bytes if pending else 0, stored_bytes=pending.stored_bytes if pending else 0,
                 **fields,

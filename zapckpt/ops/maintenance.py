@@ -63,7 +63,7 @@ def df(ctx: Context) -> dict:
             raw = 0
             for ck in pod.checkpoints:
                 raw += ck.raw_bytes
-                ids |= index.chunk_ids(ck.id) if ck.image_format == "cas" else set()
+                ids |= index.chunk_ids(ck.id) if image_sets.in_store(ck) else set()
             stored = sum(ln for _p, _o, ln in {frame_of[i] for i in ids if i in frame_of})
             pods.append({"pod": pod.name, "checkpoints": len(pod.checkpoints), "raw_bytes": raw,
                          "stored_bytes": stored, "dedup_ratio": raw / stored if stored else None})  # fmt: skip
@@ -87,7 +87,7 @@ def verify(ctx: Context, ref: str | None) -> dict:
         with store.lock():
             per_ck = {}
             for ck in targets:
-                if ck.image_format == "cas":
+                if image_sets.in_store(ck):
                     try:
                         per_ck[ck.id] = index.chunk_ids(ck.id)
                     except ZapError as e:
@@ -103,7 +103,7 @@ def verify(ctx: Context, ref: str | None) -> dict:
                 users: dict[int, list[str]] = defaultdict(list)
                 all_cks = {c.id: c for c in s.scalars(select(Checkpoint))}
                 for cid, ck in all_cks.items():
-                    if ck.image_format == "cas":
+                    if image_sets.in_store(ck):
                         try:
                             hit = index.chunk_ids(ck.id) & bad.keys()
                         except ZapError:

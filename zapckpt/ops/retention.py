@@ -57,7 +57,7 @@ def remove_checkpoints(ctx, s: Session, cks: list[Checkpoint]) -> None:
             for pod in s.scalars(select(Pod).where(Pod.head_checkpoint_id.in_(gone))):
                 pod.head_checkpoint_id = survivor(pod.head_checkpoint_id)
             for ck in cks:
-                if ck.image_format == "cas":
+                if images.in_store(ck):
                     store.release(s, ck.id)
                 s.delete(ck)
             s.flush()

@@ -2,7 +2,7 @@
 namespace, unless `--net host`), then execs the pod's command. What CRIU needs to dump the tree
 later is set up here: a session led from inside the pid namespace, no inherited descriptors,
 and stdio opened inside the pod's mount namespace. So is what keeps the pod's state its own:
-a private /dev/shm and /dev/pts (see podmounts.py).
+a private /dev/shm and /dev/pts (see pod/mounts.py).
 
 Usage (by zapckpt.pods only): python -m zapckpt.pod.init SPEC_JSON
 """
@@ -34,7 +34,7 @@ def main() -> None:
                          chroot=True, state_root=spec["state_root"], private_tmp=spec.get("private_tmp", False))  # fmt: skip
         os.chdir(spec["cwd"])
         null = os.open("/dev/null", os.O_RDONLY)
-        # Inside the volume, never through a symlink the pod left there (see podmounts.py).
+        # Inside the volume, never through a symlink the pod left there (see pod/mounts.py).
         top = os.open("/" if spec.get("rootfs") else spec["mount_path"], os.O_PATH | os.O_DIRECTORY)
         log = open_console_log(top)
         os.close(top)

@@ -1,4 +1,4 @@
-"""The mounts of a pod's own mount namespace, made the same way when it starts (podinit) and
+"""The mounts of a pod's own mount namespace, made the same way when it starts (pod/init.py) and
 when CRIU restores or branches it (`python -m zapckpt.pod.mounts`, right before `criu restore`
 in the new namespace), so restored processes find every file where they left it.
 
@@ -154,7 +154,7 @@ def _redirect_socket_dirs(dirs: list[tuple[int, str]]) -> None:
 def setup_pod_mounts(volume: str, mount_path: str, system: bool, volumes: list[dict], chroot: bool,
                      state_root: str, socket_dirs: list[str] = (), private_tmp: bool = False) -> None:  # fmt: skip
     """Make the pod's mounts in the current (new, private) mount namespace. chroot: enter a
-    system pod's root afterwards (podinit); a restore leaves that to CRIU."""
+    system pod's root afterwards (pod/init.py); a restore leaves that to CRIU."""
     # Declared host directories and the volume are opened before anything is hidden or any
     # path of the pod's is looked at.
     host_fds = [(os.open(v["host"], os.O_PATH | os.O_DIRECTORY), v["pod"]) for v in volumes]

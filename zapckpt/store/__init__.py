@@ -22,6 +22,9 @@ docs/image-store.md explains the choice of one page per chunk.
 
 from zapckpt.common.errors import ZapError
 
+# checkpoints.image_format of an image set in the store (None: a files-only checkpoint).
+STORE_FORMAT = "cas"
+
 
 class StoreError(ZapError):
     pass

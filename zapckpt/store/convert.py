@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from catalog import Checkpoint
 
-from zapckpt.store import StoreError
+from zapckpt.store import STORE_FORMAT, StoreError
 from zapckpt.store.chunkstore import ChunkStore
 from zapckpt.system import staging
 
@@ -65,7 +65,7 @@ def convert_old_image_sets(ctx) -> tuple[list[str], list[str]]:
                         ingest = store.ingest(s, target)
                         try:
                             ingest.commit(s, ck.id)
-                            ck.image_format, ck.image_dir = "cas", None
+                            ck.image_format, ck.image_dir = STORE_FORMAT, None
                             ck.stored_bytes = ingest.stored_bytes
                             s.commit()
                         except BaseException:

@@ -11,12 +11,16 @@ from sqlalchemy.orm import Session
 from catalog import Checkpoint
 
 from zapckpt.common.errors import ZapError
-from zapckpt.store import StoreError, convert
+from zapckpt.store import STORE_FORMAT, StoreError, convert
 from zapckpt.store.chunkstore import ChunkStore
 
 
 class DamagedImages(ZapError):
     pass
+
+
+def in_store(ck: Checkpoint) -> bool:
+    return ck.image_format == STORE_FORMAT
 
 
 def store(ctx) -> ChunkStore:
@@ -25,7 +29,7 @@ def store(ctx) -> ChunkStore:
 
 def materialize(ctx, s: Session, ck: Checkpoint, target: Path) -> None:
     try:
-        if ck.image_format == "cas":
+        if in_store(ck):
             with store(ctx).lock():
                 store(ctx).materialize(s, ck.id, target)
         elif ck.image_format == convert.OLD_FORMAT:

@@ -122,7 +122,7 @@ class HistoryTree:
 
     # --- what the nodes read: the catalog ------------------------------------------------------
     def _remember(self, ck: Checkpoint) -> CkInfo:
-        info = CkInfo(ck.id, ck.pod.name, ck.seq, _ns(ck.created_at), ck.snapshot_path, ck.image_format is not None,
+        info = CkInfo(ck.id, ck.pod.name, ck.seq, _ns(ck.created_at), ck.snapshot_path, ck.has_images,
                       tuple(ck.processes or ()))  # fmt: skip
         with self._lock:
             self._cks[info.id] = info
