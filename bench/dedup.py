@@ -47,7 +47,7 @@ def main() -> int:
     from zapckpt.store.chunkstore import ChunkStore
     from zapckpt.context import Context
     from zapckpt.system.pool import init_pool
-    from zapckpt.ops.teardown import deinit
+    from zapckpt.ops.deinit import deinit
 
     ctx = Context()
     init_pool(ctx.state, ctx.catalog, size="4G")

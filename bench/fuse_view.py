@@ -94,7 +94,7 @@ def main() -> int:
     from zapckpt.pod import lifecycle as pods
     from zapckpt.context import Context
     from zapckpt.system.pool import init_pool
-    from zapckpt.ops.teardown import deinit
+    from zapckpt.ops.deinit import deinit
 
     ctx = Context()
     init_pool(ctx.state, ctx.catalog, size=f"{int(args.gib) + 6}G")

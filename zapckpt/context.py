@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Iterator
 
 from catalog import Catalog, queries
-
 from zapckpt import names
 from zapckpt.common.errors import NotFound
 from zapckpt.system.locks import locked
-from .net import podnet
 from zapckpt.system.pool import Pool, ensure_pool
+
+from .net import podnet
 from .state import StateDir
 
 

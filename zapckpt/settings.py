@@ -6,9 +6,8 @@ from __future__ import annotations
 import re
 
 from catalog import queries
-
-from zapckpt.criu.runner import DEFAULT_GHOST_LIMIT
 from zapckpt.common.errors import UsageError
+from zapckpt.criu.runner import DEFAULT_GHOST_LIMIT
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 

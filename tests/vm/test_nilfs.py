@@ -31,7 +31,7 @@ def ctx():
     os.environ["ZAP_HOME"] = str(home)
     from zapckpt.context import Context
     from zapckpt.system.pool import init_pool
-    from zapckpt.ops.teardown import deinit
+    from zapckpt.ops.deinit import deinit
 
     c = Context()
     init_pool(c.state, c.catalog, backend_name="nilfs", device=DEVICE)
@@ -53,7 +53,7 @@ def test_nilfs_checkpoint_is_atomic_and_restores_branches_and_prunes(ctx):
     from zapckpt.ops import checkpoint as ckpt
     from zapckpt.pod import lifecycle as pods
     from zapckpt.ops import restore
-    from zapckpt.ops import retention
+    from zapckpt.ops import remove
 
     pod = pods.run(ctx, "ctr", ["python3", str(COUNTER)], {"COUNTER_INTERVAL": "0.002"}, None)
     vol = Path(pod.volume)
@@ -105,7 +105,7 @@ def test_nilfs_checkpoint_is_atomic_and_restores_branches_and_prunes(ctx):
     assert vals[: len(bat)] == bat
     assert_continuous(vals)
     for name in branches:
-        pods.remove(ctx, name, force=True)
+        remove.rm(ctx, name, force=True)
     assert not (ctx.pool.path / ".layers" / branches[0]).exists()
 
     # Restore in place: files and memory back to the third checkpoint; the replaced state kept.
@@ -131,7 +131,7 @@ def test_nilfs_checkpoint_is_atomic_and_restores_branches_and_prunes(ctx):
     # Removing checkpoints hands their snapshots back to the cleaner (plain checkpoints again).
     with ctx.catalog.session() as s:
         gone = [queries.resolve_ref(s, r) for r, *_x in refs[:2]]
-        retention.remove_checkpoints(ctx, s, gone)
+        remove.remove_checkpoints(ctx, s, gone)
     left = _snapshots()
     assert not {cps[0], cps[1]} & left and {cps[2], cps[3]} <= left
-    pods.remove(ctx, "ctr", force=True)
+    remove.rm(ctx, "ctr", force=True)

@@ -15,8 +15,9 @@ import argparse  # noqa: E402
 import os
 import traceback
 
-from .. import __version__
+from zapckpt import __version__
 from zapckpt.common.errors import UsageError, ZapError
+
 from . import checkpoints, guard, pods, store, system, view
 
 
@@ -80,7 +81,7 @@ def _convert_old_image_sets() -> None:
 
 
 def _recover_interrupted(command: str, state) -> None:
-    from ..context import Context
+    from zapckpt.context import Context
     from zapckpt.ops.recovery import pending, recover
 
     ctx = Context(state)
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         from sqlalchemy.exc import OperationalError
 
         if isinstance(e, OperationalError):  # SQLite's own words: "database or disk is full", ...
-            from ..state import StateDir
+            from zapckpt.state import StateDir
 
             reason = _one_line(e.orig) if e.orig is not None else "unknown"
             print(f"zap: error: the catalog in {StateDir.from_env().root} cannot be written: {reason}"

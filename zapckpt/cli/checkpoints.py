@@ -13,7 +13,7 @@ queries = lazy("catalog.queries")
 ckpt = lazy("zapckpt.ops.checkpoint")
 rst = lazy("zapckpt.ops.restore")
 context = lazy("zapckpt.context")
-lineage = lazy("zapckpt.ops.lineage")
+log_op = lazy("zapckpt.ops.log")
 publish = lazy("zapckpt.net.publish")
 settings = lazy("zapckpt.settings")
 records = lazy("zapckpt.records")
@@ -112,7 +112,7 @@ def cmd_list(args) -> int:
 def cmd_log(args) -> int:
     ctx = context.Context()
     with ctx.catalog.session() as s:
-        print(lineage.render_lineage(s, queries.get_pod(s, args.name)))
+        print(log_op.render_lineage(s, queries.get_pod(s, args.name)))
     return 0
 
 

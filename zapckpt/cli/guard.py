@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from zapckpt.common.errors import UsageError
+
 from . import argtypes
 from .lazy import lazy
 from .output import emit_json, info
-from zapckpt.common.errors import UsageError
 
 # imported by the command that uses them (cli/lazy.py)
 context = lazy("zapckpt.context")

@@ -12,7 +12,7 @@ from .output import emit_json, table
 # imported by the command that uses them (cli/lazy.py)
 queries = lazy("catalog.queries")
 pods = lazy("zapckpt.pod.lifecycle")
-retention = lazy("zapckpt.ops.retention")
+remove = lazy("zapckpt.ops.remove")
 publish = lazy("zapckpt.net.publish")
 context = lazy("zapckpt.context")
 records = lazy("zapckpt.records")
@@ -124,6 +124,6 @@ def cmd_stop(args) -> int:
 
 
 def cmd_rm(args) -> int:
-    retention.remove_pod(context.Context(), args.name, args.force)
+    remove.rm(context.Context(), args.name, args.force)
     print(f"removed {args.name}")
     return 0

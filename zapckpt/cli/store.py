@@ -1,4 +1,4 @@
-"""zap rmckpt, prune, df, verify: the image store and retention."""
+"""zap rmckpt, prune, df, verify, export, import: the stored checkpoints."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from .lazy import lazy
 from .output import emit_json, human_bytes, info, table
 
 # imported by the command that uses them (cli/lazy.py)
-maintenance = lazy("zapckpt.ops.maintenance")
+remove = lazy("zapckpt.ops.remove")
+usage = lazy("zapckpt.ops.usage")
+verify_op = lazy("zapckpt.ops.verify")
 transfer = lazy("zapckpt.ops.transfer")
 context = lazy("zapckpt.context")
 
@@ -54,13 +56,13 @@ def register(sub) -> None:
 
 
 def cmd_rmckpt(args) -> int:
-    ref = maintenance.rmckpt(context.Context(), args.ref)
+    ref = remove.rmckpt(context.Context(), args.ref)
     print(f"removed {ref}")
     return 0
 
 
 def cmd_prune(args) -> int:
-    decisions = maintenance.prune(context.Context(), args.name, args.keep_last, args.keep_hourly, args.keep_daily,
+    decisions = remove.prune(context.Context(), args.name, args.keep_last, args.keep_hourly, args.keep_daily,
                                   dry_run=args.dry_run, force=args.force)  # fmt: skip
     if args.json:
         emit_json({"dry_run": args.dry_run, "checkpoints": decisions})
@@ -72,7 +74,7 @@ def cmd_prune(args) -> int:
 
 
 def cmd_df(args) -> int:
-    doc = maintenance.df(context.Context())
+    doc = usage.df(context.Context())
     if args.json:
         emit_json(doc)
         return 0
@@ -108,7 +110,7 @@ def cmd_verify(args) -> int:
     from zapckpt.ops import recovery
 
     ctx = context.Context()
-    doc = maintenance.verify(ctx, args.ref)
+    doc = verify_op.verify(ctx, args.ref)
     if args.ref is None:
         doc["unrecorded"] = recovery.sweep(ctx, repair=args.repair)
         doc["repaired"] = bool(args.repair and doc["unrecorded"])

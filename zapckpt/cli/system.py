@@ -10,7 +10,7 @@ context = lazy("zapckpt.context")
 doctor = lazy("zapckpt.ops.doctor")
 storage_pool = lazy("zapckpt.system.pool")
 settings = lazy("zapckpt.settings")
-teardown = lazy("zapckpt.ops.teardown")
+deinit_op = lazy("zapckpt.ops.deinit")
 
 
 def register(sub) -> None:
@@ -50,7 +50,7 @@ def cmd_deinit(args) -> int:
 
     ctx = context.Context()
     unmount_all(ctx)  # a view keeps no pool file open for long, but it reads the snapshots
-    stopped = teardown.deinit(ctx, args.purge)
+    stopped = deinit_op.deinit(ctx, args.purge)
     if stopped:
         info(f"stopped pods: {', '.join(stopped)}")
     print(f"{'purged' if args.purge else 'deinitialised'} {ctx.state.root}")

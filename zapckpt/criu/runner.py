@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from zapckpt.system import faults
 from zapckpt.common import proc
 from zapckpt.common.errors import UsageError, ZapError
+from zapckpt.system import faults
 
 # The private CRIU runtime that scripts/install.sh builds where the distribution's CRIU is too old.
 PRIVATE_CRIU = "/opt/zapckpt/bin/criu"

@@ -29,9 +29,9 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from catalog import Pod, queries
-
 from zapckpt.common import proc
 from zapckpt.common.errors import UsageError, ZapError
+
 from . import nftables
 
 MODES = ("pod", "none", "host")

@@ -15,19 +15,16 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from catalog import Checkpoint, Pod, queries
-
 from zapckpt import settings
-from zapckpt.criu import runner as criu
-from zapckpt.system import faults
-from zapckpt.ops import intents
-from zapckpt.system import procinfo
-from zapckpt.system import staging
-from zapckpt.criu.images import dump_run_id, read_dump_stats
-from zapckpt.store import imagesets as image_sets
-from zapckpt.context import Context
 from zapckpt.common.errors import UsageError, ZapError
+from zapckpt.context import Context
+from zapckpt.criu import runner as criu
+from zapckpt.criu.images import dump_run_id, read_dump_stats
 from zapckpt.net import podnet
+from zapckpt.ops import intents
 from zapckpt.pod.lifecycle import live_state
+from zapckpt.store import imagesets as image_sets
+from zapckpt.system import faults, procinfo, staging
 from zapckpt.system.signals import deferred_interrupts
 
 HOOK = """#!/bin/bash

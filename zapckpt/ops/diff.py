@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from catalog import queries
-
-from zapckpt.context import Context
 from zapckpt.common.errors import ZapError
+from zapckpt.context import Context
 
 
 def diff(ctx: Context, ref_a: str, ref_b: str) -> tuple[str, str, object]:

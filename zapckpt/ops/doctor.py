@@ -8,9 +8,9 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from zapckpt.criu import runner as criu
-from zapckpt.criu import probe as criu_probe
 from zapckpt.common import proc
+from zapckpt.criu import probe as criu_probe
+from zapckpt.criu import runner as criu
 from zapckpt.state import StateDir
 
 INSTALL = "run `make install` in the zapckpt checkout"

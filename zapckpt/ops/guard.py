@@ -11,12 +11,11 @@ import sys
 from dataclasses import dataclass
 
 from catalog import Checkpoint, queries
-
-from zapckpt.ops import checkpoint as ckpt
-from zapckpt.ops import restore as rst
-from zapckpt.context import Context
 from zapckpt.common.errors import UsageError, ZapError
 from zapckpt.common.proc import Timeout
+from zapckpt.context import Context
+from zapckpt.ops import checkpoint as ckpt
+from zapckpt.ops import restore as rst
 from zapckpt.pod.lifecycle import exec_in, live_state
 from zapckpt.system.signals import deferred_interrupts
 

@@ -22,12 +22,10 @@ import time
 from pathlib import Path
 
 from fsbackend import get_backend
-
-from zapckpt.common import proc
-from zapckpt.system import procinfo
-from zapckpt.ops.guard import outcome
-from zapckpt.common import mountinfo
+from zapckpt.common import mountinfo, proc
 from zapckpt.common.errors import UsageError, ZapError
+from zapckpt.ops.guard import outcome
+from zapckpt.system import procinfo
 
 
 def _say(msg: str) -> None:

@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from catalog import Intent
-
 from zapckpt.system import procinfo
+
 
 class Record:
     def __init__(self, ctx, op: str, pod: str, data: dict[str, Any]):

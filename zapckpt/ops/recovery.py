@@ -34,15 +34,13 @@ from pathlib import Path
 from sqlalchemy import select
 
 from catalog import Checkpoint, Intent, Pod, queries
-
+from zapckpt.common.errors import ZapError
 from zapckpt.criu import runner as criu
-from zapckpt.system import procinfo
-from zapckpt.system import staging
+from zapckpt.net import podnet
+from zapckpt.ops.intents import operations_lock, owner_alive
 from zapckpt.store import imagesets as image_sets
 from zapckpt.store.index import ChunkIndex
-from zapckpt.common.errors import ZapError
-from zapckpt.ops.intents import operations_lock, owner_alive
-from zapckpt.net import podnet
+from zapckpt.system import procinfo, staging
 
 
 def _tools_of(marker: str) -> list[int]:

@@ -10,21 +10,18 @@ from typing import Iterator
 from sqlalchemy.orm import Session
 
 from catalog import Checkpoint, Pod, queries
-
-from zapckpt.ops import checkpoint as ckpt
-from zapckpt.criu import runner as criu
-from zapckpt.system import faults
-from zapckpt.ops import intents
 from zapckpt.common import proc
-from zapckpt.system import procinfo
-from zapckpt.system import staging
-from zapckpt.store import imagesets as image_sets
-from zapckpt.context import Context
-from zapckpt.criu.images import bound_unix_sockets, listening_ports
 from zapckpt.common.errors import AlreadyExists, UsageError, ZapError
-from zapckpt.net import podnet
+from zapckpt.context import Context
+from zapckpt.criu import runner as criu
+from zapckpt.criu.images import bound_unix_sockets, listening_ports
 from zapckpt.names import check_name
+from zapckpt.net import podnet
+from zapckpt.ops import checkpoint as ckpt
+from zapckpt.ops import intents
 from zapckpt.pod.lifecycle import check_ports_free, live_state, write_network_files
+from zapckpt.store import imagesets as image_sets
+from zapckpt.system import faults, procinfo, staging
 from zapckpt.system.signals import deferred_interrupts
 
 

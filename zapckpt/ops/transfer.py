@@ -22,17 +22,15 @@ import zstandard
 
 from catalog import Checkpoint, Pod, queries
 from fsbackend import BackendError
-
-from zapckpt.store import imagesets as image_sets
-from zapckpt.system import faults
-from zapckpt.ops import intents
-from zapckpt.system import staging
-from zapckpt.ops.checkpoint import commit_pair
-from zapckpt.context import Context
-from zapckpt.net import podnet
 from zapckpt.common.errors import AlreadyExists, UsageError, ZapError
+from zapckpt.context import Context
 from zapckpt.names import check_name
+from zapckpt.net import podnet
+from zapckpt.ops import intents
+from zapckpt.ops.checkpoint import commit_pair
 from zapckpt.records import checkpoint_record
+from zapckpt.store import imagesets as image_sets
+from zapckpt.system import faults, staging
 
 FORMAT = "zapckpt-export"
 VERSION = 1

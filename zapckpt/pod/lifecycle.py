@@ -12,15 +12,14 @@ import time
 from pathlib import Path
 
 from catalog import Pod, queries
-
 from zapckpt.common import proc
-from zapckpt.system import procinfo
-from zapckpt.context import Context
 from zapckpt.common.errors import AlreadyExists, UsageError, ZapError
+from zapckpt.context import Context
 from zapckpt.names import check_name
 from zapckpt.net import podnet
 from zapckpt.pod.mounts import LOG_DIR, LOG_NAME, open_console_log
 from zapckpt.pod.status import live_state
+from zapckpt.system import procinfo
 
 START_TIMEOUT = 30.0
 BASE_ENV = {

@@ -18,7 +18,6 @@ import zstandard
 from sqlalchemy import select
 
 from catalog import Checkpoint
-
 from zapckpt.store import STORE_FORMAT, StoreError
 from zapckpt.store.chunkstore import ChunkStore
 from zapckpt.system import staging

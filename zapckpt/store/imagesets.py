@@ -9,7 +9,6 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from catalog import Checkpoint
-
 from zapckpt.common.errors import ZapError
 from zapckpt.store import STORE_FORMAT, StoreError, convert
 from zapckpt.store.chunkstore import ChunkStore

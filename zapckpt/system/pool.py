@@ -14,11 +14,10 @@ from pathlib import Path
 
 from catalog import Catalog, queries
 from fsbackend import SnapshotBackend, get_backend
-
 from zapckpt.common import proc
 from zapckpt.common.errors import UsageError, ZapError
-from zapckpt.system.locks import locked
 from zapckpt.state import StateDir
+from zapckpt.system.locks import locked
 
 DEFAULT_SIZE = "8G"
 

@@ -20,8 +20,8 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 from zapckpt.common import mountinfo, proc
-from ..context import Context
 from zapckpt.common.errors import UsageError, ZapError
+from zapckpt.context import Context
 
 FSTYPE = mountinfo.VIEW_FSTYPE
 # The kernel reads a FUSE file 128 KiB at a time, with 128 KiB of read-ahead: one request in

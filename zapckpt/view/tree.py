@@ -28,7 +28,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from catalog import Checkpoint, queries
-
 from zapckpt.common.errors import AlreadyExists, NotFound, UsageError, ZapError
 from zapckpt.records import checkpoint_record, pod_record
 from zapckpt.store import StoreError

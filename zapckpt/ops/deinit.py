@@ -8,13 +8,12 @@ import shutil
 from pathlib import Path
 
 from catalog import queries
-
-from zapckpt.system import procinfo
-from zapckpt.context import Context
 from zapckpt.common.errors import ZapError
+from zapckpt.context import Context
 from zapckpt.net import podnet
-from zapckpt.system.pool import existing_pool, unmount_pool
 from zapckpt.pod.lifecycle import stop_processes
+from zapckpt.system import procinfo
+from zapckpt.system.pool import existing_pool, unmount_pool
 
 
 def _detach_loops_of(image: Path) -> None:

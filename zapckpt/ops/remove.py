@@ -1,28 +1,27 @@
-"""Removing checkpoints (`zap rmckpt`, `zap prune`, `zap rm --force`) and the restic-style
-keep policy. A checkpoint that a branch still comes from is never removed; removing one keeps
+"""Removing things: checkpoints (`zap rmckpt`, `zap prune`) and pods (`zap rm`), and the
+restic-style keep policy. A checkpoint that a branch still comes from is never removed; removing one keeps
 the lineage connected (children and pod heads move to its parent) and frees every chunk that
 nothing references any more."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
-import os
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from catalog import Checkpoint, Pod, queries
-
-from zapckpt.system import faults
-from zapckpt.store import imagesets as images
-from zapckpt.store import convert
-from zapckpt.ops import intents
-from zapckpt.context import Context
 from zapckpt.common.errors import UsageError
+from zapckpt.context import Context
 from zapckpt.net import podnet
+from zapckpt.ops import intents
 from zapckpt.pod.lifecycle import live_state, stop_processes
+from zapckpt.store import convert
+from zapckpt.store import imagesets as images
+from zapckpt.system import faults
 
 
 def _aware(t: datetime) -> datetime:
@@ -108,7 +107,7 @@ def plan_prune(s: Session, cks: list[Checkpoint], keep_last: int, keep_hourly: i
     return [Decision(c, bool(reasons[c.id]), reasons[c.id]) for c in sorted(cks, key=lambda c: c.seq)]
 
 
-def remove_pod(ctx: Context, name: str, force: bool) -> None:
+def rm(ctx: Context, name: str, force: bool) -> None:
     """`zap rm [--force]`: the pod, its volume and (with force) its checkpoints and processes."""
     with ctx.pod_lock(name):
         with ctx.catalog.session() as s:
@@ -141,3 +140,39 @@ def remove_pod(ctx: Context, name: str, force: bool) -> None:
                     os.rmdir(pod.mount_path)
                 except OSError:
                     pass
+
+
+def rmckpt(ctx: Context, ref: str) -> str:
+    with ctx.ref_lock(ref):
+        with ctx.catalog.session() as s:
+            ck = queries.resolve_ref(s, ref)
+            label = ck.ref
+            users = needed_by(s, ck)
+            if users:
+                raise UsageError(f"{label} is the origin of branch {', '.join(users)}; remove the branch first")
+            remove_checkpoints(ctx, s, [ck])
+            return label
+
+
+def prune(ctx: Context, name: str, keep_last: int | None, keep_hourly: int | None, keep_daily: int | None, *,
+          dry_run: bool, force: bool) -> list[dict]:  # fmt: skip
+    given = [k for k in (keep_last, keep_hourly, keep_daily) if k is not None]
+    if not given:
+        raise UsageError("give a policy: --keep-last N, --keep-hourly N and/or --keep-daily N")
+    if min(given) < 0:
+        raise UsageError("keep counts must be >= 0")
+    with ctx.pod_lock(name):
+        with ctx.catalog.session() as s:
+            pod = queries.get_pod(s, name)
+            cks = list(pod.checkpoints)
+            plan = plan_prune(s, cks, keep_last or 0, keep_hourly or 0, keep_daily or 0)
+            out = [{"ref": d.ck.ref, "action": "keep" if d.keep else ("would remove" if dry_run else "remove"),
+                    "why": "; ".join(d.reasons) or "outside the policy"} for d in plan]  # fmt: skip
+            doomed = [d.ck for d in plan if not d.keep]
+            by_policy = [d for d in plan if any(not r.startswith("origin of") for r in d.reasons)]
+            if doomed and not by_policy and not force:
+                raise UsageError(f"this policy would remove all {len(cks)} checkpoints of {name!r} "
+                                 "(but those branches come from); add --force to mean it")
+            if not dry_run:
+                remove_checkpoints(ctx, s, doomed)
+            return out

@@ -8,7 +8,6 @@ from sqlalchemy.orm import Session
 
 from catalog import Checkpoint, Pod
 from catalog.queries import list_checkpoints
-
 from zapckpt.pod.lifecycle import live_state
 from zapckpt.records import iso
 

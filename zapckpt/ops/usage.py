@@ -1,0 +1,31 @@
+"""`zap df`: what the checkpoints of each pod take in the image store, after deduplication."""
+
+from __future__ import annotations
+
+from catalog import queries
+from zapckpt.context import Context
+from zapckpt.store import imagesets as image_sets
+from zapckpt.store.index import ChunkIndex
+
+
+def df(ctx: Context) -> dict:
+    with ctx.catalog.session() as s:
+        index = ChunkIndex(s)
+        frame_of = index.frames()
+        pods = []
+        for pod in queries.list_pods(s):
+            ids: set[int] = set()
+            raw = 0
+            for ck in pod.checkpoints:
+                raw += ck.raw_bytes
+                ids |= index.chunk_ids(ck.id) if image_sets.in_store(ck) else set()
+            stored = sum(ln for _p, _o, ln in {frame_of[i] for i in ids if i in frame_of})
+            pods.append({"pod": pod.name, "checkpoints": len(pod.checkpoints), "raw_bytes": raw,
+                         "stored_bytes": stored, "dedup_ratio": raw / stored if stored else None})  # fmt: skip
+        use = index.usage()
+        raw_total = sum(p["raw_bytes"] for p in pods)
+        total = {"checkpoints": sum(p["checkpoints"] for p in pods), "raw_bytes": raw_total,
+                 "stored_bytes": use["chunk_bytes"], "pack_bytes": use["pack_bytes"], "packs": use["packs"],
+                 "chunks": use["chunks"],
+                 "dedup_ratio": raw_total / use["chunk_bytes"] if use["chunk_bytes"] else None}  # fmt: skip
+    return {"pods": pods, "total": total}
