@@ -6,7 +6,8 @@ from tab-completion, take from exec to exit, against a bare interpreter in the s
   startup_version   `zap --version`       (target < 0.1 s)
   startup_ps        `zap ps` with a running pod holding 10 checkpoints (target < 0.25 s)
   startup_list      `zap list` of the same (target < 0.25 s)
-  baseline          `python3 -c pass` (the system interpreter), each run interleaved with ours
+  baseline          `python3 -c pass` with the interpreter zap runs on (the venv's), each run
+                    interleaved with ours: what any Python command costs here
 
 zap runs as a user runs it: the console script .venv/bin/zap (falls back to python -m).
 
@@ -30,6 +31,9 @@ from common import figure, state_dir, write_part, zap, zap_env  # noqa: E402
 
 SCRIPT = ROOT / ".venv" / "bin" / "zap"
 ZAP_CMD = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "zapckpt.cli"]
+# The interpreter zap's own script runs on (the venv's), not whatever `python3` is first on the
+# PATH: that may be a wrapper (a pyenv shim alone takes ~0.1 s here).
+PYTHON = sys.executable
 
 COMMANDS = {
     "help": (["--help"], 0.1),
@@ -60,7 +64,7 @@ def main() -> int:
         for k, (argv, _t) in COMMANDS.items():  # warm the page cache and .pyc files first
             timed(ZAP_CMD + argv, env)
         for r in range(args.runs):
-            base.append(timed(["python3", "-c", "pass"], env))
+            base.append(timed([PYTHON, "-c", "pass"], env))
             for k, (argv, _t) in COMMANDS.items():
                 ours[k].append(timed(ZAP_CMD + argv, env))
         zap(home, "stop", "idle", "-t", "1")

@@ -42,7 +42,7 @@ def pytest_collection_modifyitems(config, items):
 def pytest_collection_finish(session):
     system = [i for i in session.items if i.get_closest_marker("system")]
     if not system:
-        return
+        return  # pure tests only: nothing to check or copy
     # A skipped real-part test would be a failed suite: refuse to run without what they need.
     problems = []
     if os.geteuid() != 0:

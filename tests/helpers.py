@@ -25,18 +25,19 @@ def wait_for(pred, timeout: float = 20.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def counter_values(volume: Path) -> list[int]:
+def counter_values(volume: Path, name: str = "counter.txt") -> list[int]:
+    """The numbers a counting workload has written to volume/name, complete lines only."""
     try:
-        data = (volume / "counter.txt").read_bytes()
+        data = (volume / name).read_bytes()
     except FileNotFoundError:
         return []
     return [int(x) for x in data[: data.rfind(b"\n") + 1].split()]  # complete lines only
 
 
-def counted_past(volume: Path, n: int, what: str, timeout: float = 20.0) -> list[int]:
-    """Wait until a counter pod (tests/workloads/counter.py) has written more than n values;
-    returns them."""
-    return wait_for(lambda: (v := counter_values(volume)) and len(v) > n and v, timeout, what)
+def counted_past(volume: Path, n: int, what: str, name: str = "counter.txt", timeout: float = 20.0) -> list[int]:
+    """Wait until a counting workload has written more than n values to volume/name; returns
+    them (the wait that almost every restore and branch test makes)."""
+    return wait_for(lambda: (v := counter_values(volume, name)) and len(v) > n and v, timeout, what)
 
 
 def assert_continuous(values: list[int], start: int = 1) -> None:

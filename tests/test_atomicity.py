@@ -12,7 +12,7 @@ import random
 import time
 from pathlib import Path
 
-from helpers import assert_continuous, counter_values, wait_for
+from helpers import assert_continuous, counted_past, counter_values
 
 
 def test_twenty_random_checkpoints_are_atomic(zap):
@@ -32,7 +32,7 @@ def test_twenty_random_checkpoints_are_atomic(zap):
         zap("branch", ref, name)
         vol = zap.volume(name)
         # The restored process appends from its memory; wait until it has written a few more.
-        values = wait_for(lambda: (v := counter_values(vol)) and len(v) > len(snap) + 20 and v, what="branch counting")
+        values = counted_past(vol, len(snap) + 20, "branch counting")
         assert values[: len(snap)] == snap
         assert_continuous(values)
         zap("rm", "--force", name)

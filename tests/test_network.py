@@ -16,20 +16,14 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-
-from helpers import WORKLOADS, wait_for
+from helpers import WORKLOADS, counted_past, counter_values, wait_for
 
 REDIS = ["redis-server", "--port", "6379", "--bind", "0.0.0.0", "--save", "", "--appendonly", "no",
          "--protected-mode", "no"]  # fmt: skip
 
 
 def values(volume: Path, name: str = "redis_values.txt") -> list[int]:
-    try:
-        data = (volume / name).read_bytes()
-    except FileNotFoundError:
-        return []
-    return [int(x) for x in data[: data.rfind(b"\n") + 1].split()]
+    return counter_values(volume, name)
 
 
 def assert_consecutive(vals: list[int]) -> None:
@@ -208,7 +202,7 @@ def test_redis_checkpoint_restore_branch_with_persistent_connections(zap):
     # a second client inside the pod, through the pod's own address rather than loopback
     zap("exec", "-d", "rd", "--", "env", f"REDIS_HOST={pod['address']}", "CLIENT_FILE=own_addr.txt", "python3",
         str(WORKLOADS / "redis_client.py"))  # fmt: skip
-    wait_for(lambda: len(values(vol, "own_addr.txt")) > 20, what="the second in-pod client")
+    counted_past(vol, 20, "the second in-pod client", "own_addr.txt")
     refs = []
     for _ in range(4):
         time.sleep(random.uniform(0.05, 0.4))
@@ -220,7 +214,7 @@ def test_redis_checkpoint_restore_branch_with_persistent_connections(zap):
     time.sleep(0.3)
     zap("restore", target)
     # files rolled back to the checkpoint's, then the same connection goes on from Redis's memory
-    wait_for(lambda: len(values(vol)) > len(at_ck) + 20, what="the restored client to count")
+    counted_past(vol, len(at_ck) + 20, "the restored client to count", "redis_values.txt")
     after = values(vol)
     assert after[: len(at_ck)] == at_ck
     assert_consecutive(after)
@@ -233,7 +227,7 @@ def test_redis_checkpoint_restore_branch_with_persistent_connections(zap):
     b = zap.pod("rd-b")
     bvol = Path(b["volume"])
     base = values(Path(zap.json("show", refs[2])["snapshot"]["path"]))
-    wait_for(lambda: len(values(bvol)) > len(base) + 20, what="the branch's client to count")
+    counted_past(bvol, len(base) + 20, "the branch's client to count", "redis_values.txt")
     orig_before = values(vol)[-1]
     wait_for(lambda: values(vol)[-1] > orig_before + 20, what="the original to go on")
     assert_consecutive(values(bvol))
@@ -241,7 +235,7 @@ def test_redis_checkpoint_restore_branch_with_persistent_connections(zap):
     assert values(bvol)[: len(base)] == base
     # the client that used the original's own address goes on in the branch too
     own = values(bvol, "own_addr.txt")
-    wait_for(lambda: len(values(bvol, "own_addr.txt")) > len(own) + 20, what="the branch's own-address client")
+    counted_past(bvol, len(own) + 20, "the branch's own-address client", "own_addr.txt")
     assert_consecutive(values(bvol, "own_addr.txt"))
     assert b["address"] != pod["address"]
     # each Redis answers at its own address with its own memory
@@ -253,7 +247,7 @@ def test_outside_client_connection_rules(zap):
     """A client outside the pod: its connection survives a checkpoint without a reset, is kept
     across `checkpoint --stop` + restore of that checkpoint, is reset by a rollback to an older
     state, and a branch does not disturb it (the branch's copy of it is closed)."""
-    pod = start_redis(zap, "rd", "-p", "16380:6379")
+    start_redis(zap, "rd", "-p", "16380:6379")
     client = OutsideClient("127.0.0.1", 16380)
     client.start()
     try:
@@ -345,7 +339,7 @@ def test_tmp_is_private_and_rolled_back(zap, tmp_path):
         assert zap.pod("t")["private_tmp"] is True
         vol = zap.volume("t")
         mine = vol / ".zap/tmp/count.txt"
-        wait_for(lambda: len(values(vol / ".zap/tmp", "count.txt")) > 5, what="the pod's /tmp file")
+        counted_past(vol / ".zap/tmp", 5, "the pod's /tmp file", "count.txt")
         assert not Path("/tmp/count.txt").exists()  # not the host's
         assert zap("exec", "t", "--", "test", "-e", str(sentinel), check=False).returncode == 1
         assert zap("exec", "t", "--", "cat", "/tmp/data/in.txt").stdout == "shared"
@@ -361,11 +355,11 @@ def test_tmp_is_private_and_rolled_back(zap, tmp_path):
         assert_consecutive(vals)
         zap("branch", "t@1", "t-b")
         bvol = zap.volume("t-b")
-        wait_for(lambda: len(values(bvol / ".zap/tmp", "count.txt")) > at + 10, what="the branch to count")
+        counted_past(bvol / ".zap/tmp", at + 10, "the branch to count", "count.txt")
         zap("stop", "t-b")
         n_b = len(values(bvol / ".zap/tmp", "count.txt"))
         n = len(values(vol / ".zap/tmp", "count.txt"))
-        wait_for(lambda: len(values(vol / ".zap/tmp", "count.txt")) > n + 10, what="the original to count")
+        counted_past(vol / ".zap/tmp", n + 10, "the original to count", "count.txt")
         assert len(values(bvol / ".zap/tmp", "count.txt")) == n_b  # separate files
         assert mine.exists() and not Path("/tmp/count.txt").exists()
         # -v DIR:/tmp would share a /tmp on purpose, but this state directory is in /tmp
@@ -390,16 +384,16 @@ def test_pty_program_survives_branch(zap):
               "    f.write('%d\\n' % i); f.flush(); time.sleep(0.01)\n")  # fmt: skip
     zap("run", "tty", "--", "python3", "-c", script)
     vol = zap.volume("tty")
-    wait_for(lambda: len(values(vol, "pty.txt")) > 10, what="the pty round trips")
+    counted_past(vol, 10, "the pty round trips", "pty.txt")
     assert "ptmx" in zap("exec", "tty", "--", "ls", "/dev/pts").stdout
     zap("checkpoint", "tty")
     zap("branch", "tty@1", "tty-b")
     bvol = zap.volume("tty-b")
     base = values(Path(zap.json("show", "tty@1")["snapshot"]["path"]), "pty.txt")
-    wait_for(lambda: len(values(bvol, "pty.txt")) > len(base) + 20, what="the branch's pty round trips")
+    counted_past(bvol, len(base) + 20, "the branch's pty round trips", "pty.txt")
     assert_consecutive(values(bvol, "pty.txt"))
     n = len(values(vol, "pty.txt"))
-    wait_for(lambda: len(values(vol, "pty.txt")) > n + 20, what="the original's pty round trips")
+    counted_past(vol, n + 20, "the original's pty round trips", "pty.txt")
 
 
 def test_exec_detached_daemon_is_checkpointable(zap):
@@ -585,7 +579,7 @@ def test_mariadb_session_survives_checkpoint_restore_and_branch(zap):
                          check=False).returncode == 0, timeout=60, what="MariaDB")  # fmt: skip
     _sql(zap, "db", "CREATE DATABASE t; CREATE TABLE t.c (v INT PRIMARY KEY) ENGINE=InnoDB")
     zap("exec", "-d", "db", "--", "sh", "-c", MARIADB_SESSION)
-    wait_for(lambda: len(values(vol, "session.txt")) > 20, what="the session")
+    counted_past(vol, 20, "the session", "session.txt")
     for _ in range(3):
         time.sleep(random.uniform(0.05, 0.4))
         zap("checkpoint", "db")
@@ -611,6 +605,6 @@ def test_mariadb_session_survives_checkpoint_restore_and_branch(zap):
     assert_consecutive(bvals)
     _table_agrees(zap, "db-b")
     n = len(values(vol, "session.txt"))
-    wait_for(lambda: len(values(vol, "session.txt")) > n + 30, what="the original's session")
+    counted_past(vol, n + 30, "the original's session", "session.txt")
     assert_consecutive(values(vol, "session.txt"))
     _table_agrees(zap, "db")

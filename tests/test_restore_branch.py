@@ -63,7 +63,7 @@ def test_branch_while_original_runs_two_at_once_and_branch_of_branch(zap):
     assert out[0] == orig["path"] and out[2] == "fork-a"
     for name in ("fork-a", "fork-b", "orig"):
         vol = zap.volume(name)
-        values = wait_for(lambda: (v := counter_values(vol)) and len(v) > len(snap) + 50 and v, what=f"{name} counting")
+        values = counted_past(vol, len(snap) + 50, f"{name} counting")
         assert values[: len(snap)] == snap
         assert_continuous(values)
     # The forks write to their own volumes: they diverge from the original and each other.
@@ -99,7 +99,7 @@ def test_checkpoint_stop_then_restore_and_stopped_pod_restore(zap):
     zap("restore", "job@1")
     assert zap.json("show", "job@2")["has_processes"] is False  # nothing ran, files-only
     vol = zap.volume("job")
-    values = wait_for(lambda: (v := counter_values(vol)) and len(v) > len(snap) + 50 and v, what="counting")
+    values = counted_past(vol, len(snap) + 50, "counting")
     assert values[: len(snap)] == snap
     assert_continuous(values)
 
@@ -115,5 +115,5 @@ def test_branch_no_start_and_start(zap):
     # `zap start` runs the command afresh in the branch's files (the counter resumes from them).
     zap("start", "files")
     vol = zap.volume("files")
-    values = wait_for(lambda: (v := counter_values(vol)) and len(v) > len(snap) + 50 and v, what="counting")
+    values = counted_past(vol, len(snap) + 50, "counting")
     assert_continuous(values)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Zap
-from helpers import assert_continuous, counter_values, wait_for
+from helpers import assert_continuous, counted_past, counter_values
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def test_export_import_branch_round_trip(zap, second, tmp_path):
     assert counter_values(Path(rec["snapshot"]["path"])) == snap
     second("branch", "ctr@1", "alive")
     vol = second.volume("alive")
-    values = wait_for(lambda: (v := counter_values(vol)) and len(v) > len(snap) + 50 and v, what="imported counting")
+    values = counted_past(vol, len(snap) + 50, "imported counting")
     assert values[: len(snap)] == snap
     assert_continuous(values)
     assert second("verify").returncode == 0

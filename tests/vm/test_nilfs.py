@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 from helpers import COUNTER, assert_continuous, counter_values, wait_for  # noqa: E402
 
+pytestmark = pytest.mark.system  # the guest's NILFS2, CRIU and disk (conftest copies the workloads)
+
 DEVICE = "/dev/vda"
 
 

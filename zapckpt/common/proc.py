@@ -120,8 +120,9 @@ class Timeout(ZapError):
 def interactive(argv: Sequence[str], *, env: Mapping[str, str] | None = None, quiet: bool = False,
                 timeout: float | None = None, kill=None, what: str | None = None) -> int:  # fmt: skip
     """Run argv on the user's terminal (stdio inherited, or discarded if quiet) and return its
-    exit status. Ctrl-C reaches it too; we wait for it and return 130. On a timeout, kill(pid)
-    (default: SIGKILL to it alone; pass procinfo.kill_tree for all it started) and Timeout."""
+    exit status. On Ctrl-C it is killed (with a timeout, by kill) and the status is 130. On a
+    timeout, kill(pid) (default: SIGKILL to it alone; pass procinfo.kill_tree for all it
+    started) and Timeout."""
     argv = [str(a) for a in argv]
     out = subprocess.DEVNULL if quiet else None
     try:
@@ -130,9 +131,8 @@ def interactive(argv: Sequence[str], *, env: Mapping[str, str] | None = None, qu
         raise ToolMissing(argv[0]) from None
     try:
         return child.wait(timeout)
-    except KeyboardInterrupt:
-        if timeout is not None:
-            (kill or _kill_one)(child.pid)
+    except KeyboardInterrupt:  # it may not have seen the signal (sent to us alone): it ends too
+        ((kill or _kill_one) if timeout is not None else _kill_one)(child.pid)
         child.wait()
         return 130
     except subprocess.TimeoutExpired:
