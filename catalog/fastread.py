@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # The newest migration in catalog/migrations/versions; a test keeps the two in step.
-SCHEMA_HEAD = "0006"
+SCHEMA_HEAD = "0007"
 BUSY_TIMEOUT_MS = 120_000  # writers wait for each other (a prune compacting packs) instead of failing
 
 
@@ -69,6 +69,8 @@ class PodRow:
     origin: str | None  # NAME@N
     head: str | None
     checkpoints: int
+    suspended: bool  # by `zap suspend`, until `zap resume`
+    watch: dict | None  # `zap watch`: {"every_s", "last_at", "last_result", "last_ok"}
 
     @classmethod
     def of(cls, pod, n_checkpoints: int) -> "PodRow":
@@ -77,7 +79,13 @@ class PodRow:
         return cls(pod.id, pod.name, iso(pod.created_at), pod.volume, pod.mount_path, pod.rootfs, pod.command or [],
                    pod.net, pod.address, [dict(p) for p in pod.ports or []], [dict(v) for v in pod.volumes or []],
                    bool(pod.private_tmp), pod.env or {}, pod.cwd, pod.desired_state, pod.init_pid,
-                   pod.init_starttime, ref(pod.origin), ref(pod.head), n_checkpoints)  # fmt: skip
+                   pod.init_starttime, ref(pod.origin), ref(pod.head), n_checkpoints, pod.suspended_by is not None,
+                   _watch(w.every_s, w.last_at and iso(w.last_at), w.last_result, w.last_ok)
+                   if (w := pod.watch) is not None else None)  # fmt: skip
+
+
+def _watch(every_s: float, last_at: str | None, last_result: str | None, last_ok: bool | None) -> dict:
+    return {"every_s": every_s, "last_at": last_at, "last_result": last_result, "last_ok": last_ok}
 
 
 def iso(t) -> str:
@@ -91,8 +99,9 @@ _POD_SQL = (
     "SELECT p.id, p.name, p.created_at, p.volume, p.mount_path, p.rootfs, p.command, p.net, p.address, p.ports,"
     " p.volumes, p.private_tmp, p.env, p.cwd, p.desired_state, p.init_pid, p.init_starttime,"
     " op.name || '@' || o.seq, hp.name || '@' || h.seq,"
-    " (SELECT count(*) FROM checkpoints c WHERE c.pod_id = p.id)"
-    " FROM pods p"
+    " (SELECT count(*) FROM checkpoints c WHERE c.pod_id = p.id), p.suspended_by IS NOT NULL,"
+    " w.pod_id, w.every_s, w.last_at, w.last_result, w.last_ok"
+    " FROM pods p LEFT JOIN watches w ON w.pod_id = p.id"
     " LEFT JOIN checkpoints o ON o.id = p.origin_checkpoint_id LEFT JOIN pods op ON op.id = o.pod_id"
     " LEFT JOIN checkpoints h ON h.id = p.head_checkpoint_id LEFT JOIN pods hp ON hp.id = h.pod_id"
     " ORDER BY p.name"
@@ -107,7 +116,9 @@ def pod_rows(conn: sqlite3.Connection) -> list[PodRow]:
         for i in (6, 9, 10, 12):  # JSON columns
             r[i] = json.loads(r[i]) if r[i] is not None else ([] if i != 12 else {})
         r[11] = bool(r[11])
-        out.append(PodRow(*r))
+        watched, every, last_at, result, ok = r[21:26]
+        watch = _watch(every, last_at and iso_text(last_at), result, None if ok is None else bool(ok)) if watched else None
+        out.append(PodRow(*r[:20], bool(r[20]), watch))
     return out
 
 

@@ -69,12 +69,17 @@ class Pod(Base):
     head_checkpoint_id: Mapped[Optional[str]] = mapped_column(
         ForeignKey("checkpoints.id", ondelete="SET NULL", use_alter=True, name="fk_pods_head")
     )
+    # `zap suspend` ended the pod with this (--stop) checkpoint; `zap resume` restores it.
+    suspended_by: Mapped[Optional[str]] = mapped_column(String(12))
 
     checkpoints: Mapped[list["Checkpoint"]] = relationship(
         back_populates="pod", foreign_keys="Checkpoint.pod_id", order_by="Checkpoint.seq"
     )
     origin: Mapped[Optional["Checkpoint"]] = relationship(foreign_keys=[origin_checkpoint_id])
     head: Mapped[Optional["Checkpoint"]] = relationship(foreign_keys=[head_checkpoint_id])
+    # Read only: the watches table is written through its own rows (ops/watch.py); the
+    # database removes a pod's watch with the pod.
+    watch: Mapped[Optional["Watch"]] = relationship(viewonly=True, uselist=False)
 
 
 class Checkpoint(Base):
@@ -160,6 +165,31 @@ class ImageFile(Base):
     raw_bytes: Mapped[int] = mapped_column(Integer)
     # zstd-compressed array of little-endian int64 chunk ids, in file order.
     chunk_ids: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Watch(Base):
+    """`zap watch POD`: the supervisor checkpoints the pod every every_s seconds and then keeps
+    its watch checkpoints (kind "watch") to the policy."""
+
+    __tablename__ = "watches"
+    pod_id: Mapped[int] = mapped_column(ForeignKey("pods.id", ondelete="CASCADE"), primary_key=True)
+    every_s: Mapped[float] = mapped_column()
+    keep_last: Mapped[Optional[int]] = mapped_column(Integer)
+    keep_hourly: Mapped[Optional[int]] = mapped_column(Integer)
+    keep_daily: Mapped[Optional[int]] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    last_result: Mapped[Optional[str]] = mapped_column(Text)  # one line: what the last tick did
+    last_ok: Mapped[Optional[bool]] = mapped_column()
+    taken: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    skipped: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    failed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The pod at its last watched checkpoint: CPU time of its processes (clock ticks) and its
+    # volume's generation. Both unchanged at a tick: nothing happened, nothing to record.
+    seen_cpu: Mapped[Optional[int]] = mapped_column(Integer)
+    seen_generation: Mapped[Optional[int]] = mapped_column(Integer)
+
+    pod: Mapped[Pod] = relationship()
 
 
 class Intent(Base):

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, selectinload
 from zapckpt.common.errors import NotFound, UsageError, unknown_pod
 
 from . import fastread
-from .models import Checkpoint, Pod, Setting
+from .models import Checkpoint, Pod, Setting, Watch
 
 
 def get_setting(s: Session, key: str) -> str | None:
@@ -144,3 +144,8 @@ def branch_names(s: Session, checkpoint_id: str, name: str | None = None) -> lis
     if name is not None:
         q = q.where(Pod.name == name)
     return list(s.scalars(q.order_by(Pod.name)))
+
+
+def watches(s: Session) -> list[tuple[str, Watch]]:
+    """(pod name, watch) of every watched pod."""
+    return [tuple(r) for r in s.execute(select(Pod.name, Watch).join(Watch, Watch.pod_id == Pod.id).order_by(Pod.name))]

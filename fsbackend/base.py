@@ -114,6 +114,11 @@ class SnapshotBackend(abc.ABC):
     @abc.abstractmethod
     def describe(self, path: Path) -> SnapshotInfo: ...
 
+    def volume_generation(self, path: Path) -> int | None:
+        """A number that moves whenever the volume's committed contents change (None: this
+        backend cannot tell, so every change must be assumed). Call flush() first."""
+        return None
+
     def check_clone(self, snap: Path, dst: Path) -> None:
         if not snap.is_dir():
             raise BackendError(f"snapshot {snap} is missing")

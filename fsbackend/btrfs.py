@@ -59,6 +59,11 @@ class BtrfsBackend(SnapshotBackend):
         m = re.search(r"^\s*Generation:\s*(\d+)", out, re.M)
         return SnapshotInfo(str(path), int(m.group(1)) if m else None)
 
+    def volume_generation(self, path: Path) -> int | None:
+        # The subvolume's generation: the last transaction that changed its tree (a snapshot of
+        # it counts too: read it after the snapshot, it stays put until the next write).
+        return self.describe(path).generation
+
     def clone(self, snap: Path, dst: Path) -> None:
         self.check_clone(snap, dst)
         proc.run(["btrfs", "-q", "subvolume", "snapshot", str(snap), str(dst)])

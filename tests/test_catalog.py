@@ -168,6 +168,13 @@ def test_fastread_rows_match_the_orm(tmp_path):
         fork = _pod(s, "fork")
         fork.origin_checkpoint_id = "aaaa11112222"
         fork.private_tmp = True
+        fork.suspended_by = "aaaa11112222"
+        from datetime import datetime, timezone
+
+        from catalog import Watch
+
+        s.add(Watch(pod_id=web.id, every_s=2.5, keep_last=3, last_at=datetime(2026, 1, 2, 3, 4, 5, 120000, tzinfo=timezone.utc),
+                    last_result="took web@2 (frozen 80 ms)", last_ok=True))  # fmt: skip
     with cat.session() as s:
         counts = queries.checkpoint_counts(s)
         orm_pods = [fastread.PodRow.of(p, counts.get(p.id, 0)) for p in queries.list_pods(s)]
@@ -177,6 +184,9 @@ def test_fastread_rows_match_the_orm(tmp_path):
     assert conn is not None
     assert fastread.pod_rows(conn) == orm_pods
     assert [p.origin for p in orm_pods] == ["web@1", None] and orm_pods[1].head == "web@2"
+    assert [p.suspended for p in orm_pods] == [True, False] and orm_pods[0].watch is None
+    assert orm_pods[1].watch == {"every_s": 2.5, "last_at": "2026-01-02T03:04:05.120000+00:00",
+                                 "last_result": "took web@2 (frozen 80 ms)", "last_ok": True}  # fmt: skip
     assert fastread.checkpoint_rows(conn.cursor()) == orm_cks
     assert fastread.checkpoint_rows(conn.cursor(), fastread.pod_id(conn, "web")) == orm_web
     with pytest.raises(fastread.LookupFailed):

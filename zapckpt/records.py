@@ -81,4 +81,6 @@ def pod_row_record(row: PodRow) -> dict:
         "head": row.head,
         "checkpoints": row.checkpoints,
         "created_at": row.created_at,
+        "suspended": row.suspended,
+        "watch": row.watch,
     }

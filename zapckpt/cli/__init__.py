@@ -18,7 +18,7 @@ import traceback
 from zapckpt import __version__
 from zapckpt.common.errors import UsageError, ZapError
 
-from . import checkpoints, guard, pods, store, system, view
+from . import checkpoints, continuous, guard, pods, store, system, view
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,13 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"zap {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for module in (system, pods, checkpoints, guard, store, view):
+    for module in (system, pods, checkpoints, guard, store, continuous, view):
         module.register(sub)
     return p
 
 
 # Commands that do not touch pods or the store, or settle interrupted operations themselves.
-_NO_RECOVERY = {"doctor", "init", "recover", "mount-serve"}
+_NO_RECOVERY = {"doctor", "init", "recover"}
 
 
 # Commands that only look, or take everything down: they go on (with a warning) if recovery fails.

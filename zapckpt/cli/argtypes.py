@@ -22,3 +22,17 @@ def count(text: str) -> int:
     if not re.fullmatch(r"[0-9]{1,9}", text.strip(), re.ASCII):
         raise argparse.ArgumentTypeError(f"{text!r} is not a count (0 to 999999999)")
     return int(text)
+
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float:
+    """10s, 2m, 1.5h, 1d, 500ms, or a plain number of seconds."""
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+)(ms|s|m|h|d)?", text.strip(), re.ASCII)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (like 10s, 2m, 1h)")
+    v = float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    if not (math.isfinite(v) and 0 < v <= 86400 * 365):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration between 0 and a year")
+    return v

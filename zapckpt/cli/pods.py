@@ -99,10 +99,19 @@ def cmd_ps(args) -> int:
     if args.json:
         emit_json({"pods": recs})
         return 0
-    rows = [[r["name"], r["state"], r["pid"] or "-", r["address"] or r["net"], ",".join(map(publish.render, r["ports"])) or "-",
-             r["origin"] or "-", r["checkpoints"], r["path"]] for r in recs]  # fmt: skip
-    table(["NAME", "STATE", "PID", "ADDRESS", "PORTS", "ORIGIN", "CHECKPOINTS", "PATH"], rows)
+    rows = [[r["name"], r["state"] + (" (suspended)" if r["suspended"] else ""), r["pid"] or "-", r["address"] or r["net"],
+             ",".join(map(publish.render, r["ports"])) or "-", _watch(r["watch"]), r["origin"] or "-", r["checkpoints"],
+             r["path"]] for r in recs]  # fmt: skip
+    table(["NAME", "STATE", "PID", "ADDRESS", "PORTS", "WATCH", "ORIGIN", "CHECKPOINTS", "PATH"], rows)
     return 0
+
+
+def _watch(w: dict | None) -> str:
+    """`zap watch` of a pod, short: its interval and how the last tick went."""
+    if w is None:
+        return "-"
+    last = "" if w["last_ok"] is None else " ok" if w["last_ok"] else " FAILED"
+    return f"every {w['every_s']:g}s{last}"
 
 
 def cmd_logs(args) -> int:

@@ -10,6 +10,7 @@ import shlex
 import signal
 import time
 import uuid
+from contextlib import nullcontext
 from pathlib import Path
 
 from sqlalchemy.orm import Session
@@ -24,7 +25,7 @@ from zapckpt.net import podnet
 from zapckpt.ops import intents
 from zapckpt.pod.lifecycle import live_state
 from zapckpt.store import imagesets as image_sets
-from zapckpt.system import faults, procinfo, staging
+from zapckpt.system import faults, priority, procinfo, staging
 from zapckpt.system.signals import deferred_interrupts
 
 HOOK = """#!/bin/bash
@@ -101,14 +102,15 @@ def commit_pair(ctx: Context, s: Session, pod: Pod, ck_id: str, images: Path | N
 def take(
     ctx: Context, s: Session, pod: Pod, message: str, *, stop: bool = False, kind: str = "manual",
     ghost_limit: int | None = None, release_connections: bool = False, strict: bool = False,
-    ck_id: str | None = None,
+    ck_id: str | None = None, background: bool = False,
 ) -> Checkpoint:
     """Checkpoint a running pod and commit it. The caller holds the pod's lock.
 
     With stop, the pod ends after the dump and its connections to the outside stay held by
     CRIU's network lock, for a restore of exactly this checkpoint to bring back; with
     release_connections too (a rollback to another state), they are reset instead, so that
-    clients reconnect at once."""
+    clients reconnect at once. With background (the watch supervisor), the work after the thaw
+    (ingest, compression) runs at idle priority, so the pod keeps its cores."""
     t_start = time.perf_counter()
     if live_state(pod) != "running":
         raise UsageError(f"pod {pod.name!r} is not running ({live_state(pod)}): nothing to checkpoint")
@@ -137,7 +139,7 @@ def take(
         release=release_connections,
     ) as rec:  # fmt: skip
         ck = _dump_and_commit(ctx, s, rec, pod, ck_id, snap, stage, message, kind, stop, ghost_limit, network_lock,
-                              processes, t_start)  # fmt: skip
+                              processes, t_start, background)  # fmt: skip
         faults.point("checkpoint:committed")
         if stop:
             if release_connections:
@@ -164,7 +166,7 @@ def take(
 
 def _dump_and_commit(ctx: Context, s: Session, rec: intents.Record, pod: Pod, ck_id: str, snap: Path, stage: Path, message: str,
                      kind: str, stop: bool, ghost_limit: int | None, network_lock: bool, processes: list[dict],
-                     t_start: float) -> Checkpoint:  # fmt: skip
+                     t_start: float, background: bool = False) -> Checkpoint:  # fmt: skip
     """The dump with the snapshot in its frozen window, then the commit; on failure nothing of
     it is left and the pod runs on."""
     backend = ctx.pool.backend
@@ -200,9 +202,10 @@ def _dump_and_commit(ctx: Context, s: Session, rec: intents.Record, pod: Pod, ck
         info = backend.describe(snap)
         if info.path != str(snap):
             rec.note(snapshot=info.path)  # NILFS2: the snapshot is mkcp's, known only now
-        ck = commit_pair(ctx, s, pod, ck_id, images, message, kind, info, t_start=t_start, frozen_ms=stats.frozen_ms,
-                         dump_ms=dump_ms, fs_snapshot_ms=fs_ms, processes=processes, stopped=stop,
-                         criu_run_id=run_id)  # fmt: skip
+        with priority.idle() if background else nullcontext():
+            ck = commit_pair(ctx, s, pod, ck_id, images, message, kind, info, t_start=t_start,
+                             frozen_ms=stats.frozen_ms, dump_ms=dump_ms, fs_snapshot_ms=fs_ms, processes=processes,
+                             stopped=stop, criu_run_id=run_id)  # fmt: skip
     except BaseException:
         s.rollback()
         # Undone by what was really made (on NILFS2 a checkpoint of mkcp's, not `snap`).

@@ -10,6 +10,7 @@ from pathlib import Path
 from catalog import queries
 from zapckpt.common.errors import ZapError
 from zapckpt.context import Context
+from zapckpt.ops import watch
 from zapckpt.net import podnet
 from zapckpt.pod.lifecycle import stop_processes
 from zapckpt.system import procinfo
@@ -28,6 +29,9 @@ def _detach_loops_of(image: Path) -> None:
 
 def deinit(ctx: Context, purge: bool, stop_timeout: float = 3.0) -> list[str]:
     stopped = []
+    # The watch supervisor first (a tick in progress finishes): it would mount the pool again.
+    # Its watches stay: the next `zap watch --list` or `zap resume` starts it again.
+    watch.stop_supervisor(ctx)
     pool = existing_pool(ctx.state, ctx.catalog)
     if ctx.state.catalog_db.exists():
         with ctx.catalog.session() as s:

@@ -56,6 +56,7 @@ def _criu() -> list[Check]:
     text = [ln for ln in text if not any(n in ln for n in proc.NOISE)]
     out.append(Check("criu check", res.returncode == 0, text[-1] if text else f"exit {res.returncode}",
                      "" if res.returncode == 0 else f"see `{binary} check` output; {INSTALL}"))  # fmt: skip
+    out.append(_dirty_tracking(binary))
     # `criu check` passes for CRIUs that cannot dump one inet socket: judge it by doing that.
     try:
         out.append(Check("criu sockets probe", True, criu_probe.probe(binary)))
@@ -64,6 +65,19 @@ def _criu() -> list[Check]:
                          f"this CRIU cannot checkpoint networked pods on kernel {platform.release()}: {INSTALL} "
                          "(it builds a private CRIU >= 4.2 from Debian testing), or set ZAP_CRIU to one that passes"))  # fmt: skip
     return out
+
+
+def _dirty_tracking(binary: str) -> Check:
+    """Incremental dumps (pre-dump, then only the pages written since) need the kernel's
+    soft-dirty bits; `criu check` exits 0 either way, its words tell."""
+    res = proc.run([binary, "check", "--feature", "mem_dirty_track"], check=False)
+    off = "Dirty tracking is OFF" in res.stdout + res.stderr or res.returncode != 0
+    detail = ("not available: this kernel has no soft-dirty tracking (CONFIG_MEM_SOFT_DIRTY is off), so every "
+              "checkpoint dumps all of a pod's memory; the image store still keeps only the pages that changed"
+              if off else "the kernel tracks dirty pages; zap does not pre-dump yet, so every checkpoint dumps all "
+              "of a pod's memory and the image store keeps only the pages that changed")  # fmt: skip
+    return Check("incremental dumps", not off, detail, "a kernel built with CONFIG_MEM_SOFT_DIRTY" if off else "",
+                 required=False)
 
 
 def _cap_sys_resource() -> Check:

@@ -33,6 +33,11 @@ def needed_by(s: Session, ck: Checkpoint) -> list[str]:
     return [p.name for p in s.scalars(select(Pod).where(Pod.origin_checkpoint_id == ck.id))]
 
 
+def suspended_by(s: Session, ck: Checkpoint) -> list[str]:
+    """The pods `zap resume` would bring back from ck."""
+    return [p.name for p in s.scalars(select(Pod).where(Pod.suspended_by == ck.id))]
+
+
 def remove_checkpoints(ctx, s: Session, cks: list[Checkpoint]) -> None:
     """Delete the rows, then (after the commit) the snapshots and freed pack space."""
     if not cks:
@@ -104,6 +109,8 @@ def plan_prune(s: Session, cks: list[Checkpoint], keep_last: int, keep_hourly: i
         users = needed_by(s, c)
         if users:
             reasons[c.id].append("origin of branch " + ", ".join(users))
+        if suspended_by(s, c):
+            reasons[c.id].append("suspended state (zap resume)")
     return [Decision(c, bool(reasons[c.id]), reasons[c.id]) for c in sorted(cks, key=lambda c: c.seq)]
 
 
@@ -150,6 +157,8 @@ def rmckpt(ctx: Context, ref: str) -> str:
             users = needed_by(s, ck)
             if users:
                 raise UsageError(f"{label} is the origin of branch {', '.join(users)}; remove the branch first")
+            if suspended_by(s, ck):
+                raise UsageError(f"{label} holds the suspended pod {ck.pod.name!r}: `zap resume {ck.pod.name}` first")
             remove_checkpoints(ctx, s, [ck])
             return label
 
@@ -169,7 +178,7 @@ def prune(ctx: Context, name: str, keep_last: int | None, keep_hourly: int | Non
             out = [{"ref": d.ck.ref, "action": "keep" if d.keep else ("would remove" if dry_run else "remove"),
                     "why": "; ".join(d.reasons) or "outside the policy"} for d in plan]  # fmt: skip
             doomed = [d.ck for d in plan if not d.keep]
-            by_policy = [d for d in plan if any(not r.startswith("origin of") for r in d.reasons)]
+            by_policy = [d for d in plan if any(not r.startswith(("origin of", "suspended state")) for r in d.reasons)]
             if doomed and not by_policy and not force:
                 raise UsageError(f"this policy would remove all {len(cks)} checkpoints of {name!r} "
                                  "(but those branches come from); add --force to mean it")

@@ -13,6 +13,7 @@ class Stat:
     state: str
     ppid: int
     starttime: int
+    cpu: int  # clock ticks of CPU used: its own and its reaped children's (user + system)
 
 
 def read_stat(pid: int) -> Stat | None:
@@ -23,7 +24,7 @@ def read_stat(pid: int) -> Stat | None:
         return None
     # The command name may hold spaces and parentheses: split after the last ')'.
     rest = data[data.rindex(")") + 2 :].split()
-    return Stat(state=rest[0], ppid=int(rest[1]), starttime=int(rest[19]))
+    return Stat(state=rest[0], ppid=int(rest[1]), starttime=int(rest[19]), cpu=sum(map(int, rest[11:15])))
 
 
 def starttime(pid: int) -> int | None:
@@ -63,6 +64,11 @@ def pids_in_pidns(init_pid: int) -> list[int]:
                     out.append(pid)
     out.sort(key=lambda p: (p != init_pid, p))
     return out
+
+
+def cpu_ticks(init_pid: int) -> int:
+    """CPU time used so far by the processes of init_pid's pid namespace (and those they reaped)."""
+    return sum(st.cpu for pid in pids_in_pidns(init_pid) if (st := read_stat(pid)) is not None)
 
 
 def describe(pid: int) -> dict | None:

@@ -1,0 +1,90 @@
+"""`zap suspend [--all | POD...]` and `zap resume [--all | POD...]`: pods that outlive a host
+reboot. Suspend ends each running pod with a `--stop` checkpoint (its connections to the
+outside stay held by CRIU's network lock) and marks it; resume restores exactly that checkpoint
+(which brings those connections back, as an in-place restore of a --stop checkpoint does) once
+the pool is mounted again, and clears the mark. scripts/systemd/zapckpt.service runs them at
+shutdown and boot. One pod failing does not stop the others: each gets its own line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from catalog import queries
+from zapckpt.common.errors import UsageError, ZapError
+from zapckpt.context import Context
+from zapckpt.ops import checkpoint as ckpt
+from zapckpt.ops import restore as rst
+from zapckpt.pod.status import live_state
+from zapckpt.system.signals import deferred_interrupts
+
+SUSPEND_KIND = "suspend"
+
+
+@dataclass
+class Outcome:
+    pod: str
+    ok: bool
+    what: str
+
+
+def _names(ctx: Context, names: list[str], all_: bool, which) -> list[str]:
+    if all_ == bool(names):
+        raise UsageError("name the pods, or give --all")
+    with ctx.catalog.session() as s:
+        if all_:
+            return [p.name for p in queries.list_pods(s) if which(p)]
+        for n in names:
+            queries.get_pod(s, n)  # unknown names: exit 2 before anything is done
+        return list(dict.fromkeys(names))
+
+
+def suspend(ctx: Context, names: list[str], all_: bool) -> list[Outcome]:
+    ctx.ensure_pool()
+    out = []
+    for name in _names(ctx, names, all_, lambda p: live_state(p) == "running"):
+        try:
+            with ctx.pod_lock(name), ctx.catalog.session() as s:
+                pod = queries.get_pod(s, name)
+                if pod.suspended_by:
+                    out.append(Outcome(name, True, f"already suspended ({pod.name}@{_seq(s, pod.suspended_by)})"))
+                    continue
+                if live_state(pod) != "running":
+                    out.append(Outcome(name, False, f"not running ({live_state(pod)}): nothing to suspend"))
+                    continue
+                with deferred_interrupts():
+                    ck = ckpt.take(ctx, s, pod, "suspend", stop=True, kind=SUSPEND_KIND)
+                    pod.suspended_by = ck.id
+                out.append(Outcome(name, True, f"suspended as {ck.ref}"))
+        except ZapError as e:
+            out.append(Outcome(name, False, _one_line(e)))
+    return out
+
+
+def resume(ctx: Context, names: list[str], all_: bool) -> list[Outcome]:
+    ctx.ensure_pool()  # after a reboot: mounted again first
+    out = []
+    for name in _names(ctx, names, all_, lambda p: p.suspended_by is not None):
+        try:
+            with ctx.catalog.session() as s:
+                pod = queries.get_pod(s, name)
+                ck_id = pod.suspended_by
+                if ck_id is None:
+                    out.append(Outcome(name, False, "not suspended"))
+                    continue
+                ref = f"{name}@{_seq(s, ck_id)}"
+            ck, _saved = rst.restore(ctx, ck_id, saved_message="replaced by resume")
+            with ctx.catalog.session() as s:
+                queries.get_pod(s, name).suspended_by = None
+            out.append(Outcome(name, True, f"resumed from {ref}"))
+        except ZapError as e:
+            out.append(Outcome(name, False, _one_line(e)))
+    return out
+
+
+def _seq(s, ck_id: str) -> int | str:
+    ck = queries.resolve_ref(s, ck_id) if ck_id else None
+    return ck.seq if ck else "?"
+
+
+def _one_line(e: Exception) -> str:
+    return "; ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())

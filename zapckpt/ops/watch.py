@@ -1,0 +1,292 @@
+"""Continuous checkpoints: `zap watch POD --every DURATION [--keep-*]`, `zap watch --list`,
+`zap unwatch POD`, and the supervisor that does the work (`zap watch-serve`).
+
+One supervisor per state directory, started on demand by the watch commands (and at boot by
+scripts/systemd/zapckpt-watch.service): it holds state/locks/watch.lock while it lives, keeps
+its pid in state/watch.pid and one line per tick in state/logs/watch.log, and exits when no
+watch is left. Each tick of a pod:
+
+- the pod is not running: skipped (nothing to dump), said so;
+- nothing happened since its last watched checkpoint (its processes used no CPU time and its
+  volume's generation, after writing back dirty data, did not move): skipped, not dumped, and
+  said so: a checkpoint would hold exactly what the last one holds;
+- otherwise a checkpoint (kind "watch"), whose work after the thaw (ingest, compression) and the
+  pruning that follows run at idle priority, then the keep policy over the pod's watch
+  checkpoints (never an origin of a branch; manual checkpoints are never touched);
+- a failure is logged, counted and retried at the next tick; the checkpoint operation itself
+  guarantees the pod is never left frozen.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from catalog import Checkpoint, Watch, queries
+from zapckpt.common import proc
+from zapckpt.common.errors import NotFound, UsageError, ZapError
+from zapckpt.context import Context
+from zapckpt.ops import checkpoint as ckpt
+from zapckpt.ops.remove import plan_prune, remove_checkpoints
+from zapckpt.pod.status import live_state
+from zapckpt.system import priority, procinfo
+from zapckpt.system.signals import deferred_interrupts
+
+MIN_EVERY = 1.0
+WATCH_KIND = "watch"
+
+
+def _lock_path(ctx: Context) -> Path:
+    return ctx.state.locks / "watch.lock"
+
+
+def _pid_path(ctx: Context) -> Path:
+    return ctx.state.root / "watch.pid"
+
+
+def log_path(ctx: Context) -> Path:
+    return ctx.state.logs / "watch.log"
+
+
+# --- the commands ---------------------------------------------------------------------------
+def watch(ctx: Context, name: str, every: float, keep_last: int | None, keep_hourly: int | None,
+          keep_daily: int | None) -> dict:  # fmt: skip
+    """Start (or change) the watch of a pod; the supervisor is started if it is not running."""
+    if every < MIN_EVERY:
+        raise UsageError(f"--every must be at least {MIN_EVERY:g}s")
+    if any(k is not None and k < 1 for k in (keep_last, keep_hourly, keep_daily)):
+        raise UsageError("keep counts of a watch must be at least 1 (a watch that keeps nothing records nothing)")
+    with ctx.pod_lock(name), ctx.catalog.session() as s:
+        pod = queries.get_pod(s, name)
+        w = s.get(Watch, pod.id)
+        if w is None:
+            w = Watch(pod_id=pod.id)
+            s.add(w)
+        w.every_s, w.keep_last, w.keep_hourly, w.keep_daily = every, keep_last, keep_hourly, keep_daily
+        s.flush()
+        rec = _record(pod.name, w)
+    ensure_supervisor(ctx)
+    return rec
+
+
+def unwatch(ctx: Context, name: str) -> None:
+    with ctx.catalog.session() as s:
+        pod = queries.get_pod(s, name)
+        w = s.get(Watch, pod.id)
+        if w is None:
+            raise NotFound(f"pod {name!r} is not watched (see `zap watch --list`)")
+        s.delete(w)
+    # The supervisor notices at its next look at the catalog (within a second), and exits if no
+    # watch is left. A tick of this pod that is already running finishes.
+
+
+def list_watches(ctx: Context) -> list[dict]:
+    with ctx.catalog.session() as s:
+        return [_record(name, w) for name, w in queries.watches(s)]
+
+
+def _record(name: str, w: Watch) -> dict:
+    return {
+        "pod": name,
+        "every_s": w.every_s,
+        "keep": {"last": w.keep_last, "hourly": w.keep_hourly, "daily": w.keep_daily},
+        "last_at": _iso(w.last_at),
+        "last_result": w.last_result,
+        "last_ok": w.last_ok,
+        "taken": w.taken or 0,
+        "skipped": w.skipped or 0,
+        "failed": w.failed or 0,
+    }
+
+
+def _iso(t: datetime | None) -> str | None:
+    if t is None:
+        return None
+    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).isoformat()
+
+
+# --- the supervisor, seen from outside ------------------------------------------------------
+def supervisor_pid(ctx: Context) -> int | None:
+    """The running supervisor's pid, or None: it is running exactly while its lock is held."""
+    try:
+        fd = os.open(_lock_path(ctx), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None  # nobody holds it
+    except BlockingIOError:
+        try:
+            return int(_pid_path(ctx).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return -1  # held, pid not written yet
+    finally:
+        os.close(fd)
+
+
+def ensure_supervisor(ctx: Context, wait: float = 10.0) -> int:
+    """Start the supervisor unless it runs; returns its pid."""
+    pid = supervisor_pid(ctx)
+    if pid is not None:
+        return pid
+    import sys
+
+    env = dict(os.environ, ZAP_HOME=str(ctx.state.root))
+    with open(log_path(ctx), "ab") as log:
+        proc.spawn([sys.executable, "-m", "zapckpt.cli", "watch-serve"], env=env, stdout=log, stderr=log)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        pid = supervisor_pid(ctx)
+        if pid is not None and pid > 0:
+            return pid
+        time.sleep(0.02)
+    raise ZapError(f"the watch supervisor did not start; see {log_path(ctx)}")
+
+
+def stop_supervisor(ctx: Context, timeout: float = 30.0) -> bool:
+    """SIGTERM the supervisor and wait for it (a tick in progress finishes first)."""
+    pid = supervisor_pid(ctx)
+    if pid is None or pid <= 0:
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while supervisor_pid(ctx) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return True
+
+
+# --- the supervisor ---------------------------------------------------------------------------
+def serve(ctx: Context) -> int:
+    """The supervisor's loop (`zap watch-serve`). Returns when no watch is left or on SIGTERM."""
+    lock = os.open(_lock_path(ctx), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock)
+        return 0  # one is running already
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _n, _f: stop.set())
+    signal.signal(signal.SIGHUP, lambda _n, _f: stop.set())
+    start = procinfo.starttime(os.getpid())
+    _pid_path(ctx).write_text(f"{os.getpid()} {start}\n")
+    log = open(log_path(ctx), "a", buffering=1)
+    say = lambda msg: log.write(f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} {msg}\n")  # noqa: E731
+    say(f"supervisor started (pid {os.getpid()})")
+    try:
+        while not stop.is_set():
+            due = _schedule(ctx)
+            if not due:
+                say("no watch left: supervisor exits")
+                break
+            now = time.time()
+            for name, at in sorted(due.items(), key=lambda kv: kv[1]):
+                if at <= now and not stop.is_set():
+                    say(f"{name}: {tick(ctx, name, scheduled=max(at, now - 1.0))}")
+            nxt = min(_schedule(ctx).values(), default=now + 1.0)
+            stop.wait(min(max(nxt - time.time(), 0.05), 1.0))
+        if stop.is_set():
+            say("supervisor stopped (signal)")
+    finally:
+        _pid_path(ctx).unlink(missing_ok=True)
+        log.close()
+        os.close(lock)
+    return 0
+
+
+def _schedule(ctx: Context) -> dict[str, float]:
+    """pod name -> when (epoch seconds) its next tick is due; the first one right away."""
+    with ctx.catalog.session() as s:
+        out = {}
+        for name, w in queries.watches(s):
+            last = w.last_at.replace(tzinfo=timezone.utc).timestamp() if w.last_at else None
+            out[name] = last + w.every_s if last is not None else 0.0
+        return out
+
+
+def tick(ctx: Context, name: str, scheduled: float | None = None) -> str:
+    """One tick of a watched pod; returns (and records) what it did, in one line."""
+    started = scheduled if scheduled is not None else time.time()
+    ok, outcome, seen = True, "skipped", None
+    try:
+        with ctx.catalog.session() as s:
+            pod = queries.find_pod(s, name)
+            w = s.get(Watch, pod.id) if pod is not None else None
+            if w is None:
+                return "no longer watched"
+            state = live_state(pod)
+            last_seen = (w.seen_cpu, w.seen_generation)
+            policy = (w.keep_last, w.keep_hourly, w.keep_daily)
+            volume, init_pid = Path(pod.volume), pod.init_pid
+        if state != "running":
+            result = f"skipped: the pod is {state}, nothing to dump"
+        else:
+            now_seen = _activity(ctx, volume, init_pid)
+            if now_seen[1] is not None and now_seen == last_seen:
+                result = "skipped: nothing changed since the last watched checkpoint (no CPU time used, no file written)"
+            else:
+                with deferred_interrupts():
+                    ck = _checkpoint(ctx, name)
+                    removed = _keep(ctx, name, policy)
+                seen = _activity(ctx, volume, init_pid)
+                outcome = "taken"
+                result = f"took {name}@{ck.seq} (frozen {ck.frozen_ms or 0:.0f} ms)"
+                if removed:
+                    result += f"; removed {', '.join(removed)} (keep policy)"
+    except Exception as e:  # noqa: BLE001 - logged, counted, retried at the next tick
+        ok, outcome = False, "failed"
+        result = "failed: " + ("; ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()) or type(e).__name__)
+    _note(ctx, name, started, result, ok, outcome, seen)
+    return result
+
+
+def _activity(ctx: Context, volume: Path, init_pid: int) -> tuple[int, int | None]:
+    """(CPU ticks of the pod's processes, its volume's generation after writing back)."""
+    backend = ctx.pool.backend
+    backend.flush(volume)  # a write not yet committed would not move the generation
+    return procinfo.cpu_ticks(init_pid), backend.volume_generation(volume)
+
+
+def _checkpoint(ctx: Context, name: str) -> Checkpoint:
+    with ctx.pod_lock(name), ctx.catalog.session() as s:
+        pod = queries.get_pod(s, name)
+        return ckpt.take(ctx, s, pod, "watch", kind=WATCH_KIND, background=True)
+
+
+def _keep(ctx: Context, name: str, policy: tuple) -> list[str]:
+    """The keep policy over the pod's watch checkpoints; returns the refs it removed."""
+    if all(k is None for k in policy):
+        return []
+    keep_last, keep_hourly, keep_daily = (k or 0 for k in policy)
+    with priority.idle(), ctx.pod_lock(name), ctx.catalog.session() as s:
+        pod = queries.get_pod(s, name)
+        watched = [c for c in pod.checkpoints if c.kind == WATCH_KIND]
+        doomed = [d.ck for d in plan_prune(s, watched, keep_last, keep_hourly, keep_daily) if not d.keep]
+        refs = [c.ref for c in doomed]
+        remove_checkpoints(ctx, s, doomed)
+        return refs
+
+
+def _note(ctx: Context, name: str, started: float, result: str, ok: bool, outcome: str, seen) -> None:
+    with ctx.catalog.session() as s:
+        pod = queries.find_pod(s, name)
+        w = s.get(Watch, pod.id) if pod is not None else None
+        if w is None:
+            return
+        w.last_at = datetime.fromtimestamp(started, timezone.utc)
+        w.last_result, w.last_ok = result, ok
+        if outcome == "taken":
+            w.taken = (w.taken or 0) + 1
+            w.seen_cpu, w.seen_generation = seen
+        elif outcome == "skipped":
+            w.skipped = (w.skipped or 0) + 1
+        else:
+            w.failed = (w.failed or 0) + 1
+
