@@ -39,6 +39,7 @@ from zapckpt.system.signals import deferred_interrupts
 
 MIN_EVERY = 1.0
 WATCH_KIND = "watch"
+IDLE_WAIT = 30.0  # the longest sleep between looks at the catalog (changes also wake it at once)
 
 
 def _lock_path(ctx: Context) -> Path:
@@ -70,7 +71,8 @@ def watch(ctx: Context, name: str, every: float, keep_last: int | None, keep_hou
         w.every_s, w.keep_last, w.keep_hourly, w.keep_daily = every, keep_last, keep_hourly, keep_daily
         s.flush()
         rec = _record(pod.name, w)
-    ensure_supervisor(ctx)
+    if not _wake(ctx):
+        ensure_supervisor(ctx)
     return rec
 
 
@@ -81,8 +83,9 @@ def unwatch(ctx: Context, name: str) -> None:
         if w is None:
             raise NotFound(f"pod {name!r} is not watched (see `zap watch --list`)")
         s.delete(w)
-    # The supervisor notices at its next look at the catalog (within a second), and exits if no
-    # watch is left. A tick of this pod that is already running finishes.
+    # The supervisor looks at the catalog again at once, and exits if no watch is left. A tick
+    # of this pod that is already running finishes.
+    _wake(ctx)
 
 
 def list_watches(ctx: Context) -> list[dict]:
@@ -122,11 +125,25 @@ def supervisor_pid(ctx: Context) -> int | None:
         return None  # nobody holds it
     except BlockingIOError:
         try:
-            return int(_pid_path(ctx).read_text().split()[0])
-        except (OSError, ValueError, IndexError):
+            pid, start = (int(x) for x in _pid_path(ctx).read_text().split()[:2])
+        except (OSError, ValueError):
             return -1  # held, pid not written yet
+        # A file left by a killed supervisor may name a pid reused since: never signal that one.
+        return pid if procinfo.is_alive(pid, start) else -1
     finally:
         os.close(fd)
+
+
+def _wake(ctx: Context) -> bool:
+    """Tell a running supervisor that the watches changed; False if none runs."""
+    pid = supervisor_pid(ctx)
+    if pid is None or pid <= 0:
+        return False
+    try:
+        os.kill(pid, signal.SIGUSR1)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def ensure_supervisor(ctx: Context, wait: float = 10.0) -> int:
@@ -166,15 +183,22 @@ def stop_supervisor(ctx: Context, timeout: float = 30.0) -> bool:
 # --- the supervisor ---------------------------------------------------------------------------
 def serve(ctx: Context) -> int:
     """The supervisor's loop (`zap watch-serve`). Returns when no watch is left or on SIGTERM."""
+    stop, wake = threading.Event(), threading.Event()
+
+    def on_stop(_n, _f) -> None:
+        stop.set()
+        wake.set()
+
+    # Before the lock is taken: whoever sees it held may signal us.
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGHUP, on_stop)
+    signal.signal(signal.SIGUSR1, lambda _n, _f: wake.set())  # `zap watch` / `unwatch` changed the list
     lock = os.open(_lock_path(ctx), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(lock)
         return 0  # one is running already
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda _n, _f: stop.set())
-    signal.signal(signal.SIGHUP, lambda _n, _f: stop.set())
     start = procinfo.starttime(os.getpid())
     _pid_path(ctx).write_text(f"{os.getpid()} {start}\n")
     log = open(log_path(ctx), "a", buffering=1)
@@ -187,11 +211,16 @@ def serve(ctx: Context) -> int:
                 say("no watch left: supervisor exits")
                 break
             now = time.time()
+            ran = False
             for name, at in sorted(due.items(), key=lambda kv: kv[1]):
                 if at <= now and not stop.is_set():
                     say(f"{name}: {tick(ctx, name, scheduled=max(at, now - 1.0))}")
-            nxt = min(_schedule(ctx).values(), default=now + 1.0)
-            stop.wait(min(max(nxt - time.time(), 0.05), 1.0))
+                    ran = True
+            if ran:
+                continue  # the schedule moved: read it again
+            # Asleep until the next tick is due; a change to the watches wakes it earlier.
+            wake.wait(min(max(min(due.values()) - now, 0.01), IDLE_WAIT))
+            wake.clear()
         if stop.is_set():
             say("supervisor stopped (signal)")
     finally:
