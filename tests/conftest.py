@@ -21,8 +21,8 @@ import pytest
 from helpers import COUNTER, WORKLOADS, counter_values, proc_state, wait_for
 
 
-# tests/vm need NILFS2, which this kernel lacks: tests/test_vm_runner.py runs them in a guest.
-collect_ignore = [] if os.environ.get("ZAP_IN_VM") else ["vm"]
+# tests/vm and tests/vm_reboot need NILFS2, which this kernel lacks: tests/test_vm_runner.py runs them in a guest.
+collect_ignore = [] if os.environ.get("ZAP_IN_VM") else ["vm", "vm_reboot"]
 
 
 SYSTEM_FIXTURES = {"zap", "host_dir"}

@@ -38,8 +38,9 @@ def suspended_by(s: Session, ck: Checkpoint) -> list[str]:
     return [p.name for p in s.scalars(select(Pod).where(Pod.suspended_by == ck.id))]
 
 
-def remove_checkpoints(ctx, s: Session, cks: list[Checkpoint]) -> None:
-    """Delete the rows, then (after the commit) the snapshots and freed pack space."""
+def remove_checkpoints(ctx, s: Session, cks: list[Checkpoint], min_unused: float = 0.0) -> None:
+    """Delete the rows, then (after the commit) the snapshots and freed pack space (packs at
+    least min_unused unused: see store/gc.py)."""
     if not cks:
         return
     gone = {c.id for c in cks}
@@ -65,7 +66,7 @@ def remove_checkpoints(ctx, s: Session, cks: list[Checkpoint]) -> None:
                     store.release(s, ck.id)
                 s.delete(ck)
             s.flush()
-            old_packs = store.collect_garbage(s)
+            old_packs = store.collect_garbage(s, min_unused)
             s.commit()
         faults.point("remove:committed")
         for p in old_packs:

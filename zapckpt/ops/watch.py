@@ -39,6 +39,8 @@ from zapckpt.system.signals import deferred_interrupts
 
 MIN_EVERY = 1.0
 WATCH_KIND = "watch"
+# A pack is rewritten once half of it is unused (store/gc.py); `zap prune` frees everything.
+WATCH_MIN_UNUSED = 0.5
 IDLE_WAIT = 30.0  # the longest sleep between looks at the catalog (changes also wake it at once)
 
 
@@ -299,7 +301,7 @@ def _keep(ctx: Context, name: str, policy: tuple) -> list[str]:
         watched = [c for c in pod.checkpoints if c.kind == WATCH_KIND]
         doomed = [d.ck for d in plan_prune(s, watched, keep_last, keep_hourly, keep_daily) if not d.keep]
         refs = [c.ref for c in doomed]
-        remove_checkpoints(ctx, s, doomed)
+        remove_checkpoints(ctx, s, doomed, min_unused=WATCH_MIN_UNUSED)
         return refs
 
 

@@ -43,8 +43,8 @@ class ChunkStore:
     def release(self, s: Session, checkpoint_id: str) -> None:
         ChunkIndex(s).release(checkpoint_id)
 
-    def collect_garbage(self, s: Session) -> list[Path]:
-        return gc.collect_garbage(self, s)
+    def collect_garbage(self, s: Session, min_unused: float = 0.0) -> list[Path]:
+        return gc.collect_garbage(self, s, min_unused)
 
     def verify_chunks(self, s: Session, ids: set[int]) -> dict[int, str]:
         return gc.verify_chunks(self, s, ids)

@@ -19,13 +19,22 @@ if TYPE_CHECKING:
     from zapckpt.store.chunkstore import ChunkStore
 
 
-def collect_garbage(store: ChunkStore, s: Session) -> list[Path]:
+def collect_garbage(store: ChunkStore, s: Session, min_unused: float = 0.0) -> list[Path]:
     """Forget unreferenced chunks and rewrite the packs that held them. Returns the old pack
-    files, to delete once the caller's transaction has committed."""
+    files, to delete once the caller's transaction has committed.
+
+    With min_unused (restic's --max-unused, the other way round), a pack is rewritten only once
+    at least that fraction of it is unused; a pack still mostly in use is left as it is, its
+    unreferenced chunks kept (a later ingest of the same page uses them again). Rewriting the
+    oldest pack of a continuously recorded pod after every pruned checkpoint would otherwise
+    copy most of the store each time."""
     index = ChunkIndex(s)
     old_files = []
-    for pack_id, pname in index.packs_with_garbage():
+    for pack_id, pname, psize in index.packs_with_garbage():
         live = index.live_chunks(pack_id)
+        live_bytes = sum(ln for _off, ln in {(off, ln) for _c, off, ln in live})
+        if live and psize and psize - live_bytes < min_unused * psize:
+            continue
         index.forget_garbage(pack_id)
         if live:
             new_name = new_pack_name()
@@ -36,8 +45,7 @@ def collect_garbage(store: ChunkStore, s: Session) -> list[Path]:
             except OSError as e:
                 new_path.unlink(missing_ok=True)
                 raise StoreError(f"cannot rewrite pack {pname}: {e.strerror or e}") from None
-            size = sum(ln for off, ln in {(off, ln) for _c, off, ln in live})
-            index.pack_rewritten(pack_id, new_name, size, [(where[off], cid) for cid, off, _ln in live])
+            index.pack_rewritten(pack_id, new_name, live_bytes, [(where[off], cid) for cid, off, _ln in live])
         else:
             index.forget_pack(pack_id)
         old_files.append(store.pack_path(pname))

@@ -145,10 +145,10 @@ class ChunkIndex:
         self.cur.executemany("UPDATE chunks SET refcount = refcount - ? WHERE id = ?", [(n, i) for i, n in counts.items()])
         self.cur.execute("DELETE FROM image_files WHERE checkpoint_id = ?", (checkpoint_id,))
 
-    def packs_with_garbage(self) -> list[tuple[int, str]]:
-        """(id, name) of every pack holding at least one unreferenced chunk."""
+    def packs_with_garbage(self) -> list[tuple[int, str, int]]:
+        """(id, name, size) of every pack holding at least one unreferenced chunk."""
         return self.cur.execute(
-            "SELECT id, name FROM packs WHERE id IN (SELECT DISTINCT pack_id FROM chunks WHERE refcount <= 0)"
+            "SELECT id, name, size FROM packs WHERE id IN (SELECT DISTINCT pack_id FROM chunks WHERE refcount <= 0)"
         ).fetchall()
 
     def live_chunks(self, pack_id: int) -> list[tuple[int, int, int]]:

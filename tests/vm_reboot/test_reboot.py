@@ -1,0 +1,75 @@
+"""Runs inside the Debian 12 guest of vagrant/run-vm-tests, one phase per boot, on disks kept
+between the two boots (ZAP_VM_DISKS): tests/test_vm_runner.py boots the guest, runs the first
+phase, powers it off, boots a new guest on the same disks and runs the second.
+
+The state directory lives on the second disk (/dev/vdb, NILFS2, mounted at /run/zaphome), with
+the embedded loop-file pool inside it; everything else of the guest (its /run, /tmp, the pods'
+processes) is gone at the power-off, as after a real reboot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+from helpers import COUNTER, assert_continuous, counted_past, counter_values, wait_for  # noqa: E402
+
+pytestmark = pytest.mark.system
+
+DISK = "/dev/vdb"
+HOME = Path("/run/zaphome")
+RECORD = HOME / "before-reboot.json"
+
+
+def zap(*args: str) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "ZAP_HOME": str(HOME),
+           "ZAP_CRIU": "/usr/sbin/criu", "HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
+    cp = subprocess.run([sys.executable, "-m", "zapckpt.cli", *args], capture_output=True, text=True, env=env, timeout=600)
+    assert cp.returncode == 0, f"zap {' '.join(args)}: {cp.stderr}{cp.stdout}"
+    return cp
+
+
+def _mount_state(fresh: bool) -> None:
+    if fresh:
+        subprocess.run(["mkfs.nilfs2", "-q", "-f", DISK], check=True)
+    HOME.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "nilfs2", DISK, str(HOME)], check=True)
+
+
+def _volume(name: str) -> Path:
+    return Path(json.loads(zap("show", name, "--json").stdout)["volume"])
+
+
+def test_phase1_suspend_then_power_off():
+    _mount_state(fresh=True)
+    zap("init", "--backend", "nilfs", "--size", "1G")
+    zap("run", "ctr", "--net", "none", "--env", "COUNTER_INTERVAL=0.01", "--", "python3", str(COUNTER))
+    counted_past(_volume("ctr"), 30, "the counter", timeout=120)
+    assert zap("suspend", "--all").stdout.strip() == "ctr: suspended as ctr@1"
+    values = counter_values(_volume("ctr"))
+    time.sleep(1)
+    assert counter_values(_volume("ctr")) == values  # stopped
+    RECORD.write_text(json.dumps({"values": values}))
+    # What a shutdown does after the suspend: the pool and the state disk unmounted.
+    zap("deinit")
+    subprocess.run(["umount", str(HOME)], check=True)
+
+
+def test_phase2_resume_after_the_reboot():
+    _mount_state(fresh=False)
+    before = json.loads(RECORD.read_text())["values"]
+    assert zap("resume", "--all").stdout.strip() == "ctr: resumed from ctr@1"
+    values = counted_past(_volume("ctr"), len(before) + 30, "the counter after the reboot", timeout=120)
+    assert_continuous(values)
+    assert values[: len(before)] == before  # the same run, on from where it was suspended
+    state = json.loads(zap("show", "ctr", "--json").stdout)
+    assert state["state"] == "running" and state["suspended"] is False
+    zap("deinit", "--purge")
+    subprocess.run(["umount", str(HOME)], check=True)
+    wait_for(lambda: str(HOME) not in Path("/proc/self/mountinfo").read_text(), what="the state disk unmounted")
