@@ -26,9 +26,9 @@ test-fast: install-test
 test-pure:
 	.venv/bin/python -m pytest -q -p no:cacheprovider tests -m "not system" $(PYTEST_ARGS)
 
-# Only the NILFS2 suite, in the guest (the runner's own options: see vagrant/run-vm-tests).
+# Only the guest part: the NILFS2 suite and the reboot test (vagrant/run-vm-tests boots the guest).
 test-vm: install-test
-	vagrant/run-vm-tests tests/vm
+	.venv/bin/python -m pytest -q -p no:cacheprovider tests/test_vm_runner.py $(PYTEST_ARGS)
 
 # The benchmark suite (bench/run.py): full run writes bench/results/latest.{json,md} and plots.
 bench: install-test
