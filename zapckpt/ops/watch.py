@@ -208,6 +208,7 @@ def serve(ctx: Context) -> int:
     say(f"supervisor started (pid {os.getpid()})")
     try:
         while not stop.is_set():
+            wake.clear()  # before reading: a change from now on wakes the next wait
             due = _schedule(ctx)
             if not due:
                 say("no watch left: supervisor exits")
@@ -222,7 +223,6 @@ def serve(ctx: Context) -> int:
                 continue  # the schedule moved: read it again
             # Asleep until the next tick is due; a change to the watches wakes it earlier.
             wake.wait(min(max(min(due.values()) - now, 0.01), IDLE_WAIT))
-            wake.clear()
         if stop.is_set():
             say("supervisor stopped (signal)")
     finally:
