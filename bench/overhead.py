@@ -50,8 +50,9 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 def cpu_s(pid: int) -> float:
     """CPU seconds a live process used: its own and its reaped children's (user + system)."""
-    rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in rest[11:15]) / TICK
+    from zapckpt.system import procinfo
+
+    return procinfo.read_stat(pid).cpu / TICK
 
 
 def watched(home: Path) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from catalog.fastread import PodRow, iso, iso_text  # noqa: F401 - iso is part of this module's API
+from catalog.fastread import PodRow, iso, iso_text
 from zapckpt.pod.status import live_state
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ import os
 import traceback
 
 from zapckpt import __version__
-from zapckpt.common.errors import UsageError, ZapError
+from zapckpt.common.errors import UsageError, ZapError, one_line
 
 from . import checkpoints, continuous, guard, pods, store, system, view
 
@@ -67,13 +67,9 @@ def _settle_catalog(command: str) -> None:
 
 def _convert_old_image_sets() -> None:
     from zapckpt.context import Context
-    from zapckpt.store.convert import convert_old_image_sets, pending
+    from zapckpt.store.convert import convert_old_image_sets
 
-    ctx = Context()
-    with ctx.catalog.session() as s:
-        if not pending(s):
-            return
-    done, failed = convert_old_image_sets(ctx)
+    done, failed = convert_old_image_sets(Context())  # nothing to do: one query
     if done:
         print(f"zap: converted {len(done)} image set(s) of an older zap into the image store", file=sys.stderr)
     for line in failed:
@@ -96,17 +92,13 @@ def _recover_interrupted(command: str, state) -> None:
 
         if isinstance(e, OperationalError):
             raise  # the catalog itself cannot be used (a full disk...): main says so in one line
-        why = _one_line(e) or e.__class__.__name__
+        why = one_line(e) or e.__class__.__name__
         if command in _DESPITE_RECOVERY:
             print(f"zap: warning: interrupted operations could not be settled ({why}); `zap recover` retries",
                   file=sys.stderr)  # fmt: skip
             return
         raise ZapError(f"interrupted operations could not be settled first ({why}); `zap recover` retries, "
                        f"`zap deinit` still works") from None
-
-
-def _one_line(text: str) -> str:
-    return "; ".join(ln.strip() for ln in str(text).splitlines() if ln.strip())
 
 
 def _check_utf8(argv: list[str]) -> None:
@@ -143,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = args.func(args)
         return rc or 0
     except ZapError as e:
-        print(f"zap: error: {_one_line(e)}", file=sys.stderr)
+        print(f"zap: error: {one_line(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("zap: interrupted", file=sys.stderr)
@@ -152,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OSError as e:  # the machine said no: out of space, a name too long, ...
         where = f" ({e.filename})" if e.filename else ""
-        print(f"zap: error: {_one_line(e.strerror or e)}{where}", file=sys.stderr)
+        print(f"zap: error: {one_line(e.strerror or e)}{where}", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - never a traceback for users, unless asked
         from sqlalchemy.exc import OperationalError
@@ -160,13 +152,13 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, OperationalError):  # SQLite's own words: "database or disk is full", ...
             from zapckpt.state import StateDir
 
-            reason = _one_line(e.orig) if e.orig is not None else "unknown"
+            reason = one_line(e.orig) if e.orig is not None else "unknown"
             print(f"zap: error: the catalog in {StateDir.from_env().root} cannot be written: {reason}"
                   f" (a full disk? see `df {StateDir.from_env().root}`)", file=sys.stderr)  # fmt: skip
             return 1
         if os.environ.get("ZAP_DEBUG"):
             traceback.print_exc()
-        e = _one_line(e)  # noqa: PLW2901
+        e = one_line(e)  # noqa: PLW2901
         if os.environ.get("ZAP_DEBUG"):
             traceback.print_exc()
         print(f"zap: internal error: {e} (ZAP_DEBUG=1 shows the traceback)", file=sys.stderr)

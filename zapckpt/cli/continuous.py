@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import argtypes
 from .lazy import lazy
-from .output import emit_json, info, table
+from .output import emit_json, info, interval, table
 
 # imported by the command that uses them (cli/lazy.py)
 context = lazy("zapckpt.context")
@@ -41,13 +41,6 @@ def register(sub) -> None:
         p.set_defaults(func=cmd_suspend if verb == "suspend" else cmd_resume)
 
 
-def _every(s: float) -> str:
-    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= n and s % n == 0:
-            return f"{s / n:g}{unit}"
-    return f"{s:g}s"
-
-
 def cmd_watch(args) -> int:
     ctx = context.Context()
     if args.list:
@@ -61,7 +54,7 @@ def cmd_watch(args) -> int:
         if args.json:
             emit_json({"supervisor": {"pid": pid, "log": str(watch_op.log_path(ctx))}, "watches": watches})
             return 0
-        rows = [[w["pod"], _every(w["every_s"]), _keep(w["keep"]), w["taken"], w["skipped"], w["failed"],
+        rows = [[w["pod"], interval(w["every_s"]), _keep(w["keep"]), w["taken"], w["skipped"], w["failed"],
                  (w["last_at"] or "-")[:19].replace("T", " "), w["last_result"] or "-"] for w in watches]  # fmt: skip
         table(["POD", "EVERY", "KEEP", "TAKEN", "SKIPPED", "FAILED", "LAST (UTC)", "LAST RESULT"], rows)
         info(f"supervisor: {'running, pid ' + str(pid) if pid else 'not running (no watch)'}; log {watch_op.log_path(ctx)}")
@@ -72,7 +65,7 @@ def cmd_watch(args) -> int:
     if args.json:
         emit_json(rec)
     else:
-        print(f"watching {rec['pod']} every {_every(rec['every_s'])}" + (f", keeping {_keep(rec['keep'])}" if
+        print(f"watching {rec['pod']} every {interval(rec['every_s'])}" + (f", keeping {_keep(rec['keep'])}" if
               any(v is not None for v in rec["keep"].values()) else ""))  # fmt: skip
     return 0
 

@@ -41,6 +41,14 @@ def human_bytes(n: int | None) -> str:
     return f"{n:.1f} GiB"
 
 
+def interval(seconds: float) -> str:
+    """10s, 5m, 1.5h: a duration as `--every` takes it."""
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= n and seconds % n == 0:
+            return f"{seconds / n:g}{unit}"
+    return f"{seconds:g}s"
+
+
 def ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
 

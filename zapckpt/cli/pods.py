@@ -7,7 +7,7 @@ from contextlib import closing
 
 from . import argtypes
 from .lazy import lazy
-from .output import emit_json, table
+from .output import emit_json, interval, table
 
 # imported by the command that uses them (cli/lazy.py)
 queries = lazy("catalog.queries")
@@ -111,7 +111,7 @@ def _watch(w: dict | None) -> str:
     if w is None:
         return "-"
     last = "" if w["last_ok"] is None else " ok" if w["last_ok"] else " FAILED"
-    return f"every {w['every_s']:g}s{last}"
+    return f"every {interval(w['every_s'])}{last}"
 
 
 def cmd_logs(args) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shlex
 
-from .output import human_bytes
+from .output import human_bytes, interval
 
 
 def _when(iso: str) -> str:
@@ -43,7 +43,7 @@ def pod_text(r: dict) -> str:
         ("environment", " ".join(f"{k}={shlex.quote(str(v))}" for k, v in sorted((r["env"] or {}).items())) or "-"),
         ("checkpoints", str(r["checkpoints"]) + (f" (head {r['head']}: the next one's parent)" if r["head"] else "")),
         ("branched from", r["origin"] or "-"),
-        ("watch", f"every {r['watch']['every_s']:g}s, last: {r['watch']['last_result'] or 'not yet'}" if r["watch"] else "-"),
+        ("watch", f"every {interval(r['watch']['every_s'])}, last: {r['watch']['last_result'] or 'not yet'}" if r["watch"] else "-"),
         ("suspended", "yes (`zap resume` brings it back)" if r["suspended"] else "no"),
         ("created", _when(r["created_at"])),
     ]  # fmt: skip

@@ -27,3 +27,8 @@ class AlreadyExists(UsageError):
 
 class Busy(ZapError):
     """Another zap operation holds the lock we need."""
+
+
+def one_line(text) -> str:
+    """A message (an exception, CRIU's stderr...) as one line: its non-empty lines joined."""
+    return "; ".join(ln.strip() for ln in str(text).splitlines() if ln.strip())

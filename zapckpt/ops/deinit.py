@@ -10,8 +10,8 @@ from pathlib import Path
 from catalog import queries
 from zapckpt.common.errors import ZapError
 from zapckpt.context import Context
-from zapckpt.ops import watch
 from zapckpt.net import podnet
+from zapckpt.ops import watch
 from zapckpt.pod.lifecycle import stop_processes
 from zapckpt.system import procinfo
 from zapckpt.system.pool import existing_pool, unmount_pool

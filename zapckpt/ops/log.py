@@ -7,9 +7,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from catalog import Checkpoint, Pod
+from catalog.fastread import iso
 from catalog.queries import list_checkpoints
 from zapckpt.pod.lifecycle import live_state
-from zapckpt.records import iso
 
 
 def _label(ck: Checkpoint, head_id: str | None) -> str:

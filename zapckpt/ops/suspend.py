@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from catalog import queries
-from zapckpt.common.errors import UsageError, ZapError
+from zapckpt.common.errors import UsageError, ZapError, one_line
 from zapckpt.context import Context
 from zapckpt.ops import checkpoint as ckpt
 from zapckpt.ops import restore as rst
@@ -56,7 +56,7 @@ def suspend(ctx: Context, names: list[str], all_: bool) -> list[Outcome]:
                     pod.suspended_by = ck.id
                 out.append(Outcome(name, True, f"suspended as {ck.ref}"))
         except ZapError as e:
-            out.append(Outcome(name, False, _one_line(e)))
+            out.append(Outcome(name, False, one_line(e)))
     return out
 
 
@@ -77,14 +77,10 @@ def resume(ctx: Context, names: list[str], all_: bool) -> list[Outcome]:
                 queries.get_pod(s, name).suspended_by = None
             out.append(Outcome(name, True, f"resumed from {ref}"))
         except ZapError as e:
-            out.append(Outcome(name, False, _one_line(e)))
+            out.append(Outcome(name, False, one_line(e)))
     return out
 
 
 def _seq(s, ck_id: str) -> int | str:
     ck = queries.resolve_ref(s, ck_id) if ck_id else None
     return ck.seq if ck else "?"
-
-
-def _one_line(e: Exception) -> str:
-    return "; ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())

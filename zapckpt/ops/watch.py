@@ -29,7 +29,7 @@ from pathlib import Path
 
 from catalog import Checkpoint, Watch, queries
 from zapckpt.common import proc
-from zapckpt.common.errors import NotFound, UsageError, ZapError
+from zapckpt.common.errors import NotFound, UsageError, ZapError, one_line
 from zapckpt.context import Context
 from zapckpt.ops import checkpoint as ckpt
 from zapckpt.ops.remove import plan_prune, remove_checkpoints
@@ -273,7 +273,7 @@ def tick(ctx: Context, name: str, scheduled: float | None = None) -> str:
                     result += f"; removed {', '.join(removed)} (keep policy)"
     except Exception as e:  # noqa: BLE001 - logged, counted, retried at the next tick
         ok, outcome = False, "failed"
-        result = "failed: " + ("; ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()) or type(e).__name__)
+        result = "failed: " + (one_line(e) or type(e).__name__)
     _note(ctx, name, started, result, ok, outcome, seen)
     return result
 
