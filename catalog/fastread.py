@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # The newest migration in catalog/migrations/versions; a test keeps the two in step.
-SCHEMA_HEAD = "0007"
+SCHEMA_HEAD = "0008"
 BUSY_TIMEOUT_MS = 120_000  # writers wait for each other (a prune compacting packs) instead of failing
 
 
@@ -132,12 +132,12 @@ def iso_text(stored: str) -> str:
 
 CHECKPOINT_ROW = ("id", "pod", "seq", "parent_pod", "parent_seq", "parent_id", "created_at", "message", "kind",
                   "image_format", "backend", "snapshot_path", "snapshot_generation", "raw_bytes", "stored_bytes",
-                  "frozen_ms", "dump_ms", "fs_snapshot_ms", "total_ms", "processes")  # fmt: skip
+                  "frozen_ms", "dump_ms", "fs_snapshot_ms", "total_ms", "predump_ms", "processes")  # fmt: skip
 
 _CHECKPOINT_SQL = (
     "SELECT c.id, p.name, c.seq, pp.name, par.seq, c.parent_id, c.created_at, c.message, c.kind, c.image_format,"
     " c.backend, c.snapshot_path, c.snapshot_generation, c.raw_bytes, c.stored_bytes, c.frozen_ms, c.dump_ms,"
-    " c.fs_snapshot_ms, c.total_ms, c.processes"
+    " c.fs_snapshot_ms, c.total_ms, c.predump_ms, c.processes"
     " FROM checkpoints c JOIN pods p ON p.id = c.pod_id"
     " LEFT JOIN checkpoints par ON par.id = c.parent_id LEFT JOIN pods pp ON pp.id = par.pod_id"
 )  # fmt: skip

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -242,7 +243,13 @@ class NilfsBackend(SnapshotBackend):
         self.check_clone(snap, dst)
         self.ensure_browsable(snap)
         dst.mkdir()
-        proc.run(["cp", "-a", f"{snap}/.", str(dst)])
+        # tar, not `cp -a`: a snapshot and the live pool share one st_dev, and cp, which also
+        # remembers the directories it creates by (st_dev, st_ino) to catch cycles, then takes a
+        # new directory of the pool for a snapshot directory with the same inode number and
+        # refuses ("will not create hard link ... to directory"). tar links by source inode only.
+        opts = "--numeric-owner --xattrs --xattrs-include='*' --acls"
+        proc.run(["bash", "-c", f"set -o pipefail; tar -C {shlex.quote(str(snap))} {opts} --sparse -cf - . | "
+                                f"tar -C {shlex.quote(str(dst))} {opts} -xpf -"])  # fmt: skip
 
     def check_clone(self, snap: Path, dst: Path) -> None:
         if dst.exists():

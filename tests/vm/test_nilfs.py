@@ -27,24 +27,6 @@ pytestmark = pytest.mark.system  # the guest's NILFS2, CRIU and disk (conftest c
 DEVICE = "/dev/vda"
 
 
-@pytest.fixture
-def ctx():
-    home = Path(tempfile.mkdtemp(prefix="zapvm-"))
-    os.environ["ZAP_HOME"] = str(home)
-    from zapckpt.context import Context
-    from zapckpt.system.pool import init_pool
-    from zapckpt.ops.deinit import deinit
-
-    c = Context()
-    init_pool(c.state, c.catalog, backend_name="nilfs", device=DEVICE)
-    try:
-        yield c
-    finally:
-        deinit(c, purge=True)
-        left = [ln for ln in Path("/proc/self/mountinfo").read_text().splitlines() if str(home) in ln]
-        assert not left, left
-
-
 def _snapshots() -> set[int]:
     out = subprocess.run(["lscp", "-s", DEVICE], capture_output=True, text=True, check=True).stdout
     return {int(ln.split()[0]) for ln in out.splitlines()[1:] if ln.strip()}

@@ -66,6 +66,8 @@ def checkpoint_text(r: dict) -> str:
         ("snapshot", f"{snap['path']} ({snap['backend']}" + (f", generation {snap['generation']})" if snap["generation"] else ")")),
         ("timings", f"frozen {_ms(t['frozen'])}, dump {_ms(t['dump'])}, fs snapshot {_ms(t['fs_snapshot'])}, "
                     f"total {_ms(t['total'])}"),
+        ("dump", f"incremental (a pre-dump stopped the pod {_ms(t['predump'])} first)" if r["incremental"]
+                 else "full" if r["has_processes"] else "-"),
     ]  # fmt: skip
     out = _lines(pairs)
     for p in r["processes"] or []:

@@ -100,6 +100,9 @@ class DumpStats:
     frozen_ms: float | None = None
     memdump_ms: float | None = None
     memwrite_ms: float | None = None
+    pages_scanned: int | None = None
+    pages_skipped_parent: int | None = None  # an incremental dump: left in the pre-dump
+    pages_written: int | None = None
 
 
 def read_dump_stats(images: Path) -> DumpStats:
@@ -112,7 +115,8 @@ def read_dump_stats(images: Path) -> DumpStats:
     except (OSError, ImageFormatError, StopIteration):
         return DumpStats()
     ms = lambda k: f[k] / 1000.0 if k in f else None  # noqa: E731
-    return DumpStats(freezing_ms=ms(1), frozen_ms=ms(2), memdump_ms=ms(3), memwrite_ms=ms(4))
+    return DumpStats(freezing_ms=ms(1), frozen_ms=ms(2), memdump_ms=ms(3), memwrite_ms=ms(4), pages_scanned=f.get(5),
+                     pages_skipped_parent=f.get(6), pages_written=f.get(7))  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -158,13 +158,30 @@ def _run_bounded(argv: list[str], what: str, own_log: Path, log: Path, env: dict
         raise CriuError(what, log, [f"CRIU did not finish within {limit:g}s (ZAP_CRIU_TIMEOUT) and was killed"]) from None
 
 
+def pre_dump(init_pid: int, images: Path, log: Path) -> float:
+    """Copy the tree's memory into images while it runs (CRIU stops it only to collect its
+    pages, then writes them out with the tree running) and start tracking the pages it writes
+    from now on, for an incremental dump (incremental.py); returns the wall time in ms."""
+    argv = ["nsenter", "-t", str(init_pid), "-m", "-n", "--",
+            criu_binary(), "pre-dump", "-t", str(init_pid), "-D", through_host_root(images), "-o", "pre-dump.log",
+            "--track-mem"]  # fmt: skip
+    images.mkdir(mode=0o700, parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    res = _run_bounded(argv, "CRIU pre-dump failed", images / "pre-dump.log", log, umask=0o077)
+    if res.returncode != 0:
+        _keep_log(images / "pre-dump.log", log)
+        raise CriuError("CRIU could not pre-dump the pod", log, log_errors(log) or [f"exit {res.returncode}"])
+    return (time.perf_counter() - t0) * 1000
+
+
 def dump(init_pid: int, images: Path, hook: Path, log: Path, *, leave_stopped: bool,
-         ghost_limit: int = DEFAULT_GHOST_LIMIT, network_lock: bool = True) -> float:  # fmt: skip
+         ghost_limit: int = DEFAULT_GHOST_LIMIT, network_lock: bool = True, parent: str | None = None) -> float:  # fmt: skip
     """Dump the tree rooted at init_pid into images; returns the wall time in ms.
 
     CRIU runs inside the pod's mount and network namespaces, so it does not try to dump those
     (the files are covered by the snapshot instead, and the network namespace outlives the
-    processes); pid, ipc and uts namespaces are dumped, and so is every socket.
+    processes); pid, ipc and uts namespaces are dumped, and so is every socket. With parent (a
+    pre-dump's directory, relative to images), only the pages written since it are dumped.
     """
     attempt = 0
     while True:
@@ -174,6 +191,7 @@ def dump(init_pid: int, images: Path, hook: Path, log: Path, *, leave_stopped: b
             criu_binary(), "dump", "-t", str(init_pid), "-D", through_host_root(images), "-o", "dump.log",
             "--leave-stopped" if leave_stopped else "--leave-running", "--file-locks",
             "--action-script", through_host_root(hook), *net_opts(network_lock), "--ghost-limit", str(ghost_limit),
+            *(["--prev-images-dir", parent, "--track-mem"] if parent else []),
         ]  # fmt: skip
         images.mkdir(mode=0o700, parents=True, exist_ok=True)
         t0 = time.perf_counter()
@@ -194,6 +212,11 @@ def dump(init_pid: int, images: Path, hook: Path, log: Path, *, leave_stopped: b
             network_lock = True
         elif not err.transient or attempt > RETRIES:
             raise err
+        if parent:
+            # The failed run may have reset the dirty bits after reading them: the pre-dump is
+            # no longer a sound base, so the retry dumps every page.
+            parent = None
+            (images / "parent").unlink(missing_ok=True)
         time.sleep(0.05 * attempt)
 
 

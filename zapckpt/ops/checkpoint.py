@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import time
 import uuid
@@ -19,8 +20,9 @@ from catalog import Checkpoint, Pod, queries
 from zapckpt import settings
 from zapckpt.common.errors import UsageError, ZapError
 from zapckpt.context import Context
+from zapckpt.criu import incremental
 from zapckpt.criu import runner as criu
-from zapckpt.criu.images import dump_run_id, read_dump_stats
+from zapckpt.criu.images import ImageFormatError, dump_run_id, read_dump_stats
 from zapckpt.net import podnet
 from zapckpt.ops import intents
 from zapckpt.pod.lifecycle import live_state
@@ -138,8 +140,9 @@ def take(
         ctx, "checkpoint", pod.name, session=s, ck_id=ck_id, snapshot=str(snap), stage=str(stage), stop=stop,
         release=release_connections,
     ) as rec:  # fmt: skip
+        notes: list[str] = []
         ck = _dump_and_commit(ctx, s, rec, pod, ck_id, snap, stage, message, kind, stop, ghost_limit, network_lock,
-                              processes, t_start, background)  # fmt: skip
+                              processes, t_start, background, notes)  # fmt: skip
         faults.point("checkpoint:committed")
         if stop:
             if release_connections:
@@ -152,7 +155,7 @@ def take(
             s.commit()
     # Reported, never hidden: what the checkpoint cannot vouch for.
     ck.outside_files = outside
-    ck.warnings = []
+    ck.warnings = notes
     if outside:
         ck.warnings.append(f"files open outside the pod's volume are not in the checkpoint and will not be "
                            f"rolled back: {_name_files(outside)}")
@@ -166,7 +169,7 @@ def take(
 
 def _dump_and_commit(ctx: Context, s: Session, rec: intents.Record, pod: Pod, ck_id: str, snap: Path, stage: Path, message: str,
                      kind: str, stop: bool, ghost_limit: int | None, network_lock: bool, processes: list[dict],
-                     t_start: float, background: bool = False) -> Checkpoint:  # fmt: skip
+                     t_start: float, background: bool = False, notes: list[str] | None = None) -> Checkpoint:  # fmt: skip
     """The dump with the snapshot in its frozen window, then the commit; on failure nothing of
     it is left and the pod runs on."""
     backend = ctx.pool.backend
@@ -178,6 +181,21 @@ def _dump_and_commit(ctx: Context, s: Session, rec: intents.Record, pod: Pod, ck
     # path it names is reached through our (the host's) root.
     _write_hook(hook, backend.snapshot_argv(volume, snap, host_pid=criu.host_root_pid()), hook_err, hook_times)
 
+    # Last before the freeze, where the kernel tracks dirty pages: the pod's memory is copied
+    # while it runs (CRIU stops it only to collect the pages), so the frozen window writes only
+    # the pages written since, the fewer the closer it comes before the dump. A pre-dump that
+    # fails costs the optimisation, not the checkpoint.
+    pre, predump_ms = stage / "pre", None
+    if incremental.wanted(criu.criu_binary()):
+        try:
+            wall = criu.pre_dump(pod.init_pid, pre, ctx.log_path(pod.name, "pre-dump"))
+            frozen = read_dump_stats(pre).frozen_ms
+            predump_ms = frozen if frozen is not None else wall
+        except criu.CriuError as e:
+            shutil.rmtree(pre, ignore_errors=True)
+            if notes is not None:
+                notes.append(f"a full dump, not an incremental one: {e}")
+
     faults.point("checkpoint:before-dump")
     stopped = False
     info = None
@@ -185,7 +203,7 @@ def _dump_and_commit(ctx: Context, s: Session, rec: intents.Record, pod: Pod, ck
         try:
             dump_ms = criu.dump(pod.init_pid, images, hook, ctx.log_path(pod.name, "dump"), leave_stopped=stop,
                                 ghost_limit=ghost_limit if ghost_limit is not None else settings.ghost_limit(ctx),
-                                network_lock=network_lock)  # fmt: skip
+                                network_lock=network_lock, parent="../pre" if predump_ms is not None else None)  # fmt: skip
         except criu.CriuError as e:
             podnet.release_locks(ctx.net, pod)  # a dump that died half-way may have left its lock
             hook_msg = hook_err.read_text().strip() if hook_err.exists() else ""
@@ -203,9 +221,14 @@ def _dump_and_commit(ctx: Context, s: Session, rec: intents.Record, pod: Pod, ck
         if info.path != str(snap):
             rec.note(snapshot=info.path)  # NILFS2: the snapshot is mkcp's, known only now
         with priority.idle() if background else nullcontext():
+            if (images / incremental.PARENT_LINK).is_symlink():
+                _make_whole(images, pre)
+            else:
+                predump_ms = None  # the dump fell back to every page (a retry)
+            shutil.rmtree(pre, ignore_errors=True)
             ck = commit_pair(ctx, s, pod, ck_id, images, message, kind, info, t_start=t_start,
                              frozen_ms=stats.frozen_ms, dump_ms=dump_ms, fs_snapshot_ms=fs_ms, processes=processes,
-                             stopped=stop, criu_run_id=run_id)  # fmt: skip
+                             stopped=stop, criu_run_id=run_id, predump_ms=predump_ms)  # fmt: skip
     except BaseException:
         s.rollback()
         # Undone by what was really made (on NILFS2 a checkpoint of mkcp's, not `snap`).
@@ -218,6 +241,15 @@ def _dump_and_commit(ctx: Context, s: Session, rec: intents.Record, pod: Pod, ck
             procinfo.signal_all(procinfo.pids_in_pidns(pod.init_pid), signal.SIGCONT)
         raise
     return ck
+
+
+def _make_whole(images: Path, pre: Path) -> None:
+    """The store keeps whole image sets only: the pages the dump left in its parent (the
+    pre-dump) are copied in (criu/incremental.py)."""
+    try:
+        incremental.flatten(images, pre)
+    except (OSError, ImageFormatError) as e:
+        raise ZapError(f"cannot complete the incremental image set from its pre-dump: {e}") from None
 
 
 def _name_files(files: list[dict], most: int = 3) -> str:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from zapckpt.common import proc
+from zapckpt.criu import incremental
 from zapckpt.criu import probe as criu_probe
 from zapckpt.criu import runner as criu
 from zapckpt.state import StateDir
@@ -68,15 +69,18 @@ def _criu() -> list[Check]:
 
 
 def _dirty_tracking(binary: str) -> Check:
-    """Incremental dumps (pre-dump, then only the pages written since) need the kernel's
-    soft-dirty bits; `criu check` exits 0 either way, its words tell."""
-    res = proc.run([binary, "check", "--feature", "mem_dirty_track"], check=False)
-    off = "Dirty tracking is OFF" in res.stdout + res.stderr or res.returncode != 0
-    detail = ("not available: this kernel has no soft-dirty tracking (CONFIG_MEM_SOFT_DIRTY is off), so every "
-              "checkpoint dumps all of a pod's memory; the image store still keeps only the pages that changed"
-              if off else "the kernel tracks dirty pages; zap does not pre-dump yet, so every checkpoint dumps all "
-              "of a pod's memory and the image store keeps only the pages that changed")  # fmt: skip
-    return Check("incremental dumps", not off, detail, "a kernel built with CONFIG_MEM_SOFT_DIRTY" if off else "",
+    """Incremental dumps (criu/incremental.py) need the kernel's soft-dirty bits."""
+    on = incremental.dirty_tracking(binary)
+    if not on:
+        detail = ("not available: this kernel has no soft-dirty tracking (CONFIG_MEM_SOFT_DIRTY is off), so every "
+                  "checkpoint dumps all of a pod's memory in its frozen window; the image store still keeps only "
+                  "the pages that changed")  # fmt: skip
+    elif not incremental.wanted(binary):
+        detail = "available, but turned off (ZAP_PREDUMP=off): every checkpoint dumps all of a pod's memory"
+    else:
+        detail = ("on: memory is pre-dumped while the pod runs, and the frozen window dumps only the pages "
+                  "written since")  # fmt: skip
+    return Check("incremental dumps", on, detail, "" if on else "a kernel built with CONFIG_MEM_SOFT_DIRTY",
                  required=False)
 
 

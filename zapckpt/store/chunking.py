@@ -34,7 +34,10 @@ def pieces(path: Path, data: memoryview) -> Iterator[memoryview]:
         except (OSError, ImageFormatError):
             pass  # the pagemap belongs to another pages file: cut at plain page boundaries
         for off, n in runs:
-            for o in range(off, off + n, step):
-                yield data[o : min(o + step, off + n)]
+            end = off + n
+            whole = end - (n % step)
+            yield from [data[o : o + step] for o in range(off, whole, step)]
+            if whole < end:
+                yield data[whole:end]
     elif len(data):
         yield data

@@ -56,20 +56,19 @@ def ingest(store: ChunkStore, s: Session, staging: Path) -> PendingIngest:
         with PackWriter(path) as pack:
             for img in stored_images(staging):
                 size = img.stat().st_size
-                refs: list = []
                 with open(img, "rb") as f:
                     data = memoryview(mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)) if size else memoryview(b"")
-                # data maps the tmpfs file; it is unmapped with the last view of it.
-                for piece in pieces(img, data):
-                    h = chunk_hash(piece).digest()
-                    cid = known.get(h)
-                    if cid is not None:
-                        refs.append(cid)
-                        continue
-                    refs.append(h)
-                    if h not in seen:
-                        seen.add(h)
-                        pack.add(h, piece)
+                # data maps the tmpfs file; it is unmapped with the last view of it. Whole-list
+                # steps, not one loop over every page: per-page Python work was a third of the
+                # CPU an ingest cost (bench/overhead.py), and most pages are known.
+                views = list(pieces(img, data))
+                hashes = [chunk_hash(v).digest() for v in views]
+                ids = list(map(known.get, hashes))
+                refs = [h if cid is None else cid for h, cid in zip(hashes, ids)]
+                for i, cid in enumerate(ids):
+                    if cid is None and hashes[i] not in seen:
+                        seen.add(hashes[i])
+                        pack.add(hashes[i], views[i])
                 pending.files.append((img.name, size, refs))
                 pending.raw_bytes += size
             pending.new_chunks = pack.finish()
