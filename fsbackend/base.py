@@ -61,10 +61,11 @@ class SnapshotBackend(abc.ABC):
         proc.run(["truncate", "-s", size, str(image)])
         try:
             proc.run([*self.mkfs, str(image)])
-        except Exception:
+            self.mount_loop_pool(image, mountpoint)
+        except BaseException:
+            # Nothing half-made stays: a leftover image would make every later init fail to mount.
             image.unlink(missing_ok=True)
             raise
-        self.mount_loop_pool(image, mountpoint)
 
     @abc.abstractmethod
     def mount_loop_pool(self, image: Path, mountpoint: Path) -> None: ...

@@ -134,6 +134,9 @@ def test_system_pod_checkpoint_branch_restore_and_view(zap, tmp_path):
     assert zap("exec", "fork", "--", "cat", "/proc/1/cmdline").stdout.startswith("bash\0/srv/service.sh")
     zap("exec", "fork", "--", "sh", "-c", "echo fork-only > /etc/fork-marker")
     assert not (vol / "etc/fork-marker").exists()
+    # A branch compares with the pod it came from (issue 15: unrelated pods do not, below).
+    zap("checkpoint", "fork")
+    assert "+ /etc/fork-marker" in zap("diff", "sys@1", "fork@1").stdout.splitlines()
     # A new pod of the same release is a snapshot of the cached template, not a new debootstrap.
     t = time.monotonic()
     zap("create", "second", "--rootfs", "debian:bookworm")
@@ -171,6 +174,11 @@ def test_system_pod_checkpoint_branch_restore_and_view(zap, tmp_path):
     assert "bad --rootfs" in zap.fails("run", "x", "--rootfs", "ubuntu", "--", "true", code=2)
     assert "no such directory" in zap.fails("run", "x", "--rootfs", "/nonexistent", "--", "true", code=2)
     assert "x" not in [p["name"] for p in zap.json("ps")["pods"]]
+    # Checkpoints of unrelated pods share no history to compare (it printed btrfs's temporary
+    # names, `- /o257-7-0/console.log`).
+    zap.run_counter("other")
+    zap("checkpoint", "other")
+    assert "unrelated pods" in zap.fails("diff", "sys@1", "other@1", code=2)
 
 
 def test_guard_failures_and_bad_input(zap):

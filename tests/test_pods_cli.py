@@ -95,6 +95,15 @@ def test_init_idempotent_remount_and_deinit(zap):
     zap("restore", "p@1")
     assert os.path.ismount(pool)
     assert zap.pod("p")["state"] == "running"
+    # `zap start` after a deinit too (it said "the volume of pod 'p' is missing": issue 15).
+    zap("deinit")
+    assert not os.path.ismount(pool)
+    zap("start", "p")
+    assert os.path.ismount(pool) and zap.pod("p")["state"] == "running"
+    # --size on an existing pool is refused, not ignored (it said "pool ready": issue 15).
+    size_g = (zap.home / "pool.img").stat().st_size >> 30
+    assert "the pool exists already" in zap.fails("init", "--size", f"{size_g + 1}G", code=2)
+    assert "pool ready" in zap("init", "--size", f"{size_g}G").stdout
     # --pool with another directory on an initialised state is refused.
     assert "already uses the pool" in zap.fails("init", "--pool", "/tmp", code=2)
     zap.fails("init", "--size", "lots", code=2)
@@ -116,6 +125,16 @@ def test_pool_dir_mode(zap, tmp_path):
     assert cp.returncode == 0, cp.stderr
     assert run("deinit", "--purge").returncode == 0
     assert not (other / "pods").exists() and not home2.exists()
+    # A failed init leaves nothing behind (a NILFS2 pool cannot be mounted on this kernel: its
+    # leftover 8 GiB image made every later `zap init` fail, issue 15).
+    env4 = dict(env, ZAP_HOME=str(tmp_path / "h4"))
+    run4 = lambda *a: subprocess.run([sys.executable, "-m", "zapckpt.cli", *a], env=env4,  # noqa: E731
+                                     capture_output=True, text=True)  # fmt: skip
+    failed = run4("init", "--backend", "nilfs")
+    assert failed.returncode == 1 and len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+    assert not (tmp_path / "h4" / "pool.img").exists()
+    assert run4("init").returncode == 0 and (tmp_path / "h4" / "pool.img").exists()
+    assert run4("deinit", "--purge").returncode == 0
     assert "not on a btrfs" in subprocess.run([sys.executable, "-m", "zapckpt.cli", "init", "--pool", str(tmp_path)],
                                               env=dict(env, ZAP_HOME=str(tmp_path / "h3")), capture_output=True,
                                               text=True).stderr  # fmt: skip

@@ -102,6 +102,12 @@ def test_checkpoint_stop_then_restore_and_stopped_pod_restore(zap):
     values = counted_past(vol, len(snap) + 50, "counting")
     assert values[: len(snap)] == snap
     assert_continuous(values)
+    # Restoring the files-only state ends the running processes: said, not silent (issue 15).
+    out = zap("restore", "job@2")
+    assert out.stdout.strip() == "restored job@2"
+    assert "job@2 holds files only" in out.stderr and "the pod is stopped now" in out.stderr
+    assert zap.pod("job")["state"] == "stopped"
+    assert counter_values(vol) == snap
 
 
 def test_branch_no_start_and_start(zap):

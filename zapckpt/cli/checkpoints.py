@@ -135,10 +135,15 @@ def cmd_restore(args) -> int:
     ctx = context.Context()
     ck, saved = rst.restore(ctx, args.ref)
     with ctx.catalog.session() as s:
-        ref, saved_ref = queries.resolve_ref(s, ck.id).ref, queries.resolve_ref(s, saved.id).ref
+        row = queries.resolve_ref(s, ck.id)
+        ref, pod, files_only = row.ref, row.pod.name, row.image_format is None
+        saved_ref = queries.resolve_ref(s, saved.id).ref
     for w in getattr(ck, "restore_warnings", []):
         warn(w)
     print(f"restored {ref}")
+    if files_only:
+        warn(f"{ref} holds files only (the pod was not running when it was taken): the pod is stopped now; "
+             f"`zap start {pod}` runs its command on these files")  # fmt: skip
     info(f"the state it replaced is kept as {saved_ref} (`zap restore {saved_ref}` undoes this)")
     return 0
 

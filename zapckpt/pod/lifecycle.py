@@ -231,7 +231,7 @@ def write_network_files(pod: Pod) -> None:
     etc = Path(pod.volume) / "etc"
     if not etc.is_dir() or etc.is_symlink():
         return
-    hosts = f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
     hosts += f"{pod.address or '127.0.1.1'}\t{pod.name}\n"
     try:
         host_resolv = Path("/etc/resolv.conf").read_text()
@@ -251,6 +251,7 @@ def write_network_files(pod: Pod) -> None:
 
 def start(ctx: Context, name: str) -> Pod:
     """Run the pod's command afresh in its current volume (as `podman start` does)."""
+    ctx.ensure_pool()  # mounted again after a reboot or `zap deinit`: the volume is on it
     with ctx.pod_lock(name):
         with ctx.catalog.session() as s:
             pod = queries.get_pod(s, name)

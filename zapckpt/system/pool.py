@@ -90,9 +90,27 @@ def init_pool(state: StateDir, catalog: Catalog, size: str | None = None, pool_d
                 queries.set_setting(s, "pool.backend", backend.name)
         elif pool_dir and Path(pool_dir).absolute() != Path(path):
             raise UsageError(f"this state directory already uses the pool at {path}; run `zap deinit --purge` first")
+        elif size and kind == "loop" and state.pool_image.exists() and _bytes(size) != state.pool_image.stat().st_size:
+            have = state.pool_image.stat().st_size
+            raise UsageError(f"the pool exists already, {_human(have)}: --size applies when a pool is made "
+                             f"(`zap deinit --purge` first, which deletes every pod and checkpoint)")  # fmt: skip
         pool = Pool(Path(path), kind, backend)
         _mount(state, pool, catalog)
         return pool
+
+
+def _bytes(size: str) -> int:
+    """A --size (checked above) in bytes, as truncate reads it (K, M, G, T: powers of 1024)."""
+    unit = "KMGT".find(size[-1]) + 1 if size[-1] in "KMGT" else 0
+    return int(size.rstrip("KMGT")) << (10 * unit)
+
+
+def _human(n: int) -> str:
+    for unit in ("T", "G", "M", "K"):
+        shift = 10 * ("KMGT".index(unit) + 1)
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return f"{n} bytes"
 
 
 def _mount(state: StateDir, pool: Pool, catalog: Catalog) -> None:
