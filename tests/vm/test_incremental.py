@@ -1,7 +1,7 @@
 """Incremental dumps, inside the guest (its Debian 6.1 kernel tracks soft-dirty pages; this host's
 does not): every checkpoint pre-dumps the pod's memory while it runs and the frozen window dumps
 only the pages written since. A pod whose memory content is a function of its step count
-(tests/workloads/pagewriter.py) is checkpointed 10 times while it writes pages, 7 of the
+(tests/workloads/pagewriter.py) is checkpointed 10 times while it writes pages, 8 of the
 checkpoints are removed, and every remaining one is branched and restored in place: its files
 continue exactly, and its memory, checked page by page against a replay of its steps, is the
 memory of the dump (a page taken from the pre-dump where the dump should have written it would
@@ -22,7 +22,7 @@ from helpers import WORKLOADS, assert_continuous, counter_values, wait_for  # no
 
 pytestmark = pytest.mark.system
 
-MIB = 8
+MIB = 4
 
 
 def _verified(volume: Path) -> list[str]:
@@ -76,9 +76,9 @@ def test_incremental_checkpoints_stay_whole_through_removal_restore_and_branch(c
             refs.append((row.ref, row.snapshot_path))
 
     lap("10 checkpoints")
-    # Most of them go, neighbours and all; every remaining one still restores and branches.
-    gone = [refs[i] for i in (1, 2, 3, 5, 6, 7, 8)]
-    kept = [refs[i] for i in (0, 4, 9)]
+    # Most of them go, the first's neighbours and all; each one left still restores and branches.
+    gone = [refs[i] for i in range(1, 9)]
+    kept = [refs[i] for i in (0, 9)]
     with ctx.catalog.session() as s:
         remove.remove_checkpoints(ctx, s, [queries.resolve_ref(s, r) for r, _p in gone])
 
@@ -88,13 +88,13 @@ def test_incremental_checkpoints_stay_whole_through_removal_restore_and_branch(c
         at[ref] = counter_values(Path(path))
         assert at[ref], ref
     branches = {ref: restore.branch(ctx, ref, "b" + ref.split("@")[1]) for ref, _p in kept}
-    lap("3 branches")
+    lap("2 branches")
     for ref, b in branches.items():
         _carries_on(Path(b.volume), at[ref], f"branch {b.name} of {ref}")
-    lap("3 branches checked")
+    lap("2 branches checked")
     for b in branches.values():
         remove.rm(ctx, b.name, force=True)
-    lap("3 branches removed")
+    lap("2 branches removed")
 
     for ref, _p in kept:
         restore.restore(ctx, ref)
