@@ -35,7 +35,7 @@ esac
 
 # What zap itself needs (pyfuse3 is built from source: the compiler and FUSE headers).
 APT_PACKAGES=(btrfs-progs fuse3 libfuse3-dev pkg-config util-linux mount debootstrap
-              zstd procps e2fsprogs python3 python3-venv python3-dev gcc make iproute2 nftables)
+              zstd procps e2fsprogs python3 python3-venv python3-dev gcc make iproute2 nftables groff-base)
 EXTRAS=""
 if [[ $FOR_TESTS -eq 1 ]]; then
     APT_PACKAGES+=(rsync
@@ -241,5 +241,12 @@ else
     ln -s "$target" "$ZAP_LINK"
     done_step "zap link: ok (created $ZAP_LINK -> $target)"
 fi
+
+# ---------------------------------------------------------------- e. completion and manual
+# Generated from the parser of this very zap, so they always match it.
+mkdir -p /usr/local/share/bash-completion/completions /usr/local/share/man/man1
+"$target" completion bash > /usr/local/share/bash-completion/completions/zap
+"$target" man > /usr/local/share/man/man1/zap.1
+done_step "completion and manual: ok (bash: /usr/local/share/bash-completion/completions/zap; man zap)"
 
 log "done in $SECONDS s"

@@ -1,5 +1,6 @@
 """Unit tests of the logic zap puts on top of CRIU's output (log lines, stats image)."""
 
+import os
 import struct
 
 from zapckpt.criu import runner as criu
@@ -78,3 +79,13 @@ def test_pagemap_runs_cover_pages_file_of_a_real_dump(zap, tmp_path):
         assert "magic" in str(e)
     else:
         raise AssertionError("a non-pagemap image was accepted")
+
+
+def test_an_outside_session_error_names_the_process_and_the_fix():
+    err = criu.CriuError("CRIU refused to dump the pod", None,
+                         [f"A session leader of {os.getpid()}(4) is outside of its pid namespace"])  # fmt: skip
+    msg = str(err)
+    assert f"process 4 of the pod (host pid {os.getpid()}: " in msg and "pytest" in msg
+    assert "`zap exec -d`" in msg and len(msg.splitlines()) == 1
+    plain = str(criu.CriuError("CRIU refused to dump the pod", None, ["Can't dump half of a pipe"]))
+    assert "zap exec -d" not in plain

@@ -209,6 +209,24 @@ def test_guard_failures_and_bad_input(zap):
     assert "was interrupted; rolled vol back to vol@3" in err and "Traceback" not in err
     assert zap.pod("vol")["state"] == "running"
 
+    # The guard holds the pod from its pre checkpoint to its post one: another command's
+    # checkpoint waits (here: gives up at once) instead of landing in between (issue 15).
+    n = len(zap.json("list", "vol")["checkpoints"])
+    g = subprocess.Popen([sys.executable, "-m", "zapckpt.cli", "guard", "vol", "--", "sh", "-c",
+                          "while [ ! -e go ]; do sleep 0.1; done; rm go"], env=zap.env, stderr=subprocess.PIPE,
+                         text=True)  # fmt: skip
+    wait_for(lambda: len(zap.json("list", "vol")["checkpoints"]) == n + 1, what="the pre checkpoint")
+    busy = zap("checkpoint", "vol", check=False, env={"ZAP_LOCK_TIMEOUT": "0.5"})
+    assert busy.returncode == 1 and "is busy: another zap command is working on it" in busy.stderr, busy.stderr
+    (zap.volume("vol") / "go").touch()
+    assert g.wait(timeout=120) == 0, g.stderr.read()
+    pair = zap.json("list", "vol")["checkpoints"][n:]
+    assert [(c["seq"], c["kind"]) for c in pair] == [(n + 1, "pre"), (n + 2, "post")]
+    # prune keeps a guard's pair together.
+    plan = zap.json("prune", "vol", "--keep-last", "1", "--dry-run")["checkpoints"]
+    assert [(c["ref"], c["action"]) for c in plan[-2:]] == [(f"vol@{n + 1}", "keep"), (f"vol@{n + 2}", "keep")]
+    assert plan[-2]["why"] == f"guard pair of vol@{n + 2}" and plan[-3]["action"] == "would remove"
+
     # A rollback that itself fails: said so, both states kept, exit 1.
     snaps = Path(zap.json("show", "vol@1")["snapshot"]["path"]).parent
     # The command fails only once the test says so, after the snapshot directory is made

@@ -1,11 +1,13 @@
-"""Pod life cycle through the real CLI: run, ps, logs, exec, stop, start, rm, init, deinit, doctor."""
+"""Pod life cycle through the real CLI: run, ps, logs, exec, stop, start, kill, pause, unpause, rm,
+init, deinit, doctor."""
 
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from helpers import COUNTER, counter_values, proc_state, wait_for
+from helpers import COUNTER, counted_past, counter_values, proc_state, wait_for
 
 
 def test_doctor_json(zap):
@@ -65,6 +67,21 @@ def test_run_ps_logs_exec_stop_start_rm(zap):
     assert not Path(pod["volume"]).exists()
 
 
+def test_stop_of_a_shell_as_pid_1(zap):
+    # A shell as pid 1 has no SIGTERM handler, so the kernel never gives it one: its command is
+    # told instead, and the shell ends with it (it used to wait out the whole timeout: issue 15).
+    zap("run", "sh1", "--", "sh", "-c", "sleep 1000; echo done")
+    pid = zap.pod("sh1")["pid"]
+    wait_for(lambda: subprocess.run(["pgrep", "-P", str(pid), "sleep"], capture_output=True).returncode == 0,
+             what="the shell's command")  # fmt: skip
+    t = time.monotonic()
+    out = zap("stop", "-t", "120", "sh1")
+    assert time.monotonic() - t < 60  # far from the 120 s a SIGKILL after the timeout would take
+    assert "its pid 1 (sh) has no SIGTERM handler" in out.stderr
+    assert zap.pod("sh1")["state"] == "stopped"
+    assert "done" in zap("logs", "sh1").stdout  # the shell went on after its command, and ended
+
+
 def test_dead_pod_and_rm_refusals(zap):
     zap("run", "short", "--", "sh", "-c", "echo bye")
     wait_for(lambda: zap.pod("short")["state"] == "dead", what="pod to exit")
@@ -75,10 +92,85 @@ def test_dead_pod_and_rm_refusals(zap):
     assert zap.pod("kept")["state"] == "running"
 
 
+def test_pause_unpause_and_kill(zap):
+    zap.run_counter("p")
+    vol = zap.volume("p")
+    zap("checkpoint", "p")
+    assert zap("pause", "p").stdout.strip() == "paused p"
+    assert zap.pod("p")["state"] == "paused"
+    n = len(counter_values(vol))
+    time.sleep(0.3)
+    assert len(counter_values(vol)) == n  # not one more value while paused
+    # What would lose the paused state, or cannot work on it, is refused and changes nothing.
+    assert "not running (paused)" in zap.fails("checkpoint", "p", code=2)
+    assert "zap unpause p" in zap.fails("restore", "p@1", code=2)
+    assert "not running" in zap.fails("pause", "p", code=2)
+    assert zap("unpause", "p").stdout.strip() == "unpaused p"
+    assert zap.pod("p")["state"] == "running"
+    counted_past(vol, n + 50, "counting again")
+    assert "not paused" in zap.fails("unpause", "p", code=2)
+    # kill: SIGKILL by default, the whole pod ends; a bad signal is a usage error.
+    assert "is not a signal" in zap.fails("kill", "-s", "BOGUS", "p", code=2)
+    assert zap("kill", "-s", "CONT", "p").stdout.strip() == "sent SIGCONT to p"
+    assert zap.pod("p")["state"] == "running"
+    pid = zap.pod("p")["pid"]
+    assert zap("kill", "p").stdout.strip() == "sent SIGKILL to p"
+    wait_for(lambda: proc_state(pid) in (None, "Z") and zap.pod("p")["state"] == "dead", what="the pod to end")
+    assert "not running" in zap.fails("kill", "p", code=2)
+    # A paused pod stops (its SIGTERM is not left pending).
+    zap("start", "p")
+    zap("pause", "p")
+    zap("stop", "-t", "5", "p")
+    assert zap.pod("p")["state"] == "stopped"
+
+
+def test_a_process_in_an_outside_session_is_named_with_the_fix(zap):
+    zap.run_counter("p")
+    # A background job of `zap exec` stays in the exec's session, which began outside the pod.
+    zap("exec", "p", "--", "sh", "-c", "sleep 600 >/dev/null 2>&1 & echo started")
+    err = zap.fails("checkpoint", "p", code=1)
+    assert "sleep 600" in err and "`zap exec -d`" in err, err
+    assert zap.pod("p")["state"] == "running"
+
+
+def _at_terminal(zap, *args: str, answer: str) -> tuple[int, str, str]:
+    """zap with its stdin a terminal, where the answer is typed."""
+    master, slave = os.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "zapckpt.cli", *args], env=zap.env, stdin=slave,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    os.close(slave)
+    os.write(master, answer.encode())
+    try:
+        out, err = p.communicate(timeout=120)
+    finally:
+        os.close(master)
+    return p.returncode, out, err
+
+
+def test_bulk_deletes_ask_at_a_terminal(zap):
+    zap.run_counter("p")
+    zap("checkpoint", "p")
+    zap("checkpoint", "p")
+    rc, out, err = _at_terminal(zap, "rm", "-f", "p", answer="n\n")
+    assert rc == 1 and "remove pod 'p' and its 2 checkpoint(s) (p@1, p@2)? [y/N]" in err, err
+    assert err.strip().endswith("not confirmed: nothing was deleted")
+    assert zap.pod("p")["state"] == "running" and len(zap.json("list", "p")["checkpoints"]) == 2
+    rc, out, err = _at_terminal(zap, "deinit", "--purge", answer="\n")
+    assert rc == 1 and "1 pod(s), 2 checkpoint(s)" in err and zap.pod("p")["state"] == "running"
+    rc, out, err = _at_terminal(zap, "rm", "-f", "p", answer="y\n")
+    assert rc == 0 and out.strip() == "removed p" and "with its 2 checkpoint(s): p@1, p@2" in err, err
+    # --yes, or no terminal (a script), does not ask.
+    zap.run_counter("q")
+    zap("checkpoint", "q")
+    rc, out, err = _at_terminal(zap, "rm", "-f", "--yes", "q", answer="")
+    assert rc == 0 and "[y/N]" not in err
+
+
 def test_logs_follow_ends_when_pod_ends(zap):
     zap("run", "talk", "--", "sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.2; done")
     cp = zap("logs", "-f", "talk", timeout=30)
     assert cp.stdout.splitlines() == ["line 1", "line 2", "line 3"]
+    assert zap("logs", "--tail", "2", "talk").stdout.splitlines() == ["line 2", "line 3"]
 
 
 def test_init_idempotent_remount_and_deinit(zap):

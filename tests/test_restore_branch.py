@@ -78,6 +78,7 @@ def test_branch_while_original_runs_two_at_once_and_branch_of_branch(zap):
     assert_continuous(values)
     log = zap("log", "orig").stdout
     assert "branch fork-a" in log and "branch fork-a-2" in log and "fork-a@1" in log
+    assert " UTC" in log  # times say their zone (issue 15)
     # rm refuses while branches and checkpoints depend on the pod.
     assert "branches" in zap.fails("rm", "orig", code=2)
     zap("rm", "--force", "orig")

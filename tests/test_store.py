@@ -2,6 +2,7 @@
 counts, garbage collection, prune/rmckpt, verify, and failures (damage, disk full)."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,13 @@ def test_repeated_checkpoints_are_deduplicated_and_restorable(zap):
     df = zap.json("df")
     assert df["total"]["dedup_ratio"] > 2.5 and df["pods"][0]["checkpoints"] == 3
     assert sum(p.stat().st_size for p in pack_files(zap)) == df["total"]["pack_bytes"]
+    # The pool's own use (files of volumes and snapshots) is reported too (issue 15: no command did).
+    pool = df["pool"]
+    assert pool["backend"] == "btrfs" and 0 < pool["used_bytes"] < pool["size_bytes"]
+    (zap.volume("hog") / "big").write_bytes(os.urandom(48 << 20))
+    os.sync()
+    assert zap.json("df")["pool"]["used_bytes"] - pool["used_bytes"] > 40 << 20
+    assert "pool (btrfs, " in zap("df").stdout
     # Any of them restores, from chunks shared with the others.
     zap("restore", "hog@1")
     assert zap.pod("hog")["state"] == "running"
@@ -59,10 +67,19 @@ def test_prune_and_rmckpt(zap):
     dry = zap.json("prune", "hog", "--keep-last", "2", "--dry-run")
     assert [c["action"] for c in dry["checkpoints"]] == ["would remove", "keep", "would remove", "keep", "keep"]
     assert "origin of branch fork" in dry["checkpoints"][1]["why"]
+    # Hour and day buckets are the machine's local ones, and say their zone (issue 15).
+    hourly = zap.json("prune", "hog", "--keep-hourly", "1", "--dry-run")["checkpoints"][-1]["why"]
+    assert re.search(r"hourly \d{4}-\d\d-\d\d \d\d [A-Z+0-9-]+", str(hourly)), hourly
     assert len(zap.json("list", "hog")["checkpoints"]) == 5  # dry run changed nothing
+    within = zap.json("prune", "hog", "--keep-within", "1h", "--dry-run")["checkpoints"]
+    assert all(c["action"] == "keep" and "within 3600s" in c["why"] for c in within)
+    weekly = zap.json("prune", "hog", "--keep-weekly", "1", "--keep-yearly", "1", "--dry-run")["checkpoints"]
+    assert [c["action"] for c in weekly] == ["would remove", "keep", "would remove", "would remove", "keep"]
+    assert "weekly " in weekly[4]["why"] and "yearly " in weekly[4]["why"]
     assert "would remove all" in zap.fails("prune", "hog", "--keep-last", "0", code=2)
     zap.fails("prune", "hog", code=2)
-    zap("prune", "hog", "--keep-last", "2")
+    pruned = zap("prune", "hog", "--keep-last", "2")
+    assert "removed 2 of 5 checkpoint(s); the image store freed " in pruned.stderr
     assert [c["ref"] for c in zap.json("list", "hog")["checkpoints"]] == ["hog@2", "hog@4", "hog@5"]
     # Lineage stays connected across the removed ones.
     assert zap.json("show", "hog@4")["parent"] == "hog@2"
@@ -73,6 +90,19 @@ def test_prune_and_rmckpt(zap):
     assert zap.json("show", "hog@6")["parent"] == "hog@4"
     zap.fails("rmckpt", "hog@5", code=2)
     zap("restore", "hog@4")
+    assert zap("verify").returncode == 0
+    # Several at once, and ranges (snapper's `delete 2-5`): all of them, or none (issue 15).
+    for _ in range(3):
+        zap("checkpoint", "hog")
+    refs = [c["ref"] for c in zap.json("list", "hog")["checkpoints"]]
+    assert refs == ["hog@2", "hog@4", "hog@6", "hog@7", "hog@8", "hog@9", "hog@10"]
+    assert "origin of branch fork" in zap.fails("rmckpt", "hog@2-7", code=2)  # hog@2 must stay
+    assert "bad range" in zap.fails("rmckpt", "hog@7-6", code=2)
+    assert "numbered 11 to 20" in zap.fails("rmckpt", "hog@11-20", code=2)
+    assert len(zap.json("list", "hog")["checkpoints"]) == 7  # nothing was removed
+    out = zap("rmckpt", "hog@4-6", "hog@9", "hog@8").stdout.split("\n")
+    assert out[:4] == ["removed hog@4", "removed hog@6", "removed hog@8", "removed hog@9"]
+    assert [c["ref"] for c in zap.json("list", "hog")["checkpoints"]] == ["hog@2", "hog@7", "hog@10"]
     assert zap("verify").returncode == 0
 
 

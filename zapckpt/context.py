@@ -24,6 +24,7 @@ class Context:
         self.state.ensure()
         self.catalog = Catalog(self.state.catalog_db)
         self._pool: Pool | None = None
+        self._held: dict[str, int] = {}  # pod locks this context holds, and how deep
 
     def ensure_pool(self) -> Pool:
         """The pool: made on first use, mounted again after a reboot or `zap deinit`."""
@@ -43,10 +44,23 @@ class Context:
 
     @contextmanager
     def pod_lock(self, name: str, wait: float | None = None) -> Iterator[None]:
+        """The pod's lock; an operation made of others (guard: checkpoint, command, checkpoint
+        or restore) holds it throughout, and the inner ones take it again for free."""
         if not names.is_valid(name):  # the lock file's name: never a path of the user's choosing
             raise NotFound(f"no pod named {name!r} (see `zap ps`)")
+        if name in self._held:
+            self._held[name] += 1
+            try:
+                yield
+            finally:
+                self._held[name] -= 1
+            return
         with locked(self.state.locks / f"{name}.lock", f"pod {name!r}", wait):
-            yield
+            self._held[name] = 1
+            try:
+                yield
+            finally:
+                del self._held[name]
 
     @contextmanager
     def ref_lock(self, ref: str, wait: float | None = None) -> Iterator[None]:

@@ -18,7 +18,7 @@ import traceback
 from zapckpt import __version__
 from zapckpt.common.errors import UsageError, ZapError, one_line
 
-from . import checkpoints, continuous, guard, pods, store, system, view
+from . import checkpoints, continuous, guard, pods, reference, store, system, view
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,18 +26,43 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
+# The help of arguments that mean the same in every command, given once here.
+COMMON_HELP = {
+    "json": "print JSON instead of text (its fields are listed in the README)",
+    "name": "the pod's name",
+    "names": "pods' names",
+    "ref": "a checkpoint: NAME@N, NAME@latest, or its id",
+    "ref_a": "the older checkpoint (NAME@N, NAME@latest, or its id)",
+    "ref_b": "the newer checkpoint (NAME@N, NAME@latest, or its id)",
+    "new_name": "the new pod's name",
+    "cmd": "the command and its arguments, after --",
+    "env": "an environment variable of the pod's command (repeatable)",
+    "message": "a note kept with the checkpoint",
+    "follow": "keep printing what the pod writes until it ends",
+    "file": "the export file (`zap export` writes it, `zap import` reads it)",
+    "mountpoint": "an empty directory",
+    "keep_last": "keep the N newest checkpoints",
+    "keep_hourly": "keep the newest checkpoint of each of the last N hours that have one",
+    "keep_daily": "keep the newest checkpoint of each of the last N days that have one",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="zap", description="Atomic checkpoints of running pods with their files.")
     p.add_argument("--version", action="version", version=f"zap {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for module in (system, pods, checkpoints, guard, store, continuous, view):
+    for module in (system, pods, checkpoints, guard, store, continuous, view, reference):
         module.register(sub)
+    for command in sub.choices.values():
+        for action in command._actions:
+            if action.help is None:
+                action.help = COMMON_HELP.get(action.dest)
     return p
 
 
 # Commands that do not touch pods or the store, or settle interrupted operations themselves.
-_NO_RECOVERY = {"doctor", "init", "recover"}
+_NO_RECOVERY = {"doctor", "init", "recover", "completion", "man"}
 
 
 # Commands that only look, or take everything down: they go on (with a warning) if recovery fails.

@@ -36,3 +36,16 @@ def duration(text: str) -> float:
     if not (math.isfinite(v) and 0 < v <= 86400 * 365):
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration between 0 and a year")
     return v
+
+
+def signal_name(text: str):
+    """KILL, SIGTERM, hup, or a number: the signal it names."""
+    import signal
+
+    t = text.strip().upper()
+    try:
+        if re.fullmatch(r"[0-9]{1,2}", t, re.ASCII):
+            return signal.Signals(int(t))
+        return signal.Signals[t if t.startswith("SIG") else "SIG" + t]
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a signal (a name like TERM or KILL, or a number)") from None

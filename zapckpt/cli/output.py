@@ -23,7 +23,17 @@ def emit_json(doc) -> None:
     sys.stdout.write(json.dumps(doc, indent=2) + "\n")
 
 
+def cell(value) -> str:
+    """One table cell on one line: newlines, tabs and other control characters (a checkpoint
+    message may hold any) are shown escaped, never printed."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def table(headers: list[str], rows: list[list[str]]) -> None:
+    rows = [[cell(c) for c in r] for r in rows]
     widths = [len(h) for h in headers]
     for r in rows:
         widths = [max(w, len(str(c))) for w, c in zip(widths, r)]
@@ -55,6 +65,20 @@ def ms(v: float | None) -> str:
 
 def info(msg: str) -> None:
     print(msg, file=sys.stderr)
+
+
+def confirm(question: str, assume_yes: bool) -> None:
+    """Ask before deleting in bulk when a person is at the terminal (stdin a TTY), as `podman
+    system reset` does; --yes, or a script (no TTY), goes ahead. No answer but y/yes stops the
+    command with nothing done."""
+    if assume_yes or not sys.stdin.isatty():
+        return
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline().strip().lower()
+    if answer not in ("y", "yes"):
+        from zapckpt.common.errors import ZapError
+
+        raise ZapError("not confirmed: nothing was deleted")
 
 
 def warn(msg: str) -> None:

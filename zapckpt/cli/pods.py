@@ -1,4 +1,4 @@
-"""zap run, start, ps, logs, exec, stop, rm."""
+"""zap run, start, ps, logs, exec, stop, kill, pause, unpause, rm."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from contextlib import closing
 
 from . import argtypes
 from .lazy import lazy
-from .output import emit_json, interval, table
+from .output import confirm, emit_json, info, interval, table
 
 # imported by the command that uses them (cli/lazy.py)
 queries = lazy("catalog.queries")
@@ -50,6 +50,8 @@ def register(sub) -> None:
     p = sub.add_parser("logs", help="show a pod's console log")
     p.add_argument("name")
     p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("-n", "--tail", type=argtypes.count, metavar="N",
+                   help="only the last N lines (then follow, with -f)")  # fmt: skip
     p.set_defaults(func=cmd_logs)
 
     p = sub.add_parser("exec", help="run a command inside a running pod")
@@ -64,9 +66,24 @@ def register(sub) -> None:
     p.add_argument("-t", "--time", type=argtypes.seconds, default=10.0, help="seconds before SIGKILL (default 10)")
     p.set_defaults(func=cmd_stop)
 
+    p = sub.add_parser("kill", help="send a signal to a pod's command, pid 1 of the pod (default SIGKILL)")
+    p.add_argument("name")
+    p.add_argument("-s", "--signal", type=argtypes.signal_name, default="KILL", metavar="SIGNAL",
+                   help="a name (TERM, SIGHUP) or number (default KILL: the whole pod ends)")  # fmt: skip
+    p.set_defaults(func=cmd_kill)
+
+    p = sub.add_parser("pause", help="stop every process of a pod (SIGSTOP) until `zap unpause`")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_pause)
+
+    p = sub.add_parser("unpause", help="let a paused pod's processes run again (SIGCONT)")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_unpause)
+
     p = sub.add_parser("rm", help="remove a pod and its volume")
     p.add_argument("name")
     p.add_argument("--force", "-f", action="store_true", help="also its checkpoints; stop it if running")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask before removing checkpoints with --force")
     p.set_defaults(func=cmd_rm)
 
 
@@ -115,7 +132,7 @@ def _watch(w: dict | None) -> str:
 
 
 def cmd_logs(args) -> int:
-    pods.follow_log(context.Context(), args.name, args.follow, sys.stdout.buffer)
+    pods.follow_log(context.Context(), args.name, args.follow, sys.stdout.buffer, tail=args.tail)
     return 0
 
 
@@ -127,12 +144,44 @@ def cmd_exec(args) -> int:
 
 
 def cmd_stop(args) -> int:
-    pod = pods.stop(context.Context(), args.name, args.time)
+    pod = pods.stop(context.Context(), args.name, args.time, say=info)
     print(f"stopped {pod.name}")
     return 0
 
 
-def cmd_rm(args) -> int:
-    remove.rm(context.Context(), args.name, args.force)
-    print(f"removed {args.name}")
+def cmd_kill(args) -> int:
+    pod = pods.signal_pod(context.Context(), args.name, args.signal)
+    print(f"sent {args.signal.name} to {pod.name}")
     return 0
+
+
+def cmd_pause(args) -> int:
+    pod = pods.pause(context.Context(), args.name)
+    print(f"paused {pod.name}")
+    return 0
+
+
+def cmd_unpause(args) -> int:
+    pod = pods.unpause(context.Context(), args.name)
+    print(f"unpaused {pod.name}")
+    return 0
+
+
+def cmd_rm(args) -> int:
+    ctx = context.Context()
+    refs: list[str] = []
+    if args.force:
+        with ctx.catalog.session() as s:
+            pod = queries.find_pod(s, args.name)
+            refs = [c.ref for c in sorted(pod.checkpoints, key=lambda c: c.seq)] if pod is not None else []
+        if refs:
+            confirm(f"remove pod {args.name!r} and its {len(refs)} checkpoint(s) ({_some(refs)})?", args.yes)
+    remove.rm(ctx, args.name, args.force)
+    print(f"removed {args.name}")
+    if refs:
+        info(f"with its {len(refs)} checkpoint(s): {_some(refs)}")
+    return 0
+
+
+def _some(refs: list[str], most: int = 5) -> str:
+    return ", ".join(refs[:most]) + (f" and {len(refs) - most} more" if len(refs) > most else "")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import argtypes
 from .lazy import lazy
-from .output import emit_json, human_bytes, info, table
+from .output import confirm, emit_json, human_bytes, info, table
 
 # imported by the command that uses them (cli/lazy.py)
 remove = lazy("zapckpt.ops.remove")
@@ -15,21 +15,26 @@ context = lazy("zapckpt.context")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("rmckpt", help="remove a checkpoint (snapshot and images)")
-    p.add_argument("ref")
+    p = sub.add_parser("rmckpt", help="remove checkpoints (snapshots and images): REF... or NAME@A-B")
+    p.add_argument("refs", nargs="+", metavar="REF",
+                   help="NAME@N, NAME@latest, an id, or a range NAME@A-B (those of A to B that exist)")  # fmt: skip
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask before removing more than one")
     p.set_defaults(func=cmd_rmckpt)
 
     p = sub.add_parser("prune", help="remove checkpoints outside a keep policy (like restic forget)")
     p.add_argument("name")
     p.add_argument("--keep-last", type=argtypes.count, metavar="N")
-    p.add_argument("--keep-hourly", type=argtypes.count, metavar="N")
-    p.add_argument("--keep-daily", type=argtypes.count, metavar="N")
+    for span in ("hourly", "daily", "weekly", "monthly", "yearly"):
+        p.add_argument(f"--keep-{span}", type=argtypes.count, metavar="N",
+                       help=f"keep the newest checkpoint of each of the last N {PERIOD[span]}s having one")  # fmt: skip
+    p.add_argument("--keep-within", type=argtypes.duration, metavar="DURATION",
+                   help="keep every checkpoint taken within DURATION (2d, 12h) of the newest")  # fmt: skip
     p.add_argument("--dry-run", "-n", action="store_true", help="only say what would be removed")
     p.add_argument("--force", action="store_true", help="allow a policy that removes every checkpoint")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_prune)
 
-    p = sub.add_parser("df", help="raw and stored bytes per pod and in total, and the dedup ratio")
+    p = sub.add_parser("df", help="stored bytes and dedup ratio per pod; the pool's used and free space")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_df)
 
@@ -56,20 +61,28 @@ def register(sub) -> None:
 
 
 def cmd_rmckpt(args) -> int:
-    ref = remove.rmckpt(context.Context(), args.ref)
-    print(f"removed {ref}")
+    ask = lambda refs: confirm(f"remove {len(refs)} checkpoints ({', '.join(refs)})?", args.yes)  # noqa: E731
+    for ref in remove.rmckpt(context.Context(), args.refs, confirm=ask):
+        print(f"removed {ref}")
     return 0
 
 
+PERIOD = {"hourly": "hour", "daily": "day", "weekly": "week", "monthly": "month", "yearly": "year"}
+
+
 def cmd_prune(args) -> int:
-    decisions = remove.prune(context.Context(), args.name, args.keep_last, args.keep_hourly, args.keep_daily,
-                                  dry_run=args.dry_run, force=args.force)  # fmt: skip
+    policy = {k: getattr(args, k) for k in ("keep_last", *(f"keep_{p}" for p in PERIOD), "keep_within")}
+    decisions, freed = remove.prune(context.Context(), args.name, policy, dry_run=args.dry_run, force=args.force)
     if args.json:
-        emit_json({"dry_run": args.dry_run, "checkpoints": decisions})
+        emit_json({"dry_run": args.dry_run, "checkpoints": decisions, "freed_bytes": freed})
         return 0
     table(["REF", "ACTION", "WHY"], [[d["ref"], d["action"], d["why"]] for d in decisions])
     removed = sum(d["action"] != "keep" for d in decisions)
-    info(f"{'would remove' if args.dry_run else 'removed'} {removed} of {len(decisions)} checkpoint(s)")
+    if args.dry_run:
+        info(f"would remove {removed} of {len(decisions)} checkpoint(s)")
+    else:
+        info(f"removed {removed} of {len(decisions)} checkpoint(s); the image store freed {human_bytes(freed)} "
+             f"(snapshots free their blocks as the file system reclaims them)")  # fmt: skip
     return 0
 
 
@@ -85,6 +98,9 @@ def cmd_df(args) -> int:
                  f"{t['dedup_ratio']:.1f}x" if t["dedup_ratio"] else "-"])  # fmt: skip
     table(["POD", "CHECKPOINTS", "RAW", "STORED", "DEDUP"], rows)
     print(f"packs on disk: {human_bytes(t['pack_bytes'])} in {t['packs']} file(s)")
+    p = doc["pool"]
+    print(f"pool ({p['backend']}, {p['path']}): {human_bytes(p['used_bytes'])} used of {human_bytes(p['size_bytes'])}, "
+          f"{human_bytes(p['free_bytes'])} free (the files of every pod and snapshot)")  # fmt: skip
     return 0
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .lazy import lazy
-from .output import emit_json, info
+from .output import confirm, emit_json, info
 
 # imported by the command that uses them (cli/lazy.py)
 context = lazy("zapckpt.context")
@@ -11,6 +11,7 @@ doctor = lazy("zapckpt.ops.doctor")
 storage_pool = lazy("zapckpt.system.pool")
 settings = lazy("zapckpt.settings")
 deinit_op = lazy("zapckpt.ops.deinit")
+queries = lazy("catalog.queries")
 
 
 def register(sub) -> None:
@@ -26,6 +27,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("deinit", help="stop all pods, unmount the pool and detach its loop device")
     p.add_argument("--purge", action="store_true", help="also delete the state directory")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask before --purge deletes everything")
     p.set_defaults(func=cmd_deinit)
 
     p = sub.add_parser("doctor", help="check what this machine needs to run zap")
@@ -49,6 +51,15 @@ def cmd_deinit(args) -> int:
     from zapckpt.view.mount import unmount_all
 
     ctx = context.Context()
+    if args.purge and ctx.state.root.exists():
+        what = "every pod, checkpoint, the pool and the image store"
+        try:
+            with ctx.catalog.session() as s:
+                what = f"{len(queries.list_pods(s))} pod(s), {sum(queries.checkpoint_counts(s).values())} checkpoint(s)" \
+                       ", the pool and the image store"
+        except Exception:  # noqa: BLE001 - a damaged catalog must not keep anyone from purging it
+            pass
+        confirm(f"delete {ctx.state.root}: {what}?", args.yes)
     unmount_all(ctx)  # a view keeps no pool file open for long, but it reads the snapshots
     stopped = deinit_op.deinit(ctx, args.purge)
     if stopped:

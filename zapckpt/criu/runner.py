@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -32,13 +33,33 @@ TRANSIENT = (
 RETRIES = 3
 
 
+# "A session leader of 45116(4) is outside of its pid namespace": host pid (pid in the pod).
+_OUTSIDE_SESSION = re.compile(r"session leader of (\d+)\((\d+)\) is outside of its pid namespace")
+
+
+def _hint(lines: list[str]) -> str:
+    """What a user can do about the CRIU errors zap users meet most, naming the process."""
+    for ln in lines:
+        m = _OUTSIDE_SESSION.search(ln)
+        if m:
+            try:
+                cmd = Path(f"/proc/{m.group(1)}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                cmd = ""
+            who = f"process {m.group(2)} of the pod (host pid {m.group(1)}{': ' + cmd.strip() if cmd.strip() else ''})"
+            return (f"{who} is in a session that began outside the pod (a background job of `zap exec`?): "
+                    f"start daemons with `zap exec -d`, which gives them a session of their own inside the pod")  # fmt: skip
+    return ""
+
+
 class CriuError(ZapError):
     def __init__(self, what: str, log: Path | None, lines: list[str]):
         self.log = log
         self.lines = lines
         detail = "; ".join(lines[-3:]) if lines else "no error in its log"
+        hint = _hint(lines)
         where = f" (full log: {log})" if log else ""
-        super().__init__(f"{what}: {detail}{where}")
+        super().__init__(f"{what}: {detail}{where}" + (f"; {hint}" if hint else ""))
 
     @property
     def transient(self) -> bool:

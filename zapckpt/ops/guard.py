@@ -58,6 +58,13 @@ def guard(ctx: Context, name: str, command: list[str], check: str | None = None,
           check_timeout: float = 60.0) -> GuardResult:  # fmt: skip
     if not command:
         raise UsageError("no command given: zap guard NAME -- CMD [ARGS...]")
+    # The pod is held from the pre checkpoint to the post one (or the rollback): no other zap
+    # command checkpoints, restores or stops it in between, so the pair is the command's alone.
+    with ctx.pod_lock(name):
+        return _guarded(ctx, name, command, check, check_timeout)
+
+
+def _guarded(ctx: Context, name: str, command: list[str], check: str | None, check_timeout: float) -> GuardResult:
     with ctx.catalog.session() as s:
         pod = queries.get_pod(s, name)
         if live_state(pod) != "running":

@@ -13,7 +13,7 @@ from zapckpt.pod.lifecycle import live_state
 
 
 def _label(ck: Checkpoint, head_id: str | None) -> str:
-    parts = [ck.ref, iso(ck.created_at)[:19].replace("T", " ")]
+    parts = [ck.ref, iso(ck.created_at)[:19].replace("T", " ") + " UTC"]
     if ck.message:
         parts.append(repr(ck.message))
     if not ck.has_images:

@@ -6,6 +6,8 @@ nothing references any more."""
 from __future__ import annotations
 
 import os
+import re
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,13 +16,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from catalog import Checkpoint, Pod, queries
-from zapckpt.common.errors import UsageError
+from zapckpt.common.errors import NotFound, UsageError
 from zapckpt.context import Context
 from zapckpt.net import podnet
 from zapckpt.ops import intents
 from zapckpt.pod.lifecycle import live_state, stop_processes
 from zapckpt.store import convert
 from zapckpt.store import imagesets as images
+from zapckpt.store.index import ChunkIndex
 from zapckpt.system import faults
 
 
@@ -90,22 +93,46 @@ class Decision:
     reasons: list[str]
 
 
-def plan_prune(s: Session, cks: list[Checkpoint], keep_last: int, keep_hourly: int, keep_daily: int) -> list[Decision]:
-    """restic forget: keep the newest N; the newest of each of the last N hours / days that
-    have checkpoints; and anything a branch comes from."""
+# restic's calendar buckets: the newest checkpoint of each of the last N hours, days... that
+# have one, by this machine's clock, named with their zone.
+BUCKETS = (("hourly", "%Y-%m-%d %H"), ("daily", "%Y-%m-%d"), ("weekly", "%G-W%V"), ("monthly", "%Y-%m"),
+           ("yearly", "%Y"))  # fmt: skip
+
+
+def plan_prune(s: Session, cks: list[Checkpoint], keep_last: int = 0, keep_hourly: int = 0, keep_daily: int = 0,
+               keep_weekly: int = 0, keep_monthly: int = 0, keep_yearly: int = 0,
+               keep_within: float | None = None) -> list[Decision]:  # fmt: skip
+    """restic forget: keep the newest N; the newest of each of the last N hours / days / weeks /
+    months / years that have checkpoints; all taken within a duration of the newest; anything a
+    branch comes from; and a guard's pre and post checkpoints together."""
     newest_first = sorted(cks, key=lambda c: (_aware(c.created_at), c.seq), reverse=True)
     reasons: dict[str, list[str]] = {c.id: [] for c in cks}
     for c in newest_first[:keep_last]:
         reasons[c.id].append("last")
-    for label, n, fmt in (("hourly", keep_hourly, "%Y-%m-%d %H"), ("daily", keep_daily, "%Y-%m-%d")):
+    counts = dict(zip((label for label, _f in BUCKETS), (keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly)))
+    for label, fmt in BUCKETS:
         buckets: list[str] = []
         for c in newest_first:
-            b = _aware(c.created_at).astimezone().strftime(fmt)
+            b = _aware(c.created_at).astimezone().strftime(fmt + " %Z")
             if b not in buckets:
-                if len(buckets) == n:
+                if len(buckets) == counts[label]:
                     break
                 buckets.append(b)
                 reasons[c.id].append(f"{label} {b}")
+    if keep_within is not None and newest_first:
+        newest = _aware(newest_first[0].created_at)
+        for c in newest_first:
+            if (newest - _aware(c.created_at)).total_seconds() <= keep_within:
+                reasons[c.id].append(f"within {keep_within:g}s of the newest")
+    # A guard's pair goes or stays whole: `zap diff PRE POST` must keep working.
+    by_seq = {c.seq: c for c in cks}
+    for c in cks:
+        post = by_seq.get(c.seq + 1)
+        if c.kind == "pre" and post is not None and post.kind == "post":
+            if reasons[c.id] and not reasons[post.id]:
+                reasons[post.id].append(f"guard pair of {c.ref}")
+            elif reasons[post.id] and not reasons[c.id]:
+                reasons[c.id].append(f"guard pair of {post.ref}")
     for c in cks:
         users = needed_by(s, c)
         if users:
@@ -128,7 +155,7 @@ def rm(ctx: Context, name: str, force: bool) -> None:
                 if branches:
                     what.append("branches " + ", ".join(b.name for b in branches))
                 raise UsageError(f"pod {name!r} has {' and '.join(what)}; use --force to remove it with them")
-            if live_state(pod) in ("running", "frozen") and not force:
+            if live_state(pod) in ("running", "paused", "frozen") and not force:
                 raise UsageError(f"pod {name!r} is running; stop it first or use --force")
             stop_processes(pod, 0 if force else 10)
             podnet.release_locks(ctx.net, pod, queries.criu_run_id(s, pod.net_locked_by))
@@ -150,32 +177,70 @@ def rm(ctx: Context, name: str, force: bool) -> None:
                     pass
 
 
-def rmckpt(ctx: Context, ref: str) -> str:
-    with ctx.ref_lock(ref):
-        with ctx.catalog.session() as s:
+_RANGE = re.compile(r"(?P<name>[^@]+)@(?P<a>[0-9]{1,9})-(?P<b>[0-9]{1,9})", re.ASCII)
+
+
+def resolve_refs(s: Session, refs: list[str]) -> list[Checkpoint]:
+    """Checkpoints named by refs, each a reference (queries.resolve_ref) or a range NAME@A-B
+    (the checkpoints of NAME numbered A to B that exist, as snapper's `delete A-B`)."""
+    out: dict[str, Checkpoint] = {}
+    for ref in refs:
+        m = _RANGE.fullmatch(ref)
+        if m is None:
             ck = queries.resolve_ref(s, ref)
-            label = ck.ref
-            users = needed_by(s, ck)
-            if users:
-                raise UsageError(f"{label} is the origin of branch {', '.join(users)}; remove the branch first")
-            if suspended_by(s, ck):
-                raise UsageError(f"{label} holds the suspended pod {ck.pod.name!r}: `zap resume {ck.pod.name}` first")
-            remove_checkpoints(ctx, s, [ck])
-            return label
+            out[ck.id] = ck
+            continue
+        a, b = int(m["a"]), int(m["b"])
+        if a > b:
+            raise UsageError(f"bad range {ref!r}: {a} is after {b}")
+        pod = queries.get_pod(s, m["name"])
+        found = [c for c in pod.checkpoints if a <= c.seq <= b]
+        if not found:
+            raise NotFound(f"no checkpoint of {pod.name!r} numbered {a} to {b} (see `zap list {pod.name}`)")
+        out.update((c.id, c) for c in found)
+    return sorted(out.values(), key=lambda c: (c.pod.name, c.seq))
 
 
-def prune(ctx: Context, name: str, keep_last: int | None, keep_hourly: int | None, keep_daily: int | None, *,
-          dry_run: bool, force: bool) -> list[dict]:  # fmt: skip
-    given = [k for k in (keep_last, keep_hourly, keep_daily) if k is not None]
-    if not given:
-        raise UsageError("give a policy: --keep-last N, --keep-hourly N and/or --keep-daily N")
-    if min(given) < 0:
+def rmckpt(ctx: Context, refs: list[str], confirm=None) -> list[str]:
+    """`zap rmckpt REF...`: all of them or, if one must stay (a branch comes from it, a
+    suspended pod rests on it), none. confirm(refs) may still say no (raises)."""
+    with ctx.catalog.session() as s:
+        names = sorted({c.pod.name for c in resolve_refs(s, refs)})
+    with ExitStack() as held:
+        for name in names:
+            held.enter_context(ctx.pod_lock(name))
+        with ctx.catalog.session() as s:
+            cks = resolve_refs(s, refs)
+            for ck in cks:
+                users = needed_by(s, ck)
+                if users:
+                    raise UsageError(f"{ck.ref} is the origin of branch {', '.join(users)}; remove the branch first "
+                                     f"(nothing was removed)")  # fmt: skip
+                if suspended_by(s, ck):
+                    raise UsageError(f"{ck.ref} holds the suspended pod {ck.pod.name!r}: `zap resume {ck.pod.name}` "
+                                     f"first (nothing was removed)")  # fmt: skip
+            labels = [ck.ref for ck in cks]
+            if confirm is not None and len(cks) > 1:
+                confirm(labels)
+            for name in names:
+                remove_checkpoints(ctx, s, [ck for ck in cks if ck.pod.name == name])
+            return labels
+
+
+def prune(ctx: Context, name: str, policy: dict, *, dry_run: bool, force: bool) -> tuple[list[dict], int]:
+    """`zap prune`: policy holds the keep_* counts (None: not given) and keep_within (seconds).
+    Returns the decisions and the bytes the image store freed."""
+    if all(v is None for v in policy.values()):
+        raise UsageError("give a policy: --keep-last N, --keep-hourly/daily/weekly/monthly/yearly N and/or "
+                         "--keep-within DURATION")  # fmt: skip
+    counts = {k: v or 0 for k, v in policy.items() if k != "keep_within"}
+    if min(counts.values()) < 0:
         raise UsageError("keep counts must be >= 0")
     with ctx.pod_lock(name):
         with ctx.catalog.session() as s:
             pod = queries.get_pod(s, name)
             cks = list(pod.checkpoints)
-            plan = plan_prune(s, cks, keep_last or 0, keep_hourly or 0, keep_daily or 0)
+            plan = plan_prune(s, cks, **counts, keep_within=policy.get("keep_within"))
             out = [{"ref": d.ck.ref, "action": "keep" if d.keep else ("would remove" if dry_run else "remove"),
                     "why": "; ".join(d.reasons) or "outside the policy"} for d in plan]  # fmt: skip
             doomed = [d.ck for d in plan if not d.keep]
@@ -183,6 +248,9 @@ def prune(ctx: Context, name: str, keep_last: int | None, keep_hourly: int | Non
             if doomed and not by_policy and not force:
                 raise UsageError(f"this policy would remove all {len(cks)} checkpoints of {name!r} "
                                  "(but those branches come from); add --force to mean it")
-            if not dry_run:
+            freed = 0
+            if not dry_run and doomed:
+                before = ChunkIndex(s).usage()["pack_bytes"]
                 remove_checkpoints(ctx, s, doomed)
-            return out
+                freed = max(0, before - ChunkIndex(s).usage()["pack_bytes"])
+            return out, freed

@@ -88,6 +88,10 @@ def restore(ctx: Context, ref: str, saved_message: str | None = None) -> tuple[C
 
 def _restore_locked(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images: Path | None,
                     saved_message: str | None) -> Checkpoint:  # fmt: skip
+    if live_state(pod) == "paused":
+        # Its state would be kept as files only: the paused processes cannot be dumped as they are.
+        raise UsageError(f"pod {pod.name!r} is paused: `zap unpause {pod.name}` first (the state a restore replaces "
+                         f"is kept, processes included)")  # fmt: skip
     if live_state(pod) == "frozen":
         raise ZapError(f"pod {pod.name!r} is frozen (its processes are stopped): `zap recover`, or resume them "
                        f"with kill -CONT, before restoring")  # fmt: skip

@@ -1,6 +1,9 @@
-"""`zap df`: what the checkpoints of each pod take in the image store, after deduplication."""
+"""`zap df`: what the checkpoints of each pod take in the image store, after deduplication, and
+what the pool (volumes and snapshots: files) takes on its file system."""
 
 from __future__ import annotations
+
+import os
 
 from catalog import queries
 from zapckpt.context import Context
@@ -28,4 +31,13 @@ def df(ctx: Context) -> dict:
                  "stored_bytes": use["chunk_bytes"], "pack_bytes": use["pack_bytes"], "packs": use["packs"],
                  "chunks": use["chunks"],
                  "dedup_ratio": raw_total / use["chunk_bytes"] if use["chunk_bytes"] else None}  # fmt: skip
-    return {"pods": pods, "total": total}
+    return {"pods": pods, "total": total, "pool": pool_usage(ctx)}
+
+
+def pool_usage(ctx: Context) -> dict:
+    """The pool's file system as statvfs sees it: the files of every volume and snapshot (data
+    shared between a volume and its snapshots counted once), and what is left."""
+    pool = ctx.ensure_pool()
+    st = os.statvfs(pool.path)
+    return {"path": str(pool.path), "backend": pool.backend.name, "size_bytes": st.f_blocks * st.f_frsize,
+            "used_bytes": (st.f_blocks - st.f_bfree) * st.f_frsize, "free_bytes": st.f_bavail * st.f_frsize}  # fmt: skip

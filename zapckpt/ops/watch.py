@@ -29,7 +29,7 @@ from pathlib import Path
 
 from catalog import Checkpoint, Watch, queries
 from zapckpt.common import proc
-from zapckpt.common.errors import NotFound, UsageError, ZapError, one_line
+from zapckpt.common.errors import Busy, NotFound, UsageError, ZapError, one_line
 from zapckpt.context import Context
 from zapckpt.ops import checkpoint as ckpt
 from zapckpt.ops.remove import plan_prune, remove_checkpoints
@@ -271,6 +271,8 @@ def tick(ctx: Context, name: str, scheduled: float | None = None) -> str:
                 result = f"took {name}@{ck.seq} (frozen {ck.frozen_ms or 0:.0f} ms)"
                 if removed:
                     result += f"; removed {', '.join(removed)} (keep policy)"
+    except Busy:
+        result = "skipped: another zap command is working on the pod (a guard, a restore...)"
     except Exception as e:  # noqa: BLE001 - logged, counted, retried at the next tick
         ok, outcome = False, "failed"
         result = "failed: " + (one_line(e) or type(e).__name__)
@@ -286,7 +288,9 @@ def _activity(ctx: Context, volume: Path, init_pid: int) -> tuple[int, int | Non
 
 
 def _checkpoint(ctx: Context, name: str) -> Checkpoint:
-    with ctx.pod_lock(name), ctx.catalog.session() as s:
+    # No waiting for a pod another command holds (a guard may run for minutes): that tick is
+    # skipped, and the other pods' ticks are not held up.
+    with ctx.pod_lock(name, wait=0), ctx.catalog.session() as s:
         pod = queries.get_pod(s, name)
         return ckpt.take(ctx, s, pod, "watch", kind=WATCH_KIND, background=True)
 

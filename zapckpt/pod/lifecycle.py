@@ -255,8 +255,8 @@ def start(ctx: Context, name: str) -> Pod:
     with ctx.pod_lock(name):
         with ctx.catalog.session() as s:
             pod = queries.get_pod(s, name)
-            if live_state(pod) in ("running", "frozen"):
-                raise UsageError(f"pod {name!r} is already running")
+            if live_state(pod) in ("running", "paused", "frozen"):
+                raise UsageError(f"pod {name!r} is already running ({live_state(pod)})")
             if not Path(pod.volume).is_dir():
                 raise ZapError(f"the volume of pod {name!r} is missing: {pod.volume}")
             if not pod.command:
@@ -271,27 +271,87 @@ def start(ctx: Context, name: str) -> Pod:
             return pod
 
 
-def stop_processes(pod: Pod, timeout: float) -> None:
+def stop_processes(pod: Pod, timeout: float, say=None) -> None:
     """SIGTERM the pod's init, SIGKILL after timeout; the kernel then ends its pid namespace."""
     if not procinfo.is_alive(pod.init_pid, pod.init_starttime):
         return
     pids = procinfo.pids_in_pidns(pod.init_pid)
-    try:
-        os.kill(pod.init_pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    if not procinfo.wait_gone([pod.init_pid], timeout):
+    # A pid 1 without a SIGTERM handler (a shell) never receives one: every process of the pod
+    # is told instead, and once pid 1 is all that is left, there is nothing more to wait for.
+    handles = procinfo.catches(pod.init_pid, signal.SIGTERM)
+    if not handles and say:
+        say(f"pod {pod.name!r}: its pid 1 ({procinfo.comm(pod.init_pid)}) has no SIGTERM handler, so every "
+            f"process of the pod gets SIGTERM; whatever still runs in {timeout:g}s gets SIGKILL")  # fmt: skip
+    procinfo.signal_all([pod.init_pid] if handles else pids, signal.SIGTERM)
+    procinfo.signal_all(pids, signal.SIGCONT)  # a paused pod must see its SIGTERM too
+    deadline = time.monotonic() + timeout
+    while procinfo.is_alive(pod.init_pid, None) and time.monotonic() < deadline:
+        if not handles and procinfo.pids_in_pidns(pod.init_pid) == [pod.init_pid]:
+            time.sleep(0.2)  # pid 1 alone: give it a moment to exit by itself (`sh -c CMD` does)
+            if procinfo.pids_in_pidns(pod.init_pid) == [pod.init_pid]:
+                break
+        time.sleep(0.02)
+    if procinfo.is_alive(pod.init_pid, None):
         procinfo.signal_all(procinfo.pids_in_pidns(pod.init_pid) or pids, signal.SIGKILL)
     if not procinfo.wait_gone(pids, 10):
         raise ZapError(f"processes of pod {pod.name!r} did not exit: {pids}")
 
 
-def stop(ctx: Context, name: str, timeout: float = 10.0) -> Pod:
+def stop(ctx: Context, name: str, timeout: float = 10.0, say=None) -> Pod:
     with ctx.pod_lock(name):
         with ctx.catalog.session() as s:
             pod = queries.get_pod(s, name)
-            stop_processes(pod, timeout)
+            stop_processes(pod, timeout, say)
             pod.desired_state = "stopped"
+            return pod
+
+
+def signal_pod(ctx: Context, name: str, sig: signal.Signals) -> Pod:
+    """`zap kill`: send sig to the pod's pid 1 (its command), as `podman kill` does; with
+    SIGKILL the kernel ends the whole pid namespace with it."""
+    with ctx.pod_lock(name):
+        with ctx.catalog.session() as s:
+            pod = queries.get_pod(s, name)
+            if live_state(pod) not in ("running", "paused", "frozen"):
+                raise UsageError(f"pod {name!r} is not running ({live_state(pod)})")
+            try:
+                os.kill(pod.init_pid, sig)
+            except ProcessLookupError:
+                pass
+            return pod
+
+
+def pause(ctx: Context, name: str) -> Pod:
+    """`zap pause`: stop every process of the pod (SIGSTOP; zap has no cgroup freezer of its
+    own), until `zap unpause`. A paused pod is not checkpointed (its watch skips it)."""
+    with ctx.pod_lock(name):
+        with ctx.catalog.session() as s:
+            pod = queries.get_pod(s, name)
+            if live_state(pod) != "running":
+                raise UsageError(f"pod {name!r} is not running ({live_state(pod)})")
+            pod.desired_state = "paused"
+            s.commit()
+            pids = procinfo.pids_in_pidns(pod.init_pid)
+            procinfo.signal_all(pids, signal.SIGSTOP)
+            deadline = time.monotonic() + 5
+            while any((st := procinfo.read_stat(p)) and st.state not in "TtZX" for p in pids):
+                if time.monotonic() > deadline:
+                    procinfo.signal_all(pids, signal.SIGCONT)
+                    pod.desired_state = "running"
+                    s.commit()
+                    raise ZapError(f"the processes of pod {name!r} did not stop; it runs on")
+                time.sleep(0.01)
+            return pod
+
+
+def unpause(ctx: Context, name: str) -> Pod:
+    with ctx.pod_lock(name):
+        with ctx.catalog.session() as s:
+            pod = queries.get_pod(s, name)
+            if live_state(pod) != "paused":
+                raise UsageError(f"pod {name!r} is not paused ({live_state(pod)})")
+            procinfo.signal_all(procinfo.pids_in_pidns(pod.init_pid), signal.SIGCONT)
+            pod.desired_state = "running"
             return pod
 
 
@@ -364,7 +424,31 @@ def _console_in_pod(pod: Pod, volume_id: tuple[int, int]) -> tuple[int, int]:
     return os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), log
 
 
-def follow_log(ctx: Context, name: str, follow: bool, out) -> None:
+def _seek_to_last_lines(f, n: int) -> None:
+    """Position f so that what is left of it is its last n lines (as `tail -n`)."""
+    end = f.seek(0, os.SEEK_END)
+    if n == 0:
+        return
+    pos, found = end, 0
+    while pos > 0:
+        step = min(65536, pos)
+        pos -= step
+        f.seek(pos)
+        block = f.read(step)
+        # A final newline ends the last line; it does not start another one.
+        cut = len(block) - 1 if pos + step == end and block.endswith(b"\n") else len(block)
+        while True:
+            cut = block.rfind(b"\n", 0, cut)
+            if cut < 0:
+                break
+            found += 1
+            if found == n:
+                f.seek(pos + cut + 1)
+                return
+    f.seek(0)
+
+
+def follow_log(ctx: Context, name: str, follow: bool, out, tail: int | None = None) -> None:
     with ctx.catalog.session() as s:
         pod = queries.get_pod(s, name)
     ctx.ensure_pool()  # the log is inside the volume: make sure the pool is mounted
@@ -382,6 +466,8 @@ def follow_log(ctx: Context, name: str, follow: bool, out) -> None:
     finally:
         os.close(volume)
     with open(fd, "rb") as f:
+        if tail is not None:
+            _seek_to_last_lines(f, tail)
         while True:
             chunk = f.read(65536)
             if chunk:

@@ -6,9 +6,11 @@ from zapckpt.system import procinfo
 
 
 def live_state(pod) -> str:
-    """running, frozen (its init stopped: a dump that never finished; `zap recover`), stopped
-    (as asked) or dead (it ended by itself)."""
+    """running, paused (`zap pause`), frozen (its init stopped otherwise: a dump that never
+    finished; `zap recover`), stopped (as asked) or dead (it ended by itself)."""
     if procinfo.is_alive(pod.init_pid, pod.init_starttime):
         st = procinfo.read_stat(pod.init_pid)
-        return "frozen" if st is not None and st.state in "Tt" else "running"
+        if st is not None and st.state in "Tt":
+            return "paused" if pod.desired_state == "paused" else "frozen"
+        return "running"
     return "stopped" if pod.desired_state == "stopped" else "dead"

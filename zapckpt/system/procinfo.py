@@ -6,6 +6,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,26 @@ def wait_gone(pids: list[int], timeout: float) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.01)
+
+
+def catches(pid: int, sig: int) -> bool:
+    """Whether pid has a handler for sig (/proc/PID/status SigCgt). The init of a pid namespace
+    receives only the signals it handles: a shell as pid 1 never sees a SIGTERM."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def comm(pid: int) -> str:
+    """The process's name (/proc/PID/comm), or "?" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
 
 
 def kill_pod_tree(init_pid: int, timeout: float = 5.0) -> None:
