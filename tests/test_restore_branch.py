@@ -1,5 +1,6 @@
 """Rollback in place, undo of a rollback, and forks, with real CRIU and btrfs."""
 
+import os
 from pathlib import Path
 
 from helpers import assert_continuous, counted_past, counter_values, proc_state, wait_for
@@ -124,3 +125,28 @@ def test_branch_no_start_and_start(zap):
     vol = zap.volume("files")
     values = counted_past(vol, len(snap) + 50, "counting")
     assert_continuous(values)
+
+
+def test_dump_and_find_read_past_files_without_following_symlinks(zap):
+    zap.run_counter("f")
+    vol = zap.volume("f")
+    (vol / "conf").mkdir()
+    (vol / "conf" / "app.conf").write_text("one\n")
+    os.symlink("/etc", vol / "etc-link")
+    os.symlink("/etc/hostname", vol / "host-name")
+    zap("checkpoint", "f")
+    (vol / "conf" / "app.conf").write_text("two\n")
+    zap("checkpoint", "f")
+    assert zap("dump", "f@1", "conf/app.conf").stdout == "one\n"
+    assert zap("dump", "f@2", f"{zap.pod('f')['path']}/conf/app.conf").stdout == "two\n"
+    # The pod's symlinks are not followed out of its snapshot (to the host's /etc).
+    assert "host-name is a symlink to '/etc/hostname' (not followed)" in zap.fails("dump", "f@1", "host-name", code=1)
+    assert "etc-link is a symlink" in zap.fails("dump", "f@1", "etc-link/hostname", code=1)
+    assert "no conf/nope in this checkpoint" in zap.fails("dump", "f@1", "conf/nope", code=2)
+    assert "'..' is not allowed" in zap.fails("dump", "f@1", "../../../etc/hostname", code=2)
+    assert "not a regular file" in zap.fails("dump", "f@1", "conf", code=1)
+    found = zap.json("find", "f", "*.conf")["found"]
+    assert [(x["ref"], x["path"], x["type"]) for x in found] == [("f@1", "conf/app.conf", "file"),
+                                                                 ("f@2", "conf/app.conf", "file")]  # fmt: skip
+    assert zap.json("find", "f", "etc-link/*")["found"] == []  # not followed either
+    assert "2 match(es)" in zap("find", "f", "conf/*").stderr

@@ -1,4 +1,4 @@
-"""zap checkpoint, list, log, show, restore, branch."""
+"""zap checkpoint, list, log, show, restore, branch, dump, find."""
 
 from __future__ import annotations
 
@@ -20,9 +20,21 @@ records = lazy("zapckpt.records")
 fastread = lazy("catalog.fastread")
 state = lazy("zapckpt.state")
 errors = lazy("zapckpt.common.errors")
+files = lazy("zapckpt.ops.files")
 
 
 def register(sub) -> None:
+    p = sub.add_parser("dump", help="write one file as it was at a checkpoint to stdout (as restic dump)")
+    p.add_argument("ref")
+    p.add_argument("path", help="the file's path in the pod's volume (relative, or under the pod's path)")
+    p.set_defaults(func=cmd_dump)
+
+    p = sub.add_parser("find", help="files whose name or path matches PATTERN, in every checkpoint of a pod")
+    p.add_argument("name")
+    p.add_argument("pattern", help="a shell pattern: '*.conf', 'etc/*', ...")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_find)
+
     p = sub.add_parser("checkpoint", help="atomically checkpoint a pod's processes and files")
     p.add_argument("name")
     p.add_argument("-m", "--message", default="")
@@ -154,4 +166,21 @@ def cmd_branch(args) -> int:
     for w in getattr(pod, "restore_warnings", []):
         warn(w)
     print(f"{pod.name} {pod.mount_path}")
+    return 0
+
+
+def cmd_dump(args) -> int:
+    import sys
+
+    files.dump(context.Context(), args.ref, args.path, sys.stdout.buffer)
+    return 0
+
+
+def cmd_find(args) -> int:
+    found = list(files.find(context.Context(), args.name, args.pattern))
+    if args.json:
+        emit_json({"found": found})
+        return 0
+    table(["REF", "TYPE", "SIZE", "PATH"], [[f["ref"], f["type"], human_bytes(f["size"]), f["path"]] for f in found])
+    info(f"{len(found)} match(es)")
     return 0
