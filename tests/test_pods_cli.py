@@ -85,8 +85,14 @@ def test_stop_of_a_shell_as_pid_1(zap):
 def test_dead_pod_and_rm_refusals(zap):
     zap("run", "short", "--", "sh", "-c", "echo bye")
     wait_for(lambda: zap.pod("short")["state"] == "dead", what="pod to exit")
-    zap("rm", "short")
     zap.run_counter("kept")
+    # ps --filter and --format (issue 15), as podman's.
+    assert zap("ps", "--filter", "state=dead", "--format", "{name}:{state}").stdout.split() == ["short:dead"]
+    assert zap("ps", "-f", "name=k*", "-f", "net=pod", "--format", "{name} {checkpoints}").stdout == "kept 0\n"
+    assert zap("ps", "-f", "name=x*").stdout.splitlines()[1:] == []
+    assert "bad --filter" in zap.fails("ps", "--filter", "colour=red", code=2)
+    assert "bad --format" in zap.fails("ps", "--format", "{nope}", code=2)
+    zap("rm", "short")
     zap("checkpoint", "kept")
     assert "checkpoint" in zap.fails("rm", "kept", code=2)
     assert zap.pod("kept")["state"] == "running"

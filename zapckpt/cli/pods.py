@@ -18,6 +18,7 @@ context = lazy("zapckpt.context")
 records = lazy("zapckpt.records")
 fastread = lazy("catalog.fastread")
 state = lazy("zapckpt.state")
+errors = lazy("zapckpt.common.errors")
 
 
 def register(sub) -> None:
@@ -45,6 +46,11 @@ def register(sub) -> None:
 
     p = sub.add_parser("ps", help="list pods")
     p.add_argument("--json", action="store_true")
+    p.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
+                   help="only pods whose KEY matches: name=GLOB, state=running|paused|frozen|stopped|dead, "
+                   "net=pod|none|host, origin=REF (repeatable: all must match)")  # fmt: skip
+    p.add_argument("--format", metavar="TEMPLATE",
+                   help="one line per pod from a template of JSON fields: '{name} {state} {pid}'")  # fmt: skip
     p.set_defaults(func=cmd_ps)
 
     p = sub.add_parser("logs", help="show a pod's console log")
@@ -112,7 +118,14 @@ def cmd_ps(args) -> int:
         with ctx.catalog.session() as s:
             counts = queries.checkpoint_counts(s)
             rows = [fastread.PodRow.of(p, counts.get(p.id, 0)) for p in queries.list_pods(s)]
-    recs = [records.pod_row_record(r) for r in rows]
+    recs = [r for r in map(records.pod_row_record, rows) if _matches(r, args.filter)]
+    if args.format:
+        for r in recs:
+            try:
+                print(args.format.format_map(r))
+            except (KeyError, IndexError, ValueError, AttributeError) as e:
+                raise errors.UsageError(f"bad --format {args.format!r}: {e} (fields: {', '.join(sorted(r))})") from None
+        return 0
     if args.json:
         emit_json({"pods": recs})
         return 0
@@ -121,6 +134,22 @@ def cmd_ps(args) -> int:
              r["path"]] for r in recs]  # fmt: skip
     table(["NAME", "STATE", "PID", "ADDRESS", "PORTS", "WATCH", "ORIGIN", "CHECKPOINTS", "PATH"], rows)
     return 0
+
+
+FILTERS = ("name", "state", "net", "origin")
+
+
+def _matches(rec: dict, filters: list[str]) -> bool:
+    from fnmatch import fnmatchcase
+
+    for f in filters:
+        key, sep, value = f.partition("=")
+        if not sep or key not in FILTERS:
+            raise errors.UsageError(f"bad --filter {f!r}: KEY=VALUE with KEY one of {', '.join(FILTERS)}")
+        have = rec[key] or ""
+        if not (fnmatchcase(have, value) if key == "name" else have == value):
+            return False
+    return True
 
 
 def _watch(w: dict | None) -> str:
