@@ -77,3 +77,14 @@ def store_index(zap, what):
             return what(ChunkIndex(s))
     finally:
         cat.dispose()
+
+
+def varint(n: int) -> bytes:
+    """A protobuf varint, for building CRIU images by hand in unit tests."""
+    out = b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return out

@@ -3,6 +3,7 @@
 import os
 import struct
 
+from helpers import varint
 from zapckpt.criu import runner as criu
 from zapckpt.criu import images as criu_images
 
@@ -23,19 +24,10 @@ def test_log_errors_drop_noise_and_classify_transient(tmp_path):
     assert not criu.CriuError("x", log, criu.log_errors(log)).transient
 
 
-def _varint(n):
-    out = b""
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out += bytes([b | (0x80 if n else 0)])
-        if not n:
-            return out
-
 
 def test_read_dump_stats(tmp_path):
-    dump = b"".join(_varint(k << 3) + _varint(v) for k, v in ((1, 1500), (2, 23456), (3, 7000), (4, 9000), (5, 42)))
-    entry = _varint((1 << 3) | 2) + _varint(len(dump)) + dump
+    dump = b"".join(varint(k << 3) + varint(v) for k, v in ((1, 1500), (2, 23456), (3, 7000), (4, 9000), (5, 42)))
+    entry = varint((1 << 3) | 2) + varint(len(dump)) + dump
     (tmp_path / "stats-dump").write_bytes(struct.pack("<III", criu_images.IMG_SERVICE_MAGIC, criu_images.STATS_MAGIC, len(entry)) + entry)
     st = criu_images.read_dump_stats(tmp_path)
     assert (st.freezing_ms, st.frozen_ms, st.memdump_ms, st.memwrite_ms) == (1.5, 23.456, 7.0, 9.0)

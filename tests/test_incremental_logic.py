@@ -6,30 +6,22 @@ import struct
 
 import pytest
 
+from helpers import varint
 from zapckpt.criu import images as criu_images
 from zapckpt.criu.images import PAGE_SIZE, PE_PARENT, PE_PRESENT, ImageFormatError, read_pagemap
 from zapckpt.criu.incremental import flatten
 
 
-def _varint(n):
-    out = b""
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out += bytes([b | (0x80 if n else 0)])
-        if not n:
-            return out
-
 
 def _pagemap(path, pages_id, ents, wide=False):
     """ents: (vaddr, pages, flags); wide: CRIU >= 4.2's layout (count in field 5, 0 in 2)."""
-    head = b"\x08" + _varint(pages_id)
+    head = b"\x08" + varint(pages_id)
     body = struct.pack("<II", criu_images.IMG_COMMON_MAGIC, criu_images.PAGEMAP_MAGIC)
     body += struct.pack("<I", len(head)) + head
     for vaddr, n, flags in ents:
-        e = b"\x08" + _varint(vaddr) + b"\x10" + _varint(0 if wide else n) + b"\x20" + _varint(flags)
+        e = b"\x08" + varint(vaddr) + b"\x10" + varint(0 if wide else n) + b"\x20" + varint(flags)
         if wide:
-            e += b"\x28" + _varint(n)
+            e += b"\x28" + varint(n)
         body += struct.pack("<I", len(e)) + e
     path.write_bytes(body)
 

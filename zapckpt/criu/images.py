@@ -124,6 +124,7 @@ class PagemapEntry:
     vaddr: int
     nr_pages: int
     flags: int
+    wide: bool = False  # CRIU >= 4.2's layout: the count in field 5 (a uint64), 0 in field 2
 
     @property
     def present(self) -> bool:
@@ -135,6 +136,7 @@ class PagemapEntry:
 class Pagemap:
     pages_id: int
     entries: list[PagemapEntry]
+    head: bytes = b""  # the head entry as stored, for writing the image again (incremental.py)
 
     def page_runs(self) -> Iterator[tuple[int, int, int]]:
         """(offset in pages-<pages_id>.img, length, vaddr) of each present run, in file order.
@@ -151,9 +153,10 @@ class Pagemap:
 def read_pagemap(path: Path) -> Pagemap:
     it = entries(path.read_bytes(), PAGEMAP_MAGIC)
     try:
-        head = fields(next(it))
+        raw_head = next(it)
     except StopIteration:
         raise ImageFormatError(f"{path.name}: no pagemap head") from None
+    head = fields(raw_head)
     out = []
     for raw in it:
         f = fields(raw)
@@ -163,8 +166,8 @@ def read_pagemap(path: Path) -> Pagemap:
             flags = PE_PARENT if f.get(3) else PE_PRESENT
         # CRIU >= 4.2 writes the page count as a uint64 in field 5 (compat_nr_pages, field 2,
         # is then 0); older CRIUs only have field 2.
-        out.append(PagemapEntry(vaddr=f.get(1, 0), nr_pages=f.get(5) or f.get(2, 0), flags=flags))
-    return Pagemap(pages_id=int(head.get(1, 0)), entries=out)
+        out.append(PagemapEntry(vaddr=f.get(1, 0), nr_pages=f.get(5) or f.get(2, 0), flags=flags, wide=bool(f.get(5))))
+    return Pagemap(pages_id=int(head.get(1, 0)), entries=out, head=raw_head)
 
 
 def dump_run_id(images: Path) -> str | None:

@@ -26,8 +26,7 @@ from zapckpt.criu.images import (
     PE_PARENT,
     PE_PRESENT,
     ImageFormatError,
-    entries,
-    fields,
+    read_pagemap,
 )
 
 PARENT_LINK = "parent"  # what CRIU names the link to --prev-images-dir
@@ -71,42 +70,17 @@ def _entry(vaddr: int, nr_pages: int, wide: bool) -> bytes:
     return out
 
 
-def _read(path: Path) -> tuple[bytes, list[tuple[int, int, int, bool]]]:
-    """The head entry and (vaddr, pages, flags, wide) of each entry of a pagemap image."""
-    it = entries(path.read_bytes(), PAGEMAP_MAGIC)
-    try:
-        head = next(it)
-    except StopIteration:
-        raise ImageFormatError(f"{path.name}: no pagemap head") from None
-    out = []
-    for raw in it:
-        f = fields(raw)
-        flags = f.get(4)
-        if flags is None:  # old images: in_parent (3) decides
-            flags = PE_PARENT if f.get(3) else PE_PRESENT
-        wide = bool(f.get(5))
-        out.append((int(f.get(1, 0)), int(f.get(5) or f.get(2, 0)), int(flags), wide))
-    return head, out
-
-
-def _pages_file(images: Path, head: bytes) -> Path:
-    return images / f"pages-{int(fields(head).get(1, 0))}.img"
-
-
 class _Parent:
     """The present pages of one pagemap of the parent set, found by address."""
 
     def __init__(self, images: Path, name: str):
-        head, ents = _read(images / name)
-        self.data = _map(_pages_file(images, head)) if any(fl & PE_PRESENT for _, _, fl, _ in ents) else memoryview(b"")
+        pm = read_pagemap(images / name)
+        self.data = _map(images / f"pages-{pm.pages_id}.img") if any(e.present for e in pm.entries) else memoryview(b"")
         self.starts: list[int] = []
         self.runs: list[tuple[int, int, int]] = []  # vaddr, pages, offset in the pages file
-        off = 0
-        for vaddr, n, flags, _ in ents:
-            if flags & PE_PRESENT:
-                self.starts.append(vaddr)
-                self.runs.append((vaddr, n, off))
-                off += n * PAGE_SIZE
+        for off, size, vaddr in pm.page_runs():
+            self.starts.append(vaddr)
+            self.runs.append((vaddr, size // PAGE_SIZE, off))
 
     def pages(self, vaddr: int, n: int) -> Iterator[memoryview]:
         """n pages from vaddr, which the parent must hold (a pre-dump holds every page)."""
@@ -139,33 +113,34 @@ def flatten(images: Path, parent: Path) -> int:
     pages copied. The new files are written 0600 beside the old ones and replace them by rename."""
     copied = 0
     for pm in sorted(images.glob("pagemap*.img")):
-        head, ents = _read(pm)
-        if not any(flags & PE_PARENT for _, _, flags, _ in ents):
+        pagemap = read_pagemap(pm)
+        if not any(e.flags & PE_PARENT for e in pagemap.entries):
             continue
         if not (parent / pm.name).exists():
             raise ImageFormatError(f"{pm.name}: pages in parent, but the parent has no {pm.name}")
         old = _Parent(parent, pm.name)
-        pages_path = _pages_file(images, head)
+        pages_path = images / f"pages-{pagemap.pages_id}.img"
         own = _map(pages_path) if pages_path.exists() else memoryview(b"")
         pos = 0
         body = bytearray()
         with _writer(pages_path) as out:
-            for vaddr, n, flags, wide in ents:
-                size = n * PAGE_SIZE
-                if flags & PE_PRESENT:
+            for e in pagemap.entries:
+                vaddr, n, size = e.vaddr, e.nr_pages, e.nr_pages * PAGE_SIZE
+                if e.present:
                     if pos + size > len(own):
                         raise ImageFormatError(f"{pages_path.name} is shorter than its pagemap")
                     out.write(own[pos : pos + size])
                     pos += size
-                elif flags & PE_PARENT:
+                elif e.flags & PE_PARENT:
                     for part in old.pages(vaddr, n):
                         out.write(part)
                     copied += n
                 else:
                     raise ImageFormatError(f"{pm.name}: the entry at {vaddr:#x} is neither present nor in the parent")
-                e = _entry(vaddr, n, wide)
-                body += struct.pack("<I", len(e)) + e
+                entry = _entry(vaddr, n, e.wide)
+                body += struct.pack("<I", len(entry)) + entry
         with _writer(pm) as out:
+            head = pagemap.head
             out.write(struct.pack("<III", IMG_COMMON_MAGIC, PAGEMAP_MAGIC, len(head)) + head + body)
     link = images / PARENT_LINK
     if link.is_symlink():
