@@ -104,13 +104,14 @@ _POD_SQL = (
     " FROM pods p LEFT JOIN watches w ON w.pod_id = p.id"
     " LEFT JOIN checkpoints o ON o.id = p.origin_checkpoint_id LEFT JOIN pods op ON op.id = o.pod_id"
     " LEFT JOIN checkpoints h ON h.id = p.head_checkpoint_id LEFT JOIN pods hp ON hp.id = h.pod_id"
-    " ORDER BY p.name"
 )  # fmt: skip
 
 
-def pod_rows(conn: sqlite3.Connection) -> list[PodRow]:
+def pod_rows(conn: sqlite3.Connection, name: str | None = None) -> list[PodRow]:
+    """Every pod by name, or the one called name (none if there is no such pod)."""
+    sql, args = (_POD_SQL + " WHERE p.name = ?", (name,)) if name is not None else (_POD_SQL + " ORDER BY p.name", ())
     out = []
-    for r in conn.execute(_POD_SQL):
+    for r in conn.execute(sql, args):
         r = list(r)
         r[2] = iso_text(r[2])
         for i in (6, 9, 10, 12):  # JSON columns
@@ -152,6 +153,14 @@ def checkpoint_rows(cursor, pod_id: int | None = None) -> list[tuple]:
     if pod_id is not None:
         sql, args = sql + " WHERE c.pod_id = ?", (pod_id,)
     return cursor.execute(sql + " ORDER BY p.name, c.seq", args).fetchall()
+
+
+def checkpoint_row(cursor, name: str, seq: int | None) -> tuple | None:
+    """The row of NAME@seq, or of the pod's newest checkpoint (seq None); None if there is none."""
+    sql = _CHECKPOINT_SQL + " WHERE p.name = ?"
+    if seq is None:
+        return cursor.execute(sql + " ORDER BY c.seq DESC LIMIT 1", (name,)).fetchone()
+    return cursor.execute(sql + " AND c.seq = ?", (name, seq)).fetchone()
 
 
 def pod_id(conn: sqlite3.Connection, name: str) -> int:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from guest import GUEST
 from helpers import COUNTER, WORKLOADS, counter_values, proc_state, wait_for
 
 
@@ -53,9 +54,12 @@ def pytest_collection_finish(session):
         pure = len(session.items) - len(system)
         pytest.exit(f"{'; '.join(problems)} (`-m 'not system'` runs the {pure} pure tests alone)", returncode=3)
     shutil.copytree(Path(__file__).resolve().parent / "workloads", WORKLOADS)
+    if any(i.path.name == "test_vm_runner.py" and i.name.startswith("test_nilfs_suite") for i in system):
+        GUEST.start()  # minutes of emulation, alongside the host tests
 
 
 def pytest_sessionfinish(session):
+    GUEST.stop()
     shutil.rmtree(WORKLOADS.parent, ignore_errors=True)
 
 

@@ -189,6 +189,12 @@ def test_fastread_rows_match_the_orm(tmp_path):
                                  "last_result": "took web@2 (frozen 80 ms)", "last_ok": True}  # fmt: skip
     assert fastread.checkpoint_rows(conn.cursor()) == orm_cks
     assert fastread.checkpoint_rows(conn.cursor(), fastread.pod_id(conn, "web")) == orm_web
+    # `zap show POD` and `zap show NAME@N|latest`
+    assert fastread.pod_rows(conn, "web") == [orm_pods[1]] and fastread.pod_rows(conn, "nope") == []
+    assert fastread.checkpoint_row(conn.cursor(), "web", 1) == orm_web[0]
+    assert fastread.checkpoint_row(conn.cursor(), "web", None) == orm_web[1]
+    assert fastread.checkpoint_row(conn.cursor(), "web", 3) is None
+    assert fastread.checkpoint_row(conn.cursor(), "fork", None) is None
     with pytest.raises(fastread.LookupFailed):
         fastread.pod_id(conn, "nope")
     assert not fastread.has_intents(conn)

@@ -261,13 +261,15 @@ def test_full_state_directory_is_one_line_and_changes_nothing(tmp_path):
             z.run_counter("c")
             z("checkpoint", "c")
             filler = home / "filler"
-            with open(filler, "wb") as f:
-                try:
-                    while True:
-                        f.write(b"\0" * 65536)
-                        f.flush()
-                except OSError:
-                    pass
+            # Unbuffered: a buffered file would raise ENOSPC again when closed, with its unwritten rest.
+            fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                while True:
+                    os.write(fd, b"\0" * 65536)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
             cp = z("checkpoint", "c", check=False)
             lines = cp.stderr.strip().splitlines()
             assert cp.returncode == 1 and len(lines) == 1 and lines[0].startswith("zap: error: "), cp.stderr

@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from guest import GUEST
 from helpers import ROOT
 
 pytestmark = pytest.mark.system  # a real guest under qemu
@@ -31,23 +32,22 @@ def test_without_qemu_the_runner_says_so():
     ]
 
 
-def test_nilfs_suite_passes_and_a_suspended_pod_outlives_a_guest_reboot(tmp_path):
-    """Two boots on the same disks (ZAP_VM_DISKS). The first runs the NILFS2 suite (tests/vm:
-    the NILFS2 backend, and incremental dumps, which this host's kernel cannot do),
-    then suspends a counter pod (tests/vm_reboot, phase 1) and powers the guest off; the second,
-    a new guest, resumes it, and it counts on from exactly where it stopped (issue 14). The
-    second boot also runs a test that fails on purpose: a guest's failure must come back as a
-    failure (pytest's exit code) with the guest's own output."""
+def test_nilfs_suite_passes_and_a_suspended_pod_outlives_a_guest_reboot():
+    """Two boots on the same disks (ZAP_VM_DISKS), started in the background at collection
+    (tests/guest.py). The first runs the NILFS2 suite (tests/vm: the NILFS2 backend, and
+    incremental dumps, which this host's kernel cannot do), then suspends a counter pod
+    (tests/vm_reboot, phase 1) and powers the guest off; the second, a new guest, resumes it, and
+    it counts on from exactly where it stopped (issue 14). The second boot also runs a test that
+    fails on purpose: a guest's failure must come back as a failure (pytest's exit code) with the
+    guest's own output."""
     assert shutil.which("qemu-system-x86_64"), "qemu is missing: make install installs it"
-    disks = {"ZAP_VM_DISKS": str(tmp_path)}
-    cp = _run("tests/vm", "tests/vm_reboot/test_reboot.py::test_phase1_suspend_then_power_off", env=disks)
-    out = cp.stdout + cp.stderr
-    assert cp.returncode == 0, out[-4000:]
-    assert "kernel 6.1." in out and "criu Version: 3.17" in out and "3 passed" in out
-    second = _run("tests/vm_reboot/test_reboot.py::test_phase2_resume_after_the_reboot",
-                  "tests/vm_reboot/test_reboot.py::test_the_runner_reports_this_failure", env=disks)  # fmt: skip
-    out = second.stdout + second.stderr
-    assert second.returncode == 1, out[-4000:]
+    boots = GUEST.wait()
+    first = boots[0]
+    assert first.returncode == 0, first.output[-4000:]
+    assert "kernel 6.1." in first.output and "criu Version: 3.17" in first.output and "3 passed" in first.output
+    assert len(boots) == 2, "the second boot did not run"
+    out = boots[1].output
+    assert boots[1].returncode == 1, out[-4000:]
     assert "1 failed, 1 passed" in out and "deliberate failure from inside the guest" in out, out[-4000:]
     assert "FAILED tests/vm_reboot/test_reboot.py::test_the_runner_reports_this_failure" in out
     assert "guest pytest exit code: 1" in out

@@ -50,11 +50,12 @@ def test_phase1_suspend_then_power_off():
     _mount_state(fresh=True)
     zap("init", "--backend", "nilfs", "--size", "1G")
     zap("run", "ctr", "--net", "none", "--env", "COUNTER_INTERVAL=0.01", "--", "python3", str(COUNTER))
-    counted_past(_volume("ctr"), 30, "the counter", timeout=120)
+    volume = _volume("ctr")  # each CLI call costs seconds under emulation
+    counted_past(volume, 30, "the counter", timeout=120)
     assert zap("suspend", "--all").stdout.strip() == "ctr: suspended as ctr@1"
-    values = counter_values(_volume("ctr"))
+    values = counter_values(volume)
     time.sleep(1)
-    assert counter_values(_volume("ctr")) == values  # stopped
+    assert counter_values(volume) == values  # stopped
     RECORD.write_text(json.dumps({"values": values}))
     # What a shutdown does after the suspend: the pool and the state disk unmounted.
     zap("deinit")
@@ -65,11 +66,11 @@ def test_phase2_resume_after_the_reboot():
     _mount_state(fresh=False)
     before = json.loads(RECORD.read_text())["values"]
     assert zap("resume", "--all").stdout.strip() == "ctr: resumed from ctr@1"
-    values = counted_past(_volume("ctr"), len(before) + 30, "the counter after the reboot", timeout=120)
-    assert_continuous(values)
-    assert values[: len(before)] == before  # the same run, on from where it was suspended
     state = json.loads(zap("show", "ctr", "--json").stdout)
     assert state["state"] == "running" and state["suspended"] is False
+    values = counted_past(Path(state["volume"]), len(before) + 30, "the counter after the reboot", timeout=120)
+    assert_continuous(values)
+    assert values[: len(before)] == before  # the same run, on from where it was suspended
     # Nothing to tidy: this guest and its disks are thrown away.
 
 

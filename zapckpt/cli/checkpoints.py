@@ -129,18 +129,38 @@ def cmd_log(args) -> int:
 
 
 def cmd_show(args) -> int:
-    ctx = context.Context()
-    with ctx.catalog.session() as s:
-        pod = queries.find_pod(s, args.ref) if "@" not in args.ref else None
-        if pod is not None:
-            rec = records.pod_record(pod, len(pod.checkpoints))
-        else:
-            rec = records.checkpoint_record(queries.resolve_ref(s, args.ref))
+    is_pod, rec = _show_fast(args.ref)
+    if rec is None:  # an id, an unknown name, or a catalog to create or migrate: the ORM path says which
+        ctx = context.Context()
+        with ctx.catalog.session() as s:
+            pod = queries.find_pod(s, args.ref) if "@" not in args.ref else None
+            is_pod = pod is not None
+            if is_pod:
+                rec = records.pod_record(pod, len(pod.checkpoints))
+            else:
+                rec = records.checkpoint_record(queries.resolve_ref(s, args.ref))
     if args.json:
         emit_json(rec)
     else:
-        print(show.pod_text(rec) if pod is not None else show.checkpoint_text(rec))
+        print(show.pod_text(rec) if is_pod else show.checkpoint_text(rec))
     return 0
+
+
+def _show_fast(ref: str) -> tuple[bool, dict | None]:
+    """`zap show POD`, NAME@N and NAME@latest straight from SQLite, as `zap ps` does: scripts
+    call show in loops, and SQLAlchemy's import alone is most of a show."""
+    conn = fastread.open_current(state.StateDir.from_env().catalog_db)
+    if conn is None:
+        return False, None
+    with closing(conn):
+        name, at, what = ref.partition("@")
+        if not at:
+            rows = fastread.pod_rows(conn, name)
+            return True, (records.pod_row_record(rows[0]) if rows else None)
+        if what != "latest" and not (what.isascii() and what.isdigit() and len(what) <= 9):
+            return False, None
+        row = fastread.checkpoint_row(conn.cursor(), name, None if what == "latest" else int(what))
+        return False, (records.checkpoint_row_records([row])[0] if row is not None else None)
 
 
 def cmd_restore(args) -> int:
