@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # The newest migration in catalog/migrations/versions; a test keeps the two in step.
-SCHEMA_HEAD = "0008"
+SCHEMA_HEAD = "0009"
 BUSY_TIMEOUT_MS = 120_000  # writers wait for each other (a prune compacting packs) instead of failing
 
 
@@ -61,6 +61,7 @@ class PodRow:
     ports: list
     volumes: list
     private_tmp: bool
+    init: bool  # a small init is pid 1, the command its child
     env: dict
     cwd: str
     desired_state: str
@@ -78,7 +79,7 @@ class PodRow:
         ref = lambda ck: ck.ref if ck is not None else None  # noqa: E731
         return cls(pod.id, pod.name, iso(pod.created_at), pod.volume, pod.mount_path, pod.rootfs, pod.command or [],
                    pod.net, pod.address, [dict(p) for p in pod.ports or []], [dict(v) for v in pod.volumes or []],
-                   bool(pod.private_tmp), pod.env or {}, pod.cwd, pod.desired_state, pod.init_pid,
+                   bool(pod.private_tmp), bool(pod.init), pod.env or {}, pod.cwd, pod.desired_state, pod.init_pid,
                    pod.init_starttime, ref(pod.origin), ref(pod.head), n_checkpoints, pod.suspended_by is not None,
                    _watch(w.every_s, w.last_at and iso(w.last_at), w.last_result, w.last_ok)
                    if (w := pod.watch) is not None else None)  # fmt: skip
@@ -97,7 +98,7 @@ def iso(t) -> str:
 
 _POD_SQL = (
     "SELECT p.id, p.name, p.created_at, p.volume, p.mount_path, p.rootfs, p.command, p.net, p.address, p.ports,"
-    " p.volumes, p.private_tmp, p.env, p.cwd, p.desired_state, p.init_pid, p.init_starttime,"
+    " p.volumes, p.private_tmp, p.init, p.env, p.cwd, p.desired_state, p.init_pid, p.init_starttime,"
     " op.name || '@' || o.seq, hp.name || '@' || h.seq,"
     " (SELECT count(*) FROM checkpoints c WHERE c.pod_id = p.id), p.suspended_by IS NOT NULL,"
     " w.pod_id, w.every_s, w.last_at, w.last_result, w.last_ok"
@@ -114,12 +115,12 @@ def pod_rows(conn: sqlite3.Connection, name: str | None = None) -> list[PodRow]:
     for r in conn.execute(sql, args):
         r = list(r)
         r[2] = iso_text(r[2])
-        for i in (6, 9, 10, 12):  # JSON columns
-            r[i] = json.loads(r[i]) if r[i] is not None else ([] if i != 12 else {})
-        r[11] = bool(r[11])
-        watched, every, last_at, result, ok = r[21:26]
+        for i in (6, 9, 10, 13):  # JSON columns
+            r[i] = json.loads(r[i]) if r[i] is not None else ([] if i != 13 else {})
+        r[11], r[12] = bool(r[11]), bool(r[12])
+        watched, every, last_at, result, ok = r[22:27]
         watch = _watch(every, last_at and iso_text(last_at), result, None if ok is None else bool(ok)) if watched else None
-        out.append(PodRow(*r[:20], bool(r[20]), watch))
+        out.append(PodRow(*r[:21], bool(r[21]), watch))
     return out
 
 
@@ -156,10 +157,10 @@ def checkpoint_rows(cursor, pod_id: int | None = None) -> list[tuple]:
 
 
 def checkpoint_row(cursor, name: str, seq: int | None) -> tuple | None:
-    """The row of NAME@seq, or of the pod's newest checkpoint (seq None); None if there is none."""
+    """The row of NAME@seq, or of NAME@latest (seq None: queries.LATEST_ORDER); None if there is none."""
     sql = _CHECKPOINT_SQL + " WHERE p.name = ?"
     if seq is None:
-        return cursor.execute(sql + " ORDER BY c.seq DESC LIMIT 1", (name,)).fetchone()
+        return cursor.execute(sql + " ORDER BY c.kind = 'auto', c.seq DESC LIMIT 1", (name,)).fetchone()
     return cursor.execute(sql + " AND c.seq = ?", (name, seq)).fetchone()
 
 

@@ -52,6 +52,12 @@ class Pod(Base):
     # A pod without --rootfs sees `.zap/tmp` of its volume as /tmp (rolled back with it) instead
     # of the host's; False for pods made before that existed (their checkpoints expect the host's).
     private_tmp: Mapped[bool] = mapped_column(default=False, server_default="0")
+    # The pod's pid 1 is a small init (catatonit) that runs the command, forwards it signals and
+    # reaps orphans; False: the command itself is pid 1 (`--no-init`, and pods made before).
+    init: Mapped[bool] = mapped_column(default=True, server_default="0")
+    # The inode of the pipe that is the running processes' stdout and stderr (pod/console.py);
+    # None for pods whose console is still `.zap/console.log` in the volume (made before).
+    console_pipe: Mapped[Optional[int]] = mapped_column(Integer)
     # The --stop checkpoint whose CRIU network lock still holds the pod's external connections
     # (restoring exactly that checkpoint brings them back; anything else releases them).
     net_locked_by: Mapped[Optional[str]] = mapped_column(String(12))

@@ -70,6 +70,12 @@ def checkpoint_rows(s: Session, pod: Pod | None = None) -> list[tuple]:
     return fastread.checkpoint_rows(s.connection().connection.cursor(), pod.id if pod is not None else None)
 
 
+# NAME@latest: the newest checkpoint that is not one of zap's own safety copies (kind "auto": the
+# state a restore replaced, a failed guard's state), so that after a rollback it is the state the
+# pod runs from; the newest copy only when there is nothing else. fastread.checkpoint_row agrees.
+LATEST_ORDER = (Checkpoint.kind == "auto", Checkpoint.seq.desc())
+
+
 def resolve_ref(s: Session, ref: str) -> Checkpoint:
     """NAME@N, NAME@latest, or a catalog id (or a unique prefix of one, at least 4 characters)."""
     if "@" in ref:
@@ -77,7 +83,7 @@ def resolve_ref(s: Session, ref: str) -> Checkpoint:
         pod = get_pod(s, name)
         q = select(Checkpoint).where(Checkpoint.pod_id == pod.id)
         if what == "latest":
-            ck = s.scalars(q.order_by(Checkpoint.seq.desc()).limit(1)).first()
+            ck = s.scalars(q.order_by(*LATEST_ORDER).limit(1)).first()
             if ck is None:
                 raise NotFound(f"pod {name!r} has no checkpoints yet")
             return ck
@@ -135,7 +141,9 @@ def checkpoint_at(s: Session, pod_name: str, seq: int) -> Checkpoint | None:
 
 
 def latest_seq(s: Session, pod_name: str) -> int | None:
-    return s.scalar(select(func.max(Checkpoint.seq)).join(Pod, Checkpoint.pod_id == Pod.id).where(Pod.name == pod_name))
+    """N of NAME@latest (see LATEST_ORDER)."""
+    q = select(Checkpoint.seq).join(Pod, Checkpoint.pod_id == Pod.id).where(Pod.name == pod_name)
+    return s.scalar(q.order_by(*LATEST_ORDER).limit(1))
 
 
 def branch_names(s: Session, checkpoint_id: str, name: str | None = None) -> list[str]:

@@ -35,7 +35,8 @@ esac
 
 # What zap itself needs (pyfuse3 is built from source: the compiler and FUSE headers).
 APT_PACKAGES=(btrfs-progs fuse3 libfuse3-dev pkg-config util-linux mount debootstrap
-              zstd procps e2fsprogs python3 python3-venv python3-dev gcc make iproute2 nftables groff-base)
+              zstd procps e2fsprogs python3 python3-venv python3-dev gcc make iproute2 nftables groff-base
+              catatonit)
 EXTRAS=""
 if [[ $FOR_TESTS -eq 1 ]]; then
     APT_PACKAGES+=(rsync

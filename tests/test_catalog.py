@@ -165,6 +165,7 @@ def test_fastread_rows_match_the_orm(tmp_path):
         web.env = {"A": "b"}
         _ck(s, web, 1, "aaaa11112222")
         web.head_checkpoint_id = _ck(s, web, 2, "aaaa33334444", parent="aaaa11112222").id
+        _ck(s, web, 3, "aaaa55556666", parent="aaaa33334444").kind = "auto"  # a safety copy: not @latest
         fork = _pod(s, "fork")
         fork.origin_checkpoint_id = "aaaa11112222"
         fork.private_tmp = True
@@ -180,6 +181,7 @@ def test_fastread_rows_match_the_orm(tmp_path):
         orm_pods = [fastread.PodRow.of(p, counts.get(p.id, 0)) for p in queries.list_pods(s)]
         orm_cks = queries.checkpoint_rows(s)
         orm_web = queries.checkpoint_rows(s, queries.get_pod(s, "web"))
+        assert queries.resolve_ref(s, "web@latest").seq == 2 and queries.latest_seq(s, "web") == 2
     conn = fastread.open_current(tmp_path / "c.db")
     assert conn is not None
     assert fastread.pod_rows(conn) == orm_pods
@@ -193,7 +195,8 @@ def test_fastread_rows_match_the_orm(tmp_path):
     assert fastread.pod_rows(conn, "web") == [orm_pods[1]] and fastread.pod_rows(conn, "nope") == []
     assert fastread.checkpoint_row(conn.cursor(), "web", 1) == orm_web[0]
     assert fastread.checkpoint_row(conn.cursor(), "web", None) == orm_web[1]
-    assert fastread.checkpoint_row(conn.cursor(), "web", 3) is None
+    assert fastread.checkpoint_row(conn.cursor(), "web", 3) == orm_web[2]
+    assert fastread.checkpoint_row(conn.cursor(), "web", 4) is None
     assert fastread.checkpoint_row(conn.cursor(), "fork", None) is None
     with pytest.raises(fastread.LookupFailed):
         fastread.pod_id(conn, "nope")

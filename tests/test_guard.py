@@ -65,7 +65,7 @@ def test_guard_rolls_back_a_failed_upgrade_and_keeps_a_good_one(zap, tmp_path):
     pod = zap.pod("kv")
     # The pod runs chrooted in its own root, with its own /proc.
     assert zap("exec", "kv", "--", "cat", "/etc/debian_version").stdout.startswith("12.")
-    assert zap("exec", "kv", "--", "cat", "/proc/1/cmdline").stdout.split("\0")[:2] == ["bash", "/srv/service.sh"]
+    assert zap("exec", "kv", "--", "cat", "/proc/1/cmdline").stdout.split("\0")[:4] == ["catatonit", "--", "bash", "/srv/service.sh"]
 
     bad, good = _deb(tmp_path, "zaptest-bad", 1), _deb(tmp_path, "zaptest-good", 0)
     for deb in (bad, good):
@@ -100,6 +100,8 @@ def test_guard_rolls_back_a_failed_upgrade_and_keeps_a_good_one(zap, tmp_path):
     assert b"upgraded" in (Path(failed["snapshot"]["path"]) / "etc/issue").read_bytes()
     assert [c["message"] for c in zap.json("list", "kv")["checkpoints"]] == ["pre: dpkg -i /tmp/zaptest-bad.deb",
                                                                              "failed: dpkg -i /tmp/zaptest-bad.deb"]
+    # kv@latest is the state the pod runs from again, not the failed copy (issue 15).
+    assert zap.json("show", "kv@latest")["ref"] == "kv@1" and zap.json("show", "kv@2")["kind"] == "auto"
 
     # The good upgrade: a pre/post pair, and diff lists what the package installed.
     out = zap("guard", "kv", "--check", "test -f /etc/zaptest-good.conf", "--", "dpkg", "-i", "/tmp/zaptest-good.deb")
@@ -131,7 +133,7 @@ def test_system_pod_checkpoint_branch_restore_and_view(zap, tmp_path):
     assert fvals[: len(at)] == at
     assert_continuous(fvals)
     # The branch has its own root and its own /proc, pid 1 inside.
-    assert zap("exec", "fork", "--", "cat", "/proc/1/cmdline").stdout.startswith("bash\0/srv/service.sh")
+    assert zap("exec", "fork", "--", "cat", "/proc/1/cmdline").stdout.startswith("catatonit\0--\0bash\0/srv/service.sh")
     zap("exec", "fork", "--", "sh", "-c", "echo fork-only > /etc/fork-marker")
     assert not (vol / "etc/fork-marker").exists()
     # A branch compares with the pod it came from (issue 15: unrelated pods do not, below).

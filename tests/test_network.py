@@ -218,7 +218,7 @@ def test_redis_checkpoint_restore_branch_with_persistent_connections(zap):
     after = values(vol)
     assert after[: len(at_ck)] == at_ck
     assert_consecutive(after)
-    log = (vol / ".zap" / "console.log").read_text()
+    log = zap("logs", "rd").stdout  # outside the volume: kept across the restore, not rolled back
     assert log.count("connected from port") == 2, log  # two clients, neither ever reconnected
     assert redis_agrees(pod["address"], vol)
 
@@ -306,10 +306,13 @@ def test_shm_is_private_and_rolled_back(zap):
     assert (Path(pod["volume"]) / ".zap/shm/zapseg").exists()
     zap("checkpoint", "shm")
     at = seg("shm")
-    time.sleep(1.0)
-    assert seg("shm") > at + 20
+    time.sleep(3.0)
+    before = seg("shm")
+    assert before > at + 60
     zap("restore", "shm@1")
-    assert seg("shm") < at + 40  # rolled back to about `at`, then counting again
+    # Rolled back to about `at`, then counting again: far below `before` unless the restore and
+    # the read took seconds (a loaded machine takes about one).
+    assert seg("shm") < before - 50
     zap("branch", "shm@1", "shm-b")
     time.sleep(0.5)
     zap("stop", "shm-b")

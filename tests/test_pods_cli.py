@@ -2,6 +2,7 @@
 init, deinit, doctor."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -36,15 +37,18 @@ def test_run_ps_logs_exec_stop_start_rm(zap):
     labels = [ln.split(":", 1) for ln in (text + ck_text).splitlines() if ln.strip() and not ln.startswith("  ")]
     for label, value in labels:  # values a person reads, not Python's reprs
         assert value.strip() not in ("None", "True", "False", "[]", "{}") and not value.strip().startswith(("{'", "['")), label
-    # The console log lives inside the pod's volume; the process is pid 1 and a session leader.
+    # The console log is outside the volume (pod/console.py); pid 1, the init, leads the session.
     log = wait_for(lambda: zap("logs", "svc").stdout, what="log output")
-    assert log.strip() == f"hi there {path}/work svc 1"
-    assert (Path(pod["volume"]) / ".zap" / "console.log").exists()
+    *words, cmd_pid = log.split()
+    assert words == ["hi", "there", f"{path}/work", "svc"] and int(cmd_pid) > 1  # the init's child, not pid 1
+    assert (zap.home / "console" / "svc.log").exists() and not (Path(pod["volume"]) / ".zap" / "console.log").exists()
     stat = Path(f"/proc/{pod['pid']}/stat").read_text().rsplit(")", 1)[1].split()
     assert int(stat[3]) == pod["pid"]  # session id == own pid: setsid inside
-    fds = os.listdir(f"/proc/{pod['pid']}/fd")
-    assert sorted(fds) == ["0", "1", "2"], fds
-    assert os.readlink(f"/proc/{pod['pid']}/fd/0") == "/dev/null"
+    # (as the host sees it: the pod runs in the copy of the tree with its own /proc, pod/mounts.py)
+    assert os.readlink(f"/proc/{pod['pid']}/fd/0") == f"{zap.home}/.podroot/dev/null"
+    assert os.readlink(f"/proc/{pod['pid']}/fd/1").startswith("pipe:[")  # the console, to the logger
+    for fd in os.listdir(f"/proc/{pod['pid']}/fd"):  # nothing of zap's: the init's own signalfd at most
+        assert fd in ("0", "1", "2") or os.readlink(f"/proc/{pod['pid']}/fd/{fd}") == "anon_inode:[signalfd]", fd
     # exec: same namespaces, cwd and environment; exit code passed through.
     cp = zap("exec", "svc", "--", "sh", "-c", 'echo "$PWD|$GREETING|$ZAP_POD_PATH|$$"; ls /proc/1/ >/dev/null; exit 7',
              check=False)  # fmt: skip
@@ -67,10 +71,77 @@ def test_run_ps_logs_exec_stop_start_rm(zap):
     assert not Path(pod["volume"]).exists()
 
 
+INIT_WORKLOAD = """
+import os, signal, sys, time
+if os.fork() == 0:
+    if os.fork() == 0:
+        os.execvp("sleep", ["sleep", "1000"])  # an orphan: reparented to pid 1
+    os._exit(0)
+os.wait()
+signal.signal(signal.SIGTERM, lambda *a: (print("got TERM", flush=True), sys.exit(3)))
+print("ready", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+def _orphan(pid1: int) -> int:
+    out = subprocess.run(["pgrep", "-P", str(pid1), "-x", "sleep"], capture_output=True, text=True).stdout.split()
+    assert len(out) == 1, out
+    return int(out[0])
+
+
+def test_init_is_pid_1_reaps_orphans_forwards_signals_and_ps_sees_the_pod(zap):
+    """Issue 15: a small init (catatonit) is every new pod's pid 1, with the command as its
+    child, and the pod has its own /proc: `ps` inside lists the pod's processes only. A command
+    that never waits for children (this Python) no longer leaves zombies behind, and all of it
+    survives checkpoint, restore and branch."""
+    zap("run", "in", "--", "python3", "-c", INIT_WORKLOAD)
+    pod = zap.pod("in")
+    assert pod["init"] is True
+    wait_for(lambda: "ready" in zap("logs", "in").stdout, what="the workload")
+    ps = zap("exec", "in", "--", "ps", "-eo", "pid=,ppid=,args=").stdout.splitlines()
+    rows = [ln.split(None, 2) for ln in ps]
+    assert rows[0][:2] == ["1", "0"] and rows[0][2].startswith("catatonit -- python3 -c"), ps
+    assert sorted(r[2].split()[0] for r in rows if r[1] == "1") == ["python3", "sleep"], ps  # the command, the orphan
+    assert {r[2].split()[0] for r in rows} == {"catatonit", "python3", "sleep", "ps"}, ps  # nothing of the host's
+    assert zap("exec", "in", "--", "cat", "/proc/1/comm").stdout.strip() == "init"  # .zap/init
+
+    orphan = _orphan(pod["pid"])
+    os.kill(orphan, signal.SIGKILL)
+    wait_for(lambda: proc_state(orphan) is None, what="the orphan reaped by pid 1 (not a zombie)")
+
+    # The same after a checkpoint, a restore and in a branch.
+    zap("exec", "-d", "in", "--", "sleep", "2000")
+    zap("checkpoint", "in")
+    zap("restore", "in@1")
+    zap("branch", "in@1", "in2")
+    for name in ("in", "in2"):
+        ps = zap("exec", name, "--", "ps", "-eo", "pid=,args=").stdout
+        assert "1 catatonit -- python3" in ps and "sleep 2000" in ps and "pytest" not in ps, ps
+
+    # Signals go to the command through the init; the pod ends when the command does.
+    zap("kill", "-s", "TERM", "in")
+    wait_for(lambda: zap.pod("in")["state"] == "dead", what="the pod to end with its command")
+    assert "got TERM" in zap("logs", "in").stdout
+    zap("rm", "-f", "in", "--yes")
+    zap("rm", "-f", "in2", "--yes")
+
+
+def test_no_init_runs_the_command_as_pid_1_and_a_missing_command_is_one_line(zap):
+    zap("run", "bare", "--no-init", "--", "sleep", "1000")
+    assert zap.pod("bare")["init"] is False
+    assert zap("exec", "bare", "--", "cat", "/proc/1/cmdline").stdout == "sleep\x001000\x00"
+    err = zap.fails("run", "nocmd", "--", "no-such-command-zap", code=1)
+    assert "cannot run 'no-such-command-zap'" in err
+    assert [p["name"] for p in zap.json("ps")["pods"]] == ["bare"]
+
+
 def test_stop_of_a_shell_as_pid_1(zap):
-    # A shell as pid 1 has no SIGTERM handler, so the kernel never gives it one: its command is
-    # told instead, and the shell ends with it (it used to wait out the whole timeout: issue 15).
-    zap("run", "sh1", "--", "sh", "-c", "sleep 1000; echo done")
+    # A shell as pid 1 (--no-init) has no SIGTERM handler, so the kernel never gives it one: its
+    # command is told instead, and the shell ends with it (it used to wait out the whole
+    # timeout: issue 15).
+    zap("run", "sh1", "--no-init", "--", "sh", "-c", "sleep 1000; echo done")
     pid = zap.pod("sh1")["pid"]
     wait_for(lambda: subprocess.run(["pgrep", "-P", str(pid), "sleep"], capture_output=True).returncode == 0,
              what="the shell's command")  # fmt: skip

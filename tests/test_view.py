@@ -114,7 +114,7 @@ def test_browse_matches_the_snapshot(zap, view):
     procs = {p["pid"]: p for p in ck["processes"]}
     assert sorted(os.listdir(c1 / "processes")) == sorted(map(str, procs))
     p1 = c1 / "processes" / "1"
-    assert (p1 / "cmdline").read_bytes() == b"sleep\x001000\x00"
+    assert (p1 / "cmdline").read_bytes() == b"catatonit\x00--\x00sleep\x001000\x00"  # the pod's init, then its command
     assert os.readlink(p1 / "cwd") == procs[1]["cwd"]
     assert (p1 / "host_pid").read_text().strip() == str(procs[1]["host_pid"])
 

@@ -79,6 +79,7 @@ def pod_row_record(row: PodRow) -> dict:
         "ports": row.ports,
         "volumes": row.volumes,
         "private_tmp": row.private_tmp,
+        "init": row.init,
         "origin": row.origin,
         "head": row.head,
         "checkpoints": row.checkpoints,

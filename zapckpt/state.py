@@ -53,6 +53,10 @@ class StateDir:
     def logs(self) -> Path:
         return self.root / "logs"
 
+    def console_log(self, pod: str) -> Path:
+        """What a pod wrote to its stdout and stderr (pod/console.py), outside its volume."""
+        return self.root / "console" / f"{pod}.log"
+
     @property
     def locks(self) -> Path:
         return self.root / "locks"

@@ -49,3 +49,13 @@ def signal_name(text: str):
         return signal.Signals[t if t.startswith("SIG") else "SIG" + t]
     except (KeyError, ValueError):
         raise argparse.ArgumentTypeError(f"{text!r} is not a signal (a name like TERM or KILL, or a number)") from None
+
+
+def since(text: str) -> str:
+    """A time or a duration ago (`zap logs --since`): the log record time to start from."""
+    from zapckpt.pod.console import parse_since
+
+    try:
+        return parse_since(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None

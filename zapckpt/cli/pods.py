@@ -37,6 +37,9 @@ def register(sub) -> None:
                        help="forward a host port to the pod (needs --net pod)")  # fmt: skip
         p.add_argument("-v", "--volume", action="append", default=[], metavar="HOSTDIR:PODDIR",
                        help="share a host directory with the pod (never rolled back)")  # fmt: skip
+        p.add_argument("--no-init", dest="init", action="store_false",
+                       help="run the command itself as the pod's pid 1 (e.g. systemd), not as the child of "
+                       "a small init that forwards signals and reaps orphans")  # fmt: skip
         p.add_argument("cmd", nargs="*", metavar="-- CMD [ARGS...]")
         p.set_defaults(func=cmd_run, start=verb == "run")
 
@@ -58,6 +61,10 @@ def register(sub) -> None:
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("-n", "--tail", type=argtypes.count, metavar="N",
                    help="only the last N lines (then follow, with -f)")  # fmt: skip
+    p.add_argument("--since", type=argtypes.since, metavar="TIME|DURATION",
+                   help="only lines written since a time (2026-11-27T10:00:00, UTC unless it says) or "
+                   "a duration ago (90s, 10m, 2h, 1d)")  # fmt: skip
+    p.add_argument("-t", "--timestamps", action="store_true", help="each line with the time it was written (UTC)")
     p.set_defaults(func=cmd_logs)
 
     p = sub.add_parser("exec", help="run a command inside a running pod")
@@ -96,7 +103,7 @@ def register(sub) -> None:
 def cmd_run(args) -> int:
     ctx = context.Context()
     pod = pods.run(ctx, args.name, args.cmd, pods.parse_env(args.env), args.cwd, args.rootfs, args.start,
-                   net=args.net, ports=publish.parse_all(args.publish), volumes=pods.parse_volumes(args.volume))  # fmt: skip
+                   net=args.net, ports=publish.parse_all(args.publish), volumes=pods.parse_volumes(args.volume), init=args.init)  # fmt: skip
     print(f"{pod.name} {pod.mount_path}")
     return 0
 
@@ -161,7 +168,8 @@ def _watch(w: dict | None) -> str:
 
 
 def cmd_logs(args) -> int:
-    pods.follow_log(context.Context(), args.name, args.follow, sys.stdout.buffer, tail=args.tail)
+    pods.follow_log(context.Context(), args.name, args.follow, sys.stdout.buffer, tail=args.tail, since=args.since,
+                    timestamps=args.timestamps)  # fmt: skip
     return 0
 
 

@@ -58,13 +58,14 @@ def run(
     umask: int = -1,
     stdio_from=None,
     on_start=None,
+    pass_fds: Sequence[int] = (),
 ) -> Result:
     """Run argv to completion, capturing stdout and stderr as text. own_session keeps terminal
     signals (Ctrl-C) away from a child that must not die half-way. On a timeout the child is
     killed, with its whole process group if kill_group (it needs own_session), and
     CommandError says so. stdio_from, if given, is called in the child before it execs and
     returns (stdin, stdout) descriptors for it (stderr goes with stdout); output is then not
-    captured."""
+    captured. pass_fds: descriptors the child keeps (at the same numbers)."""
     argv = [str(a) for a in argv]
     preexec = None
     if stdio_from is not None:
@@ -83,6 +84,7 @@ def run(
             env=env,
             cwd=cwd,
             close_fds=True,
+            pass_fds=tuple(pass_fds),
             start_new_session=own_session,
             umask=umask,
             preexec_fn=preexec,

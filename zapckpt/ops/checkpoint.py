@@ -25,7 +25,9 @@ from zapckpt.criu import runner as criu
 from zapckpt.criu.images import ImageFormatError, dump_run_id, read_dump_stats
 from zapckpt.net import podnet
 from zapckpt.ops import intents
+from zapckpt.pod import console
 from zapckpt.pod.lifecycle import live_state
+from zapckpt.pod.mounts import pod_root
 from zapckpt.store import imagesets as image_sets
 from zapckpt.system import faults, priority, procinfo, staging
 from zapckpt.system.signals import deferred_interrupts
@@ -127,7 +129,7 @@ def take(
     pids = procinfo.pids_in_pidns(pod.init_pid)
     processes = [d for p in pids if (d := procinfo.describe(p))]
     inside = [pod.mount_path, *(v["pod"] for v in pod.volumes or []), *(["/tmp"] if pod.private_tmp else [])]
-    outside = procinfo.outside_files(pids, inside)
+    outside = procinfo.outside_files(pids, inside, None if pod.rootfs else pod_root(str(ctx.state.root)))
     if outside and strict:
         raise ZapError(f"pod {pod.name!r} holds files open outside its volume, which the checkpoint would not "
                        f"contain: {_name_files(outside)} (--strict; declare them with --volume or drop --strict)")
@@ -150,6 +152,7 @@ def take(
                 podnet.release_locks(ctx.net, pod, ck.criu_run_id)
                 podnet.abort_external(ctx.net, pod)
             procinfo.kill_pod_tree(pod.init_pid)
+            console.wait_for_loggers(ctx.state.console_log(pod.name))
             pod.desired_state = "stopped"
             pod.net_locked_by = None if release_connections else ck.id
             s.commit()
@@ -216,6 +219,7 @@ def _dump_and_commit(ctx: Context, s: Session, rec: intents.Record, pod: Pod, ck
         # After the thaw.
         stats = read_dump_stats(images)
         run_id = dump_run_id(images)
+        console.mark(images, pod.console_pipe)  # for a restore to join the processes to a new one
         fs_ms = _hook_ms(hook_times)
         info = backend.describe(snap)
         if info.path != str(snap):

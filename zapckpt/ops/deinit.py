@@ -12,6 +12,7 @@ from zapckpt.common.errors import ZapError
 from zapckpt.context import Context
 from zapckpt.net import podnet
 from zapckpt.ops import watch
+from zapckpt.pod import console
 from zapckpt.pod.lifecycle import stop_processes
 from zapckpt.system import procinfo
 from zapckpt.system.pool import existing_pool, unmount_pool
@@ -40,6 +41,7 @@ def deinit(ctx: Context, purge: bool, stop_timeout: float = 3.0) -> list[str]:
                     stop_processes(pod, stop_timeout)
                     pod.desired_state = "stopped"
                     stopped.append(pod.name)
+                console.wait_for_loggers(ctx.state.console_log(pod.name))  # its last lines written
                 if purge and pod.net_locked_by:
                     # nothing will ever restore these: a --net host pod's lock lives in the host's namespace
                     podnet.release_locks(ctx.net, pod, queries.criu_run_id(s, pod.net_locked_by))

@@ -132,6 +132,7 @@ def run_checks() -> list[Check]:
                       ("ss", "iproute2"), ("nft", "nftables")):  # fmt: skip
         checks.append(_tool(tool, pkg))
     checks.extend(_criu())
+    checks.append(_pod_init())
     shm_ok = Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK)
     checks.append(Check("tmpfs staging", shm_ok, str(state.staging),
                         "" if shm_ok else "mount a tmpfs on /dev/shm", required=False))  # fmt: skip
@@ -141,6 +142,17 @@ def run_checks() -> list[Check]:
     checks.append(Check("state directory", writable, f"{root} ({'exists' if root.exists() else 'will be created'})",
                         "" if writable else f"make {probe} writable or set ZAP_HOME"))  # fmt: skip
     return checks
+
+
+def _pod_init() -> Check:
+    from zapckpt.common.errors import ZapError
+    from zapckpt.pod.lifecycle import init_binary
+
+    try:
+        return Check("pod init", True, f"{init_binary()} (pid 1 of every new pod)", "")
+    except ZapError:
+        return Check("pod init", False, "catatonit not found", "apt-get install catatonit (or make install); "
+                     "without it only `zap run --no-init` works")  # fmt: skip
 
 
 def report(checks: list[Check]) -> dict:

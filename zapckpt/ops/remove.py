@@ -20,6 +20,7 @@ from zapckpt.common.errors import NotFound, UsageError
 from zapckpt.context import Context
 from zapckpt.net import podnet
 from zapckpt.ops import intents
+from zapckpt.pod import console
 from zapckpt.pod.lifecycle import live_state, stop_processes
 from zapckpt.store import convert
 from zapckpt.store import imagesets as images
@@ -167,6 +168,8 @@ def rm(ctx: Context, name: str, force: bool) -> None:
             podnet.remove(ctx.net, pod)
             s.delete(pod)
             s.flush()
+            console.wait_for_loggers(ctx.state.console_log(name))
+            ctx.state.console_log(name).unlink(missing_ok=True)  # a new pod of that name starts a new log
             if pod.ports:
                 podnet.sync_nat(s, ctx.net)
             # The mount point may still be where a branch's volume appears: keep it while used.

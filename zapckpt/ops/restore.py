@@ -19,7 +19,9 @@ from zapckpt.names import check_name
 from zapckpt.net import podnet
 from zapckpt.ops import checkpoint as ckpt
 from zapckpt.ops import intents
+from zapckpt.pod import console
 from zapckpt.pod.lifecycle import check_ports_free, live_state, write_network_files
+from zapckpt.pod.mounts import pod_root
 from zapckpt.store import imagesets as image_sets
 from zapckpt.system import faults, procinfo, staging
 from zapckpt.system.signals import deferred_interrupts
@@ -51,19 +53,31 @@ def materialized(ctx: Context, s: Session, ck: Checkpoint) -> Iterator[Path | No
 
 def restore_processes(ctx: Context, images: Path, pod: Pod, limit: float | None = None) -> tuple[int, int]:
     """Let CRIU bring the tree back in the pod's own network namespace, with the pod's mounts
-    (its volume at the pod's path, private /dev/shm and /dev/pts, declared volumes)."""
+    (its volume at the pod's path, private /dev/shm and /dev/pts, declared volumes), and the
+    console pipe its processes held replaced by a new one to the pod's console log."""
     os.makedirs(pod.mount_path, exist_ok=True)
     mounts = {"volume": pod.volume, "mount_path": pod.mount_path, "system": bool(pod.rootfs),
               "volumes": pod.volumes or [], "private_tmp": pod.private_tmp, "state_root": str(ctx.state.root),
-              "socket_dirs": []}  # fmt: skip
+              "socket_dirs": [],
+              "proc": os.path.join(pod.mount_path if pod.rootfs else pod_root(str(ctx.state.root)), "proc")}  # fmt: skip
     if pod.rootfs:
         # CRIU binds a system pod's unix sockets at the names the daemons gave, from the host's
         # root: their directories are redirected into the pod's root for the restore.
         inside = pod.mount_path.rstrip("/") + "/"
         mounts["socket_dirs"] = sorted({os.path.dirname(n) for n in bound_unix_sockets(images)
                                         if not n.startswith(inside)})  # fmt: skip
-    pid = criu.restore(images, images.parent / "pid", mounts, podnet.netns_path(ctx.net, pod),
-                       ctx.log_path(pod.name, "restore"), limit)  # fmt: skip
+    held = console.held_pipe(images)
+    inherit, pipe = {}, None
+    if held is not None:
+        w, pipe = console.start_logger(ctx.state.console_log(pod.name))
+        inherit = {w: held}
+    try:
+        pid = criu.restore(images, images.parent / "pid", mounts, podnet.netns_path(ctx.net, pod),
+                           ctx.log_path(pod.name, "restore"), limit, inherit=inherit)  # fmt: skip
+    finally:
+        for w in inherit:
+            os.close(w)  # the restored processes hold it now (or CRIU failed: the logger ends)
+    pod.console_pipe = pipe
     return pid, procinfo.starttime(pid) or 0
 
 
@@ -193,7 +207,7 @@ def branch(ctx: Context, ref: str, new_name: str, start: bool = True, ports: lis
             pod = Pod(
                 name=new_name, volume=str(volume), mount_path=src.mount_path, command=src.command,
                 env=src.env, cwd=src.cwd, rootfs=src.rootfs, desired_state="stopped", origin_checkpoint_id=ck.id,
-                head_checkpoint_id=ck.id, net=src.net, ports=ports or [], volumes=src.volumes or [], private_tmp=src.private_tmp,
+                head_checkpoint_id=ck.id, net=src.net, ports=ports or [], volumes=src.volumes or [], private_tmp=src.private_tmp, init=src.init,
             )  # fmt: skip
             if src.net == "pod":
                 check_ports_free(s, new_name, pod.ports)

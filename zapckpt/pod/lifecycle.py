@@ -10,16 +10,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from catalog import Pod, queries
 from zapckpt.common import proc
-from zapckpt.common.errors import AlreadyExists, UsageError, ZapError
+from zapckpt.common.errors import AlreadyExists, Busy, UsageError, ZapError
 from zapckpt.context import Context
 from zapckpt.names import check_name
 from zapckpt.net import podnet
+from zapckpt.pod import console
+from zapckpt.pod.console import start_logger
 from zapckpt.pod.mounts import LOG_DIR, LOG_NAME, open_console_log
 from zapckpt.pod.status import live_state
 from zapckpt.system import procinfo
+
+if TYPE_CHECKING:
+    from zapckpt.state import StateDir
 
 START_TIMEOUT = 30.0
 BASE_ENV = {
@@ -57,9 +63,33 @@ def _resolve_cwd(mount_path: str, cwd: str | None) -> str:
     return os.path.normpath(cwd)
 
 
-def start_processes(pod: Pod, netns: str | None, state_root: Path) -> tuple[int, int]:
+# Podman's init for `--init` (Debian package catatonit); ZAP_INIT names another build of it.
+INIT_PATHS = ("/usr/libexec/podman/catatonit", "/usr/bin/catatonit")
+
+
+def init_binary() -> str:
+    """The small init every new pod runs as its pid 1 (see pod/init.py)."""
+    for path in filter(None, (os.environ.get("ZAP_INIT"), *INIT_PATHS)):
+        if os.access(path, os.X_OK):
+            return path
+    raise ZapError("the pod init (catatonit) is missing: `make install` installs it; "
+                   "`zap run --no-init` runs the command itself as pid 1")  # fmt: skip
+
+
+def start_processes(pod: Pod, netns: str | None, state: StateDir) -> tuple[int, int]:
     """Start pod.command as pid 1 of fresh namespaces (in the network namespace `netns`, or the
-    host's for None); returns (host pid, start time)."""
+    host's for None), its stdout and stderr a new pipe to its console log (pod.console_pipe);
+    returns (host pid, start time)."""
+    console, pipe = start_logger(state.console_log(pod.name))
+    try:
+        pid, start = _start_processes(pod, netns, state.root, console)
+    finally:
+        os.close(console)
+    pod.console_pipe = pipe
+    return pid, start
+
+
+def _start_processes(pod: Pod, netns: str | None, state_root: Path, console: int) -> tuple[int, int]:
     spec = {
         "command": pod.command,
         "env": pod_env(pod),
@@ -71,6 +101,8 @@ def start_processes(pod: Pod, netns: str | None, state_root: Path) -> tuple[int,
         "volumes": pod.volumes or [],
         "private_tmp": pod.private_tmp,
         "state_root": str(state_root),
+        "init": init_binary() if pod.init else None,
+        "console": f"/proc/{os.getpid()}/fd/{console}",
     }
     # The pod's init reports through a pipe it opens by path: `unshare --fork` stays alive as
     # the pod's reaper, and it must not hold the write end, or we would never see EOF.
@@ -140,10 +172,11 @@ def parse_volumes(specs: list[str]) -> list[dict]:
 
 def run(ctx: Context, name: str, command: list[str], env: dict[str, str], cwd: str | None,
         rootfs: str | None = None, start: bool = True, net: str = "pod", ports: list[dict] | None = None,
-        volumes: list[dict] | None = None) -> Pod:  # fmt: skip
+        volumes: list[dict] | None = None, init: bool = True) -> Pod:  # fmt: skip
     """`zap run` (start=True) and `zap create` (start=False): a new pod with a fresh volume, or
     with a root file system made from `rootfs` (see rootfs.py), in its own network (net "pod":
-    an address on the bridge, `ports` published; "none": loopback only) or the host's."""
+    an address on the bridge, `ports` published; "none": loopback only) or the host's. init:
+    a small init is the pod's pid 1 and the command its child (see pod/init.py)."""
     check_name(name)
     if start and not command:
         raise UsageError("no command given: zap run NAME -- CMD [ARGS...]")
@@ -185,7 +218,7 @@ def run(ctx: Context, name: str, command: list[str], env: dict[str, str], cwd: s
             name=name, volume=str(volume), mount_path=str(mount_path), command=command, env=env,
             cwd=_resolve_cwd(seen_from, cwd), desired_state="running" if start else "stopped", rootfs=rootfs,
             net=net, ports=ports or [], volumes=volumes or [],
-            private_tmp=private_tmp,
+            private_tmp=private_tmp, init=init,
         )  # fmt: skip
         try:
             if net == "pod":
@@ -203,7 +236,7 @@ def run(ctx: Context, name: str, command: list[str], env: dict[str, str], cwd: s
                 os.makedirs(os.path.join(pod.volume, inside), exist_ok=True)
             mount_path.mkdir(parents=True, exist_ok=True)
             if start:
-                pod.init_pid, pod.init_starttime = start_processes(pod, podnet.netns_path(ctx.net, pod), ctx.state.root)
+                pod.init_pid, pod.init_starttime = start_processes(pod, podnet.netns_path(ctx.net, pod), ctx.state)
         except BaseException:
             podnet.remove(ctx.net, pod)
             pool.backend.delete_volume(volume)
@@ -266,7 +299,7 @@ def start(ctx: Context, name: str) -> Pod:
             # A fresh start has no connections to bring back: drop a --stop dump's locks.
             podnet.release_locks(ctx.net, pod, queries.criu_run_id(s, pod.net_locked_by))
             pod.net_locked_by = None
-            pod.init_pid, pod.init_starttime = start_processes(pod, podnet.netns_path(ctx.net, pod), ctx.state.root)
+            pod.init_pid, pod.init_starttime = start_processes(pod, podnet.netns_path(ctx.net, pod), ctx.state)
             pod.desired_state = "running"
             return pod
 
@@ -302,6 +335,7 @@ def stop(ctx: Context, name: str, timeout: float = 10.0, say=None) -> Pod:
         with ctx.catalog.session() as s:
             pod = queries.get_pod(s, name)
             stop_processes(pod, timeout, say)
+            console.wait_for_loggers(ctx.state.console_log(name))
             pod.desired_state = "stopped"
             return pod
 
@@ -362,9 +396,12 @@ def _enter_argv(ctx: Context, name: str, script: str, command: list[str], consol
         pod = queries.get_pod(s, name)
         if live_state(pod) != "running":
             raise UsageError(f"pod {name!r} is not running")
-        root = ["-r", "-w"] if pod.rootfs else []  # a system pod: its root (and a cwd inside it)
+        # The pod's root: a system pod's, or the copy of the tree a volume pod runs in (with its own /proc).
+        root = ["-r", "-w"] if pod.rootfs else ["-r"]
         log = [os.path.join("/" if pod.rootfs else pod.mount_path, LOG_DIR, LOG_NAME)] if console else []
-        argv = ["nsenter", "-t", str(pod.init_pid), "-p", "-m", "-i", "-u", "-n", *root, "--",
+        # -T: a restored pod runs in the time namespace CRIU made for it; a daemon left outside
+        # it would make the next restore fail ("Can't restore sub-task in NS").
+        argv = ["nsenter", "-t", str(pod.init_pid), "-p", "-m", "-i", "-u", "-n", "-T", *root, "--",
                 "/bin/sh", "-c", script, "sh", pod.cwd, *log, *command]  # fmt: skip
         return argv, pod_env(pod)
 
@@ -384,13 +421,19 @@ def exec_in(ctx: Context, name: str, command: list[str], timeout: float | None =
 
 def exec_detached(ctx: Context, name: str, command: list[str]) -> None:
     """`zap exec -d`: start a daemon inside the pod in a session of its own, with /dev/null as
-    stdin and the pod's console log as stdout and stderr, all opened inside the pod, so that
-    the next checkpoint can dump it (host stdio would make CRIU refuse the tree)."""
+    stdin and the pod's console as stdout and stderr, all opened inside the pod, so that the
+    next checkpoint can dump it (host stdio would make CRIU refuse the tree). Pods from before
+    the console pipe: their console log in the volume."""
     if not command:
         raise UsageError("no command given: zap exec -d NAME -- CMD [ARGS...]")
     with ctx.catalog.session() as s:
         pod = queries.get_pod(s, name)
-    if pod.rootfs:
+    if pod.console_pipe is not None:
+        # The console pipe, as pid 1 holds it in the pod's own /proc (pod/console.py).
+        script = 'cd -- "$1" || exit 1; shift; exec setsid -f "$@" </dev/null >>/proc/1/fd/1 2>&1'
+        argv, env = _enter_argv(ctx, name, script, command)
+        res = proc.run(argv, check=False, env=env)
+    elif pod.rootfs:
         # A system pod's shell runs in its root: the log's path resolves inside it whatever it is.
         script = 'cd -- "$1" || exit 1; log=$2; shift 2; exec setsid -f "$@" </dev/null >>"$log" 2>&1'
         argv, env = _enter_argv(ctx, name, script, command, console=True)
@@ -448,9 +491,19 @@ def _seek_to_last_lines(f, n: int) -> None:
     f.seek(0)
 
 
-def follow_log(ctx: Context, name: str, follow: bool, out, tail: int | None = None) -> None:
+def follow_log(ctx: Context, name: str, follow: bool, out, tail: int | None = None, since: str | None = None,
+               timestamps: bool = False) -> None:  # fmt: skip
+    """`zap logs`: the pod's console log (pod/console.py), or for a pod from before it, the
+    `.zap/console.log` in its volume (no times: since and timestamps need the new log)."""
     with ctx.catalog.session() as s:
         pod = queries.get_pod(s, name)
+    path = ctx.state.console_log(name)
+    if path.exists() or pod.console_pipe is not None:
+        _follow_console(ctx, name, path, follow, out, tail, since, timestamps)
+        return
+    if since is not None or timestamps:
+        raise UsageError(f"pod {name!r} keeps its console log in its volume (it was started by an earlier "
+                         f"version): no times to show or select by; `zap stop` and `zap start` it for the new log")  # fmt: skip
     ctx.ensure_pool()  # the log is inside the volume: make sure the pool is mounted
     try:
         volume = os.open(pod.volume, os.O_PATH | os.O_DIRECTORY)
@@ -468,18 +521,70 @@ def follow_log(ctx: Context, name: str, follow: bool, out, tail: int | None = No
     with open(fd, "rb") as f:
         if tail is not None:
             _seek_to_last_lines(f, tail)
-        while True:
-            chunk = f.read(65536)
-            if chunk:
-                out.write(chunk)
-                out.flush()
-                continue
-            if not follow:
+        _copy(ctx, name, f, (lambda chunk: chunk), follow, out)
+
+
+def _follow_console(ctx: Context, name: str, path: Path, follow: bool, out, tail: int | None, since: str | None,
+                    timestamps: bool) -> None:  # fmt: skip
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        if not follow:
+            return
+        f = None
+    held = [b""]  # the records of a line not finished yet, and a record not read whole
+
+    def render(chunk: bytes, final: bool = False) -> bytes:
+        data = held[0] + chunk
+        cut = data.rfind(b"\n") + 1
+        recs = data[:cut].split(b"\n")[:-1]
+        k = len(recs)
+        while k and not final and recs[k - 1].split(b" ", 2)[1:2] == [b"P"]:
+            k -= 1  # a line still being written: shown once it ends
+        held[0] = b"".join(r + b"\n" for r in recs[k:]) + data[cut:]
+        return b"".join(console.lines((r + b"\n" for r in recs[:k]), since, timestamps, final))
+
+    while f is None:  # the pod's logger has not written yet
+        time.sleep(0.2)
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            if not _running(ctx, name):
                 return
-            with ctx.catalog.session() as s:
-                pod = queries.get_pod(s, name)
-                running = live_state(pod) == "running"
-            if not running:
-                out.write(f.read())
-                return
-            time.sleep(0.2)
+    with f:
+        if tail is not None:
+            _seek_to_last_lines(f, tail)
+        _copy(ctx, name, f, render, follow, out)
+        out.write(render(b"", final=True))  # a line the pod has not ended yet, as far as it goes
+        out.flush()
+
+
+def _running(ctx: Context, name: str) -> bool:
+    """Running, or being restored (its lock held: a restore stops it a moment, then it writes on)."""
+    with ctx.catalog.session() as s:
+        if live_state(queries.get_pod(s, name)) == "running":
+            return True
+    try:
+        with ctx.pod_lock(name, wait=0):
+            return False
+    except Busy:
+        return True
+
+
+def _copy(ctx: Context, name: str, f, render, follow: bool, out) -> None:
+    """Write what f holds, rendered, to out; with follow, what comes after too, until the pod
+    is no longer running."""
+    while True:
+        chunk = f.read(65536)
+        if chunk:
+            out.write(render(chunk))
+            out.flush()
+            continue
+        if not follow:
+            return
+        if not _running(ctx, name):
+            time.sleep(0.3)  # what its logger still had in hand
+            out.write(render(f.read()))
+            out.flush()
+            return
+        time.sleep(0.2)

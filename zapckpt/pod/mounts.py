@@ -15,6 +15,12 @@ in the new namespace), so restored processes find every file where they left it.
   volume, rolled back with it, never the host's. A pod path that lives under /tmp (a state
   directory there) gets a mount point inside that private /tmp.
 - Declared `--volume HOSTDIR:PODDIR` binds: shared with the host, never rolled back.
+- A volume pod's own /proc: its processes run chrooted in a copy of this namespace's whole
+  tree (a recursive bind of / at `<state dir>/.podroot`, on the tmpfs that hides the state
+  directory) with the pod's own proc over its /proc, so `ps` inside lists the pod's processes.
+  CRIU, which runs in this namespace and finds the tasks by host pid, keeps the host's /proc at
+  the namespace's real root; it dumps the tasks' root and paths as the copy, and a restore
+  makes the same copy (the proc comes from a CRIU hook, inside the new pid namespace).
 
 Nothing here follows a symlink the pod placed: paths inside the volume are opened with
 O_NOFOLLOW from a directory descriptor, and a system pod's mounts are made after the chroot.
@@ -31,11 +37,17 @@ import sys
 
 from zapckpt.common import mountinfo, proc
 
-MS_BIND = 4096
+MS_BIND, MS_REC = 4096, 16384
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 LOG_DIR, LOG_NAME = ".zap", "console.log"
 SHM_DIR = ".zap/shm"
 TMP_DIR = ".zap/tmp"
+PODROOT = ".podroot"
+
+
+def pod_root(state_root: str) -> str:
+    """Where a volume pod's processes have their root, in its mount namespace only."""
+    return os.path.join(state_root, PODROOT)
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
@@ -47,7 +59,7 @@ def _mount(source: str, target: str, fstype: str | None, flags: int, data: str |
         raise OSError(err, f"mount {source} on {target}: {os.strerror(err)}")
 
 
-def _walk_dirs(base_fd: int, rel: str, mode: int = 0o755) -> int:
+def walk_dirs(base_fd: int, rel: str, mode: int = 0o755) -> int:
     """An O_PATH descriptor of directory `rel` under base_fd, each missing part made, none
     followed if it is a symlink (the pod controls everything below its volume)."""
     fd = os.dup(base_fd)
@@ -65,8 +77,8 @@ def _walk_dirs(base_fd: int, rel: str, mode: int = 0o755) -> int:
 
 
 def _private_dir(root_fd: int, rel: str, mode: int) -> int:
-    """_walk_dirs, the last directory given `mode`."""
-    fd = _walk_dirs(root_fd, rel, mode)
+    """walk_dirs, the last directory given `mode`."""
+    fd = walk_dirs(root_fd, rel, mode)
     os.chmod(f"/proc/self/fd/{fd}", mode)
     return fd
 
@@ -84,7 +96,7 @@ def open_console_log(volume_fd: int, create: bool = True) -> int:
     flags = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     flags |= (os.O_WRONLY | os.O_APPEND | os.O_CREAT) if create else os.O_RDONLY
     if create:
-        d = _walk_dirs(volume_fd, LOG_DIR)
+        d = walk_dirs(volume_fd, LOG_DIR)
     else:
         d = os.open(LOG_DIR, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=volume_fd)
     try:
@@ -172,7 +184,7 @@ def setup_pod_mounts(volume: str, mount_path: str, system: bool, volumes: list[d
             tmp_fd = os.open("/tmp", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
         if tmp_fd >= 0 and (rel := _under(mount_path, "/tmp")) is not None:
             # The state directory is under the host's /tmp, hidden now with all the rest of it.
-            mount_point = _walk_dirs(tmp_fd, rel)
+            mount_point = walk_dirs(tmp_fd, rel)
             try:
                 _bind_fd(volume_fd, f"/proc/self/fd/{mount_point}")
             finally:
@@ -225,21 +237,40 @@ def setup_pod_mounts(volume: str, mount_path: str, system: bool, volumes: list[d
             # Below the pod's own path or its private /tmp, the mount point is the pod's to
             # shape: made without following its symlinks. Elsewhere it is an existing host directory.
             if (rel := _under(inside, mount_path)) is not None:
-                target = _walk_dirs(root_fd, rel)
+                target = walk_dirs(root_fd, rel)
             elif tmp_fd >= 0 and (rel := _under(inside, "/tmp")) is not None:
-                target = _walk_dirs(tmp_fd, rel)
+                target = walk_dirs(tmp_fd, rel)
             else:
                 target = os.open(inside, os.O_PATH | os.O_DIRECTORY)
             try:
                 _bind_fd(fd, f"/proc/self/fd/{target}")
             finally:
                 os.close(target)
+        _copy_tree_for_own_proc(pod_root(state_root), tmp_fd, chroot)
     finally:
         os.close(root_fd)
         if tmp_fd >= 0:
             os.close(tmp_fd)
         for fd, _ in host_fds:
             os.close(fd)
+
+
+def _copy_tree_for_own_proc(root: str, tmp_fd: int, enter: bool) -> None:
+    """The copy of the whole tree a volume pod's processes run in (see the top); enter: mount
+    the pod's proc (we are its pid 1) and chroot into the copy."""
+    if tmp_fd >= 0 and (rel := _under(root, "/tmp")) is not None:
+        target = walk_dirs(tmp_fd, rel, 0o700)  # in the pod's private /tmp: never through its links
+    else:
+        os.makedirs(root, mode=0o700, exist_ok=True)  # on the tmpfs that hides the state directory
+        target = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        _mount("/", f"/proc/self/fd/{target}", None, MS_BIND | MS_REC)
+    finally:
+        os.close(target)
+    if enter:
+        _mount("proc", os.path.join(root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        os.chroot(root)
+        os.chdir("/")
 
 
 def detach_views() -> None:

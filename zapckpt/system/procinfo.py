@@ -73,15 +73,18 @@ def cpu_ticks(init_pid: int) -> int:
 
 
 def describe(pid: int) -> dict | None:
-    """pid (host), pid inside the pod, command line and cwd of one process."""
+    """pid (host), pid inside the pod, command line and cwd of one process (as it sees it,
+    from its own root)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
         with open(f"/proc/{pid}/status") as f:
             nspid = next((ln.split()[1:] for ln in f if ln.startswith("NSpid:")), [str(pid)])
-        cwd = os.readlink(f"/proc/{pid}/cwd")
+        cwd, root = os.readlink(f"/proc/{pid}/cwd"), os.readlink(f"/proc/{pid}/root")
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
+    if root != "/" and (cwd + "/").startswith(root + "/"):
+        cwd = cwd[len(root):] or "/"
     st = read_stat(pid)
     age = _uptime() - st.starttime / _CLK_TCK if st else 0.0
     return {"host_pid": pid, "pid": int(nspid[-1]), "cmdline": argv, "cwd": cwd, "age_s": round(max(age, 0.0), 2)}
@@ -116,12 +119,13 @@ def wait_gone(pids: list[int], timeout: float) -> bool:
 
 
 def catches(pid: int, sig: int) -> bool:
-    """Whether pid has a handler for sig (/proc/PID/status SigCgt). The init of a pid namespace
+    """Whether pid handles sig: a handler (/proc/PID/status SigCgt), or the signal blocked to be
+    read from a signalfd (SigBlk: catatonit, the pods' init). The init of a pid namespace
     receives only the signals it handles: a shell as pid 1 never sees a SIGTERM."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("SigCgt:"):
-                return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+            if line.startswith(("SigCgt:", "SigBlk:")) and int(line.split()[1], 16) >> (sig - 1) & 1:
+                return True
     except (OSError, ValueError):
         pass
     return False
@@ -167,9 +171,10 @@ def kill_tree(pid: int, level_timeout: float = 1.0) -> None:
 _ALWAYS_INSIDE = ("/dev/", "/proc/", "/sys/")
 
 
-def outside_files(pids: list[int], inside: list[str]) -> list[dict]:
+def outside_files(pids: list[int], inside: list[str], root: str | None = None) -> list[dict]:
     """Regular files and directories that pids hold open outside the `inside` directories (as
-    the processes see them): the snapshot does not have them, so a restore may not match."""
+    the processes see them: from their root, for processes chrooted in `root`): the snapshot
+    does not have them, so a restore may not match."""
     roots = [p.rstrip("/") + "/" for p in inside]
     found = []
     for pid in pids:
@@ -185,6 +190,8 @@ def outside_files(pids: list[int], inside: list[str]) -> list[dict]:
             if not target.startswith("/"):
                 continue  # pipe:[..], socket:[..], anon_inode:..
             path = target.removesuffix(" (deleted)")
+            if root and path.startswith(root + "/"):
+                path = path[len(root):]
             if path.startswith(_ALWAYS_INSIDE) or any((path + "/").startswith(r) for r in roots):
                 continue
             found.append({"host_pid": pid, "fd": int(fd), "path": path})

@@ -1,0 +1,98 @@
+"""The console log outside the snapshot (issue 15): what a pod writes to stdout and stderr
+survives a rollback, `zap logs -f` follows across one, a branch has a log of its own, and
+`--tail`, `--since`, `--timestamps` select and show it; what the pod writes in its volume is
+still rolled back. Record parsing is unit-tested at the end."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from helpers import wait_for
+
+# One line a tick on stdout, and the same count in a file of the volume.
+TICKER = "i=0; while :; do i=$((i+1)); echo tick $i; echo $i > count.txt; sleep 0.1; done"
+
+
+def _ticks(text: str) -> list[int]:
+    return [int(m) for m in re.findall(r"^tick (\d+)$", text, re.M)]
+
+
+@pytest.mark.system
+def test_console_survives_rollback_and_follows_across_it(zap):
+    zap("run", "tk", "--", "sh", "-c", TICKER)
+    vol = zap.volume("tk")
+    wait_for(lambda: len(_ticks(zap("logs", "tk").stdout)) >= 5, what="ticks")
+    follower = subprocess.Popen([sys.executable, "-m", "zapckpt.cli", "logs", "-f", "tk"], stdout=subprocess.PIPE,
+                                text=True, env=zap.env)  # fmt: skip
+    try:
+        zap("checkpoint", "tk")
+        snap = zap.json("show", "tk@1")["snapshot"]["path"]
+        at = int(open(f"{snap}/count.txt").read())
+        wait_for(lambda: max(_ticks(zap("logs", "tk").stdout)) >= at + 10, what="ticks after the checkpoint")
+        before = max(_ticks(zap("logs", "tk").stdout))
+        zap("restore", "tk@1")
+        # The volume is rolled back; the console log keeps what was written since the checkpoint.
+        assert int((vol / "count.txt").read_text()) < before
+        after = wait_for(lambda: (t := _ticks(zap("logs", "tk").stdout)) and t[-1] > at + 3 and t, what="ticks after")
+        assert set(range(1, before + 1)) <= set(after)  # nothing written before the restore is gone
+        drop = next(i for i in range(len(after) - 1) if after[i + 1] <= after[i])  # where the restore came
+        assert after[drop] >= before and at < after[drop + 1] <= at + 2, after[drop - 2 : drop + 5]  # on from the checkpoint
+        wait_for(lambda: (vol / "count.txt").read_text().strip() != str(at), what="the restored pod writing")
+    finally:
+        zap("stop", "tk")  # ends the follower: the pod no longer runs
+        out, _ = follower.communicate(timeout=30)
+    followed = _ticks(out)
+    assert followed[-1] > at + 3 and set(range(1, before + 1)) <= set(followed)  # -f went on after the restore
+    assert followed == _ticks(zap("logs", "tk").stdout)
+
+    # --tail, --since, --timestamps; a branch's log is its own, and `exec -d` writes to the console.
+    assert _ticks(zap("logs", "--tail", "3", "tk").stdout) == followed[-3:]
+    assert zap("logs", "--since", "1h", "tk").stdout == zap("logs", "tk").stdout
+    future = (datetime.now(timezone.utc) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    assert zap("logs", "--since", future, "tk").stdout == ""
+    stamped = zap("logs", "-t", "--tail", "2", "tk").stdout.splitlines()
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z tick \d+", ln) for ln in stamped), stamped
+    assert "is neither a time" in zap.fails("logs", "--since", "soon", "tk", code=2)
+    zap("branch", "tk@1", "tk2")
+    wait_for(lambda: len(_ticks(zap("logs", "tk2").stdout)) >= 3, what="the branch's ticks")
+    assert _ticks(zap("logs", "tk2").stdout)[0] == at + 1  # from the checkpoint on, nothing of the original's
+    zap("exec", "-d", "tk2", "--", "sh", "-c", "echo from a daemon; exec sleep 600")
+    wait_for(lambda: "from a daemon" in zap("logs", "tk2").stdout, what="the daemon's line")
+    zap("checkpoint", "tk2")  # the daemon holds the console too: dumped and restored with it
+    zap("restore", "tk2@1")
+    wait_for(lambda: _ticks(zap("logs", "tk2").stdout)[-1] > 5 + _ticks(zap("logs", "tk2").stdout)[0], what="more")
+    zap("rm", "-f", "tk2", "--yes")
+    assert not (zap.home / "console" / "tk2.log").exists()
+
+
+@pytest.mark.system
+def test_partial_lines_and_stderr(zap):
+    zap("run", "pl", "--", "sh", "-c", "printf 'half'; sleep 1.2; printf ' and the rest\\n'; echo err >&2; sleep 600")
+    wait_for(lambda: "err" in zap("logs", "pl").stdout, what="the lines")
+    assert zap("logs", "pl").stdout == "half and the rest\nerr\n"
+    raw = (zap.home / "console" / "pl.log").read_text().splitlines()
+    assert [ln.split(" ", 2)[1:] for ln in raw] == [["P", "half"], ["F", " and the rest"], ["F", "err"]]
+
+
+def test_records_join_partial_lines_and_select_by_time():
+    from zapckpt.pod.console import lines, parse_since
+
+    recs = [b"2026-01-01T00:00:01.000000Z F one\n", b"2026-01-01T00:00:02.000000Z P tw\n",
+            b"2026-01-01T00:00:03.000000Z F o\n", b"2026-01-01T00:00:04.000000Z P thr\n"]  # fmt: skip
+    assert list(lines(iter(recs))) == [b"one\n", b"two\n"]
+    assert list(lines(iter(recs), unfinished=True))[-1] == b"thr\n"
+    assert list(lines(iter(recs), since="2026-01-01T00:00:02.000000Z", timestamps=True)) == [
+        b"2026-01-01T00:00:02.000000Z two\n"]  # a line's time is its first record's
+    now = datetime(2026, 1, 1, 12, tzinfo=timezone.utc)
+    assert parse_since("90s", now) == "2026-01-01T11:58:30.000000Z"
+    assert parse_since("2026-01-01T10:00:00+02:00", now) == "2026-01-01T08:00:00.000000Z"
+    assert parse_since("2026-01-01", now) == "2026-01-01T00:00:00.000000Z"
+    for bad in ("x", "10", "1e3s", "٣s", "nan", "0001-01-01T00:00:00+01:00"):
+        with pytest.raises(ValueError):
+            parse_since(bad, now)
