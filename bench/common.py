@@ -190,7 +190,7 @@ def size_name(mib: int) -> str:
 def start_memhog(home: Path, name: str, mib: int, net: str = "pod") -> int:
     zap(home, "run", name, "--net", net, "--env", f"MEMHOG_MIB={mib}", "--env", "MEMHOG_QUIET=1", "--", "python3",
         str(pod_program(MEMHOG)))  # fmt: skip
-    log = home / "pool" / "pods" / name / ".zap" / "console.log"
+    log = home / "console" / f"{name}.log"  # its console (zapckpt/pod/console.py)
     wait_for(lambda: log.exists() and "holding" in log.read_text(), what=f"{name} to fill its memory")
     return pod_info(home, name)["pid"]
 
@@ -205,8 +205,8 @@ def pod_info(home: Path, name: str) -> dict:
 def raw_dump(pid: int, out: Path) -> dict:
     """criu dump --leave-running into tmpfs, as zap runs it minus the hook; CRIU's own timings."""
     from zapckpt.criu import runner as criu
-    from zapckpt.system import procinfo
     from zapckpt.criu.images import read_dump_stats
+    from zapckpt.system import procinfo
 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)

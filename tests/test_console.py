@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 from datetime import datetime, timedelta, timezone
 
 import pytest

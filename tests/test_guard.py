@@ -139,6 +139,11 @@ def test_system_pod_checkpoint_branch_restore_and_view(zap, tmp_path):
     # A branch compares with the pod it came from (issue 15: unrelated pods do not, below).
     zap("checkpoint", "fork")
     assert "+ /etc/fork-marker" in zap("diff", "sys@1", "fork@1").stdout.splitlines()
+    # And a checkpoint with the pod's files now (issue 15), through a snapshot deleted afterwards.
+    zap("exec", "fork", "--", "sh", "-c", "echo later > /etc/later-marker; rm /etc/fork-marker")
+    live = zap.json("diff", "fork@1")
+    assert live["to"] == "fork (now)" and "/etc/later-marker" in live["added"] and "/etc/fork-marker" in live["deleted"]
+    assert not [p for p in (zap.home / "pool" / "snapshots").iterdir() if p.name.startswith("diff-")]
     # A new pod of the same release is a snapshot of the cached template, not a new debootstrap.
     t = time.monotonic()
     zap("create", "second", "--rootfs", "debian:bookworm")

@@ -3,6 +3,7 @@ init, deinit, doctor."""
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -45,7 +46,7 @@ def test_run_ps_logs_exec_stop_start_rm(zap):
     stat = Path(f"/proc/{pod['pid']}/stat").read_text().rsplit(")", 1)[1].split()
     assert int(stat[3]) == pod["pid"]  # session id == own pid: setsid inside
     # (as the host sees it: the pod runs in the copy of the tree with its own /proc, pod/mounts.py)
-    assert os.readlink(f"/proc/{pod['pid']}/fd/0") == f"{zap.home}/.podroot/dev/null"
+    assert os.readlink(f"/proc/{pod['pid']}/fd/0") == f"{zap.home}/mnt/.podroot/dev/null"
     assert os.readlink(f"/proc/{pod['pid']}/fd/1").startswith("pipe:[")  # the console, to the logger
     for fd in os.listdir(f"/proc/{pod['pid']}/fd"):  # nothing of zap's: the init's own signalfd at most
         assert fd in ("0", "1", "2") or os.readlink(f"/proc/{pod['pid']}/fd/{fd}") == "anon_inode:[signalfd]", fd
@@ -307,3 +308,82 @@ def test_pool_dir_mode(zap, tmp_path):
     assert "not on a btrfs" in subprocess.run([sys.executable, "-m", "zapckpt.cli", "init", "--pool", str(tmp_path)],
                                               env=dict(env, ZAP_HOME=str(tmp_path / "h3")), capture_output=True,
                                               text=True).stderr  # fmt: skip
+
+
+def test_rename_a_stopped_pod(zap):
+    """`zap rename` (issue 15), as podman's: the checkpoints, volume, console log and network
+    follow the new name; the checkpoints still restore."""
+    zap("run", "old", "--", "sh", "-c", "echo hello; i=0; while :; do i=$((i+1)); echo $i > n.txt; sleep 0.1; done")
+    wait_for(lambda: "hello" in zap("logs", "old").stdout, what="the pod")
+    zap("checkpoint", "old")
+    assert "zap stop old" in zap.fails("rename", "old", "new", code=2)
+    zap.run_counter("taken")
+    zap("stop", "old")
+    assert "already exists" in zap.fails("rename", "old", "taken", code=2)
+    zap.fails("rename", "old", "bad/name", code=2)
+    zap.fails("rename", "nope", "other", code=2)
+    assert zap("rename", "old", "new").stdout.strip() == "renamed old to new"
+    assert [c["ref"] for c in zap.json("list", "new")["checkpoints"]] == ["new@1"]
+    assert "old" not in [p["name"] for p in zap.json("ps")["pods"]]
+    assert zap.volume("new").name == "new" and (zap.volume("new") / "n.txt").exists()
+    assert "hello" in zap("logs", "new").stdout
+    zap("restore", "new@1")
+    pod = zap.pod("new")
+    assert pod["state"] == "running" and pod["address"]
+    wait_for(lambda: int((zap.volume("new") / "n.txt").read_text() or 0) > 20, what="the renamed pod counting")
+    assert zap("exec", "new", "--", "hostname").stdout.strip() == "old"  # its uts namespace came back as it was
+
+
+def test_progress_line_at_a_terminal_only(zap):
+    """Work over 2 s shows a status line on stderr at a terminal (issue 15), none in a pipe."""
+    zap("run", "slow", "--", "sh", "-c", "trap '' TERM; while :; do sleep 0.1; done")
+    wait_for(lambda: zap.pod("slow")["state"] == "running", what="the pod")
+    master, slave = os.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "zapckpt.cli", "stop", "-t", "4", "slow"], env=zap.env,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)  # fmt: skip
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    assert p.wait(60) == 0 and p.stdout.read().strip() == b"stopped slow"
+    assert b"zap: stop slow: waiting for slow to exit (SIGKILL after 4 s) (2 s)" in seen, seen
+    assert seen.endswith(b"\r\x1b[K"), seen[-40:]  # cleared at the end
+    zap("start", "slow")
+    assert zap("stop", "-t", "3", "slow").stderr == ""  # not a terminal: nothing
+
+
+def test_restore_selected_files_keeps_the_pod_running(zap, host_dir):
+    """`zap restore REF --file PATH` (issue 15, snapper's undochange): single files back as they
+    were, a file made since deleted, the pod running on, what was replaced kept; symlinks the pod
+    made are not followed on either side."""
+    zap("run", "f", "--", "sh", "-c", "echo v1 > conf; mkdir -p etc; echo a > etc/a; exec sleep 600")
+    vol = zap.volume("f")
+    wait_for(lambda: (vol / "etc/a").exists(), what="the files")
+    os.chmod(vol / "conf", 0o640)
+    zap("checkpoint", "f")
+    pid = zap.pod("f")["pid"]
+    (vol / "conf").write_text("v2\n")
+    (vol / "new").write_text("made since\n")
+    (vol / "etc/a").unlink()
+    (vol / "etc/a").symlink_to(host_dir / "victim")  # the pod points etc/a at a host file
+    out = zap("restore", "f@1", "--file", "conf", "--file", f"{zap.pod('f')['path']}/new", "--file", "etc/a")
+    assert out.stdout.splitlines() == ["conf: restored", "new: deleted (it did not exist then)", "etc/a: restored"]
+    assert (vol / "conf").read_text() == "v1\n" and stat.S_IMODE((vol / "conf").stat().st_mode) == 0o640
+    assert not (vol / "new").exists() and not (vol / "etc/a").is_symlink() and (vol / "etc/a").read_text() == "a\n"
+    assert not (host_dir / "victim").exists()
+    assert zap.pod("f")["pid"] == pid and zap.pod("f")["state"] == "running"  # the processes untouched
+    saved = out.stderr.split("kept in ")[1].split()[0]
+    assert saved == "f@2" and (Path(zap.json("show", "f@2")["snapshot"]["path"]) / "conf").read_text() == "v2\n"
+    # Bad input changes nothing.
+    zap.fails("restore", "f@1", "--file", "../escape", code=2)
+    (vol / "etc").rename(vol / "etc-real")
+    (vol / "etc").symlink_to(host_dir)
+    assert "not followed" in zap.fails("restore", "f@1", "--file", "etc/a", code=1)
+    assert list(host_dir.iterdir()) == []

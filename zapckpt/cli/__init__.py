@@ -134,6 +134,12 @@ def _check_utf8(argv: list[str]) -> None:
             raise UsageError(f"argument {a.encode(errors='surrogateescape')!r} is not valid UTF-8") from None
 
 
+# Commands that may work for seconds, with nothing to show meanwhile: a status line at a terminal
+# (common/progress.py). Not those that run the user's command on the terminal (exec, guard).
+_LONG_WORK = {"checkpoint", "restore", "branch", "export", "import", "stop", "rm", "rmckpt", "prune", "deinit",
+              "suspend", "resume", "verify", "start", "run", "create", "init"}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     argv = sys.argv[1:] if argv is None else argv
@@ -157,7 +163,13 @@ def main(argv: list[str] | None = None) -> int:
             timeout()  # a bad value is bad input, refused before anything starts
         if args.command not in _NO_RECOVERY:
             _settle_catalog(args.command)
-        rc = args.func(args)
+        if args.command in _LONG_WORK:
+            from zapckpt.common.progress import Ticker
+
+            with Ticker(" ".join([args.command, *(str(getattr(args, a)) for a in ("ref", "name") if getattr(args, a, None))])):
+                rc = args.func(args)
+        else:
+            rc = args.func(args)
         return rc or 0
     except ZapError as e:
         print(f"zap: error: {one_line(e)}", file=sys.stderr)

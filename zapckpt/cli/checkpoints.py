@@ -63,6 +63,9 @@ def register(sub) -> None:
 
     p = sub.add_parser("restore", help="roll a pod back to a checkpoint, files and processes")
     p.add_argument("ref")
+    p.add_argument("--file", action="append", default=[], metavar="PATH",
+                   help="only put this file back as it was (deleted if it did not exist), the pod running on; "
+                   "repeatable (snapper's undochange)")  # fmt: skip
     p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("branch", help="fork a new live pod from a checkpoint")
@@ -165,6 +168,12 @@ def _show_fast(ref: str) -> tuple[bool, dict | None]:
 
 def cmd_restore(args) -> int:
     ctx = context.Context()
+    if args.file:
+        saved_ref, done = files.restore_files(ctx, args.ref, args.file)
+        for path, what in done:
+            print(f"{path}: {what}")
+        info(f"the files as they were are kept in {saved_ref} (`zap restore {saved_ref} --file PATH` undoes this)")
+        return 0
     ck, saved = rst.restore(ctx, args.ref)
     with ctx.catalog.session() as s:
         row = queries.resolve_ref(s, ck.id)

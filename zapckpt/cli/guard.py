@@ -31,9 +31,9 @@ def register(sub) -> None:
     p.add_argument("--root", metavar="DIR", default="/", help="a btrfs subvolume holding a root (default /)")
     p.set_defaults(func=cmd_host_snapshot)
 
-    p = sub.add_parser("diff", help="files added, modified, deleted between two checkpoints")
+    p = sub.add_parser("diff", help="files added, modified, deleted between two checkpoints, or since one")
     p.add_argument("ref_a")
-    p.add_argument("ref_b")
+    p.add_argument("ref_b", nargs="?", help="the newer checkpoint (default: the pod's files now)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_diff)
 

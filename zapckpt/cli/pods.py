@@ -19,6 +19,7 @@ records = lazy("zapckpt.records")
 fastread = lazy("catalog.fastread")
 state = lazy("zapckpt.state")
 errors = lazy("zapckpt.common.errors")
+rename_op = lazy("zapckpt.ops.rename")
 
 
 def register(sub) -> None:
@@ -92,6 +93,11 @@ def register(sub) -> None:
     p = sub.add_parser("unpause", help="let a paused pod's processes run again (SIGCONT)")
     p.add_argument("name")
     p.set_defaults(func=cmd_unpause)
+
+    p = sub.add_parser("rename", help="give a stopped pod a new name (its checkpoints become NEW@N)")
+    p.add_argument("name")
+    p.add_argument("new_name")
+    p.set_defaults(func=cmd_rename)
 
     p = sub.add_parser("rm", help="remove a pod and its volume")
     p.add_argument("name")
@@ -178,6 +184,12 @@ def cmd_exec(args) -> int:
         pods.exec_detached(context.Context(), args.name, args.cmd)
         return 0
     return pods.exec_in(context.Context(), args.name, args.cmd)
+
+
+def cmd_rename(args) -> int:
+    rename_op.rename(context.Context(), args.name, args.new_name)
+    print(f"renamed {args.name} to {args.new_name}")
+    return 0
 
 
 def cmd_stop(args) -> int:

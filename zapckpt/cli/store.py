@@ -12,6 +12,7 @@ usage = lazy("zapckpt.ops.usage")
 verify_op = lazy("zapckpt.ops.verify")
 transfer = lazy("zapckpt.ops.transfer")
 context = lazy("zapckpt.context")
+errors = lazy("zapckpt.common.errors")
 
 
 def register(sub) -> None:
@@ -40,11 +41,11 @@ def register(sub) -> None:
 
     p = sub.add_parser("export", help="write a checkpoint (images and snapshot) to one file")
     p.add_argument("ref")
-    p.add_argument("file")
+    p.add_argument("file", help="the file to write, or - for standard output (a pipe)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import", help="import a checkpoint exported by `zap export`, as a new pod")
-    p.add_argument("file")
+    p.add_argument("file", help="the export file, or - for standard input")
     p.add_argument("--name", help="name of the new pod (default: the exported pod's name)")
     p.set_defaults(func=cmd_import)
 
@@ -105,14 +106,26 @@ def cmd_df(args) -> int:
 
 
 def cmd_export(args) -> int:
-    out = transfer.export(context.Context(), args.ref, args.file)
-    print(f"exported {args.ref} to {out} ({human_bytes(out.stat().st_size)})")
+    import sys
+
+    if args.file == "-":
+        if sys.stdout.isatty():
+            raise errors.UsageError("refusing to write an export to a terminal: redirect or pipe it (zap export REF - > FILE)")
+        _, size = transfer.export(context.Context(), args.ref, "-", sys.stdout.buffer)
+        info(f"exported {args.ref} to standard output ({human_bytes(size)})")
+        return 0
+    out, size = transfer.export(context.Context(), args.ref, args.file)
+    print(f"exported {args.ref} to {out} ({human_bytes(size)})")
     return 0
 
 
 def cmd_import(args) -> int:
+    import sys
+
+    if args.file == "-" and sys.stdin.isatty():
+        raise errors.UsageError("an import from standard input needs a pipe or a file there (zap import - < FILE)")
     ctx = context.Context()
-    ck = transfer.import_(ctx, args.file, args.name)
+    ck = transfer.import_(ctx, args.file, args.name, sys.stdin.buffer if args.file == "-" else None)
     with ctx.catalog.session() as s:
         from catalog import queries
 

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from catalog import Checkpoint, Pod, queries
 from zapckpt import settings
 from zapckpt.common.errors import UsageError, ZapError
+from zapckpt.common.progress import step
 from zapckpt.context import Context
 from zapckpt.criu import incremental
 from zapckpt.criu import runner as criu
@@ -129,7 +130,7 @@ def take(
     pids = procinfo.pids_in_pidns(pod.init_pid)
     processes = [d for p in pids if (d := procinfo.describe(p))]
     inside = [pod.mount_path, *(v["pod"] for v in pod.volumes or []), *(["/tmp"] if pod.private_tmp else [])]
-    outside = procinfo.outside_files(pids, inside, None if pod.rootfs else pod_root(str(ctx.state.root)))
+    outside = procinfo.outside_files(pids, inside, None if pod.rootfs else pod_root(pod.mount_path))
     if outside and strict:
         raise ZapError(f"pod {pod.name!r} holds files open outside its volume, which the checkpoint would not "
                        f"contain: {_name_files(outside)} (--strict; declare them with --volume or drop --strict)")
@@ -190,6 +191,7 @@ def _dump_and_commit(ctx: Context, s: Session, rec: intents.Record, pod: Pod, ck
     # fails costs the optimisation, not the checkpoint.
     pre, predump_ms = stage / "pre", None
     if incremental.wanted(criu.criu_binary()):
+        step("copying its memory while it runs (pre-dump)")
         try:
             wall = criu.pre_dump(pod.init_pid, pre, ctx.log_path(pod.name, "pre-dump"))
             frozen = read_dump_stats(pre).frozen_ms
@@ -200,6 +202,7 @@ def _dump_and_commit(ctx: Context, s: Session, rec: intents.Record, pod: Pod, ck
                 notes.append(f"a full dump, not an incremental one: {e}")
 
     faults.point("checkpoint:before-dump")
+    step("dumping (the pod is frozen)")
     stopped = False
     info = None
     try:
@@ -224,6 +227,7 @@ def _dump_and_commit(ctx: Context, s: Session, rec: intents.Record, pod: Pod, ck
         info = backend.describe(snap)
         if info.path != str(snap):
             rec.note(snapshot=info.path)  # NILFS2: the snapshot is mkcp's, known only now
+        step("storing the images")
         with priority.idle() if background else nullcontext():
             if (images / incremental.PARENT_LINK).is_symlink():
                 _make_whole(images, pre)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from catalog import queries
 from zapckpt.common.errors import ZapError
+from zapckpt.common.progress import step
 from zapckpt.context import Context
 from zapckpt.net import podnet
 from zapckpt.ops import watch
@@ -62,5 +63,6 @@ def deinit(ctx: Context, purge: bool, stop_timeout: float = 3.0) -> list[str]:
         ctx.close()
         if os.path.ismount(ctx.state.default_pool_mount):
             raise ZapError(f"{ctx.state.default_pool_mount} is still mounted; not deleting {ctx.state.root}")
+        step(f"deleting {ctx.state.root}")
         shutil.rmtree(ctx.state.root, ignore_errors=True)
     return stopped

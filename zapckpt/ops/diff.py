@@ -1,12 +1,17 @@
-"""`zap diff REF_A REF_B`: what changed in the files between two checkpoints."""
+"""`zap diff REF_A REF_B`: what changed in the files between two checkpoints; `zap diff REF`:
+between a checkpoint and the pod's files now (through a read-only snapshot of the live volume,
+made for the comparison and deleted after it; an interrupted diff's is deleted by the next
+command, see recovery.py)."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 from catalog import Pod, queries
 from zapckpt.common.errors import UsageError, ZapError
 from zapckpt.context import Context
+from zapckpt.ops import intents
 
 
 def _lineage(pod: Pod) -> set[int]:
@@ -18,7 +23,9 @@ def _lineage(pod: Pod) -> set[int]:
     return out
 
 
-def diff(ctx: Context, ref_a: str, ref_b: str) -> tuple[str, str, object]:
+def diff(ctx: Context, ref_a: str, ref_b: str | None) -> tuple[str, str, object]:
+    if ref_b is None:
+        return diff_live(ctx, ref_a)
     backend = ctx.pool.backend
     if not backend.capabilities.diff:
         raise ZapError(f"the {backend.name} backend cannot compare checkpoints")
@@ -35,3 +42,24 @@ def diff(ctx: Context, ref_a: str, ref_b: str) -> tuple[str, str, object]:
         if not p.is_dir():
             raise ZapError(f"checkpoint {name} is damaged: its snapshot {p} is missing")
     return names[0], names[1], backend.diff(*paths)
+
+
+def diff_live(ctx: Context, ref: str) -> tuple[str, str, object]:
+    """REF against the files of its pod as they are now."""
+    backend = ctx.ensure_pool().backend
+    if not backend.capabilities.diff:
+        raise ZapError(f"the {backend.name} backend cannot compare checkpoints")
+    with ctx.catalog.session() as s:
+        ck = queries.resolve_ref(s, ref)
+        name, volume, snap_a = ck.pod.name, Path(ck.pod.volume), Path(ck.snapshot_path)
+    if not snap_a.is_dir():
+        raise ZapError(f"checkpoint {ck.ref} is damaged: its snapshot {snap_a} is missing")
+    now = ctx.pool.snapshots / f"diff-{uuid.uuid4().hex[:12]}"
+    # The pod's lock: a restore must not swap the volume while it is being snapshotted.
+    with ctx.pod_lock(name), intents.recorded(ctx, "diff", name, snapshot=str(now)):
+        backend.flush(volume)
+        backend.snapshot(volume, now)
+        try:
+            return ck.ref, f"{name} (now)", backend.diff(snap_a, now)
+        finally:
+            backend.delete_volume(now)

@@ -212,7 +212,13 @@ def _import(ctx, s, d: dict) -> str:
     return "undone (the half-made import was removed)"
 
 
-HANDLERS = {"checkpoint": _checkpoint, "restore": _restore, "branch": _branch, "import": _import, "remove": _remove}
+def _diff(ctx, s, d: dict) -> str:
+    ctx.pool.backend.delete_volume(Path(d["snapshot"]))  # the live volume's snapshot, made for the comparison
+    return "finished (its temporary snapshot deleted)"
+
+
+HANDLERS = {"checkpoint": _checkpoint, "restore": _restore, "branch": _branch, "import": _import, "remove": _remove,
+            "diff": _diff}  # fmt: skip
 
 
 def recover(ctx) -> list[dict]:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from catalog import Checkpoint, Pod, queries
 from zapckpt.common.errors import NotFound, UsageError
+from zapckpt.common.progress import step
 from zapckpt.context import Context
 from zapckpt.net import podnet
 from zapckpt.ops import intents
@@ -163,6 +164,7 @@ def rm(ctx: Context, name: str, force: bool) -> None:
             pool = ctx.ensure_pool()
             for b in branches:
                 b.origin_checkpoint_id = None
+            step(f"removing its {len(pod.checkpoints)} checkpoint(s)")
             remove_checkpoints(ctx, s, list(pod.checkpoints))
             pool.backend.delete_volume(Path(pod.volume))
             podnet.remove(ctx.net, pod)

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from catalog import Checkpoint, Pod, queries
 from zapckpt.common import proc
 from zapckpt.common.errors import AlreadyExists, UsageError, ZapError
+from zapckpt.common.progress import step
 from zapckpt.context import Context
 from zapckpt.criu import runner as criu
 from zapckpt.criu.images import bound_unix_sockets, listening_ports
@@ -47,6 +48,7 @@ def materialized(ctx: Context, s: Session, ck: Checkpoint) -> Iterator[Path | No
         return
     with staging.stage(ctx.state, f"restore-{ck.id}") as stage:
         images = stage / "images"
+        step(f"assembling the images of {ck.ref}")
         image_sets.materialize(ctx, s, ck, images)
         yield images
 
@@ -59,13 +61,14 @@ def restore_processes(ctx: Context, images: Path, pod: Pod, limit: float | None 
     mounts = {"volume": pod.volume, "mount_path": pod.mount_path, "system": bool(pod.rootfs),
               "volumes": pod.volumes or [], "private_tmp": pod.private_tmp, "state_root": str(ctx.state.root),
               "socket_dirs": [],
-              "proc": os.path.join(pod.mount_path if pod.rootfs else pod_root(str(ctx.state.root)), "proc")}  # fmt: skip
+              "proc": os.path.join(pod.mount_path if pod.rootfs else pod_root(pod.mount_path), "proc")}  # fmt: skip
     if pod.rootfs:
         # CRIU binds a system pod's unix sockets at the names the daemons gave, from the host's
         # root: their directories are redirected into the pod's root for the restore.
         inside = pod.mount_path.rstrip("/") + "/"
         mounts["socket_dirs"] = sorted({os.path.dirname(n) for n in bound_unix_sockets(images)
                                         if not n.startswith(inside)})  # fmt: skip
+    step("restoring the processes")
     held = console.held_pipe(images)
     inherit, pipe = {}, None
     if held is not None:
@@ -130,6 +133,7 @@ def _swap_and_restore(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images
     msg = saved_message or f"before restore to {ck.ref}"
     if live_state(pod) == "running":
         try:
+            step("saving the current state")
             saved = ckpt.take(ctx, s, pod, msg, stop=True, kind="auto", release_connections=True, ck_id=saved_id)
         except ZapError as e:
             raise ZapError(f"cannot save the current state before restoring (nothing changed): {e}; "
@@ -142,6 +146,7 @@ def _swap_and_restore(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images
     pod.net_locked_by = None
     for leftover in (new, old):
         backend.delete_volume(leftover)
+    step("putting the files back")
     backend.clone(Path(ck.snapshot_path), new)
     backend.rename_volume(volume, old)
     backend.rename_volume(new, volume)

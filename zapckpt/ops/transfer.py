@@ -15,7 +15,7 @@ import stat
 import tarfile
 import tempfile
 import uuid
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import zstandard
@@ -23,6 +23,7 @@ import zstandard
 from catalog import Checkpoint, Pod, queries
 from fsbackend import BackendError
 from zapckpt.common.errors import AlreadyExists, UsageError, ZapError
+from zapckpt.common.progress import step
 from zapckpt.context import Context
 from zapckpt.names import check_name
 from zapckpt.net import podnet
@@ -48,16 +49,22 @@ def _needs_send_stream(ctx: Context, what: str) -> None:
                          f"this pool is {backend.name}")  # fmt: skip
 
 
-def export(ctx: Context, ref: str, dest: str) -> Path:
+def export(ctx: Context, ref: str, dest: str, stream=None) -> tuple[Path | None, int]:
+    """Write ref's export to the file dest (made whole under a temporary name, then renamed), or
+    with dest "-" to the binary stream (a pipe: `zap export web@3 - | ssh host zap import -`);
+    returns the file (None for the stream) and the bytes written."""
     _needs_send_stream(ctx, "export")
+    to_stream = dest == "-"
     out = Path(dest).absolute()
     try:
-        if not stat.S_ISREG(os.lstat(out).st_mode):
+        if not to_stream and not stat.S_ISREG(os.lstat(out).st_mode):
             raise TransferError(f"refusing to write the export over {out}: it exists and is not a regular file")
     except FileNotFoundError:
         pass
     except OSError as e:
         raise TransferError(f"cannot write {out}: {e.strerror}") from None
+    if to_stream:
+        out = Path("standard output")
     with intents.operations_lock(ctx), ctx.catalog.session() as s, ExitStack() as stack:
         ck = queries.resolve_ref(s, ref)
         pod = ck.pod
@@ -71,19 +78,25 @@ def export(ctx: Context, ref: str, dest: str) -> Path:
         if not Path(ck.snapshot_path).is_dir():
             raise TransferError(f"checkpoint {ck.ref} is damaged: its snapshot is missing")
         # A new file of our own (0600: it holds the pod's memory), renamed over `out` when whole.
-        try:
-            fd, partial_name = tempfile.mkstemp(prefix=".zap-export-", suffix=".partial", dir=out.parent)
-        except OSError as e:
-            raise TransferError(f"cannot write {out}: {e.strerror}") from None
-        partial = Path(partial_name)
-        fo = os.fdopen(fd, "wb")
+        if to_stream:
+            partial, fo = None, _Counting(stream, close=False)
+        else:
+            try:
+                fd, partial_name = tempfile.mkstemp(prefix=".zap-export-", suffix=".partial", dir=out.parent)
+            except OSError as e:
+                raise TransferError(f"cannot write {out}: {e.strerror}") from None
+            partial = Path(partial_name)
+            fo = _Counting(os.fdopen(fd, "wb"), close=True)
         send = ctx.state.root / f".export-{uuid.uuid4().hex[:8]}.btrfs"
         try:
             stage = stack.enter_context(staging.stage(ctx.state, "export"))
             images = stage / "images"
             if ck.has_images:
+                step("assembling the images")
                 image_sets.materialize(ctx, s, ck, images)
+            step("reading the snapshot (btrfs send)")
             ctx.pool.backend.send(Path(ck.snapshot_path), send)
+            step("compressing and writing")
             with fo, zstandard.ZstdCompressor(level=3, threads=-1, write_checksum=True).stream_writer(fo) as zw:
                 with tarfile.open(fileobj=zw, mode="w|") as tar:
                     data = json.dumps(meta, indent=1).encode()
@@ -93,19 +106,49 @@ def export(ctx: Context, ref: str, dest: str) -> Path:
                     for img in sorted(images.iterdir()) if images.is_dir() else []:
                         tar.add(img, arcname=f"images/{img.name}", recursive=False)
                     tar.add(send, arcname="snapshot.btrfs", recursive=False)
-            with open(partial, "rb") as f:
-                os.fsync(f.fileno())
-            os.rename(partial, out)
+            if partial is not None:
+                with open(partial, "rb") as f:
+                    os.fsync(f.fileno())
+                os.rename(partial, out)
         except OSError as e:
-            partial.unlink(missing_ok=True)
+            if partial is not None:
+                partial.unlink(missing_ok=True)
             raise TransferError(f"cannot write {out}: {e.strerror or e}") from None
         except BaseException:
-            partial.unlink(missing_ok=True)
+            if partial is not None:
+                partial.unlink(missing_ok=True)
             raise
         finally:
             fo.close()
             send.unlink(missing_ok=True)
-    return out
+    return (None if to_stream else out), fo.written
+
+
+class _Counting:
+    """A binary file that counts what goes through it; closes the file only if it is ours."""
+
+    def __init__(self, f, close: bool):
+        self.f, self.own, self.written = f, close, 0
+
+    def write(self, data) -> int:
+        n = self.f.write(data)
+        self.written += len(data)
+        return n
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def close(self) -> None:
+        if self.own:
+            self.f.close()
+        else:
+            self.f.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class _BytesReader:
@@ -195,11 +238,13 @@ def _mount_path(ctx: Context, wanted: str, orig_name: str) -> str:
     return str(ctx.state.mount_path(orig_name))
 
 
-def _unpack(path: Path, stage: Path) -> dict:
-    """Read the whole file into staging; raise a clear error for anything not ours or cut short."""
+def _unpack(path: Path, stage: Path, stream=None) -> dict:
+    """Read the whole file (or stream, named path in messages) into staging; raise a clear error
+    for anything not ours or cut short."""
     meta = None
     try:
-        with open(path, "rb") as fi, zstandard.ZstdDecompressor().stream_reader(fi) as zr:
+        with (open(path, "rb") if stream is None else nullcontext(stream)) as fi, \
+                zstandard.ZstdDecompressor().stream_reader(fi, closefd=False) as zr:  # fmt: skip
             with tarfile.open(fileobj=zr, mode="r|") as tar:
                 for i, m in enumerate(tar):
                     if i == 0:
@@ -242,8 +287,11 @@ def _unpack(path: Path, stage: Path) -> dict:
     return meta
 
 
-def import_(ctx: Context, file: str, name: str | None) -> Checkpoint:
-    path = Path(file)
+def import_(ctx: Context, file: str, name: str | None, stream=None) -> Checkpoint:
+    """Import the export file, or with file "-" the binary stream (read whole before anything
+    is made, as a file is)."""
+    path = Path(file) if file != "-" else Path("standard input")
+    stream = stream if file == "-" else None
     _needs_send_stream(ctx, "import")
     pool = ctx.pool
     # Shared with other operations, never with a sweep (which would take the stage for garbage).
@@ -256,7 +304,7 @@ def import_(ctx: Context, file: str, name: str | None) -> Checkpoint:
     recv = pool.snapshots / "imported" / uuid.uuid4().hex[:12]
     done = False
     try:
-        meta = _valid_meta(_unpack(path, stage), path)
+        meta = _valid_meta(_unpack(path, stage, stream), path)
         try:
             orig_name = check_name(meta["name"])
         except UsageError:

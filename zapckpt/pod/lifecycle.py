@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from catalog import Pod, queries
 from zapckpt.common import proc
 from zapckpt.common.errors import AlreadyExists, Busy, UsageError, ZapError
+from zapckpt.common.progress import step
 from zapckpt.context import Context
 from zapckpt.names import check_name
 from zapckpt.net import podnet
@@ -315,6 +316,7 @@ def stop_processes(pod: Pod, timeout: float, say=None) -> None:
     if not handles and say:
         say(f"pod {pod.name!r}: its pid 1 ({procinfo.comm(pod.init_pid)}) has no SIGTERM handler, so every "
             f"process of the pod gets SIGTERM; whatever still runs in {timeout:g}s gets SIGKILL")  # fmt: skip
+    step(f"waiting for {pod.name} to exit (SIGKILL after {timeout:g} s)")
     procinfo.signal_all([pod.init_pid] if handles else pids, signal.SIGTERM)
     procinfo.signal_all(pids, signal.SIGCONT)  # a paused pod must see its SIGTERM too
     deadline = time.monotonic() + timeout

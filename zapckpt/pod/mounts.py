@@ -16,8 +16,8 @@ in the new namespace), so restored processes find every file where they left it.
   directory there) gets a mount point inside that private /tmp.
 - Declared `--volume HOSTDIR:PODDIR` binds: shared with the host, never rolled back.
 - A volume pod's own /proc: its processes run chrooted in a copy of this namespace's whole
-  tree (a recursive bind of / at `<state dir>/.podroot`, on the tmpfs that hides the state
-  directory) with the pod's own proc over its /proc, so `ps` inside lists the pod's processes.
+  tree (a recursive bind of / at `.podroot` beside the pod's path, on the tmpfs that hides the
+  state directory) with the pod's own proc over its /proc, so `ps` inside lists the pod's processes.
   CRIU, which runs in this namespace and finds the tasks by host pid, keeps the host's /proc at
   the namespace's real root; it dumps the tasks' root and paths as the copy, and a restore
   makes the same copy (the proc comes from a CRIU hook, inside the new pid namespace).
@@ -45,9 +45,11 @@ TMP_DIR = ".zap/tmp"
 PODROOT = ".podroot"
 
 
-def pod_root(state_root: str) -> str:
-    """Where a volume pod's processes have their root, in its mount namespace only."""
-    return os.path.join(state_root, PODROOT)
+def pod_root(mount_path: str) -> str:
+    """Where a volume pod's processes have their root, in its mount namespace only: beside its
+    path (`$ZAP_HOME/mnt/.podroot`), so that it follows the path into branches and imports, whose
+    images name it."""
+    return os.path.join(os.path.dirname(mount_path.rstrip("/")), PODROOT)
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
@@ -246,7 +248,7 @@ def setup_pod_mounts(volume: str, mount_path: str, system: bool, volumes: list[d
                 _bind_fd(fd, f"/proc/self/fd/{target}")
             finally:
                 os.close(target)
-        _copy_tree_for_own_proc(pod_root(state_root), tmp_fd, chroot)
+        _copy_tree_for_own_proc(pod_root(mount_path), tmp_fd, chroot)
     finally:
         os.close(root_fd)
         if tmp_fd >= 0:
@@ -261,7 +263,8 @@ def _copy_tree_for_own_proc(root: str, tmp_fd: int, enter: bool) -> None:
     if tmp_fd >= 0 and (rel := _under(root, "/tmp")) is not None:
         target = walk_dirs(tmp_fd, rel, 0o700)  # in the pod's private /tmp: never through its links
     else:
-        os.makedirs(root, mode=0o700, exist_ok=True)  # on the tmpfs that hides the state directory
+        os.makedirs(root, mode=0o700, exist_ok=True)  # on the tmpfs that hides the state directory (an
+        # imported pod's path from elsewhere: beside that path on the host, as the path itself)
         target = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         _mount("/", f"/proc/self/fd/{target}", None, MS_BIND | MS_REC)
