@@ -387,3 +387,27 @@ def test_restore_selected_files_keeps_the_pod_running(zap, host_dir):
     (vol / "etc").symlink_to(host_dir)
     assert "not followed" in zap.fails("restore", "f@1", "--file", "etc/a", code=1)
     assert list(host_dir.iterdir()) == []
+
+
+def test_exec_with_a_terminal_of_the_pods_own(zap):
+    """`zap exec -it` (issue 15): the command gets a pty of the pod's devpts, our TERM, and its
+    exit code comes back; without a terminal here, -t is refused in one line."""
+    zap("run", "term", "--", "sleep", "600")
+    master, slave = os.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "zapckpt.cli", "exec", "-it", "term", "--", "sh", "-c",
+                          "tty; echo TERM=$TERM; exit 3"], env=dict(zap.env, TERM="vt100"),
+                         stdin=slave, stdout=slave, stderr=slave)  # fmt: skip
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert p.wait(60) == 3
+    assert out.split() == [b"/dev/pts/0", b"TERM=vt100"], out  # the pod's first pty, not ours
+    assert "not a TTY" in zap.fails("exec", "-t", "term", "--", "true", code=2)

@@ -1,6 +1,7 @@
 """The content-addressed image store with real CRIU images: deduplication, exact reference
 counts, garbage collection, prune/rmckpt, verify, and failures (damage, disk full)."""
 
+import json
 import os
 import re
 import subprocess
@@ -116,8 +117,12 @@ def test_verify_reports_damage_and_restore_refuses(zap):
     pack.write_bytes(bytes(data))
     cp = zap("verify", check=False)
     assert cp.returncode == 1 and "damaged: chunk" in cp.stdout
-    # The chunk is shared: both checkpoints are named.
+    # The chunk is shared: both checkpoints are named, and each is listed as damaged (issue 15).
     assert "hog@1" in cp.stdout and "hog@2" in cp.stdout
+    doc = json.loads(zap("verify", "--json", check=False).stdout)
+    assert [(c["ref"], c["ok"]) for c in doc["checkpoints"]] == [("hog@1", False), ("hog@2", False)]
+    assert [ln.split()[:2] for ln in cp.stdout.splitlines() if ln.startswith("hog@")] == [["hog@1", "damaged"],
+                                                                                          ["hog@2", "damaged"]]
     pid = zap.pod("hog")["pid"]
     assert "damaged" in zap.fails("restore", "hog@2", code=1)
     assert zap.pod("hog")["pid"] == pid and proc_state(pid) in ("R", "S", "D")

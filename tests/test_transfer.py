@@ -32,6 +32,7 @@ def test_export_import_branch_round_trip(zap, second, tmp_path):
     assert second("import", str(out)).stdout.strip() == "ctr@1"
     rec = second.json("show", "ctr@1")
     assert rec["message"] == "to ship (imported from ctr@1)" and rec["has_processes"]
+    assert rec["created_at"] == zap.json("show", "ctr@1")["created_at"]  # when it was taken, not imported (issue 15)
     assert counter_values(Path(rec["snapshot"]["path"])) == snap
     second("branch", "ctr@1", "alive")
     vol = second.volume("alive")

@@ -72,6 +72,10 @@ def register(sub) -> None:
     p.add_argument("name")
     p.add_argument("-d", "--detach", action="store_true",
                    help="start it as a daemon of the pod (own session, stdio in the pod's console log)")  # fmt: skip
+    p.add_argument("-t", "--tty", action="store_true",
+                   help="give it a terminal of the pod's own (needs one here: `zap exec -it web -- bash`)")  # fmt: skip
+    p.add_argument("-i", "--interactive", action="store_true",
+                   help="keep standard input open (always so; accepted as podman's)")  # fmt: skip
     p.add_argument("cmd", nargs="*", metavar="-- CMD [ARGS...]")
     p.set_defaults(func=cmd_exec)
 
@@ -183,7 +187,7 @@ def cmd_exec(args) -> int:
     if args.detach:
         pods.exec_detached(context.Context(), args.name, args.cmd)
         return 0
-    return pods.exec_in(context.Context(), args.name, args.cmd)
+    return pods.exec_in(context.Context(), args.name, args.cmd, tty=args.tty)
 
 
 def cmd_rename(args) -> int:

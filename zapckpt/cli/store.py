@@ -149,6 +149,9 @@ def cmd_verify(args) -> int:
     else:
         for d in doc["damage"]:
             print(f"damaged: {d['what']}; affects {', '.join(d['affects']) or 'no checkpoint'}")
+        if args.ref or not doc["ok"]:  # one line per checkpoint: which can be restored
+            table(["CHECKPOINT", "STATE"], [[c["ref"], "ok" if c["ok"] else f"damaged ({c['problems']} problem(s))"]
+                                            for c in doc["checkpoints"]])  # fmt: skip
         for what in doc.get("unrecorded", []):
             print(f"{'removed' if args.repair else 'unrecorded'}: {what}")
         problems = len(doc["damage"]) + (0 if args.repair else len(doc.get("unrecorded", [])))

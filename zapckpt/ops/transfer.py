@@ -16,6 +16,7 @@ import tarfile
 import tempfile
 import uuid
 from contextlib import ExitStack, nullcontext
+from datetime import datetime, timezone
 from pathlib import Path
 
 import zstandard
@@ -216,7 +217,20 @@ def _valid_meta(meta: dict, path: Path) -> dict:
         "kind": kind if kind in KINDS else "manual",
         "timings": {k: number(timings.get(k), "timings") for k in ("frozen", "dump", "fs_snapshot", "total")},
         "processes": processes,
+        "created_at": _taken_at(ck.get("created_at")),
     }
+
+
+def _taken_at(value) -> datetime | None:
+    """When the exported checkpoint was taken (UTC), which the import keeps; None if the file
+    does not say it in ISO 8601 (the import's time then)."""
+    if not isinstance(value, str) or len(value) > 64 or not value.isascii():
+        return None
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
 
 
 # Directories under which an imported pod's path is never made (it would create directories
@@ -352,7 +366,7 @@ def import_(ctx: Context, file: str, name: str | None, stream=None) -> Checkpoin
                     ctx, s, pod, ck_id, images if images.is_dir() else None, f"{msg} ({note})" if msg else note,
                     meta["kind"], info, frozen_ms=meta["timings"]["frozen"], dump_ms=meta["timings"]["dump"],
                     fs_snapshot_ms=meta["timings"]["fs_snapshot"], total_ms=meta["timings"]["total"],
-                    processes=meta["processes"],
+                    processes=meta["processes"], **({"created_at": meta["created_at"]} if meta["created_at"] else {}),
                 )  # fmt: skip
                 done = True
                 return ck

@@ -56,4 +56,11 @@ def verify(ctx: Context, ref: str | None) -> dict:
                 for cid, stored, actual in index.recount():
                     damage.append({"what": f"chunk {cid}: reference count {stored}, but {actual} references",
                                    "affects": []})  # fmt: skip
-    return {"ok": not damage, "checkpoints_checked": len(targets), "chunks_checked": len(wanted), "damage": damage}
+        hits: dict[str, int] = defaultdict(int)
+        for d in damage:
+            for r in d["affects"]:
+                hits[r] += 1
+        per = [{"ref": ck.ref, "ok": not hits[ck.ref], "problems": hits[ck.ref]}
+               for ck in sorted(targets, key=lambda c: (c.pod.name, c.seq))]  # fmt: skip
+    return {"ok": not damage, "checkpoints_checked": len(targets), "chunks_checked": len(wanted), "damage": damage,
+            "checkpoints": per}  # fmt: skip

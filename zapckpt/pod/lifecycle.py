@@ -408,15 +408,25 @@ def _enter_argv(ctx: Context, name: str, script: str, command: list[str], consol
         return argv, pod_env(pod)
 
 
-def exec_in(ctx: Context, name: str, command: list[str], timeout: float | None = None, quiet: bool = False) -> int:
+def exec_in(ctx: Context, name: str, command: list[str], timeout: float | None = None, quiet: bool = False,
+            tty: bool = False) -> int:  # fmt: skip
     """Run a command inside the pod's namespaces (and root) and working directory; returns its
     exit code. With a timeout, it is killed with all it started when the time is up
-    (proc.Timeout)."""
+    (proc.Timeout). tty (`zap exec -t`): on a terminal of the pod's own, a pty from its devpts
+    that util-linux's `script` relays to ours (raw mode, window size), as `podman exec -t`."""
     if not command:
         raise UsageError("no command given: zap exec NAME -- CMD [ARGS...]")
+    if tty:
+        import shlex
+
+        if not os.isatty(0):
+            raise UsageError("the input device is not a TTY: `zap exec -t` needs a terminal (drop -t in scripts)")
+        command = ["script", "--quiet", "--return", "--echo", "never", "--command", shlex.join(command), "/dev/null"]
     # nsenter --wd would resolve the directory before entering the mount namespace, where the
     # pod's volume is not mounted: change directory inside instead.
     argv, env = _enter_argv(ctx, name, 'cd -- "$1" && shift && exec "$@"', command)
+    if tty:
+        env["TERM"] = os.environ.get("TERM") or "xterm"  # the terminal it talks to is ours
     kill = procinfo.kill_tree  # with a timeout, all it started goes too
     return proc.interactive(argv, env=env, quiet=quiet, timeout=timeout, kill=kill, what=command[0])
 
