@@ -15,14 +15,17 @@ from pathlib import Path
 from helpers import assert_continuous, counted_past, counter_values
 
 
-def test_twenty_random_checkpoints_are_atomic(zap):
+N = 12  # each is branched and checked: the suite's time budget, not the property, sets the count
+
+
+def test_random_checkpoints_are_atomic(zap):
     zap.run_counter("ctr", interval="0.0002")
     rng = random.Random(20261125)
     refs = []
-    for _ in range(20):
+    for _ in range(N):
         time.sleep(rng.uniform(0.01, 0.25))
         refs.append(zap("checkpoint", "ctr").stdout.strip())
-    assert refs == [f"ctr@{i}" for i in range(1, 21)]
+    assert refs == [f"ctr@{i}" for i in range(1, N + 1)]
 
     listed = {c["ref"]: c for c in zap.json("list", "ctr")["checkpoints"]}
     for ref in refs:

@@ -90,3 +90,25 @@ def test_pages_in_a_parent_that_lacks_the_pagemap_is_an_error(tmp_path):
     _pagemap(dump / "pagemap-3.img", 2, [(A, 1, PE_PARENT)])
     with pytest.raises(ImageFormatError, match="the parent has no pagemap-3.img"):
         flatten(dump, pre)
+
+
+def test_dirty_tracking_answer_is_kept_per_boot_and_binary(tmp_path, monkeypatch):
+    """`criu check --feature mem_dirty_track` runs once per CRIU binary and boot, not per `zap
+    checkpoint` (the answer is kept in the state directory's cache)."""
+    from zapckpt.criu import incremental
+
+    calls = tmp_path / "calls"
+    fake = tmp_path / "criu"
+    fake.write_text(f"#!/bin/sh\necho run >> {calls}\necho 'Dirty tracking is OFF'\n")
+    fake.chmod(0o755)
+    monkeypatch.delenv("ZAP_PREDUMP", raising=False)
+    cache = tmp_path / "cache"
+    for _ in range(3):
+        incremental.dirty_tracking.cache_clear()  # a new zap process each time
+        assert incremental.wanted(str(fake), cache) is False
+    assert calls.read_text().count("run") == 1
+    fake.write_text(fake.read_text() + "# a new build\n")  # another binary: asked again
+    incremental.dirty_tracking.cache_clear()
+    assert incremental.wanted(str(fake), cache) is False and calls.read_text().count("run") == 2
+    monkeypatch.setenv("ZAP_PREDUMP", "off")
+    assert incremental.wanted(str(fake), cache) is False and calls.read_text().count("run") == 2

@@ -522,7 +522,8 @@ def test_nginx_keepalive_client_restore_and_branch(zap):
     assert_one_connection(http_values(vol))
     assert fetch("http://127.0.0.1:18281/index.html") == "one\n"
     procs = zap.json("show", refs[1])["processes"]
-    assert sum("nginx" in " ".join(p["cmdline"]) for p in procs) == 3  # master and two workers
+    assert sum(p["cmdline"][0].startswith("nginx") for p in procs if p["cmdline"]) == 3  # master and two workers
+    assert [p["cmdline"][:2] for p in procs if p["pid"] == 1] == [["catatonit", "--"]]  # under the pod's init
 
 
 def test_processes_that_exit_right_after_a_restore_are_reported(zap, tmp_path):

@@ -31,6 +31,7 @@ def test_run_ps_logs_exec_stop_start_rm(zap):
     text = zap("show", "svc").stdout
     assert f"state:         running (pid {pod['pid']})" in text and "environment:   GREETING='hi there'" in text
     assert "checkpoints:   0" in text and "branched from: -" in text and " UTC" in text
+    assert "pid 1:         a small init (catatonit), the command its child" in text
     ck = zap("checkpoint", "svc", "-m", "one").stdout.strip()
     ck_text = zap("show", ck).stdout
     assert f"checkpoint: {ck} (id " in ck_text and "message:    one" in ck_text and "parent:     -" in ck_text

@@ -33,6 +33,7 @@ def pod_text(r: dict) -> str:
         ("pod", r["name"]),
         ("state", state),
         ("command", shlex.join(r["command"]) if r["command"] else "-"),
+        ("pid 1", "a small init (catatonit), the command its child" if r["init"] else "the command itself"),
         ("working dir", r["cwd"]),
         ("path", r["path"]),
         ("volume", r["volume"]),

@@ -190,7 +190,7 @@ def _dump_and_commit(ctx: Context, s: Session, rec: intents.Record, pod: Pod, ck
     # the pages written since, the fewer the closer it comes before the dump. A pre-dump that
     # fails costs the optimisation, not the checkpoint.
     pre, predump_ms = stage / "pre", None
-    if incremental.wanted(criu.criu_binary()):
+    if incremental.wanted(criu.criu_binary(), ctx.state.root / "cache"):
         step("copying its memory while it runs (pre-dump)")
         try:
             wall = criu.pre_dump(pod.init_pid, pre, ctx.log_path(pod.name, "pre-dump"))
