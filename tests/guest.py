@@ -36,6 +36,9 @@ class GuestRuns:
     _thread: threading.Thread | None = None
     _proc: subprocess.Popen | None = None
     _stopped: bool = False
+    _disks: str | None = None
+    # Held while a boot is being started or stopped: no boot starts once stop() has run.
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> None:
         if self._thread is None:
@@ -48,41 +51,50 @@ class GuestRuns:
         return self.boots
 
     def stop(self) -> None:
-        """Ends a boot still running (an interrupted session): its whole process group, qemu too."""
-        self._stopped = True
-        if self._proc is not None and self._proc.poll() is None:
-            os.killpg(self._proc.pid, signal.SIGTERM)
+        """Ends a boot still running (an interrupted session): its whole process group, qemu too;
+        then the disks go."""
+        with self._lock:
+            self._stopped = True
+            proc = self._proc
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
             try:
-                self._proc.wait(30)
+                proc.wait(30)
             except subprocess.TimeoutExpired:
-                os.killpg(self._proc.pid, signal.SIGKILL)
+                os.killpg(proc.pid, signal.SIGKILL)
         if self._thread is not None:
-            self._thread.join(60)
+            self._thread.join()
+        if self._disks:
+            shutil.rmtree(self._disks, ignore_errors=True)
 
     def _run(self) -> None:
-        disks = tempfile.mkdtemp(prefix="zapvm-disks-")
+        self._disks = disks = tempfile.mkdtemp(prefix="zapvm-disks-")
         try:
             for args in (FIRST, SECOND):
-                if self._stopped:
-                    return
-                self.boots.append(self._boot(args, disks))
-                if self.boots[-1].returncode != 0:
+                boot = self._boot(args, disks)
+                if boot is None:
+                    return  # stopped
+                self.boots.append(boot)
+                if boot.returncode != 0:
                     return  # the second boot needs the first one's suspended pod
         finally:
             shutil.rmtree(disks, ignore_errors=True)
 
-    def _boot(self, args: tuple[str, ...], disks: str) -> Boot:
-        # nice: the host tests wait on real timeouts; the guest takes the CPU they leave.
-        self._proc = subprocess.Popen(["nice", "-n", "10", str(RUNNER), *args], stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                                      env=dict(os.environ, ZAP_VM_DISKS=disks))  # fmt: skip
+    def _boot(self, args: tuple[str, ...], disks: str) -> Boot | None:
+        with self._lock:
+            if self._stopped:
+                return None
+            # nice: the host tests wait on real timeouts; the guest takes the CPU they leave.
+            self._proc = proc = subprocess.Popen(["nice", "-n", "10", str(RUNNER), *args], stdout=subprocess.PIPE,
+                                                 stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                                 env=dict(os.environ, ZAP_VM_DISKS=disks))  # fmt: skip
         try:
-            out, _ = self._proc.communicate(timeout=TIMEOUT)
+            out, _ = proc.communicate(timeout=TIMEOUT)
         except subprocess.TimeoutExpired:
-            os.killpg(self._proc.pid, signal.SIGKILL)
-            out, _ = self._proc.communicate()
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
             out += f"\n(the guest did not finish within {TIMEOUT} s)"
-        return Boot(self._proc.returncode, out)
+        return Boot(proc.returncode, out)
 
 
 GUEST = GuestRuns()
