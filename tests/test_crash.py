@@ -166,6 +166,10 @@ def test_killed_rmckpt_and_import(zap, run, tmp_path):
     rec = assert_recovered(zap, {"c": 1})
     assert [o["op"] for o in rec["operations"]] == ["remove"], rec
     assert [c["seq"] for c in zap.json("list", "c")["checkpoints"]] == [1]
+    # A diff against the live files killed with its temporary snapshot made (issue 15).
+    killed(zap, "diff", "c@1", fault="diff:snapshotted")
+    rec = assert_recovered(zap, {"c": 1})  # verify: no unrecorded snapshot left
+    assert [(o["op"], o["outcome"].split()[0]) for o in rec["operations"]] == [("diff", "finished")], rec
     out = tmp_path / "c1.zap"
     zap("export", "c@1", out)
     killed(zap, "import", out, "--name", "imp", fault="import:received")

@@ -12,6 +12,7 @@ from catalog import Pod, queries
 from zapckpt.common.errors import UsageError, ZapError
 from zapckpt.context import Context
 from zapckpt.ops import intents
+from zapckpt.system import faults
 
 
 def _lineage(pod: Pod) -> set[int]:
@@ -59,6 +60,7 @@ def diff_live(ctx: Context, ref: str) -> tuple[str, str, object]:
     with ctx.pod_lock(name), intents.recorded(ctx, "diff", name, snapshot=str(now)):
         backend.flush(volume)
         backend.snapshot(volume, now)
+        faults.point("diff:snapshotted")
         try:
             return ck.ref, f"{name} (now)", backend.diff(snap_a, now)
         finally:
