@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from common import figure, write_part, zap, zap_env  # noqa: E402
 
 
+
 def make_home(rows: int) -> Path:
     home = Path(tempfile.mkdtemp(prefix=f"zapbench-cat{rows}-"))
     zap(home, "init", "--size", "2G")

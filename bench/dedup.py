@@ -42,12 +42,12 @@ def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="zapbench-"))
     os.environ.update(zap_env(home))
     from catalog import Checkpoint, Pod
-    from zapckpt.context import Context
     from zapckpt.criu import runner as criu
-    from zapckpt.ops.deinit import deinit
     from zapckpt.pod import lifecycle as pods
     from zapckpt.store.chunkstore import ChunkStore
+    from zapckpt.context import Context
     from zapckpt.system.pool import init_pool
+    from zapckpt.ops.deinit import deinit
 
     ctx = Context()
     init_pool(ctx.state, ctx.catalog, size="4G")

@@ -26,19 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
-    ROOT,
-    figure,
-    fill_volume,
-    pod_info,
-    raw_dump,
-    size_name,
-    start_memhog,
-    state_dir,
-    stats,
-    write_part,
-    zap,
-)
+from common import ROOT, fill_volume, figure, pod_info, raw_dump, size_name, start_memhog, state_dir, stats, write_part, zap  # noqa: E402
 
 RAW = Path("/dev/shm/zapbench-raw-fs")
 

@@ -34,7 +34,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from common import drop_caches, figure, write_part, zap_env  # noqa: E402
-
 ZAP = [sys.executable, "-m", "zapckpt.cli"]
 
 
@@ -91,11 +90,11 @@ def main() -> int:
     os.environ.update(zap_env(home))
     env = dict(os.environ)
     from catalog import Checkpoint, Pod
-    from zapckpt.context import Context
     from zapckpt.ops import checkpoint as ckpt
-    from zapckpt.ops.deinit import deinit
     from zapckpt.pod import lifecycle as pods
+    from zapckpt.context import Context
     from zapckpt.system.pool import init_pool
+    from zapckpt.ops.deinit import deinit
 
     ctx = Context()
     init_pool(ctx.state, ctx.catalog, size=f"{int(args.gib) + 6}G")

@@ -33,19 +33,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
-    ROOT,
-    ZAP,
-    figure,
-    pod_info,
-    pod_program,
-    raw_dump,
-    state_dir,
-    wait_for,
-    write_part,
-    zap,
-    zap_env,
-)
+from common import (ROOT, ZAP, figure, pod_info, pod_program, raw_dump, state_dir, wait_for, write_part,  # noqa: E402
+                    zap, zap_env)
 
 sys.path.insert(0, str(ROOT))
 WORKLOAD = ROOT / "bench" / "workloads" / "cpumem.py"

@@ -26,19 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
-    ROOT,
-    figure,
-    fill_volume,
-    pod_info,
-    raw_dump,
-    size_name,
-    start_memhog,
-    state_dir,
-    write_part,
-    zap,
-    zap_env,
-)
+from common import ROOT, fill_volume, figure, pod_info, raw_dump, size_name, start_memhog, state_dir, write_part, zap, zap_env  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 RAW = Path("/dev/shm/zapbench-raw-restore")
@@ -64,8 +52,8 @@ def raw_restore(images: Path, volume: Path, mount_path: Path, log: Path) -> floa
 
 def in_process_restore(home: Path, ref: str) -> float:
     os.environ.update(zap_env(home))
-    from zapckpt.context import Context
     from zapckpt.ops import restore
+    from zapckpt.context import Context
 
     ctx = Context()
     try:

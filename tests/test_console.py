@@ -95,3 +95,15 @@ def test_records_join_partial_lines_and_select_by_time():
     for bad in ("x", "10", "1e3s", "٣s", "nan", "0001-01-01T00:00:00+01:00"):
         with pytest.raises(ValueError):
             parse_since(bad, now)
+
+
+def test_reader_holds_back_unfinished_lines_across_chunks():
+    from zapckpt.pod.console import Reader
+
+    log = (b"2026-01-01T00:00:01.000000Z F one\n2026-01-01T00:00:02.000000Z P tw\n"
+           b"2026-01-01T00:00:03.000000Z F o\n2026-01-01T00:00:04.000000Z P thr\n")  # fmt: skip
+    for cut in range(len(log)):  # whatever sizes the reads come in
+        r = Reader()
+        out = r.feed(log[:cut]) + r.feed(log[cut:])
+        assert out == b"one\ntwo\n", cut
+        assert r.feed(b"", final=True) == b"thr\n"

@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+
 ROOT = Path(__file__).resolve().parents[2]
 WORKLOAD = ROOT / "bench" / "workloads" / "dirtier.py"
 MIB, PCT, ROUNDS = 256, 2, 3

@@ -25,11 +25,11 @@ def _lineage(pod: Pod) -> set[int]:
 
 
 def diff(ctx: Context, ref_a: str, ref_b: str | None) -> tuple[str, str, object]:
-    if ref_b is None:
-        return diff_live(ctx, ref_a)
     backend = ctx.pool.backend
     if not backend.capabilities.diff:
         raise ZapError(f"the {backend.name} backend cannot compare checkpoints")
+    if ref_b is None:
+        return _diff_live(ctx, ref_a)
     with ctx.catalog.session() as s:
         a, b = queries.resolve_ref(s, ref_a), queries.resolve_ref(s, ref_b)
         names = a.ref, b.ref
@@ -45,11 +45,9 @@ def diff(ctx: Context, ref_a: str, ref_b: str | None) -> tuple[str, str, object]
     return names[0], names[1], backend.diff(*paths)
 
 
-def diff_live(ctx: Context, ref: str) -> tuple[str, str, object]:
+def _diff_live(ctx: Context, ref: str) -> tuple[str, str, object]:
     """REF against the files of its pod as they are now."""
     backend = ctx.ensure_pool().backend
-    if not backend.capabilities.diff:
-        raise ZapError(f"the {backend.name} backend cannot compare checkpoints")
     with ctx.catalog.session() as s:
         ck = queries.resolve_ref(s, ref)
         name, volume, snap_a = ck.pod.name, Path(ck.pod.volume), Path(ck.snapshot_path)

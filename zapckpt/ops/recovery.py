@@ -45,18 +45,7 @@ from zapckpt.system import procinfo, staging
 
 def _tools_of(marker: str) -> list[int]:
     """Processes (CRIU, its hooks, nsenter around it) whose command line names marker."""
-    found = []
-    needle = marker.encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if needle in f.read():
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return found
+    return procinfo.pids_naming(marker.encode())
 
 
 def _wait_tools(marker: str | None) -> None:

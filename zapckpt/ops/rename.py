@@ -22,8 +22,9 @@ def rename(ctx: Context, old: str, new: str) -> None:
         pod = queries.get_pod(s, old)
         if queries.find_pod(s, new):
             raise AlreadyExists(f"pod {new!r} already exists")
-        if live_state(pod) != "stopped" and live_state(pod) != "dead":
-            raise UsageError(f"pod {old!r} is {live_state(pod)}: `zap stop {old}` first (a running pod's "
+        state = live_state(pod)
+        if state not in ("stopped", "dead"):
+            raise UsageError(f"pod {old!r} is {state}: `zap stop {old}` first (a running pod's "
                              f"namespaces carry its name)")  # fmt: skip
         if pod.net_locked_by:
             raise UsageError(f"pod {old!r} holds its connections for a restore of its suspended state: "
@@ -38,5 +39,5 @@ def rename(ctx: Context, old: str, new: str) -> None:
             if log.exists():
                 log.rename(ctx.state.console_log(new))
         except BaseException:
-            pool.backend.rename_volume(volume, Path(ctx.pool.volume_of(old)))
+            pool.backend.rename_volume(volume, pool.volume_of(old))
             raise

@@ -53,16 +53,9 @@ def start_logger(log: Path) -> tuple[int, int]:
 
 def loggers(log: Path) -> list[int]:
     """Pids of the loggers writing to log."""
-    needle = b"zapckpt.pod.console\0" + str(log).encode() + b"\0"
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if needle in f.read():
-                    found.append(int(pid))
-        except OSError:
-            continue
-    return found
+    from zapckpt.system.procinfo import pids_naming
+
+    return pids_naming(b"zapckpt.pod.console\0" + str(log).encode() + b"\0")
 
 
 def wait_for_loggers(log: Path, timeout: float = 3.0) -> None:
@@ -135,6 +128,24 @@ def lines(records: Iterator[bytes], since: str | None = None, timestamps: bool =
         start, parts = None, []
     if unfinished and parts and (since is None or start.decode(errors="replace") >= since):
         yield (start + b" " if timestamps else b"") + b"".join(parts) + b"\n"
+
+
+class Reader:
+    """Turns the log, read in chunks of any size, into lines (see lines()); a line whose
+    records so far are partial is held back until it ends, or until the last read (final)."""
+
+    def __init__(self, since: str | None = None, timestamps: bool = False):
+        self.since, self.timestamps, self.held = since, timestamps, b""
+
+    def feed(self, chunk: bytes, final: bool = False) -> bytes:
+        data = self.held + chunk
+        cut = data.rfind(b"\n") + 1
+        recs = data[:cut].split(b"\n")[:-1]
+        k = len(recs)
+        while k and not final and recs[k - 1].split(b" ", 2)[1:2] == [b"P"]:
+            k -= 1  # a line still being written
+        self.held = b"".join(r + b"\n" for r in recs[k:]) + data[cut:]
+        return b"".join(lines((r + b"\n" for r in recs[:k]), self.since, self.timestamps, final))
 
 
 # --- the logger ------------------------------------------------------------------------------

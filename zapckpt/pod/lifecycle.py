@@ -544,18 +544,7 @@ def _follow_console(ctx: Context, name: str, path: Path, follow: bool, out, tail
         if not follow:
             return
         f = None
-    held = [b""]  # the records of a line not finished yet, and a record not read whole
-
-    def render(chunk: bytes, final: bool = False) -> bytes:
-        data = held[0] + chunk
-        cut = data.rfind(b"\n") + 1
-        recs = data[:cut].split(b"\n")[:-1]
-        k = len(recs)
-        while k and not final and recs[k - 1].split(b" ", 2)[1:2] == [b"P"]:
-            k -= 1  # a line still being written: shown once it ends
-        held[0] = b"".join(r + b"\n" for r in recs[k:]) + data[cut:]
-        return b"".join(console.lines((r + b"\n" for r in recs[:k]), since, timestamps, final))
-
+    reader = console.Reader(since, timestamps)
     while f is None:  # the pod's logger has not written yet
         time.sleep(0.2)
         try:
@@ -566,8 +555,8 @@ def _follow_console(ctx: Context, name: str, path: Path, follow: bool, out, tail
     with f:
         if tail is not None:
             _seek_to_last_lines(f, tail)
-        _copy(ctx, name, f, render, follow, out)
-        out.write(render(b"", final=True))  # a line the pod has not ended yet, as far as it goes
+        _copy(ctx, name, f, reader.feed, follow, out)
+        out.write(reader.feed(b"", final=True))  # a line the pod has not ended yet, as far as it goes
         out.flush()
 
 
@@ -595,7 +584,7 @@ def _copy(ctx: Context, name: str, f, render, follow: bool, out) -> None:
         if not follow:
             return
         if not _running(ctx, name):
-            time.sleep(0.3)  # what its logger still had in hand
+            console.wait_for_loggers(ctx.state.console_log(name))  # what its logger still had in hand
             out.write(render(f.read()))
             out.flush()
             return

@@ -50,6 +50,21 @@ def _pidns(pid: int) -> int | None:
         return None
 
 
+def pids_naming(needle: bytes) -> list[int]:
+    """Processes (other than this one) whose command line contains needle."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if needle in f.read():
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
 def pids_in_pidns(init_pid: int) -> list[int]:
     """Host pids of every live process in init_pid's pid namespace (init first)."""
     ns = _pidns(init_pid)
