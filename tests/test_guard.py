@@ -3,6 +3,7 @@ machine-wide after the first build), real dpkg inside the pod, real CRIU and btr
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -293,6 +294,30 @@ def test_host_guard_on_a_btrfs_root_used_through_chroot(zap, tmp_path):
         snap = zap("host-snapshot", "--root", root, "apt-pre").stdout.strip()
         assert snap.endswith("/3-apt-pre") and (Path(snap) / "etc/hostpkg-good.conf").exists()
         assert "bad label" in zap.fails("host-snapshot", "--root", root, "Bad Label", code=2)
+
+        # snapper's list and delete: a number's pre/post/failed go together.
+        listed = json.loads(zap("host-snapshot", "--list", "--root", root, "--json").stdout)["snapshots"]
+        assert [(s["number"], s["label"]) for s in listed] == [
+            (1, "failed"), (1, "pre"), (2, "post"), (2, "pre"), (3, "apt-pre")]
+        assert listed[0]["command"] == "dpkg -i /tmp/hostpkg-bad.deb" and listed[4]["command"] is None
+        assert all(s["created_at"] and not s["default"] for s in listed)
+        assert "no host snapshot numbered 9" in zap.fails("host-snapshot", "--root", root, "--delete", "3", "9", code=2)
+        assert (store / "3-apt-pre").exists()
+        out = zap("host-snapshot", "--root", root, "--delete", "1-2").stdout
+        assert out.count("deleted ") == 4 and not (store / "1-pre").exists() and not (store / "1.json").exists()
+        # The default subvolume (what a rollback of a live root boots into) is never deleted.
+        pool = zap.volume("tpl").parent.parent
+        subvol = subprocess.run(["btrfs", "inspect-internal", "rootid", str(store / "3-apt-pre")],
+                                capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        subprocess.run(["btrfs", "subvolume", "set-default", subvol, str(pool)], check=True)
+        try:
+            assert zap("host-snapshot", "--list", "--root", root).stdout.splitlines()[1].startswith("3*")
+            assert "is the default subvolume" in zap.fails("host-snapshot", "--root", root, "--delete", "3", code=1)
+        finally:
+            subprocess.run(["btrfs", "subvolume", "set-default", "5", str(pool)], check=True)
+        zap("host-snapshot", "--root", root, "--delete", "3")
+        assert json.loads(zap("host-snapshot", "--list", "--root", root, "--json").stdout) == {"snapshots": []}
+        assert "one of" in zap.fails("host-snapshot", "--root", root, code=2)
     finally:
         for p in sorted((root.parent / ".hostroot.zap-snapshots").glob("*-*")) + [root]:
             subprocess.run(["btrfs", "-q", "subvolume", "delete", str(p)], check=False)

@@ -59,3 +59,12 @@ def since(text: str) -> str:
         return parse_since(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def number_range(text: str) -> list[int]:
+    """N, or N-M (N <= M, at most 100,000 numbers): the numbers it names."""
+    m = re.fullmatch(r"([0-9]{1,9})(?:-([0-9]{1,9}))?", text.strip(), re.ASCII)
+    lo, hi = (int(m.group(1)), int(m.group(2) or m.group(1))) if m else (1, 0)
+    if not (m and 1 <= lo <= hi and hi - lo < 100_000):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a range N-M (from 1, N <= M)")
+    return list(range(lo, hi + 1))

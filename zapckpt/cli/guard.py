@@ -6,7 +6,7 @@ from zapckpt.common.errors import UsageError
 
 from . import argtypes
 from .lazy import lazy
-from .output import emit_json, info
+from .output import confirm, emit_json, info, table
 
 # imported by the command that uses them (cli/lazy.py)
 context = lazy("zapckpt.context")
@@ -26,9 +26,15 @@ def register(sub) -> None:
     p.add_argument("cmd", nargs="*", metavar="-- CMD [ARGS...]")
     p.set_defaults(func=cmd_guard)
 
-    p = sub.add_parser("host-snapshot", help="a numbered read-only snapshot of the host's btrfs root (apt hooks)")
-    p.add_argument("label", help="e.g. apt-pre, apt-post")
+    p = sub.add_parser("host-snapshot", help="a numbered read-only snapshot of the host's btrfs root (apt hooks); "
+                       "--list, --delete")  # fmt: skip
+    p.add_argument("label", nargs="?", help="e.g. apt-pre, apt-post")
     p.add_argument("--root", metavar="DIR", default="/", help="a btrfs subvolume holding a root (default /)")
+    p.add_argument("--list", action="store_true", help="list the snapshots (guard's and the hooks') instead")
+    p.add_argument("--delete", nargs="+", metavar="N[-M]", type=argtypes.number_range,
+                   help="delete the snapshots numbered N (or N to M), each number's pre/post/failed together")  # fmt: skip
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask before deleting more than one")
+    p.add_argument("--json", action="store_true", help="with --list")
     p.set_defaults(func=cmd_host_snapshot)
 
     p = sub.add_parser("diff", help="files added, modified, deleted between two checkpoints, or since one")
@@ -56,9 +62,28 @@ def cmd_guard(args) -> int:
 
 
 def cmd_host_snapshot(args) -> int:
-    from zapckpt.ops.hostguard import host_snapshot
+    from zapckpt.ops import hostguard
 
-    print(host_snapshot(args.label, args.root))
+    if sum(map(bool, (args.label, args.list, args.delete))) != 1:
+        raise UsageError("one of: zap host-snapshot LABEL, --list, --delete N[-M]...")
+    if args.list:
+        snaps = hostguard.host_snapshots(args.root)
+        if args.json:
+            emit_json({"snapshots": snaps})
+            return 0
+        table(["#", "LABEL", "TIME (UTC)", "COMMAND", "PATH"],
+              [[f"{s['number']}{'*' if s['default'] else ''}", s["label"],
+                (s["created_at"] or "-")[:19].replace("T", " "), s["command"] or "-", s["path"]]
+               for s in snaps])  # fmt: skip
+        if any(s["default"] for s in snaps):
+            info("*: the default subvolume (a rollback the next boot completes)")
+        return 0
+    if args.delete:
+        numbers = [n for ns in args.delete for n in ns]
+        for path in hostguard.delete_host_snapshots(numbers, args.root, lambda q: confirm(q, args.yes)):
+            print(f"deleted {path}")
+        return 0
+    print(hostguard.host_snapshot(args.label, args.root))
     return 0
 
 

@@ -19,6 +19,7 @@ import re
 import shlex
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from fsbackend import get_backend
@@ -47,9 +48,75 @@ def _store(root: Path) -> Path:
     return root / ".zap-snapshots" if root == Path("/") else root.parent / f".{root.name}.zap-snapshots"
 
 
+def _number(name: str) -> int | None:
+    head = name.split("-", 1)[0]
+    return int(head) if head.isdigit() and "-" in name else None
+
+
 def _next_number(store: Path) -> int:
-    nums = [int(p.name.split("-", 1)[0]) for p in store.iterdir() if p.name.split("-", 1)[0].isdigit()]
+    nums = [_number(p.name) or 0 for p in store.iterdir()] if store.is_dir() else []
     return max(nums, default=0) + 1
+
+
+def _default_subvolume_id(top: Path) -> str:
+    # "ID 274 gen 40 top level 5 path N-rollback", or "ID 5 (FS_TREE)"
+    return proc.run(["btrfs", "subvolume", "get-default", str(top)]).stdout.split()[1]
+
+
+def host_snapshots(root: str = "/") -> list[dict]:
+    """The numbered snapshots of the root, oldest first (snapper's `list`): number, label, when it
+    was made (the birth time of the snapshot's top directory), the guarded command (guard's
+    N.json), and whether it is the default subvolume a rollback boots into."""
+    top = Path(root).resolve()
+    _check_root(top)
+    store = _store(top)
+    snaps = sorted((p for p in store.iterdir() if _number(p.name) and p.is_dir() and not p.is_symlink()),
+                   key=lambda p: (_number(p.name), p.name)) if store.is_dir() else []  # fmt: skip
+    if not snaps:
+        return []
+    born = proc.run(["stat", "-c", "%W", *map(str, snaps)]).stdout.split()
+    ids = proc.run(["btrfs", "inspect-internal", "rootid", *map(str, snaps)], check=False).stdout.split()
+    default = _default_subvolume_id(top)
+    out = []
+    for i, snap in enumerate(snaps):
+        n = _number(snap.name)
+        meta = store / f"{n}.json"
+        try:
+            command = json.loads(meta.read_text())["command"] if meta.is_file() and not meta.is_symlink() else None
+        except (OSError, ValueError, KeyError, TypeError):
+            command = None
+        created = int(born[i]) if i < len(born) and born[i].isdigit() and born[i] != "0" else None
+        out.append({"number": n, "label": snap.name.split("-", 1)[1], "path": str(snap),
+                    "created_at": None if created is None else
+                    datetime.fromtimestamp(created, timezone.utc).isoformat(),
+                    "command": command, "default": len(ids) == len(snaps) and ids[i] == default})  # fmt: skip
+    return out
+
+
+def delete_host_snapshots(numbers: list[int], root: str = "/", confirm=None) -> list[str]:
+    """Delete every snapshot numbered N (its pre, post, failed... together, as snapper deletes a
+    pair), all or none: refused for the default subvolume, which the next boot would use."""
+    listed = host_snapshots(root)
+    have = {s["number"] for s in listed}
+    missing = sorted(set(numbers) - have)
+    if missing:
+        raise UsageError(f"no host snapshot numbered {', '.join(map(str, missing))} (zap host-snapshot --list)")
+    doomed = [s for s in listed if s["number"] in set(numbers)]
+    for s in doomed:
+        if s["default"]:
+            raise ZapError(f"{s['path']} is the default subvolume (the next boot uses it): make another one the "
+                           "default first (btrfs subvolume set-default)")  # fmt: skip
+    if confirm is not None and len(doomed) > 1:
+        confirm(f"delete {len(doomed)} host snapshots ({', '.join(Path(s['path']).name for s in doomed)})?")
+    backend = get_backend("btrfs")
+    store = _store(Path(root).resolve())
+    for s in doomed:
+        backend.delete_volume(Path(s["path"]))
+    for n in set(numbers):
+        meta = store / f"{n}.json"
+        if meta.is_file() or meta.is_symlink():
+            meta.unlink()
+    return [s["path"] for s in doomed]
 
 
 def _run(root: Path, argv: list[str], timeout: float | None = None) -> int:
