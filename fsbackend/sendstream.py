@@ -30,6 +30,16 @@ class Changes:
     def counts(self) -> dict[str, int]:
         return {k: len(getattr(self, k)) for k in ("added", "modified", "deleted", "mode_changed", "type_changed", "renamed")}
 
+    def only(self, paths: list[str]) -> "Changes":
+        """The changes at or under one of paths."""
+        def keep(p: str) -> bool:
+            return any(p == x or p.startswith(x.rstrip("/") + "/") for x in paths)
+
+        out = Changes(renamed=[(a, b) for a, b in self.renamed if keep(a) or keep(b)])
+        for k in ("added", "modified", "deleted", "mode_changed", "type_changed"):
+            setattr(out, k, [p for p in getattr(self, k) if keep(p)])
+        return out
+
 
 def _unescape(tok: str) -> str:
     out, i = [], 0

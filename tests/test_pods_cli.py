@@ -390,6 +390,38 @@ def test_restore_selected_files_keeps_the_pod_running(zap, host_dir):
     assert list(host_dir.iterdir()) == []
 
 
+def test_diff_of_file_contents(zap, host_dir):
+    """`zap diff -p` (issue 15): the changed files line by line (GNU diff -u), binary files named,
+    --file limiting it, against the live files too; a symlink the pod made to a host file is
+    compared as a link (its target never read)."""
+    (host_dir / "secret").write_text("HOST SECRET\n")
+    zap("run", "dp", "--", "sleep", "600")
+    vol = zap.volume("dp")
+    (vol / "conf").write_text("a\nb\nc\n")
+    (vol / "blob").write_bytes(b"\0\1\2")
+    (vol / "d").mkdir()
+    (vol / "d/old").write_text("gone\n")
+    zap("checkpoint", "dp")
+    (vol / "conf").write_text("a\nB\nc\n")
+    (vol / "blob").write_bytes(b"\0\1\3")
+    (vol / "d/old").unlink()
+    (vol / "d/new").write_text("made\n")
+    (vol / "leak").symlink_to(host_dir / "secret")
+    zap("checkpoint", "dp")
+    out = zap("diff", "dp@1", "dp@2", "-p").stdout
+    assert "--- dp@1:/conf\n+++ dp@2:/conf\n@@ -1,3 +1,3 @@\n a\n-b\n+B\n c\n" in out
+    assert "Binary files dp@1:/blob and dp@2:/blob differ" in out
+    assert "-gone" in out and "+made" in out and "+ /leak" in out and "HOST SECRET" not in out
+    only = zap("diff", "dp@1", "dp@2", "-p", "--file", "d")
+    assert only.stdout.splitlines()[:2] == ["+ /d/new", "- /d/old"] and "/conf" not in only.stdout
+    assert "1 added, 0 modified, 1 deleted" in only.stderr
+    (vol / "conf").write_text("live\n")
+    live = zap("diff", "dp@2", "-p", "--file", "conf").stdout
+    assert "+++ now:/conf" in live and "+live" in live and "-B" in live
+    assert "does not go with --json" in zap.fails("diff", "dp@1", "dp@2", "-p", "--json", code=2)
+    zap.fails("diff", "dp@1", "dp@2", "-p", "--file", "../x", code=2)
+
+
 def test_exec_with_a_terminal_of_the_pods_own(zap):
     """`zap exec -it` (issue 15): the command gets a pty of the pod's devpts, our TERM, and its
     exit code comes back; without a terminal here, -t is refused in one line."""

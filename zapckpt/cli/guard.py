@@ -11,6 +11,7 @@ from .output import confirm, emit_json, info, table
 # imported by the command that uses them (cli/lazy.py)
 context = lazy("zapckpt.context")
 diff_op = lazy("zapckpt.ops.diff")
+files_op = lazy("zapckpt.ops.files")
 guard_op = lazy("zapckpt.ops.guard")
 
 
@@ -40,6 +41,10 @@ def register(sub) -> None:
     p = sub.add_parser("diff", help="files added, modified, deleted between two checkpoints, or since one")
     p.add_argument("ref_a")
     p.add_argument("ref_b", nargs="?", help="the newer checkpoint (default: the pod's files now)")
+    p.add_argument("-p", "--content", action="store_true",
+                   help="also the changed files' contents, line by line (diff -u; binary files are named)")  # fmt: skip
+    p.add_argument("--file", action="append", default=[], metavar="PATH",
+                   help="only PATH (a file or directory inside the volume); repeatable")  # fmt: skip
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_diff)
 
@@ -91,17 +96,38 @@ MARKS = (("added", "+"), ("modified", "M"), ("deleted", "-"), ("type_changed", "
 
 
 def cmd_diff(args) -> int:
-    a, b, ch = diff_op.diff(context.Context(), args.ref_a, args.ref_b)
+    if args.json and args.content:
+        raise UsageError("--content prints diff -u text: it does not go with --json")
+    only = ["/" + "/".join(files_op.components(p)) for p in args.file]
+    differed = []
+
+    def contents(root_a, root_b, changes) -> None:
+        # while both trees exist (a live diff's snapshot is deleted afterwards)
+        if args.content:
+            listing(changes, only)
+            differed.append(diff_op.patch(root_a, root_b, diff_op.changed_files(changes, only), names))
+
+    names = (args.ref_a, args.ref_b or "now")
+    a, b, ch = diff_op.diff(context.Context(), args.ref_a, args.ref_b, contents)
+    if only:
+        ch = ch.only(only)
     counts = ch.counts()
     if args.json:
         doc = {"from": a, "to": b, "counts": counts, "renamed": [{"from": x, "to": y} for x, y in ch.renamed]}
         doc.update({k: getattr(ch, k) for k, _m in MARKS})
         emit_json(doc)
         return 0
+    if not args.content:
+        listing(ch, [])
+    info(f"{a} -> {b}: " + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items()))
+    return 0
+
+
+def listing(ch, only: list[str]) -> None:
+    if only:
+        ch = ch.only(only)
     rows = [(p, mark) for k, mark in MARKS for p in getattr(ch, k)]
     for p, mark in sorted(rows):
         print(f"{mark} {p}")
     for x, y in ch.renamed:
         print(f"R {x} -> {y}")
-    info(f"{a} -> {b}: " + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items()))
-    return 0

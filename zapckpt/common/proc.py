@@ -120,7 +120,8 @@ class Timeout(ZapError):
 
 
 def interactive(argv: Sequence[str], *, env: Mapping[str, str] | None = None, quiet: bool = False,
-                timeout: float | None = None, kill=None, what: str | None = None) -> int:  # fmt: skip
+                timeout: float | None = None, kill=None, what: str | None = None,
+                pass_fds: Sequence[int] = ()) -> int:  # fmt: skip
     """Run argv on the user's terminal (stdio inherited, or discarded if quiet) and return its
     exit status. On Ctrl-C it is killed (with a timeout, by kill) and the status is 130. On a
     timeout, kill(pid) (default: SIGKILL to it alone; pass procinfo.kill_tree for all it
@@ -128,7 +129,7 @@ def interactive(argv: Sequence[str], *, env: Mapping[str, str] | None = None, qu
     argv = [str(a) for a in argv]
     out = subprocess.DEVNULL if quiet else None
     try:
-        child = subprocess.Popen(argv, env=env, stdout=out, stderr=out, close_fds=True)
+        child = subprocess.Popen(argv, env=env, stdout=out, stderr=out, close_fds=True, pass_fds=tuple(pass_fds))
     except FileNotFoundError:
         raise ToolMissing(argv[0]) from None
     try:

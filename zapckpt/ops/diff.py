@@ -5,13 +5,17 @@ command, see recovery.py)."""
 
 from __future__ import annotations
 
+import os
+import sys
 import uuid
 from pathlib import Path
 
 from catalog import Pod, queries
+from zapckpt.common import proc
 from zapckpt.common.errors import UsageError, ZapError
 from zapckpt.context import Context
 from zapckpt.ops import intents
+from zapckpt.ops.files import open_in_snapshot
 from zapckpt.system import faults
 
 
@@ -24,12 +28,14 @@ def _lineage(pod: Pod) -> set[int]:
     return out
 
 
-def diff(ctx: Context, ref_a: str, ref_b: str | None) -> tuple[str, str, object]:
+def diff(ctx: Context, ref_a: str, ref_b: str | None, with_trees=None) -> tuple[str, str, object]:
+    """The changes from REF_A to REF_B (or to the pod's files now). with_trees(root_a, root_b,
+    changes), if given, is called while both trees exist (the live one is deleted after)."""
     backend = ctx.pool.backend
     if not backend.capabilities.diff:
         raise ZapError(f"the {backend.name} backend cannot compare checkpoints")
     if ref_b is None:
-        return _diff_live(ctx, ref_a)
+        return _diff_live(ctx, ref_a, with_trees)
     with ctx.catalog.session() as s:
         a, b = queries.resolve_ref(s, ref_a), queries.resolve_ref(s, ref_b)
         names = a.ref, b.ref
@@ -42,10 +48,13 @@ def diff(ctx: Context, ref_a: str, ref_b: str | None) -> tuple[str, str, object]
     for name, p in zip(names, paths):
         if not p.is_dir():
             raise ZapError(f"checkpoint {name} is damaged: its snapshot {p} is missing")
-    return names[0], names[1], backend.diff(*paths)
+    changes = backend.diff(*paths)
+    if with_trees is not None:
+        with_trees(*paths, changes)
+    return names[0], names[1], changes
 
 
-def _diff_live(ctx: Context, ref: str) -> tuple[str, str, object]:
+def _diff_live(ctx: Context, ref: str, with_trees=None) -> tuple[str, str, object]:
     """REF against the files of its pod as they are now."""
     backend = ctx.ensure_pool().backend
     with ctx.catalog.session() as s:
@@ -60,6 +69,51 @@ def _diff_live(ctx: Context, ref: str) -> tuple[str, str, object]:
         backend.snapshot(volume, now)
         faults.point("diff:snapshotted")
         try:
-            return ck.ref, f"{name} (now)", backend.diff(snap_a, now)
+            changes = backend.diff(snap_a, now)
+            if with_trees is not None:
+                with_trees(snap_a, now, changes)
+            return ck.ref, f"{name} (now)", changes
         finally:
             backend.delete_volume(now)
+
+
+def changed_files(changes, only: list[str]) -> list[tuple[str, str]]:
+    """(old path, new path) of each change whose contents may differ, in path order; a renamed
+    file's two names. With `only`, the paths equal to or under one of them."""
+    if only:
+        changes = changes.only(only)
+    pairs = [(p, p) for k in ("modified", "added", "deleted", "type_changed") for p in getattr(changes, k)]
+    pairs += list(changes.renamed)
+    return sorted(pairs, key=lambda ab: ab[1])
+
+
+def _regular(root: Path, path: str) -> int | None:
+    """A read-only fd of the regular file, or None if there is none (missing, a directory, a
+    link: nothing to compare line by line). Never follows the pod's symlinks."""
+    try:
+        return open_in_snapshot(root, path)
+    except ZapError:
+        return None
+
+
+def patch(root_a: Path, root_b: Path, pairs: list[tuple[str, str]], names: tuple[str, str]) -> int:
+    """GNU `diff -u` of each pair of files, to standard output (binary files are named, not
+    printed). Returns how many pairs differed."""
+    differed = 0
+    for old, new in pairs:
+        fa, fb = _regular(root_a, old), _regular(root_b, new)
+        try:
+            if fa is None and fb is None:
+                continue
+            args = [f"/dev/fd/{fa}" if fa is not None else "/dev/null", f"/dev/fd/{fb}" if fb is not None else "/dev/null"]
+            sys.stdout.flush()
+            rc = proc.interactive(["diff", "-u", "--label", f"{names[0]}:{old}", "--label", f"{names[1]}:{new}", *args],
+                                  pass_fds=[f for f in (fa, fb) if f is not None])  # fmt: skip
+            if rc > 1:
+                raise ZapError(f"diff of {new} failed (exit {rc})")
+            differed += rc
+        finally:
+            for f in (fa, fb):
+                if f is not None:
+                    os.close(f)
+    return differed

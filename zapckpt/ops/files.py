@@ -15,7 +15,7 @@ from zapckpt.common.errors import NotFound, UsageError, ZapError
 from zapckpt.context import Context
 
 
-def _components(path: str) -> list[str]:
+def components(path: str) -> list[str]:
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise UsageError(f"bad path {path!r}: '..' is not allowed (give the path as the pod sees it)")
@@ -33,7 +33,7 @@ def _relative(pod, path: str) -> str:
 
 def open_in_snapshot(root: Path, path: str) -> int:
     """A read-only fd of the regular file at path under root, no symlink followed on the way."""
-    parts = _components(path)
+    parts = components(path)
     fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for i, name in enumerate(parts):
@@ -138,7 +138,7 @@ def restore_files(ctx: Context, ref: str, paths: list[str]) -> tuple[str, list[t
             for top in (snap, volume):
                 root = os.open(top, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
                 try:
-                    d = _open_dir(root, _components(rel)[:-1], create=False)
+                    d = _open_dir(root, components(rel)[:-1], create=False)
                 finally:
                     os.close(root)
                 if d >= 0:
@@ -153,7 +153,7 @@ def restore_files(ctx: Context, ref: str, paths: list[str]) -> tuple[str, list[t
         top_live = os.open(volume, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             for rel in rels:
-                done.append((rel, _restore_one(top_snap, top_live, _components(rel))))
+                done.append((rel, _restore_one(top_snap, top_live, components(rel))))
         finally:
             os.close(top_snap)
             os.close(top_live)
