@@ -6,7 +6,7 @@ The models and the engine are imported on first use (PEP 562), so `catalog.fastr
 from importlib import import_module
 
 _WHERE = {"Catalog": ".db", **{n: ".models" for n in
-          ("Base", "Checkpoint", "Chunk", "ImageFile", "Intent", "Pack", "Pod", "Setting", "Watch")}}  # fmt: skip
+          ("Base", "Checkpoint", "Chunk", "ImageFile", "Intent", "Pack", "Pod", "Setting", "Tag", "Watch")}}  # fmt: skip
 
 
 def __getattr__(name: str):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # The newest migration in catalog/migrations/versions; a test keeps the two in step.
-SCHEMA_HEAD = "0009"
+SCHEMA_HEAD = "0010"
 BUSY_TIMEOUT_MS = 120_000  # writers wait for each other (a prune compacting packs) instead of failing
 
 
@@ -134,14 +134,18 @@ def iso_text(stored: str) -> str:
 
 CHECKPOINT_ROW = ("id", "pod", "seq", "parent_pod", "parent_seq", "parent_id", "created_at", "message", "kind",
                   "image_format", "backend", "snapshot_path", "snapshot_generation", "raw_bytes", "stored_bytes",
-                  "frozen_ms", "dump_ms", "fs_snapshot_ms", "total_ms", "predump_ms", "processes")  # fmt: skip
+                  "frozen_ms", "dump_ms", "fs_snapshot_ms", "total_ms", "predump_ms", "processes", "tags")  # fmt: skip
 
 _CHECKPOINT_SQL = (
     "SELECT c.id, p.name, c.seq, pp.name, par.seq, c.parent_id, c.created_at, c.message, c.kind, c.image_format,"
     " c.backend, c.snapshot_path, c.snapshot_generation, c.raw_bytes, c.stored_bytes, c.frozen_ms, c.dump_ms,"
-    " c.fs_snapshot_ms, c.total_ms, c.predump_ms, c.processes"
+    " c.fs_snapshot_ms, c.total_ms, c.predump_ms, c.processes, coalesce(tg.names, '[]')"
     " FROM checkpoints c JOIN pods p ON p.id = c.pod_id"
     " LEFT JOIN checkpoints par ON par.id = c.parent_id LEFT JOIN pods pp ON pp.id = par.pod_id"
+    # the tags of each checkpoint as one JSON array, sorted: one pass over the (small) tags table
+    " LEFT JOIN (SELECT checkpoint_id, json_group_array(name) AS names FROM"
+    " (SELECT checkpoint_id, name FROM tags ORDER BY checkpoint_id, name) GROUP BY checkpoint_id) tg"
+    " ON tg.checkpoint_id = c.id"
 )  # fmt: skip
 
 
@@ -156,11 +160,15 @@ def checkpoint_rows(cursor, pod_id: int | None = None) -> list[tuple]:
     return cursor.execute(sql + " ORDER BY p.name, c.seq", args).fetchall()
 
 
-def checkpoint_row(cursor, name: str, seq: int | None) -> tuple | None:
-    """The row of NAME@seq, or of NAME@latest (seq None: queries.LATEST_ORDER); None if there is none."""
+def checkpoint_row(cursor, name: str, seq: int | str | None) -> tuple | None:
+    """The row of NAME@seq, of NAME@latest (seq None: queries.LATEST_ORDER) or of NAME@TAG (seq a
+    tag's name); None if there is none."""
     sql = _CHECKPOINT_SQL + " WHERE p.name = ?"
     if seq is None:
         return cursor.execute(sql + " ORDER BY c.kind = 'auto', c.seq DESC LIMIT 1", (name,)).fetchone()
+    if isinstance(seq, str):
+        tagged = " AND c.id = (SELECT checkpoint_id FROM tags WHERE pod_id = p.id AND name = ?)"
+        return cursor.execute(sql + tagged, (name, seq)).fetchone()
     return cursor.execute(sql + " AND c.seq = ?", (name, seq)).fetchone()
 
 

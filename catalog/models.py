@@ -128,6 +128,12 @@ class Checkpoint(Base):
 
     pod: Mapped[Pod] = relationship(back_populates="checkpoints", foreign_keys=[pod_id])
     parent: Mapped[Optional["Checkpoint"]] = relationship(remote_side=[id])
+    # the database deletes a removed checkpoint's tags (ON DELETE CASCADE)
+    tags: Mapped[list["Tag"]] = relationship(order_by="Tag.name", viewonly=True)
+
+    @property
+    def tag_names(self) -> list[str]:
+        return [t.name for t in self.tags]
 
     @property
     def ref(self) -> str:
@@ -136,6 +142,18 @@ class Checkpoint(Base):
     @property
     def has_images(self) -> bool:
         return self.image_format is not None
+
+
+class Tag(Base):
+    """A person's name for one checkpoint of a pod (`zap tag`): NAME@TAG refers to it, `prune
+    --keep-tag` keeps it. A tag names one checkpoint per pod; a checkpoint may have several."""
+
+    __tablename__ = "tags"
+    __table_args__ = (UniqueConstraint("pod_id", "name", name="uq_tags_pod_name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pod_id: Mapped[int] = mapped_column(ForeignKey("pods.id", ondelete="CASCADE"))
+    checkpoint_id: Mapped[str] = mapped_column(ForeignKey("checkpoints.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(63))
 
 
 class Pack(Base):

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, selectinload
 from zapckpt.common.errors import NotFound, UsageError, unknown_pod
 
 from . import fastread
-from .models import Checkpoint, Pod, Setting, Watch
+from .models import Checkpoint, Pod, Setting, Tag, Watch
 
 
 def get_setting(s: Session, key: str) -> str | None:
@@ -77,7 +77,7 @@ LATEST_ORDER = (Checkpoint.kind == "auto", Checkpoint.seq.desc())
 
 
 def resolve_ref(s: Session, ref: str) -> Checkpoint:
-    """NAME@N, NAME@latest, or a catalog id (or a unique prefix of one, at least 4 characters)."""
+    """NAME@N, NAME@latest, NAME@TAG, or a catalog id (or a unique prefix of one, at least 4 characters)."""
     if "@" in ref:
         name, _, what = ref.partition("@")
         pod = get_pod(s, name)
@@ -88,7 +88,12 @@ def resolve_ref(s: Session, ref: str) -> Checkpoint:
                 raise NotFound(f"pod {name!r} has no checkpoints yet")
             return ck
         if not (what.isascii() and what.isdigit() and len(what) <= 9):
-            raise UsageError(f"bad checkpoint reference {ref!r}: expected NAME@N or NAME@latest")
+            if what.isdigit() or not what:
+                raise UsageError(f"bad checkpoint reference {ref!r}: expected NAME@N, NAME@latest or NAME@TAG")
+            ck = s.scalars(q.join(Tag, Tag.checkpoint_id == Checkpoint.id).where(Tag.name == what)).one_or_none()
+            if ck is None:
+                raise NotFound(f"no checkpoint of {name!r} is tagged {what!r} (see `zap list {name}`)")
+            return ck
         ck = s.scalars(q.where(Checkpoint.seq == int(what))).one_or_none()
         if ck is None:
             raise NotFound(f"no checkpoint {ref} (see `zap list {name}`)")
@@ -132,6 +137,13 @@ def pod_checkpoint_rows(s: Session, pod_name: str) -> list[tuple[int, str, datet
     """(seq, id, created_at) of a pod's checkpoints, oldest first."""
     q = (select(Checkpoint.seq, Checkpoint.id, Checkpoint.created_at).join(Pod, Checkpoint.pod_id == Pod.id)
          .where(Pod.name == pod_name).order_by(Checkpoint.seq))  # fmt: skip
+    return [tuple(r) for r in s.execute(q)]
+
+
+def pod_tag_rows(s: Session, pod_name: str) -> list[tuple[str, int, datetime]]:
+    """(tag, seq, created_at) of a pod's tags, by tag."""
+    q = (select(Tag.name, Checkpoint.seq, Checkpoint.created_at).join(Checkpoint, Tag.checkpoint_id == Checkpoint.id)
+         .join(Pod, Checkpoint.pod_id == Pod.id).where(Pod.name == pod_name).order_by(Tag.name))  # fmt: skip
     return [tuple(r) for r in s.execute(q)]
 
 

@@ -6,6 +6,7 @@ import pytest
 from sqlalchemy import text
 
 from catalog import Catalog, Checkpoint, Pod, queries
+from zapckpt import records
 from catalog.db import BUSY_TIMEOUT_MS, SCHEMA_HEAD
 from catalog.migrate import head_revision
 from zapckpt.common.errors import NotFound, UsageError
@@ -166,6 +167,10 @@ def test_fastread_rows_match_the_orm(tmp_path):
         _ck(s, web, 1, "aaaa11112222")
         web.head_checkpoint_id = _ck(s, web, 2, "aaaa33334444", parent="aaaa11112222").id
         _ck(s, web, 3, "aaaa55556666", parent="aaaa33334444").kind = "auto"  # a safety copy: not @latest
+        from catalog import Tag
+
+        s.add_all([Tag(pod_id=web.id, checkpoint_id="aaaa11112222", name=n) for n in ("zeta", "alpha")])
+        s.add(Tag(pod_id=web.id, checkpoint_id="aaaa55556666", name="gone"))
         fork = _pod(s, "fork")
         fork.origin_checkpoint_id = "aaaa11112222"
         fork.private_tmp = True
@@ -197,6 +202,17 @@ def test_fastread_rows_match_the_orm(tmp_path):
     assert fastread.checkpoint_row(conn.cursor(), "web", None) == orm_web[1]
     assert fastread.checkpoint_row(conn.cursor(), "web", 3) == orm_web[2]
     assert fastread.checkpoint_row(conn.cursor(), "web", 4) is None
+    # NAME@TAG, and the tags in each row, sorted (issue 15)
+    assert fastread.checkpoint_row(conn.cursor(), "web", "zeta") == orm_web[0] and orm_web[0][-1] == '["alpha","zeta"]'
+    assert fastread.checkpoint_row(conn.cursor(), "web", "nope") is None and orm_web[1][-1] == "[]"
+    with cat.session() as s:
+        assert queries.resolve_ref(s, "web@alpha").seq == 1
+        assert records.checkpoint_record(queries.resolve_ref(s, "web@1"))["tags"] == ["alpha", "zeta"]
+        with pytest.raises(NotFound):
+            queries.resolve_ref(s, "web@nope")
+        s.delete(queries.resolve_ref(s, "web@gone"))  # the database drops its tags with it
+    with cat.session() as s:
+        assert [t[:2] for t in queries.pod_tag_rows(s, "web")] == [("alpha", 1), ("zeta", 1)]
     assert fastread.checkpoint_row(conn.cursor(), "fork", None) is None
     with pytest.raises(fastread.LookupFailed):
         fastread.pod_id(conn, "nope")
@@ -214,3 +230,24 @@ def test_fastread_leaves_an_old_or_missing_catalog_to_the_orm(tmp_path):
     with sqlite3.connect(tmp_path / "c.db") as c:
         c.execute("UPDATE alembic_version SET version_num = '0005'")
     assert fastread.open_current(tmp_path / "c.db") is None
+
+
+def test_keep_policy_and_tags(tmp_path):
+    """prune --keep-tag keeps the tagged checkpoints named; the watch's own pruning
+    (keep_tagged) keeps every tagged one; untagged ones outside the policy go."""
+    from catalog import Tag
+    from zapckpt.ops.remove import plan_prune
+
+    cat = Catalog(tmp_path / "c.db")
+    with cat.session() as s:
+        web = _pod(s, "web")
+        cks = [_ck(s, web, n, f"aaaa0000000{n}") for n in (1, 2, 3, 4)]
+        s.add_all([Tag(pod_id=web.id, checkpoint_id=cks[0].id, name="good"),
+                   Tag(pod_id=web.id, checkpoint_id=cks[1].id, name="other")])  # fmt: skip
+        s.flush()
+        s.expire_all()
+        kept = lambda plan: [d.ck.seq for d in plan if d.keep]  # noqa: E731
+        assert kept(plan_prune(s, cks, keep_last=1)) == [4]
+        plan = plan_prune(s, cks, keep_last=1, keep_tags=("good",))
+        assert kept(plan) == [1, 4] and plan[0].reasons == ["tagged good"]
+        assert kept(plan_prune(s, cks, keep_last=1, keep_tagged=True)) == [1, 2, 4]

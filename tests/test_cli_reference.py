@@ -33,7 +33,7 @@ def test_bash_completion_completes_commands_and_options():
     script = bash_script(build_parser())
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
     assert _complete(script, "pa") == ["pause"]
-    assert _complete(script, "un") == ["unpause", "unwatch"]
+    assert _complete(script, "un") == ["unpause", "untag", "unwatch"]
     assert set(_complete(script, "kill", "--s")) == {"--signal"}
     assert "--keep-hourly" in _complete(script, "prune", "--keep-")
     assert _complete(script, "exec", "x", "--", "l") == []  # the pod's command is the user's

@@ -233,3 +233,44 @@ with ctx.catalog.session() as s:
     assert zap("verify").stdout.strip().endswith("OK")
     zap("restore", "old@1")
     assert_continuous(counted_past(zap.volume("old"), at + 50, "counting on"))
+
+
+def test_tags_name_checkpoints_and_keep_them(zap):
+    """`zap tag` / `zap untag` (issue 15): NAME@TAG works wherever a reference does (show,
+    restore, branch, dump, rmckpt), a tag names one checkpoint per pod (--force moves it), prune
+    --keep-tag keeps it, and the tags go with their checkpoint and follow a rename."""
+    zap("run", "t", "--", "sh", "-c", "echo one > v; exec sleep 600")
+    vol = zap.volume("t")
+    wait_for(lambda: (vol / "v").exists(), what="the file")
+    for i in ("one", "two", "three"):
+        (vol / "v").write_text(i + "\n")
+        zap("checkpoint", "t")
+    assert zap("tag", "t@1", "good", "v1").stdout.strip() == "t@1: tagged good, v1"
+    zap("tag", "t@2", "two")
+    assert "t@good is t@1 already" in zap.fails("tag", "t@3", "good", code=2)
+    assert "moved good (from t@1)" in zap("tag", "t@3", "good", "--force").stderr
+    for bad in ("Bad", "latest", "7up", "a" * 64, "a/b"):
+        assert "invalid tag" in zap.fails("tag", "t@1", bad, code=2)
+    listed = {c["ref"]: c["tags"] for c in zap.json("list", "t")["checkpoints"]}
+    assert listed == {"t@1": ["v1"], "t@2": ["two"], "t@3": ["good"]}
+    assert zap("list", "t").stdout.splitlines()[0].split()[3] == "TAGS"
+    assert zap.json("show", "t@v1")["ref"] == "t@1" and "tags:       good" in zap("show", "t@good").stdout
+    assert zap("dump", "t@two", "v").stdout == "two\n"
+    assert "is tagged 'nope'" in zap.fails("show", "t@nope", code=2)
+    zap("restore", "t@v1")
+    assert (vol / "v").read_text() == "one\n"
+    zap("branch", "t@two", "tb")
+    assert (zap.volume("tb") / "v").read_text() == "two\n"
+    zap("rm", "--force", "tb")
+    # prune --keep-tag: the tagged ones stay, whatever the policy
+    plan = zap.json("prune", "t", "--keep-last", "1", "--keep-tag", "v1", "--keep-tag", "two", "--dry-run")
+    assert {c["ref"]: c["action"] for c in plan["checkpoints"]} == {
+        "t@1": "keep", "t@2": "keep", "t@3": "would remove", "t@4": "keep"}
+    assert zap("untag", "t@1").stdout.strip() == "t@1: untagged v1"
+    assert "is not tagged 'zz'" in zap.fails("untag", "t@2", "zz", code=2)
+    zap("rmckpt", "t@two")
+    assert {c["ref"]: c["tags"] for c in zap.json("list", "t")["checkpoints"]}["t@3"] == ["good"]
+    zap("tag", "t@3", "two")  # the name is free again: its checkpoint is gone
+    zap("stop", "t")
+    zap("rename", "t", "u")
+    assert zap.json("show", "u@good")["ref"] == "u@3"

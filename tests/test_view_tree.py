@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from catalog import Catalog, Checkpoint, Pod
+from catalog import Catalog, Checkpoint, Pod, Tag
 from zapckpt.view import nodes
 from zapckpt.view.tree import HistoryTree
 
@@ -40,6 +40,7 @@ def tree(tmp_path):
                              backend="btrfs", snapshot_path=str(d), image_format=None,
                              processes=[{"pid": 1, "host_pid": 4242, "cmdline": ["sleep", "9"], "cwd": "/srv"}]))
         s.flush()
+        s.add(Tag(pod_id=web.id, checkpoint_id="ck0000000002", name="good"))
         s.add(Pod(name="fork", volume="/nonexistent", mount_path="/m/web", command=["x"], env={}, cwd="/",
                   origin_checkpoint_id="ck0000000002"))  # fmt: skip
     (tmp_path / "vol").mkdir()
@@ -62,7 +63,9 @@ def names(tree, path: str) -> list[str]:
 def test_layout(tree, tmp_path):
     assert names(tree, "/") == ["pods"]
     assert names(tree, "/pods") == ["fork", "web"]
-    assert names(tree, "/pods/web") == ["checkpoints", "by-time", "info.json", "latest", "live"]
+    assert names(tree, "/pods/web") == ["checkpoints", "by-time", "info.json", "latest", "tags", "live"]
+    assert names(tree, "/pods/web/tags") == ["good"]
+    assert tree.readlink(walk(tree, "/pods/web/tags/good")) == "../checkpoints/2"
     assert names(tree, "/pods/fork") == ["checkpoints", "by-time", "info.json"]  # no checkpoint, no volume
     assert names(tree, "/pods/web/checkpoints") == ["1", "2", "3"]
     assert names(tree, "/pods/web/checkpoints/2") == ["fs", "info.json", "processes", "branches"]  # files only

@@ -17,3 +17,14 @@ def check_name(name: str) -> str:
             f"invalid pod name {name!r}: use 1-63 characters a-z 0-9 _ . -, starting with a letter or digit"
         )
     return name
+
+
+# A tag starts with a letter, so NAME@TAG never reads as NAME@N or a range NAME@A-B.
+TAG_RE = re.compile(r"[a-z][a-z0-9_.-]{0,62}")
+
+
+def check_tag(tag: str) -> str:
+    if not TAG_RE.fullmatch(tag or "") or tag == "latest":
+        raise UsageError(f"invalid tag {tag!r}: use 1-63 characters a-z 0-9 _ . -, starting with a letter "
+                         "(and not 'latest')")  # fmt: skip
+    return tag

@@ -22,7 +22,7 @@ def checkpoint_record(ck: Checkpoint) -> dict:
         ck.id, ck.pod.name, ck.seq, parent.pod.name if parent else None, parent.seq if parent else None,
         ck.parent_id, iso(ck.created_at), ck.message, ck.kind, ck.image_format, ck.backend, ck.snapshot_path,
         ck.snapshot_generation, ck.raw_bytes, ck.stored_bytes, ck.frozen_ms, ck.dump_ms, ck.fs_snapshot_ms,
-        ck.total_ms, ck.predump_ms, ck.processes,
+        ck.total_ms, ck.predump_ms, ck.processes, ck.tag_names,
     )  # fmt: skip
 
 
@@ -30,12 +30,13 @@ def checkpoint_row_records(rows: list[tuple]) -> list[dict]:
     """The same records from rows of queries.checkpoint_rows (the fast path of `zap list`); the
     processes of all rows are parsed in one json.loads, not one call per row."""
     procs = json.loads("[" + ",".join(r[20] or "[]" for r in rows) + "]")
-    return [_checkpoint_dict(*r[:6], iso_text(r[6]), *r[7:20], p) for r, p in zip(rows, procs)]
+    tags = json.loads("[" + ",".join(r[21] or "[]" for r in rows) + "]")
+    return [_checkpoint_dict(*r[:6], iso_text(r[6]), *r[7:20], p, t) for r, p, t in zip(rows, procs, tags)]
 
 
 def _checkpoint_dict(id, pod, seq, parent_pod, parent_seq, parent_id, created_at, message, kind, image_format,
                      backend, snapshot_path, snapshot_generation, raw_bytes, stored_bytes, frozen_ms, dump_ms,
-                     fs_snapshot_ms, total_ms, predump_ms, processes) -> dict:  # fmt: skip
+                     fs_snapshot_ms, total_ms, predump_ms, processes, tags) -> dict:  # fmt: skip
     return {
         "id": id,
         "ref": f"{pod}@{seq}",
@@ -55,6 +56,7 @@ def _checkpoint_dict(id, pod, seq, parent_pod, parent_seq, parent_id, created_at
                        "predump": predump_ms},
         "incremental": predump_ms is not None,
         "processes": processes,
+        "tags": tags,
     }
 
 

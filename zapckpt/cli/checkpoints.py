@@ -21,6 +21,8 @@ fastread = lazy("catalog.fastread")
 state = lazy("zapckpt.state")
 errors = lazy("zapckpt.common.errors")
 files = lazy("zapckpt.ops.files")
+tags_op = lazy("zapckpt.ops.tags")
+naming = lazy("zapckpt.names")
 
 
 def register(sub) -> None:
@@ -51,6 +53,17 @@ def register(sub) -> None:
     p.add_argument("name", nargs="?")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("tag", help="name a checkpoint: NAME@TAG refers to it, prune --keep-tag keeps it")
+    p.add_argument("ref")
+    p.add_argument("tags", nargs="+", metavar="TAG", help="a-z 0-9 _ . -, starting with a letter")
+    p.add_argument("--force", "-f", action="store_true", help="move a tag another checkpoint of the pod has")
+    p.set_defaults(func=cmd_tag)
+
+    p = sub.add_parser("untag", help="remove tags from a checkpoint (all of them without TAG)")
+    p.add_argument("ref")
+    p.add_argument("tags", nargs="*", metavar="TAG", help="the tags to remove (default: all of its tags)")
+    p.set_defaults(func=cmd_untag)
 
     p = sub.add_parser("log", help="show a pod's lineage, branches included")
     p.add_argument("name")
@@ -115,12 +128,26 @@ def cmd_list(args) -> int:
         emit_json({"checkpoints": recs})
         return 0
     rows = [
-        [r["ref"], r["created_at"][:19].replace("T", " "), r["message"] or "-", r["parent"] or "-",
+        [r["ref"], r["created_at"][:19].replace("T", " "), ",".join(r["tags"]) or "-", r["message"] or "-", r["parent"] or "-",
          human_bytes(r["raw_bytes"]) if r["has_processes"] else "files only", human_bytes(r["stored_bytes"]),
          ms(r["timings_ms"]["frozen"])]
         for r in recs
     ]  # fmt: skip
-    table(["REF", "TIME (UTC)", "MESSAGE", "PARENT", "RAW", "STORED", "FROZEN_MS"], rows)
+    table(["REF", "TIME (UTC)", "TAGS", "MESSAGE", "PARENT", "RAW", "STORED", "FROZEN_MS"], rows)
+    return 0
+
+
+def cmd_tag(args) -> int:
+    ref, moved = tags_op.tag(context.Context(), args.ref, args.tags, args.force)
+    print(f"{ref}: tagged {', '.join(dict.fromkeys(args.tags))}")
+    if moved:
+        info(f"moved {', '.join(moved)}")
+    return 0
+
+
+def cmd_untag(args) -> int:
+    ref, gone = tags_op.untag(context.Context(), args.ref, args.tags)
+    print(f"{ref}: untagged {', '.join(gone) or 'nothing (it had no tags)'}")
     return 0
 
 
@@ -160,9 +187,15 @@ def _show_fast(ref: str) -> tuple[bool, dict | None]:
         if not at:
             rows = fastread.pod_rows(conn, name)
             return True, (records.pod_row_record(rows[0]) if rows else None)
-        if what != "latest" and not (what.isascii() and what.isdigit() and len(what) <= 9):
+        if what == "latest":
+            seq = None
+        elif what.isascii() and what.isdigit() and len(what) <= 9:
+            seq = int(what)
+        elif naming.TAG_RE.fullmatch(what):
+            seq = what
+        else:
             return False, None
-        row = fastread.checkpoint_row(conn.cursor(), name, None if what == "latest" else int(what))
+        row = fastread.checkpoint_row(conn.cursor(), name, seq)
         return False, (records.checkpoint_row_records([row])[0] if row is not None else None)
 
 

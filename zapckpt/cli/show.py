@@ -62,6 +62,7 @@ def checkpoint_text(r: dict) -> str:
         ("created", _when(r["created_at"])),
         ("kind", r["kind"]),
         ("message", r["message"] or "-"),
+        ("tags", ", ".join(r["tags"]) or "-"),
         ("parent", r["parent"] or "-"),
         ("processes", procs),
         ("snapshot", f"{snap['path']} ({snap['backend']}" + (f", generation {snap['generation']})" if snap["generation"] else ")")),

@@ -30,6 +30,8 @@ def register(sub) -> None:
                        help=f"keep the newest checkpoint of each of the last N {PERIOD[span]}s having one")  # fmt: skip
     p.add_argument("--keep-within", type=argtypes.duration, metavar="DURATION",
                    help="keep every checkpoint taken within DURATION (2d, 12h) of the newest")  # fmt: skip
+    p.add_argument("--keep-tag", action="append", default=[], metavar="TAG",
+                   help="keep the checkpoint tagged TAG (`zap tag`); repeatable")  # fmt: skip
     p.add_argument("--dry-run", "-n", action="store_true", help="only say what would be removed")
     p.add_argument("--force", action="store_true", help="allow a policy that removes every checkpoint")
     p.add_argument("--json", action="store_true")
@@ -72,7 +74,8 @@ PERIOD = {"hourly": "hour", "daily": "day", "weekly": "week", "monthly": "month"
 
 
 def cmd_prune(args) -> int:
-    policy = {k: getattr(args, k) for k in ("keep_last", *(f"keep_{p}" for p in PERIOD), "keep_within")}
+    policy = {k: getattr(args, k) for k in ("keep_last", *(f"keep_{p}" for p in PERIOD), "keep_within", "keep_tag")}
+    policy["keep_tags"] = policy.pop("keep_tag") or None
     decisions, freed = remove.prune(context.Context(), args.name, policy, dry_run=args.dry_run, force=args.force)
     if args.json:
         emit_json({"dry_run": args.dry_run, "checkpoints": decisions, "freed_bytes": freed})

@@ -103,10 +103,12 @@ BUCKETS = (("hourly", "%Y-%m-%d %H"), ("daily", "%Y-%m-%d"), ("weekly", "%G-W%V"
 
 def plan_prune(s: Session, cks: list[Checkpoint], keep_last: int = 0, keep_hourly: int = 0, keep_daily: int = 0,
                keep_weekly: int = 0, keep_monthly: int = 0, keep_yearly: int = 0,
-               keep_within: float | None = None) -> list[Decision]:  # fmt: skip
+               keep_within: float | None = None, keep_tags: tuple[str, ...] = (),
+               keep_tagged: bool = False) -> list[Decision]:  # fmt: skip
     """restic forget: keep the newest N; the newest of each of the last N hours / days / weeks /
-    months / years that have checkpoints; all taken within a duration of the newest; anything a
-    branch comes from; and a guard's pre and post checkpoints together."""
+    months / years that have checkpoints; all taken within a duration of the newest; those
+    carrying one of keep_tags (or any tag: keep_tagged); anything a branch comes from; and a
+    guard's pre and post checkpoints together."""
     newest_first = sorted(cks, key=lambda c: (_aware(c.created_at), c.seq), reverse=True)
     reasons: dict[str, list[str]] = {c.id: [] for c in cks}
     for c in newest_first[:keep_last]:
@@ -126,6 +128,10 @@ def plan_prune(s: Session, cks: list[Checkpoint], keep_last: int = 0, keep_hourl
         for c in newest_first:
             if (newest - _aware(c.created_at)).total_seconds() <= keep_within:
                 reasons[c.id].append(f"within {keep_within:g}s of the newest")
+    for c in cks:
+        tagged = [t for t in c.tag_names if keep_tagged or t in keep_tags]
+        if tagged:
+            reasons[c.id].append("tagged " + ", ".join(tagged))
     # A guard's pair goes or stays whole: `zap diff PRE POST` must keep working.
     by_seq = {c.seq: c for c in cks}
     for c in cks:
@@ -233,19 +239,21 @@ def rmckpt(ctx: Context, refs: list[str], confirm=None) -> list[str]:
 
 
 def prune(ctx: Context, name: str, policy: dict, *, dry_run: bool, force: bool) -> tuple[list[dict], int]:
-    """`zap prune`: policy holds the keep_* counts (None: not given) and keep_within (seconds).
+    """`zap prune`: policy holds the keep_* counts (None: not given), keep_within (seconds) and
+    keep_tags (None or tag names).
     Returns the decisions and the bytes the image store freed."""
     if all(v is None for v in policy.values()):
-        raise UsageError("give a policy: --keep-last N, --keep-hourly/daily/weekly/monthly/yearly N and/or "
-                         "--keep-within DURATION")  # fmt: skip
-    counts = {k: v or 0 for k, v in policy.items() if k != "keep_within"}
+        raise UsageError("give a policy: --keep-last N, --keep-hourly/daily/weekly/monthly/yearly N, "
+                         "--keep-within DURATION and/or --keep-tag TAG")  # fmt: skip
+    counts = {k: v or 0 for k, v in policy.items() if k not in ("keep_within", "keep_tags")}
     if min(counts.values()) < 0:
         raise UsageError("keep counts must be >= 0")
     with ctx.pod_lock(name):
         with ctx.catalog.session() as s:
             pod = queries.get_pod(s, name)
             cks = list(pod.checkpoints)
-            plan = plan_prune(s, cks, **counts, keep_within=policy.get("keep_within"))
+            plan = plan_prune(s, cks, **counts, keep_within=policy.get("keep_within"),
+                              keep_tags=tuple(policy.get("keep_tags") or ()))  # fmt: skip
             out = [{"ref": d.ck.ref, "action": "keep" if d.keep else ("would remove" if dry_run else "remove"),
                     "why": "; ".join(d.reasons) or "outside the policy"} for d in plan]  # fmt: skip
             doomed = [d.ck for d in plan if not d.keep]

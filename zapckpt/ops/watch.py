@@ -303,7 +303,9 @@ def _keep(ctx: Context, name: str, policy: tuple) -> list[str]:
     with priority.idle(), ctx.pod_lock(name), ctx.catalog.session() as s:
         pod = queries.get_pod(s, name)
         watched = [c for c in pod.checkpoints if c.kind == WATCH_KIND]
-        doomed = [d.ck for d in plan_prune(s, watched, keep_last, keep_hourly, keep_daily) if not d.keep]
+        # a checkpoint a person tagged is theirs now: the watch's policy never removes it
+        doomed = [d.ck for d in plan_prune(s, watched, keep_last, keep_hourly, keep_daily, keep_tagged=True)
+                  if not d.keep]  # fmt: skip
         refs = [c.ref for c in doomed]
         remove_checkpoints(ctx, s, doomed, min_unused=WATCH_MIN_UNUSED)
         return refs

@@ -217,6 +217,7 @@ class PodDir(Dir):
         ]
         if tree.pod_checkpoints(self.pod):
             out.append(("latest", Latest(self.pod)))
+            out.append(("tags", Tags(self.pod)))
         if os.path.isdir(pod.volume):
             out.append(("live", Link(f"{base}/live", pod.volume)))
         return out
@@ -283,6 +284,27 @@ class ByTime(Dir):
     def _links(self, tree) -> list[tuple[str, Link, int]]:
         return [(name, Link(f"/pods/{self.pod}/by-time/{name}", f"../checkpoints/{seq}", immutable=True), t)
                 for name, seq, t in tree.by_time(self.pod)]  # fmt: skip
+
+    def entries(self, tree):
+        return [(name, link) for name, link, _t in self._links(tree)]
+
+    def listing(self, tree):
+        return [(name, link, link_attr(link.ino, link.target, t)) for name, link, t in self._links(tree)]
+
+
+class Tags(Dir):
+    """<tag> -> ../checkpoints/<N> (`zap tag`). A tag can move: the target is part of the
+    node's key, so a moved tag is a new inode and no cached link points to the old place."""
+
+    __slots__ = ("pod",)
+
+    def __init__(self, pod: str):
+        super().__init__(f"/pods/{pod}/tags")
+        self.pod = pod
+
+    def _links(self, tree) -> list[tuple[str, Link, int]]:
+        return [(name, Link(f"/pods/{self.pod}/tags/{name}@{seq}", f"../checkpoints/{seq}", immutable=True), t)
+                for name, seq, t in tree.tags(self.pod)]  # fmt: skip
 
     def entries(self, tree):
         return [(name, link) for name, link, _t in self._links(tree)]

@@ -5,6 +5,7 @@ adapts it to the kernel protocol).
     pods/<pod>/live                          -> the pod's current volume
     pods/<pod>/latest                        -> checkpoints/<highest N>
     pods/<pod>/by-time/<local ISO time>      -> ../checkpoints/<N>
+    pods/<pod>/tags/<tag>                    -> ../checkpoints/<N> (`zap tag`)
     pods/<pod>/checkpoints/<N>/fs/           the read-only snapshot, passed through
     pods/<pod>/checkpoints/<N>/info.json     the checkpoint (`zap show REF --json`)
     pods/<pod>/checkpoints/<N>/processes/<pid>/{cmdline,cwd,host_pid}
@@ -169,6 +170,11 @@ class HistoryTree:
         if top is None:
             raise ViewError(errno.ENOENT)
         return top
+
+    def tags(self, pod: str) -> list[tuple[str, int, int]]:
+        """(tag, seq, created ns) of the pod's tagged checkpoints."""
+        with self.ctx.catalog.session() as s:
+            return [(name, seq, _ns(t)) for name, seq, t in queries.pod_tag_rows(s, pod)]
 
     def by_time(self, pod: str) -> list[tuple[str, int, int]]:
         """(name, seq, created ns): two checkpoints in one second, the later ones get their number."""
