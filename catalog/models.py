@@ -58,6 +58,9 @@ class Pod(Base):
     # The inode of the pipe that is the running processes' stdout and stderr (pod/console.py);
     # None for pods whose console is still `.zap/console.log` in the volume (made before).
     console_pipe: Mapped[Optional[int]] = mapped_column(Integer)
+    # Resource limits (None: none): RAM in bytes, CPU time in CPUs (system/cgroups.py).
+    memory_limit: Mapped[Optional[int]] = mapped_column(Integer)
+    cpus: Mapped[Optional[float]] = mapped_column()
     # The --stop checkpoint whose CRIU network lock still holds the pod's external connections
     # (restoring exactly that checkpoint brings them back; anything else releases them).
     net_locked_by: Mapped[Optional[str]] = mapped_column(String(12))

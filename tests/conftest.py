@@ -138,6 +138,10 @@ def _leftovers(home: Path) -> list[str]:
             continue
         if str(home).encode() in cmd and st not in (None, "Z"):
             found.append(f"process {pid}: {cmd[:120]!r}")
+    # the control groups of pods with limits: zapckpt/<8 hex digits of the state directory>-<pod>
+    tag = hashlib.sha256(os.fsencode(home)).hexdigest()[:8]
+    found += [f"cgroup: {g}" for pattern in (f"*/zapckpt/{tag}-*", f"zapckpt/{tag}-*")
+              for g in Path("/sys/fs/cgroup").glob(pattern)]  # fmt: skip
     return found
 
 

@@ -422,6 +422,67 @@ def test_diff_of_file_contents(zap, host_dir):
     zap.fails("diff", "dp@1", "dp@2", "-p", "--file", "../x", code=2)
 
 
+def _groups(pid: int) -> dict[str, Path]:
+    """controller -> the directory of pid's control group, cgroup v1 or v2."""
+    out = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _n, ctl, path = line.split(":", 2)
+        for c in ctl.split(",") if ctl else ["memory", "cpu"]:  # v2: one line for all
+            base = Path("/sys/fs/cgroup") / (c if ctl else "")
+            if c in ("memory", "cpu") and (base / path.lstrip("/")).is_dir() and c not in out:
+                if not ctl and not (base / "cgroup.controllers").exists():
+                    base = Path("/sys/fs/cgroup/unified")
+                out[c] = base / path.lstrip("/")
+    return out
+
+
+def _limit_files(groups: dict[str, Path]) -> tuple[int, int]:
+    mem, cpu = groups["memory"], groups["cpu"]
+    if (mem / "memory.max").exists():
+        return int((mem / "memory.max").read_text()), int((cpu / "cpu.max").read_text().split()[0])
+    return int((mem / "memory.limit_in_bytes").read_text()), int((cpu / "cpu.cfs_quota_us").read_text())
+
+
+def test_resource_limits_memory_and_cpus(zap):
+    """`zap run --memory --cpus` (issue 15, Podman's): the pod runs in control groups of its own
+    with those limits, from its first process on; a process `zap exec` starts is in them too (the
+    OOM killer ends it, not the host); a restore and a branch come back in them, the branch in
+    its own with the same limits; removing the pod removes them."""
+    busy = "import time\nwhile True: pass"
+    zap("run", "lim", "--memory", "48M", "--cpus", "0.5", "--", "python3", "-c", busy)
+    pod = zap.pod("lim")
+    assert pod["limits"] == {"memory": 48 << 20, "cpus": 0.5}
+    assert "limits:        memory 48.0 MiB, 0.5 CPUs" in zap("show", "lim").stdout
+    init_groups = _groups(pod["pid"])
+    assert _limit_files(init_groups) == (48 << 20, 50000)
+    child = int(Path(f"/proc/{pod['pid']}/task/{pod['pid']}/children").read_text().split()[0])
+    assert _groups(child) == init_groups  # the command, inherited from its first process
+    cpu_stat = init_groups["cpu"] / "cpu.stat"
+    wait_for(lambda: int(dict(ln.split() for ln in cpu_stat.read_text().splitlines())["nr_throttled"]) > 3,
+             what="the busy pod to be throttled at half a CPU")  # fmt: skip
+    # A process started by exec counts against the pod's memory: 200 MiB is too much.
+    hog = zap("exec", "lim", "--", "python3", "-c", "b = bytearray(200 << 20); print('survived')", check=False)
+    assert hog.returncode == 137 and "survived" not in hog.stdout  # SIGKILL from the OOM killer
+    assert zap.pod("lim")["state"] == "running" and zap("exec", "lim", "--", "true").returncode == 0
+
+    zap("checkpoint", "lim")
+    zap("restore", "lim@1")
+    pod = zap.pod("lim")
+    assert _groups(pod["pid"]) == init_groups and _limit_files(init_groups) == (48 << 20, 50000)
+    zap("branch", "lim@1", "limb")
+    branch = zap.pod("limb")
+    bgroups = _groups(branch["pid"])
+    assert branch["limits"] == pod["limits"] and bgroups["memory"] != init_groups["memory"]
+    assert _limit_files(bgroups) == (48 << 20, 50000)
+    zap("rm", "--force", "limb")
+    zap("rm", "--force", "lim")
+    assert not any(g.exists() for g in (*init_groups.values(), *bgroups.values()))
+    # Bad values: one line, exit 2, nothing made.
+    for bad in (["--memory", "1K"], ["--memory", "lots"], ["--cpus", "0"], ["--cpus", "9999"], ["--cpus", "nan"]):
+        zap.fails("run", "bad", *bad, "--", "true", code=2)
+    assert zap.json("ps")["pods"] == []
+
+
 def test_exec_with_a_terminal_of_the_pods_own(zap):
     """`zap exec -it` (issue 15): the command gets a pty of the pod's devpts, our TERM, and its
     exit code comes back; without a terminal here, -t is refused in one line."""

@@ -88,4 +88,5 @@ def pod_row_record(row: PodRow) -> dict:
         "created_at": row.created_at,
         "suspended": row.suspended,
         "watch": row.watch,
+        "limits": {"memory": row.memory_limit, "cpus": row.cpus},
     }

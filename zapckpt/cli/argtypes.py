@@ -68,3 +68,26 @@ def number_range(text: str) -> list[int]:
     if not (m and 1 <= lo <= hi and hi - lo < 100_000):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number or a range N-M (from 1, N <= M)")
     return list(range(lo, hi + 1))
+
+
+def memory(text: str) -> int:
+    """--memory: 64M, 1G, 512MiB or bytes; at least 6 MiB (as Docker: less cannot run a process)."""
+    m = re.fullmatch(r"([0-9]{1,7})([KMGT]?)(i?B)?", text.strip(), re.ASCII | re.I)
+    v = int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[m.group(2).upper()] if m else 0
+    if not 6 << 20 <= v <= 1 << 50:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a memory size of at least 6M (like 64M, 1G)")
+    return v
+
+
+def cpus(text: str) -> float:
+    """--cpus: how many CPUs' worth of time, from 0.01 to the machine's CPU count (as Docker)."""
+    import os
+
+    try:
+        v = float(text) if re.fullmatch(r"[0-9]*\.?[0-9]+", text.strip(), re.ASCII) else math.nan
+    except ValueError:
+        v = math.nan
+    n = os.cpu_count() or 1
+    if not (math.isfinite(v) and 0.01 <= v <= n):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of CPUs from 0.01 to {n} (this machine's)")
+    return v

@@ -20,6 +20,7 @@ fastread = lazy("catalog.fastread")
 state = lazy("zapckpt.state")
 errors = lazy("zapckpt.common.errors")
 rename_op = lazy("zapckpt.ops.rename")
+cgroups = lazy("zapckpt.system.cgroups")
 
 
 def register(sub) -> None:
@@ -41,6 +42,11 @@ def register(sub) -> None:
         p.add_argument("--no-init", dest="init", action="store_false",
                        help="run the command itself as the pod's pid 1 (e.g. systemd), not as the child of "
                        "a small init that forwards signals and reaps orphans")  # fmt: skip
+        p.add_argument("-m", "--memory", type=argtypes.memory, metavar="SIZE",
+                       help="the most RAM its processes may use (64M, 1G); beyond it the kernel reclaims, then "
+                       "kills one of them (OOM)")  # fmt: skip
+        p.add_argument("--cpus", type=argtypes.cpus, metavar="N",
+                       help="the most CPU time it may use, in CPUs (0.5: half of one)")  # fmt: skip
         p.add_argument("cmd", nargs="*", metavar="-- CMD [ARGS...]")
         p.set_defaults(func=cmd_run, start=verb == "run")
 
@@ -113,7 +119,8 @@ def register(sub) -> None:
 def cmd_run(args) -> int:
     ctx = context.Context()
     pod = pods.run(ctx, args.name, args.cmd, pods.parse_env(args.env), args.cwd, args.rootfs, args.start,
-                   net=args.net, ports=publish.parse_all(args.publish), volumes=pods.parse_volumes(args.volume), init=args.init)  # fmt: skip
+                   net=args.net, ports=publish.parse_all(args.publish), volumes=pods.parse_volumes(args.volume), init=args.init,
+                   limits=cgroups.Limits(args.memory, args.cpus))  # fmt: skip
     print(f"{pod.name} {pod.mount_path}")
     return 0
 

@@ -41,6 +41,7 @@ def pod_text(r: dict) -> str:
         ("network", net),
         ("ports", ", ".join(map(_port, r["ports"])) or "-"),
         ("shared dirs", ", ".join(f"{v['host']} -> {v['pod']}" for v in r["volumes"]) or "-"),
+        ("limits", _limits(r["limits"])),
         ("environment", " ".join(f"{k}={shlex.quote(str(v))}" for k, v in sorted((r["env"] or {}).items())) or "-"),
         ("checkpoints", str(r["checkpoints"]) + (f" (head {r['head']}: the next one's parent)" if r["head"] else "")),
         ("branched from", r["origin"] or "-"),
@@ -49,6 +50,12 @@ def pod_text(r: dict) -> str:
         ("created", _when(r["created_at"])),
     ]  # fmt: skip
     return _lines(pairs)
+
+
+def _limits(lim: dict) -> str:
+    parts = ([f"memory {human_bytes(lim['memory'])}"] if lim["memory"] is not None else []) + (
+        [f"{lim['cpus']:g} CPUs"] if lim["cpus"] is not None else [])
+    return ", ".join(parts) or "none"
 
 
 def checkpoint_text(r: dict) -> str:

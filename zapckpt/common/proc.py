@@ -59,17 +59,20 @@ def run(
     stdio_from=None,
     on_start=None,
     pass_fds: Sequence[int] = (),
+    join_cgroups: Sequence[str] = (),
 ) -> Result:
     """Run argv to completion, capturing stdout and stderr as text. own_session keeps terminal
     signals (Ctrl-C) away from a child that must not die half-way. On a timeout the child is
     killed, with its whole process group if kill_group (it needs own_session), and
     CommandError says so. stdio_from, if given, is called in the child before it execs and
     returns (stdin, stdout) descriptors for it (stderr goes with stdout); output is then not
-    captured. pass_fds: descriptors the child keeps (at the same numbers)."""
+    captured. pass_fds: descriptors the child keeps (at the same numbers). join_cgroups: the
+    cgroup.procs files the child joins before it execs (everything it starts is then inside)."""
     argv = [str(a) for a in argv]
-    preexec = None
-    if stdio_from is not None:
-        def preexec() -> None:
+
+    def preexec() -> None:
+        _join(join_cgroups)
+        if stdio_from is not None:
             stdin, stdout = stdio_from()
             os.dup2(stdin, 0)
             os.dup2(stdout, 1)
@@ -87,7 +90,7 @@ def run(
             pass_fds=tuple(pass_fds),
             start_new_session=own_session,
             umask=umask,
-            preexec_fn=preexec,
+            preexec_fn=preexec if stdio_from is not None or join_cgroups else None,
         )
     except FileNotFoundError:
         raise ToolMissing(argv[0]) from None
@@ -121,19 +124,21 @@ class Timeout(ZapError):
 
 def interactive(argv: Sequence[str], *, env: Mapping[str, str] | None = None, quiet: bool = False,
                 timeout: float | None = None, kill=None, what: str | None = None,
-                pass_fds: Sequence[int] = ()) -> int:  # fmt: skip
+                pass_fds: Sequence[int] = (), join_cgroups: Sequence[str] = ()) -> int:  # fmt: skip
     """Run argv on the user's terminal (stdio inherited, or discarded if quiet) and return its
-    exit status. On Ctrl-C it is killed (with a timeout, by kill) and the status is 130. On a
+    exit status (128 + N if signal N killed it). On Ctrl-C it is killed (with a timeout, by kill) and the status is 130. On a
     timeout, kill(pid) (default: SIGKILL to it alone; pass procinfo.kill_tree for all it
     started) and Timeout."""
     argv = [str(a) for a in argv]
     out = subprocess.DEVNULL if quiet else None
     try:
-        child = subprocess.Popen(argv, env=env, stdout=out, stderr=out, close_fds=True, pass_fds=tuple(pass_fds))
+        child = subprocess.Popen(argv, env=env, stdout=out, stderr=out, close_fds=True, pass_fds=tuple(pass_fds),
+                                 preexec_fn=(lambda: _join(join_cgroups)) if join_cgroups else None)  # fmt: skip
     except FileNotFoundError:
         raise ToolMissing(argv[0]) from None
     try:
-        return child.wait(timeout)
+        rc = child.wait(timeout)
+        return 128 - rc if rc < 0 else rc  # killed by a signal: as a shell says it (SIGKILL: 137)
     except KeyboardInterrupt:  # it may not have seen the signal (sent to us alone): it ends too
         ((kill or _kill_one) if timeout is not None else _kill_one)(child.pid)
         child.wait()
@@ -152,13 +157,26 @@ def _kill_one(pid: int) -> None:
 
 
 def spawn(argv: Sequence[str], *, env: Mapping[str, str] | None = None, stdout=subprocess.DEVNULL,
-          stderr=subprocess.DEVNULL, pass_fds: Sequence[int] = ()) -> subprocess.Popen:  # fmt: skip
+          stderr=subprocess.DEVNULL, pass_fds: Sequence[int] = (), join_cgroups: Sequence[str] = ()) -> subprocess.Popen:  # fmt: skip
     """Start argv and return at once (the caller watches it): in a new session, so terminal
     signals stay away from it, with no descriptor of ours but pass_fds (pods must not hold our
-    files)."""
+    files); in the cgroups of join_cgroups (run)."""
     argv = [str(a) for a in argv]
     try:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env,
-                                close_fds=True, pass_fds=tuple(pass_fds), start_new_session=True)  # fmt: skip
+                                close_fds=True, pass_fds=tuple(pass_fds), start_new_session=True,
+                                preexec_fn=(lambda: _join(join_cgroups)) if join_cgroups else None)  # fmt: skip
     except FileNotFoundError:
         raise ToolMissing(argv[0]) from None
+    except subprocess.SubprocessError as e:  # joining a cgroup failed in the child
+        raise CommandError(argv, -1, f"starting {argv[0]} failed: {e}") from None
+
+
+def _join(procs_files: Sequence[str]) -> None:
+    """In a child before exec: move it into each cgroup (writing 0 names the writer)."""
+    for path in procs_files:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)

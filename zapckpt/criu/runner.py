@@ -165,7 +165,8 @@ def through_host_root(path: Path) -> str:
 
 
 def _run_bounded(argv: list[str], what: str, own_log: Path, log: Path, env: dict | None = None,
-                 limit: float | None = None, umask: int = -1, pass_fds: tuple[int, ...] = ()) -> proc.Result:  # fmt: skip
+                 limit: float | None = None, umask: int = -1, pass_fds: tuple[int, ...] = (),
+                 join_cgroups: list[str] | tuple[str, ...] = ()) -> proc.Result:  # fmt: skip
     """Run CRIU with the timeout; on expiry its whole process group is killed (the tasks it had
     seized are let go by the kernel when their tracer dies, the ones it was restoring die with
     it) and its log is kept."""
@@ -173,7 +174,8 @@ def _run_bounded(argv: list[str], what: str, own_log: Path, log: Path, env: dict
     try:
         action = next((a for a in ("dump", "restore") if a in argv), "criu")
         return proc.run(argv, check=False, own_session=True, timeout=limit, kill_group=True, env=env, umask=umask,
-                        on_start=lambda: faults.point(f"criu-{action}", delay=0.05), pass_fds=pass_fds)  # fmt: skip
+                        on_start=lambda: faults.point(f"criu-{action}", delay=0.05), pass_fds=pass_fds,
+                        join_cgroups=join_cgroups)  # fmt: skip
     except proc.CommandError:
         _keep_log(own_log, log)
         raise CriuError(what, log, [f"CRIU did not finish within {limit:g}s (ZAP_CRIU_TIMEOUT) and was killed"]) from None
@@ -242,16 +244,19 @@ def dump(init_pid: int, images: Path, hook: Path, log: Path, *, leave_stopped: b
 
 
 def restore(images: Path, pidfile: Path, mounts: dict, netns: str | None, log: Path,
-            limit: float | None = None, inherit: dict[int, int] | None = None) -> int:  # fmt: skip
+            limit: float | None = None, inherit: dict[int, int] | None = None,
+            join_cgroups: list[str] | None = None) -> int:  # fmt: skip
     """Restore the tree detached, in a fresh private mount namespace made like the pod's own
     (pod/mounts.py: the volume at its path, private /dev/shm and /dev/pts, declared volumes),
     inside the network namespace `netns` (None: the host's); returns the host pid of the
     restored init. The pod's own /proc (a system pod's, in its root; a volume pod's, in the copy
     of the tree it runs in, see pod/mounts.py) is mounted again, from inside its new pid
     namespace, before its processes come back. inherit: {our descriptor: inode} of pipes the
-    images hold whose other end is outside the tree (the console), joined to ours instead."""
+    images hold whose other end is outside the tree (the console), joined to ours instead.
+    join_cgroups: the pod's control groups (system/cgroups.py), which CRIU runs in: it is told
+    to leave groups alone, so the tasks it forks stay in them (and with no limits, in ours)."""
     criu = [criu_binary(), "restore", "-d", "-D", through_host_root(images), "-o", "restore.log",
-            "--file-locks", "--pidfile", through_host_root(pidfile), *NET_OPTS]  # fmt: skip
+            "--file-locks", "--pidfile", through_host_root(pidfile), "--manage-cgroups=ignore", *NET_OPTS]  # fmt: skip
     for fd, inode in (inherit or {}).items():
         criu += ["--inherit-fd", f"fd[{fd}]:pipe:[{inode}]"]
     hook = images.parent / "restore-hook.sh"
@@ -268,7 +273,8 @@ def restore(images: Path, pidfile: Path, mounts: dict, netns: str | None, log: P
     enter = ["nsenter", f"--net={netns}", "--"] if netns else []
     argv = [*enter, "unshare", "--mount", "--propagation", "private", "--", *inner, *criu]
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "PYTHONPATH": os.pathsep.join(sys.path)}
-    res = _run_bounded(argv, "CRIU restore failed", images / "restore.log", log, env, limit, pass_fds=tuple(inherit or ()))
+    res = _run_bounded(argv, "CRIU restore failed", images / "restore.log", log, env, limit, pass_fds=tuple(inherit or ()),
+                       join_cgroups=join_cgroups or [])  # fmt: skip
     if res.returncode != 0:
         _keep_log(images / "restore.log", log)
         lines = log_errors(log) or [proc.CommandError(argv, res.returncode, res.stderr).reason()]

@@ -15,7 +15,7 @@ from zapckpt.net import podnet
 from zapckpt.ops import watch
 from zapckpt.pod import console
 from zapckpt.pod.lifecycle import stop_processes
-from zapckpt.system import procinfo
+from zapckpt.system import cgroups, procinfo
 from zapckpt.system.pool import existing_pool, unmount_pool
 
 
@@ -43,6 +43,7 @@ def deinit(ctx: Context, purge: bool, stop_timeout: float = 3.0) -> list[str]:
                     pod.desired_state = "stopped"
                     stopped.append(pod.name)
                 console.wait_for_loggers(ctx.state.console_log(pod.name))  # its last lines written
+                cgroups.remove(ctx.state.root, pod.name)  # made again by its next start
                 if purge and pod.net_locked_by:
                     # nothing will ever restore these: a --net host pod's lock lives in the host's namespace
                     podnet.release_locks(ctx.net, pod, queries.criu_run_id(s, pod.net_locked_by))

@@ -106,6 +106,17 @@ def _cgroups() -> Check:
     return Check("cgroups", kind != "none", kind, "" if kind != "none" else "mount cgroup2 at /sys/fs/cgroup")
 
 
+def _limits() -> Check:
+    from zapckpt.system import cgroups
+
+    found = {c for h in cgroups.hierarchies() for c in h.controllers}
+    ok = found >= {"memory", "cpu"}
+    return Check("resource limits", ok, "memory and cpu controllers" if ok else
+                 f"missing the {' and '.join(sorted({'memory', 'cpu'} - found))} controller",
+                 "" if ok else "`zap run --memory/--cpus` needs them (boot with cgroup_enable=memory, or enable "
+                 "them in the root's cgroup.subtree_control)", required=False)  # fmt: skip
+
+
 def run_checks() -> list[Check]:
     fs = _filesystems()
     state = StateDir.from_env()
@@ -126,6 +137,7 @@ def run_checks() -> list[Check]:
     checks.append(Check("loop devices", loop_ok, "/dev/loop-control" if loop_ok else "missing",
                         "" if loop_ok else "modprobe loop (needed for the embedded pool)"))  # fmt: skip
     checks.append(_cgroups())
+    checks.append(_limits())
     checks.append(_cap_sys_resource())
     for tool, pkg in (("btrfs", "btrfs-progs"), ("mkfs.btrfs", "btrfs-progs"), ("unshare", "util-linux"),
                       ("nsenter", "util-linux"), ("mount", "mount"), ("losetup", "mount"), ("ip", "iproute2"),

@@ -26,7 +26,7 @@ from zapckpt.pod.lifecycle import live_state, stop_processes
 from zapckpt.store import convert
 from zapckpt.store import imagesets as images
 from zapckpt.store.index import ChunkIndex
-from zapckpt.system import faults
+from zapckpt.system import cgroups, faults
 
 
 def _aware(t: datetime) -> datetime:
@@ -174,6 +174,7 @@ def rm(ctx: Context, name: str, force: bool) -> None:
             remove_checkpoints(ctx, s, list(pod.checkpoints))
             pool.backend.delete_volume(Path(pod.volume))
             podnet.remove(ctx.net, pod)
+            cgroups.remove(ctx.state.root, name)
             s.delete(pod)
             s.flush()
             console.wait_for_loggers(ctx.state.console_log(name))

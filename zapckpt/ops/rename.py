@@ -13,6 +13,7 @@ from zapckpt.context import Context
 from zapckpt.names import check_name
 from zapckpt.net import podnet
 from zapckpt.pod.lifecycle import live_state
+from zapckpt.system import cgroups
 
 
 def rename(ctx: Context, old: str, new: str) -> None:
@@ -30,6 +31,7 @@ def rename(ctx: Context, old: str, new: str) -> None:
             raise UsageError(f"pod {old!r} holds its connections for a restore of its suspended state: "
                              f"`zap resume {old}` (or `zap start`) first")  # fmt: skip
         podnet.remove(ctx.net, pod)  # made again under the new name by the next start or restore
+        cgroups.remove(ctx.state.root, old)  # likewise
         volume = pool.volume_of(new)
         pool.backend.rename_volume(Path(pod.volume), volume)
         try:

@@ -24,7 +24,7 @@ from zapckpt.pod import console
 from zapckpt.pod.lifecycle import check_ports_free, live_state, write_network_files
 from zapckpt.pod.mounts import pod_root
 from zapckpt.store import imagesets as image_sets
-from zapckpt.system import faults, procinfo, staging
+from zapckpt.system import cgroups, faults, procinfo, staging
 from zapckpt.system.signals import deferred_interrupts
 
 
@@ -75,8 +75,9 @@ def restore_processes(ctx: Context, images: Path, pod: Pod, limit: float | None 
         w, pipe = console.start_logger(ctx.state.console_log(pod.name))
         inherit = {w: held}
     try:
+        join = cgroups.prepare(ctx.state.root, pod.name, cgroups.of_pod(pod))
         pid = criu.restore(images, images.parent / "pid", mounts, podnet.netns_path(ctx.net, pod),
-                           ctx.log_path(pod.name, "restore"), limit, inherit=inherit)  # fmt: skip
+                           ctx.log_path(pod.name, "restore"), limit, inherit=inherit, join_cgroups=join)  # fmt: skip
     finally:
         for w in inherit:
             os.close(w)  # the restored processes hold it now (or CRIU failed: the logger ends)
@@ -213,6 +214,7 @@ def branch(ctx: Context, ref: str, new_name: str, start: bool = True, ports: lis
                 name=new_name, volume=str(volume), mount_path=src.mount_path, command=src.command,
                 env=src.env, cwd=src.cwd, rootfs=src.rootfs, desired_state="stopped", origin_checkpoint_id=ck.id,
                 head_checkpoint_id=ck.id, net=src.net, ports=ports or [], volumes=src.volumes or [], private_tmp=src.private_tmp, init=src.init,
+                memory_limit=src.memory_limit, cpus=src.cpus,
             )  # fmt: skip
             if src.net == "pod":
                 check_ports_free(s, new_name, pod.ports)

@@ -23,7 +23,7 @@ from zapckpt.pod import console
 from zapckpt.pod.console import start_logger
 from zapckpt.pod.mounts import LOG_DIR, LOG_NAME, open_console_log
 from zapckpt.pod.status import live_state
-from zapckpt.system import procinfo
+from zapckpt.system import cgroups, procinfo
 
 if TYPE_CHECKING:
     from zapckpt.state import StateDir
@@ -115,7 +115,9 @@ def _start_processes(pod: Pod, netns: str | None, state_root: Path, console: int
         sys.executable, "-m", "zapckpt.pod.init", json.dumps(spec),
     ]  # fmt: skip
     env = {"PATH": BASE_ENV["PATH"], "PYTHONPATH": os.pathsep.join(sys.path)}
-    child = proc.spawn(argv, env=env, stderr=subprocess.PIPE)
+    # Joined before the first exec: nothing of the pod ever runs outside its limits.
+    join = cgroups.prepare(state_root, pod.name, cgroups.of_pod(pod))
+    child = proc.spawn(argv, env=env, stderr=subprocess.PIPE, join_cgroups=join)
     pid = None
     error = None
     buf = b""
@@ -173,11 +175,12 @@ def parse_volumes(specs: list[str]) -> list[dict]:
 
 def run(ctx: Context, name: str, command: list[str], env: dict[str, str], cwd: str | None,
         rootfs: str | None = None, start: bool = True, net: str = "pod", ports: list[dict] | None = None,
-        volumes: list[dict] | None = None, init: bool = True) -> Pod:  # fmt: skip
+        volumes: list[dict] | None = None, init: bool = True, limits: cgroups.Limits = cgroups.Limits()) -> Pod:  # fmt: skip
     """`zap run` (start=True) and `zap create` (start=False): a new pod with a fresh volume, or
     with a root file system made from `rootfs` (see rootfs.py), in its own network (net "pod":
     an address on the bridge, `ports` published; "none": loopback only) or the host's. init:
-    a small init is the pod's pid 1 and the command its child (see pod/init.py)."""
+    a small init is the pod's pid 1 and the command its child (see pod/init.py). limits: its
+    memory and CPU (system/cgroups.py)."""
     check_name(name)
     if start and not command:
         raise UsageError("no command given: zap run NAME -- CMD [ARGS...]")
@@ -219,7 +222,7 @@ def run(ctx: Context, name: str, command: list[str], env: dict[str, str], cwd: s
             name=name, volume=str(volume), mount_path=str(mount_path), command=command, env=env,
             cwd=_resolve_cwd(seen_from, cwd), desired_state="running" if start else "stopped", rootfs=rootfs,
             net=net, ports=ports or [], volumes=volumes or [],
-            private_tmp=private_tmp, init=init,
+            private_tmp=private_tmp, init=init, memory_limit=limits.memory, cpus=limits.cpus,
         )  # fmt: skip
         try:
             if net == "pod":
@@ -405,7 +408,9 @@ def _enter_argv(ctx: Context, name: str, script: str, command: list[str], consol
         # it would make the next restore fail ("Can't restore sub-task in NS").
         argv = ["nsenter", "-t", str(pod.init_pid), "-p", "-m", "-i", "-u", "-n", "-T", *root, "--",
                 "/bin/sh", "-c", script, "sh", pod.cwd, *log, *command]  # fmt: skip
-        return argv, pod_env(pod)
+        # and in its control groups, as `podman exec`: what it starts counts against the pod's limits
+        join = [str(g / "cgroup.procs") for g in cgroups.groups_of(ctx.state.root, name)]
+        return argv, pod_env(pod), join
 
 
 def exec_in(ctx: Context, name: str, command: list[str], timeout: float | None = None, quiet: bool = False,
@@ -424,11 +429,11 @@ def exec_in(ctx: Context, name: str, command: list[str], timeout: float | None =
         command = ["script", "--quiet", "--return", "--echo", "never", "--command", shlex.join(command), "/dev/null"]
     # nsenter --wd would resolve the directory before entering the mount namespace, where the
     # pod's volume is not mounted: change directory inside instead.
-    argv, env = _enter_argv(ctx, name, 'cd -- "$1" && shift && exec "$@"', command)
+    argv, env, join = _enter_argv(ctx, name, 'cd -- "$1" && shift && exec "$@"', command)
     if tty:
         env["TERM"] = os.environ.get("TERM") or "xterm"  # the terminal it talks to is ours
     kill = procinfo.kill_tree  # with a timeout, all it started goes too
-    return proc.interactive(argv, env=env, quiet=quiet, timeout=timeout, kill=kill, what=command[0])
+    return proc.interactive(argv, env=env, quiet=quiet, timeout=timeout, kill=kill, what=command[0], join_cgroups=join)
 
 
 def exec_detached(ctx: Context, name: str, command: list[str]) -> None:
@@ -443,19 +448,20 @@ def exec_detached(ctx: Context, name: str, command: list[str]) -> None:
     if pod.console_pipe is not None:
         # The console pipe, as pid 1 holds it in the pod's own /proc (pod/console.py).
         script = 'cd -- "$1" || exit 1; shift; exec setsid -f "$@" </dev/null >>/proc/1/fd/1 2>&1'
-        argv, env = _enter_argv(ctx, name, script, command)
-        res = proc.run(argv, check=False, env=env)
+        argv, env, join = _enter_argv(ctx, name, script, command)
+        res = proc.run(argv, check=False, env=env, join_cgroups=join)
     elif pod.rootfs:
         # A system pod's shell runs in its root: the log's path resolves inside it whatever it is.
         script = 'cd -- "$1" || exit 1; log=$2; shift 2; exec setsid -f "$@" </dev/null >>"$log" 2>&1'
-        argv, env = _enter_argv(ctx, name, script, command, console=True)
-        res = proc.run(argv, check=False, env=env)
+        argv, env, join = _enter_argv(ctx, name, script, command, console=True)
+        res = proc.run(argv, check=False, env=env, join_cgroups=join)
     else:
         # A volume pod sees the host's tree: the log is opened by zap itself, in the pod's mount
         # namespace (so CRIU finds its mount there) and without following the pod's symlinks.
-        argv, env = _enter_argv(ctx, name, 'cd -- "$1" || exit 1; shift; exec setsid -f "$@"', command)
+        argv, env, join = _enter_argv(ctx, name, 'cd -- "$1" || exit 1; shift; exec setsid -f "$@"', command)
         want = os.stat(pod.volume)
-        res = proc.run(argv, check=False, env=env, stdio_from=lambda: _console_in_pod(pod, (want.st_dev, want.st_ino)))
+        res = proc.run(argv, check=False, env=env, join_cgroups=join,
+                       stdio_from=lambda: _console_in_pod(pod, (want.st_dev, want.st_ino)))  # fmt: skip
     if res.returncode != 0:
         raise ZapError(f"could not start {command[0]!r} in pod {name!r}: "
                        f"{proc.CommandError(argv, res.returncode, res.stderr).reason()}")  # fmt: skip
