@@ -61,6 +61,14 @@ class Pod(Base):
     # Resource limits (None: none): RAM in bytes, CPU time in CPUs (system/cgroups.py).
     memory_limit: Mapped[Optional[int]] = mapped_column(Integer)
     cpus: Mapped[Optional[float]] = mapped_column()
+    # What the supervisor does when the pod ends by itself (ops/restart.py): "no", "on-failure"
+    # (at most restart_max times in a row, if set), "always"; restarts done since the last start.
+    restart: Mapped[str] = mapped_column(String(16), default="no", server_default="no")
+    restart_max: Mapped[Optional[int]] = mapped_column(Integer)
+    restart_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # How its init (its command's status) ended last, as the supervisor saw it (None: not seen).
+    exit_code: Mapped[Optional[int]] = mapped_column(Integer)
+    exited_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
     # The --stop checkpoint whose CRIU network lock still holds the pod's external connections
     # (restoring exactly that checkpoint brings them back; anything else releases them).
     net_locked_by: Mapped[Optional[str]] = mapped_column(String(12))

@@ -79,6 +79,34 @@ def test_partial_lines_and_stderr(zap):
     assert [ln.split(" ", 2)[1:] for ln in raw] == [["P", "half"], ["F", " and the rest"], ["F", "err"]]
 
 
+@pytest.mark.system
+def test_log_rotation_keeps_one_older_file_and_reads_across_it(zap):
+    """`zap init --log-max` (issue 15): the logger starts a new file once the log is that big,
+    keeping one older one; `zap logs` (and -n, and -f across a rotation) reads on from the older
+    into the newer without a gap or a repeat."""
+    zap("init", "--log-max", "4K")
+    follower = None
+    zap("run", "rot", "--", "sh", "-c", "i=0; while [ $i -lt 400 ]; do i=$((i+1)); echo line $i; sleep 0.02; done; "
+        "exec sleep 600")  # fmt: skip
+    log = zap.home / "console" / "rot.log"
+    follower = subprocess.Popen([sys.executable, "-m", "zapckpt.cli", "logs", "-f", "rot"], stdout=subprocess.PIPE,
+                                text=True, env=zap.env)  # fmt: skip
+    try:
+        wait_for(lambda: "line 400" in zap("logs", "rot").stdout, timeout=30, what="400 lines")
+        assert log.stat().st_size < 8192 and (zap.home / "console" / "rot.log.1").stat().st_size >= 4096
+        shown = [int(n) for n in re.findall(r"^line (\d+)$", zap("logs", "rot").stdout, re.M)]
+        assert shown == list(range(shown[0], 401)) and shown[0] > 1  # the oldest lines went with a rotation
+        assert zap("logs", "rot", "-n", "100").stdout.splitlines() == [f"line {n}" for n in range(301, 401)]
+        zap("stop", "rot")
+        followed = [int(n) for n in re.findall(r"^line (\d+)$", follower.communicate(timeout=30)[0], re.M)]
+        assert followed == list(range(1, 401))  # it kept up: every line once, in order
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+    assert "bad --log-max" in zap.fails("init", "--log-max", "lots", code=2)
+
+
 def test_records_join_partial_lines_and_select_by_time():
     from zapckpt.pod.console import lines, parse_since
 

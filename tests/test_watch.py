@@ -144,3 +144,63 @@ def test_systemd_units_name_the_commands_they_run():
         assert argv[0] == "/usr/local/bin/zap"
         cp = subprocess.run([sys.executable, "-m", "zapckpt.cli", argv[1], "--help"], capture_output=True)
         assert cp.returncode == 0, line
+
+
+def test_restart_policies_and_exit_statuses(zap):
+    """`zap run --restart` (issue 15, Podman's): the supervisor sees each pod's init end (its
+    status, from the kernel's process events), restarts by policy, never a pod zap stopped,
+    killed or restored, and after it was itself away (a reboot) restarts what ended meanwhile."""
+    log = lambda: Path(_watches(zap)["supervisor"]["log"]).read_text()  # noqa: E731
+    runs = "echo run >> runs; sleep 0.3; exit 3"
+    zap("run", "fail", "--restart", "on-failure:2", "--", "sh", "-c", runs)
+    zap("run", "ok", "--restart", "on-failure", "--", "sh", "-c", "echo run >> runs; exit 0")
+    zap("run", "plain", "--", "sh", "-c", "sleep 0.5; exit 5")  # no policy: its status is recorded all the same
+    wait_for(lambda: zap.pod("fail")["restart"]["count"] == 2 and zap.pod("fail")["state"] == "dead",
+             timeout=30, what="two restarts of the failing pod")  # fmt: skip
+    time.sleep(1.5)  # a third one would come within a second
+    fail = zap.pod("fail")
+    assert (zap.volume("fail") / "runs").read_text() == "run\n" * 3
+    assert fail["exit_code"] == 3 and fail["restart"] == {"policy": "on-failure", "max": 2, "count": 2}
+    assert "dead (exit 3)" in zap("ps").stdout and "dead (exit 3 at " in zap("show", "fail").stdout
+    wait_for(lambda: zap.pod("plain")["exit_code"] == 5, what="the plain pod's status")
+    assert zap.pod("ok")["exit_code"] == 0 and (zap.volume("ok") / "runs").read_text() == "run\n"
+    assert log().count("fail: ended (exit 3); restarted by its policy") == 2
+
+    zap("run", "svc", "--restart", "always", "--", "sleep", "600")
+    first = zap.pod("svc")["pid"]
+    os.kill(first, signal.SIGKILL)  # it dies by itself, as far as zap knows
+    wait_for(lambda: (p := zap.pod("svc"))["state"] == "running" and p["pid"] != first, timeout=20,
+             what="the always pod to be restarted")  # fmt: skip
+    assert "svc: ended (exit 137); restarted by its policy (1 restart(s))" in log()
+    # A restore replaces its processes: not an end, nothing restarted.
+    zap("checkpoint", "svc")
+    zap("restore", "svc@1")
+    restored = zap.pod("svc")["pid"]
+    time.sleep(2)
+    assert zap.pod("svc")["pid"] == restored and zap.pod("svc")["restart"]["count"] == 1
+    # Stopped or killed by zap: it stays so.
+    zap("stop", "svc")
+    zap("start", "svc")
+    assert zap.pod("svc")["restart"]["count"] == 0  # a start by hand counts again
+    zap("kill", "svc")
+    time.sleep(2)
+    assert zap.pod("svc")["state"] == "stopped" and zap.pod("svc")["exit_code"] == 137
+
+    # The supervisor away (killed; a reboot): the pod that ended meanwhile is restarted when it
+    # is back, its status unknown.
+    zap("start", "svc")
+    sup = _supervisor(zap)
+    os.kill(sup, signal.SIGKILL)
+    wait_for(lambda: proc_state(sup) in (None, "Z"), what="the supervisor to die")
+    os.kill(zap.pod("svc")["pid"], signal.SIGKILL)
+    wait_for(lambda: zap.pod("svc")["state"] == "dead", what="the pod to die")
+    assert zap.pod("svc")["exit_code"] is None
+    assert "started" in zap("watch", "--list").stderr
+    wait_for(lambda: zap.pod("svc")["state"] == "running", timeout=20, what="the restart after the supervisor came back")
+    assert "svc: ended (exit status not seen); restarted by its policy" in log()
+
+    for bad in ("sometimes", "on-failure:0", "always:3", "on-failure:x"):
+        assert "bad --restart" in zap.fails("run", "bad", "--restart", bad, "--", "true", code=2)
+    for name in ("fail", "ok", "plain", "svc"):
+        zap("rm", "--force", name)
+    wait_for(lambda: _supervisor(zap) is None, timeout=30, what="the supervisor to exit with no policy left")

@@ -89,4 +89,7 @@ def pod_row_record(row: PodRow) -> dict:
         "suspended": row.suspended,
         "watch": row.watch,
         "limits": {"memory": row.memory_limit, "cpus": row.cpus},
+        "restart": {"policy": row.restart, "max": row.restart_max, "count": row.restart_count},
+        "exit_code": row.exit_code if state in ("dead", "stopped") else None,
+        "exited_at": row.exited_at if state in ("dead", "stopped") else None,
     }

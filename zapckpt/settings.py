@@ -26,6 +26,22 @@ def ghost_limit(ctx) -> int:
     return int(raw) if raw else DEFAULT_GHOST_LIMIT
 
 
+DEFAULT_LOG_MAX = 16 << 20
+
+
+def log_max(ctx) -> int:
+    """The size at which a pod's console log is rotated (one older file kept); 0: never."""
+    with ctx.catalog.session() as s:
+        raw = queries.get_setting(s, "console.log_max")
+    return int(raw) if raw else DEFAULT_LOG_MAX
+
+
+def set_log_max(ctx, value: int) -> None:
+    with ctx.catalog.session() as s:
+        queries.set_setting(s, "console.log_max", str(value))
+        s.commit()
+
+
 def set_ghost_limit(ctx, value: int) -> None:
     with ctx.catalog.session() as s:
         queries.set_setting(s, "criu.ghost_limit", str(value))

@@ -23,6 +23,7 @@ errors = lazy("zapckpt.common.errors")
 files = lazy("zapckpt.ops.files")
 tags_op = lazy("zapckpt.ops.tags")
 naming = lazy("zapckpt.names")
+watch = lazy("zapckpt.ops.watch")
 
 
 def register(sub) -> None:
@@ -207,7 +208,9 @@ def cmd_restore(args) -> int:
             print(f"{path}: {what}")
         info(f"the files as they were are kept in {saved_ref} (`zap restore {saved_ref} --file PATH` undoes this)")
         return 0
+    watch.supervise(ctx, watch.policy_of(ctx, ref=args.ref))
     ck, saved = rst.restore(ctx, args.ref)
+    watch.wake(ctx)
     with ctx.catalog.session() as s:
         row = queries.resolve_ref(s, ck.id)
         ref, pod, files_only = row.ref, row.pod.name, row.image_format is None
@@ -224,7 +227,10 @@ def cmd_restore(args) -> int:
 
 def cmd_branch(args) -> int:
     ctx = context.Context()
+    if not args.no_start:
+        watch.supervise(ctx, watch.policy_of(ctx, ref=args.ref))
     pod = rst.branch(ctx, args.ref, args.new_name, start=not args.no_start, ports=publish.parse_all(args.publish))
+    watch.wake(ctx)
     for w in getattr(pod, "restore_warnings", []):
         warn(w)
     print(f"{pod.name} {pod.mount_path}")

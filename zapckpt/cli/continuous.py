@@ -10,6 +10,7 @@ from .output import emit_json, info, interval, table
 context = lazy("zapckpt.context")
 watch_op = lazy("zapckpt.ops.watch")
 suspend_op = lazy("zapckpt.ops.suspend")
+restart_op = lazy("zapckpt.ops.restart")
 errors = lazy("zapckpt.common.errors")
 
 
@@ -48,16 +49,17 @@ def cmd_watch(args) -> int:
             raise errors.UsageError("--list takes no pod or policy")
         watches = watch_op.list_watches(ctx)
         pid = watch_op.supervisor_pid(ctx)
-        if watches and pid is None:
+        if (watches or restart_op.with_policies(ctx)) and pid is None:
             pid = watch_op.ensure_supervisor(ctx)
-            info(f"the watch supervisor was not running: started (pid {pid})")
+            info(f"the supervisor was not running: started (pid {pid})")
         if args.json:
             emit_json({"supervisor": {"pid": pid, "log": str(watch_op.log_path(ctx))}, "watches": watches})
             return 0
         rows = [[w["pod"], interval(w["every_s"]), _keep(w["keep"]), w["taken"], w["skipped"], w["failed"],
                  (w["last_at"] or "-")[:19].replace("T", " "), w["last_result"] or "-"] for w in watches]  # fmt: skip
         table(["POD", "EVERY", "KEEP", "TAKEN", "SKIPPED", "FAILED", "LAST (UTC)", "LAST RESULT"], rows)
-        info(f"supervisor: {'running, pid ' + str(pid) if pid else 'not running (no watch)'}; log {watch_op.log_path(ctx)}")
+        info(f"supervisor: {'running, pid ' + str(pid) if pid else 'not running (no watch, no restart policy)'}; "
+             f"log {watch_op.log_path(ctx)}")  # fmt: skip
         return 0
     if not args.name or args.every is None:
         raise errors.UsageError("zap watch POD --every DURATION [--keep-last N ...], or zap watch --list")
@@ -101,4 +103,8 @@ def cmd_suspend(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    return _outcomes(args, suspend_op.resume(context.Context(), args.names, args.all))
+    ctx = context.Context()
+    code = _outcomes(args, suspend_op.resume(ctx, args.names, args.all))
+    if restart_op.with_policies(ctx):
+        watch_op.ensure_supervisor(ctx)  # at boot: it restarts the pods that were not suspended
+    return code

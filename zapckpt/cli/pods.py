@@ -21,6 +21,8 @@ state = lazy("zapckpt.state")
 errors = lazy("zapckpt.common.errors")
 rename_op = lazy("zapckpt.ops.rename")
 cgroups = lazy("zapckpt.system.cgroups")
+restart = lazy("zapckpt.ops.restart")
+watch = lazy("zapckpt.ops.watch")
 
 
 def register(sub) -> None:
@@ -47,6 +49,9 @@ def register(sub) -> None:
                        "kills one of them (OOM)")  # fmt: skip
         p.add_argument("--cpus", type=argtypes.cpus, metavar="N",
                        help="the most CPU time it may use, in CPUs (0.5: half of one)")  # fmt: skip
+        p.add_argument("--restart", default="no", metavar="POLICY",
+                       help="when it ends by itself: no (default), on-failure[:N] (non-zero exit, at most N "
+                       "times in a row), always (also unless-stopped); a pod zap stopped stays stopped")  # fmt: skip
         p.add_argument("cmd", nargs="*", metavar="-- CMD [ARGS...]")
         p.set_defaults(func=cmd_run, start=verb == "run")
 
@@ -118,15 +123,23 @@ def register(sub) -> None:
 
 def cmd_run(args) -> int:
     ctx = context.Context()
+    policy = restart.parse(args.restart)
+    if args.start:
+        watch.supervise(ctx, policy[0])
     pod = pods.run(ctx, args.name, args.cmd, pods.parse_env(args.env), args.cwd, args.rootfs, args.start,
                    net=args.net, ports=publish.parse_all(args.publish), volumes=pods.parse_volumes(args.volume), init=args.init,
-                   limits=cgroups.Limits(args.memory, args.cpus))  # fmt: skip
+                   limits=cgroups.Limits(args.memory, args.cpus), restart=policy)  # fmt: skip
+    if args.start and policy[0] != "no":
+        watch.wake(ctx)
     print(f"{pod.name} {pod.mount_path}")
     return 0
 
 
 def cmd_start(args) -> int:
-    pod = pods.start(context.Context(), args.name)
+    ctx = context.Context()
+    watch.supervise(ctx, watch.policy_of(ctx, args.name))
+    pod = pods.start(ctx, args.name)
+    watch.wake(ctx)
     print(f"{pod.name} {pod.mount_path}")
     return 0
 
@@ -153,7 +166,8 @@ def cmd_ps(args) -> int:
     if args.json:
         emit_json({"pods": recs})
         return 0
-    rows = [[r["name"], r["state"] + (" (suspended)" if r["suspended"] else ""), r["pid"] or "-", r["address"] or r["net"],
+    rows = [[r["name"], r["state"] + (" (suspended)" if r["suspended"] else "")
+             + (f" (exit {r['exit_code']})" if r["exit_code"] is not None else ""), r["pid"] or "-", r["address"] or r["net"],
              ",".join(map(publish.render, r["ports"])) or "-", _watch(r["watch"]), r["origin"] or "-", r["checkpoints"],
              r["path"]] for r in recs]  # fmt: skip
     table(["NAME", "STATE", "PID", "ADDRESS", "PORTS", "WATCH", "ORIGIN", "CHECKPOINTS", "PATH"], rows)

@@ -28,6 +28,9 @@ def _lines(pairs: list[tuple[str, str]]) -> str:
 
 def pod_text(r: dict) -> str:
     state = r["state"] + (f" (pid {r['pid']})" if r["pid"] else "")
+    if r["exit_code"] is not None:
+        state += f" (exit {r['exit_code']} at {_when(r['exited_at'])})"
+    rs = r["restart"]
     net = r["net"] + (f", address {r['address']}" if r["address"] else "")
     pairs = [
         ("pod", r["name"]),
@@ -42,6 +45,8 @@ def pod_text(r: dict) -> str:
         ("ports", ", ".join(map(_port, r["ports"])) or "-"),
         ("shared dirs", ", ".join(f"{v['host']} -> {v['pod']}" for v in r["volumes"]) or "-"),
         ("limits", _limits(r["limits"])),
+        ("restart", rs["policy"] + (f":{rs['max']}" if rs["max"] is not None else "")
+                    + (f" ({rs['count']} restart(s) so far)" if rs["count"] else "")),
         ("environment", " ".join(f"{k}={shlex.quote(str(v))}" for k, v in sorted((r["env"] or {}).items())) or "-"),
         ("checkpoints", str(r["checkpoints"]) + (f" (head {r['head']}: the next one's parent)" if r["head"] else "")),
         ("branched from", r["origin"] or "-"),

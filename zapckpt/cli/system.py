@@ -23,6 +23,9 @@ def register(sub) -> None:
     p.add_argument("--backend", choices=("btrfs", "nilfs"), help="snapshot backend of a new pool (default btrfs)")
     p.add_argument("--ghost-limit", metavar="SIZE",
                    help="default for every checkpoint: largest deleted-but-open file kept (default 64M)")
+    p.add_argument("--log-max", metavar="SIZE",
+                   help="rotate a pod's console log at this size, keeping one older file (default 16M; 0: never); "
+                   "pods started from now on")  # fmt: skip
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("deinit", help="stop all pods, unmount the pool and detach its loop device")
@@ -39,6 +42,8 @@ def cmd_init(args) -> int:
     ctx = context.Context()
     if args.ghost_limit:
         settings.set_ghost_limit(ctx, settings.parse_size(args.ghost_limit, "--ghost-limit"))
+    if args.log_max:
+        settings.set_log_max(ctx, settings.parse_size(args.log_max, "--log-max"))
     pool = storage_pool.init_pool(ctx.state, ctx.catalog, size=args.size, pool_dir=args.pool, backend_name=args.backend,
                      device=args.device)  # fmt: skip
     where = {"loop": f"loop file {ctx.state.pool_image}", "device": "device", "dir": "directory"}[pool.kind]

@@ -178,7 +178,7 @@ def rm(ctx: Context, name: str, force: bool) -> None:
             s.delete(pod)
             s.flush()
             console.wait_for_loggers(ctx.state.console_log(name))
-            ctx.state.console_log(name).unlink(missing_ok=True)  # a new pod of that name starts a new log
+            console.remove_logs(ctx.state.console_log(name))  # a new pod of that name starts a new log
             if pod.ports:
                 podnet.sync_nat(s, ctx.net)
             # The mount point may still be where a branch's volume appears: keep it while used.

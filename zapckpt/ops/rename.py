@@ -12,6 +12,7 @@ from zapckpt.common.errors import AlreadyExists, UsageError
 from zapckpt.context import Context
 from zapckpt.names import check_name
 from zapckpt.net import podnet
+from zapckpt.pod import console
 from zapckpt.pod.lifecycle import live_state
 from zapckpt.system import cgroups
 
@@ -37,9 +38,7 @@ def rename(ctx: Context, old: str, new: str) -> None:
         try:
             pod.name, pod.volume = new, str(volume)
             s.flush()
-            log = ctx.state.console_log(old)
-            if log.exists():
-                log.rename(ctx.state.console_log(new))
+            console.rename_logs(ctx.state.console_log(old), ctx.state.console_log(new))
         except BaseException:
             pool.backend.rename_volume(volume, pool.volume_of(old))
             raise

@@ -10,6 +10,7 @@ from typing import Iterator
 from sqlalchemy.orm import Session
 
 from catalog import Checkpoint, Pod, queries
+from zapckpt import settings
 from zapckpt.common import proc
 from zapckpt.common.errors import AlreadyExists, UsageError, ZapError
 from zapckpt.common.progress import step
@@ -72,7 +73,7 @@ def restore_processes(ctx: Context, images: Path, pod: Pod, limit: float | None 
     held = console.held_pipe(images)
     inherit, pipe = {}, None
     if held is not None:
-        w, pipe = console.start_logger(ctx.state.console_log(pod.name))
+        w, pipe = console.start_logger(ctx.state.console_log(pod.name), settings.log_max(ctx))
         inherit = {w: held}
     try:
         join = cgroups.prepare(ctx.state.root, pod.name, cgroups.of_pod(pod))
@@ -82,6 +83,7 @@ def restore_processes(ctx: Context, images: Path, pod: Pod, limit: float | None 
         for w in inherit:
             os.close(w)  # the restored processes hold it now (or CRIU failed: the logger ends)
     pod.console_pipe = pipe
+    pod.exit_code = pod.exited_at = None  # of the run it replaces
     return pid, procinfo.starttime(pid) or 0
 
 
@@ -214,7 +216,7 @@ def branch(ctx: Context, ref: str, new_name: str, start: bool = True, ports: lis
                 name=new_name, volume=str(volume), mount_path=src.mount_path, command=src.command,
                 env=src.env, cwd=src.cwd, rootfs=src.rootfs, desired_state="stopped", origin_checkpoint_id=ck.id,
                 head_checkpoint_id=ck.id, net=src.net, ports=ports or [], volumes=src.volumes or [], private_tmp=src.private_tmp, init=src.init,
-                memory_limit=src.memory_limit, cpus=src.cpus,
+                memory_limit=src.memory_limit, cpus=src.cpus, restart=src.restart, restart_max=src.restart_max,
             )  # fmt: skip
             if src.net == "pod":
                 check_ports_free(s, new_name, pod.ports)

@@ -32,9 +32,10 @@ from zapckpt.common import proc
 from zapckpt.common.errors import Busy, NotFound, UsageError, ZapError, one_line
 from zapckpt.context import Context
 from zapckpt.ops import checkpoint as ckpt
+from zapckpt.ops import restart
 from zapckpt.ops.remove import plan_prune, remove_checkpoints
 from zapckpt.pod.status import live_state
-from zapckpt.system import priority, procinfo
+from zapckpt.system import exits, priority, procinfo
 from zapckpt.system.signals import deferred_interrupts
 
 MIN_EVERY = 1.0
@@ -42,6 +43,8 @@ WATCH_KIND = "watch"
 # A pack is rewritten once half of it is unused (store/gc.py); `zap prune` frees everything.
 WATCH_MIN_UNUSED = 0.5
 IDLE_WAIT = 30.0  # the longest sleep between looks at the catalog (changes also wake it at once)
+POLICY_POLL = 1.0  # while pods have restart policies (a pod's end also wakes it at once)
+GRACE = 10.0  # started for a pod about to run: it waits that long for the pod's row to appear
 
 
 def _lock_path(ctx: Context) -> Path:
@@ -167,6 +170,25 @@ def ensure_supervisor(ctx: Context, wait: float = 10.0) -> int:
     raise ZapError(f"the watch supervisor did not start; see {log_path(ctx)}")
 
 
+def supervise(ctx: Context, policy: str) -> None:
+    """Before a pod with a restart policy starts (run, start, restore, branch): the supervisor
+    listens to process events once this returns, so even a pod that ends at once is seen. After
+    the start, wake() makes it look at the new init at once."""
+    if policy != "no":
+        ensure_supervisor(ctx)
+
+
+def policy_of(ctx: Context, name: str | None = None, ref: str | None = None) -> str:
+    """The restart policy of the pod called name, or of the pod checkpoint ref belongs to."""
+    with ctx.catalog.session() as s:
+        pod = queries.resolve_ref(s, ref).pod if ref is not None else queries.find_pod(s, name)
+        return pod.restart if pod is not None else "no"
+
+
+def wake(ctx: Context) -> None:
+    _wake(ctx)
+
+
 def stop_supervisor(ctx: Context, timeout: float = 30.0) -> bool:
     """SIGTERM the supervisor and wait for it (a tick in progress finishes first)."""
     pid = supervisor_pid(ctx)
@@ -186,6 +208,9 @@ def stop_supervisor(ctx: Context, timeout: float = 30.0) -> bool:
 def serve(ctx: Context) -> int:
     """The supervisor's loop (`zap watch-serve`). Returns when no watch is left or on SIGTERM."""
     stop, wake = threading.Event(), threading.Event()
+    known: dict[int, str] = {}  # the inits seen running at the last pass
+    pending: dict[int, tuple[str, int | None]] = {}  # ended, not settled yet (the pod was busy)
+    last_restart: dict[str, float] = {}
 
     def on_stop(_n, _f) -> None:
         stop.set()
@@ -201,18 +226,24 @@ def serve(ctx: Context) -> int:
     except BlockingIOError:
         os.close(lock)
         return 0  # one is running already
+    # Listening before the pid is written: whoever waited for it (supervise) may start a pod now.
+    listener = exits.ExitListener(on_exit=wake.set)  # a pod's init ended: wakes the loop at once
     start = procinfo.starttime(os.getpid())
     _pid_path(ctx).write_text(f"{os.getpid()} {start}\n")
     log = open(log_path(ctx), "a", buffering=1)
     say = lambda msg: log.write(f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} {msg}\n")  # noqa: E731
-    say(f"supervisor started (pid {os.getpid()})")
+    born = time.monotonic()
+    say(f"supervisor started (pid {os.getpid()})" + ("" if listener.available else
+        "; the kernel's process events are not available here: exit statuses are not seen"))
     try:
         while not stop.is_set():
             wake.clear()  # before reading: a change from now on wakes the next wait
             due = _schedule(ctx)
-            if not due:
-                say("no watch left: supervisor exits")
+            policies = restart.with_policies(ctx)
+            if not due and not policies and time.monotonic() - born > GRACE:
+                say("no watch or restart policy left: supervisor exits")
                 break
+            known = _settle_exits(ctx, listener, known, pending, policies, last_restart, say)
             now = time.time()
             ran = False
             for name, at in sorted(due.items(), key=lambda kv: kv[1]):
@@ -221,15 +252,52 @@ def serve(ctx: Context) -> int:
                     ran = True
             if ran:
                 continue  # the schedule moved: read it again
-            # Asleep until the next tick is due; a change to the watches wakes it earlier.
-            wake.wait(min(max(min(due.values()) - now, 0.01), IDLE_WAIT))
+            # Asleep until the next tick is due; a change to the watches, or a pod's end, wakes it
+            # earlier. Pods with restart policies are looked at every second besides.
+            nap = min(max(min(due.values()) - now, 0.01), IDLE_WAIT) if due else IDLE_WAIT
+            wake.wait(min(nap, POLICY_POLL) if policies or time.monotonic() - born <= GRACE else nap)
         if stop.is_set():
             say("supervisor stopped (signal)")
     finally:
+        listener.close()
         _pid_path(ctx).unlink(missing_ok=True)
         log.close()
         os.close(lock)
     return 0
+
+
+def _settle_exits(ctx: Context, listener, known: dict[int, str], pending: dict, policies: list[str],
+                  last_restart: dict[str, float], say) -> dict[int, str]:  # fmt: skip
+    """Record the exit status of each pod whose init ended since the last pass, restart the
+    pods whose policies say so (ops/restart.py); returns the inits running now."""
+    running, ended = restart.inits(ctx)
+    for pid, name in known.items():
+        if pid not in running and pid not in pending:
+            pending[pid] = (name, listener.take(pid))
+    for pid, name in ended.items():  # ended before a pass saw it run
+        if pid not in pending and (code := listener.take(pid)) is not None:
+            pending[pid] = (name, code)
+    settled = set()
+    for pid, (name, code) in list(pending.items()):
+        try:
+            msg = restart.settle(ctx, name, code, last_restart)
+        except Busy:
+            continue
+        del pending[pid]
+        settled.add(name)
+        if msg:
+            say(f"{name}: {msg}")
+    for name in policies:  # dead before we saw it run: after a reboot, or while we were away
+        if name not in settled and name not in {n for n, _c in pending.values()}:
+            try:
+                msg = restart.settle(ctx, name, None, last_restart)
+            except Busy:
+                continue
+            if msg:
+                say(f"{name}: {msg}")
+    running, _ended = restart.inits(ctx)
+    listener.watch(set(running))
+    return running
 
 
 def _schedule(ctx: Context) -> dict[str, float]:

@@ -9,8 +9,11 @@ One record per line of the log: `<UTC time, ISO 8601 with microseconds> <F|P> <t
 a partial line (not ended within PARTIAL_AFTER seconds, or longer than MAX_RECORD bytes),
 continued by the next record.
 
-The logger: python -m zapckpt.pod.console LOG FD (FD: the pipe's read end); it ends when every
-writer has closed the pipe (the pod ended)."""
+The logger: python -m zapckpt.pod.console LOG FD MAX (FD: the pipe's read end); it ends when
+every writer has closed the pipe (the pod ended). Once LOG is MAX bytes or more (0: never), it
+is renamed LOG.1 (the one before is dropped) and a new LOG begins; `zap logs` reads both. Two
+loggers of a pod (the old one draining while a restore's new one starts) rotate under a lock on
+the file, so one rotation never undoes the other's."""
 
 from __future__ import annotations
 
@@ -33,16 +36,18 @@ MAX_RECORD = 16384
 # --- zap's side: pipes and loggers ----------------------------------------------------------
 
 
-def start_logger(log: Path) -> tuple[int, int]:
-    """A new pipe whose read end a new logger (detached: it outlives zap) drains into log;
-    returns (write end, the pipe's inode). The caller hands the write end on and closes it."""
+def start_logger(log: Path, max_bytes: int = 0) -> tuple[int, int]:
+    """A new pipe whose read end a new logger (detached: it outlives zap) drains into log,
+    rotated at max_bytes; returns (write end, the pipe's inode). The caller hands the write end
+    on and closes it."""
     from zapckpt.common import proc
 
     log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     r, w = os.pipe()
     try:
         env = {"PATH": os.environ.get("PATH", os.defpath), "PYTHONPATH": os.pathsep.join(sys.path)}
-        proc.spawn([sys.executable, "-m", "zapckpt.pod.console", str(log), str(r)], env=env, pass_fds=(r,))
+        proc.spawn([sys.executable, "-m", "zapckpt.pod.console", str(log), str(r), str(max_bytes)], env=env,
+                   pass_fds=(r,))  # fmt: skip
     except BaseException:
         os.close(w)
         raise
@@ -64,6 +69,21 @@ def wait_for_loggers(log: Path, timeout: float = 3.0) -> None:
     deadline = time.monotonic() + timeout
     while loggers(log) and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+def rotated(log: Path) -> Path:
+    return log.with_name(log.name + ".1")
+
+
+def remove_logs(log: Path) -> None:
+    for p in (log, rotated(log)):
+        p.unlink(missing_ok=True)
+
+
+def rename_logs(log: Path, new: Path) -> None:
+    for a, b in ((log, new), (rotated(log), rotated(new))):
+        if a.exists():
+            a.rename(b)
 
 
 def mark(images: Path, pipe: int | None) -> None:
@@ -155,12 +175,36 @@ def _record(text: bytes, partial: bool) -> bytes:
     return f"{_stamp(datetime.now(timezone.utc))} {'P' if partial else 'F'} ".encode() + text + b"\n"
 
 
+def _open_log(log: str) -> int:
+    # The state directory is root's (0700); the log is too, and never reached through a link.
+    return os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+
+def _rotate(log: str, out: int, max_bytes: int) -> int:
+    """The descriptor to write to from now on: a new LOG once this one is full."""
+    if not max_bytes or os.fstat(out).st_size < max_bytes:
+        return out
+    import fcntl
+
+    fcntl.flock(out, fcntl.LOCK_EX)  # the other logger of the pod, if any, waits here
+    try:
+        try:
+            current = os.stat(log, follow_symlinks=False).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(out).st_ino:  # nobody rotated it before us
+            os.rename(log, log + ".1")
+    finally:
+        fcntl.flock(out, fcntl.LOCK_UN)
+    os.close(out)
+    return _open_log(log)
+
+
 def main() -> None:
-    log, fd = sys.argv[1], int(sys.argv[2])
+    log, fd, max_bytes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 0
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)
-    # The state directory is root's (0700); the log is too, and never reached through a link.
-    out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    out = _open_log(log)
     pending, since = b"", 0.0
     while True:
         wait = max(0.0, since + PARTIAL_AFTER - time.monotonic()) if pending else None
@@ -184,6 +228,7 @@ def main() -> None:
             pending = pending[MAX_RECORD:]
         if batch:
             os.write(out, b"".join(batch))
+            out = _rotate(log, out, max_bytes)
     if pending:
         os.write(out, _record(pending, partial=False))
     os.close(out)

@@ -10,9 +10,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from catalog import Pod, queries
+from zapckpt import settings
 from zapckpt.common import proc
 from zapckpt.common.errors import AlreadyExists, Busy, UsageError, ZapError
 from zapckpt.common.progress import step
@@ -24,9 +24,6 @@ from zapckpt.pod.console import start_logger
 from zapckpt.pod.mounts import LOG_DIR, LOG_NAME, open_console_log
 from zapckpt.pod.status import live_state
 from zapckpt.system import cgroups, procinfo
-
-if TYPE_CHECKING:
-    from zapckpt.state import StateDir
 
 START_TIMEOUT = 30.0
 BASE_ENV = {
@@ -77,16 +74,17 @@ def init_binary() -> str:
                    "`zap run --no-init` runs the command itself as pid 1")  # fmt: skip
 
 
-def start_processes(pod: Pod, netns: str | None, state: StateDir) -> tuple[int, int]:
+def start_processes(ctx: Context, pod: Pod, netns: str | None) -> tuple[int, int]:
     """Start pod.command as pid 1 of fresh namespaces (in the network namespace `netns`, or the
     host's for None), its stdout and stderr a new pipe to its console log (pod.console_pipe);
     returns (host pid, start time)."""
-    console, pipe = start_logger(state.console_log(pod.name))
+    console, pipe = start_logger(ctx.state.console_log(pod.name), settings.log_max(ctx))
     try:
-        pid, start = _start_processes(pod, netns, state.root, console)
+        pid, start = _start_processes(pod, netns, ctx.state.root, console)
     finally:
         os.close(console)
     pod.console_pipe = pipe
+    pod.exit_code = pod.exited_at = None  # of the run before
     return pid, start
 
 
@@ -175,7 +173,8 @@ def parse_volumes(specs: list[str]) -> list[dict]:
 
 def run(ctx: Context, name: str, command: list[str], env: dict[str, str], cwd: str | None,
         rootfs: str | None = None, start: bool = True, net: str = "pod", ports: list[dict] | None = None,
-        volumes: list[dict] | None = None, init: bool = True, limits: cgroups.Limits = cgroups.Limits()) -> Pod:  # fmt: skip
+        volumes: list[dict] | None = None, init: bool = True, limits: cgroups.Limits = cgroups.Limits(),
+        restart: tuple[str, int | None] = ("no", None)) -> Pod:  # fmt: skip
     """`zap run` (start=True) and `zap create` (start=False): a new pod with a fresh volume, or
     with a root file system made from `rootfs` (see rootfs.py), in its own network (net "pod":
     an address on the bridge, `ports` published; "none": loopback only) or the host's. init:
@@ -223,6 +222,7 @@ def run(ctx: Context, name: str, command: list[str], env: dict[str, str], cwd: s
             cwd=_resolve_cwd(seen_from, cwd), desired_state="running" if start else "stopped", rootfs=rootfs,
             net=net, ports=ports or [], volumes=volumes or [],
             private_tmp=private_tmp, init=init, memory_limit=limits.memory, cpus=limits.cpus,
+            restart=restart[0], restart_max=restart[1],
         )  # fmt: skip
         try:
             if net == "pod":
@@ -240,7 +240,7 @@ def run(ctx: Context, name: str, command: list[str], env: dict[str, str], cwd: s
                 os.makedirs(os.path.join(pod.volume, inside), exist_ok=True)
             mount_path.mkdir(parents=True, exist_ok=True)
             if start:
-                pod.init_pid, pod.init_starttime = start_processes(pod, podnet.netns_path(ctx.net, pod), ctx.state)
+                pod.init_pid, pod.init_starttime = start_processes(ctx, pod, podnet.netns_path(ctx.net, pod))
         except BaseException:
             podnet.remove(ctx.net, pod)
             pool.backend.delete_volume(volume)
@@ -303,8 +303,9 @@ def start(ctx: Context, name: str) -> Pod:
             # A fresh start has no connections to bring back: drop a --stop dump's locks.
             podnet.release_locks(ctx.net, pod, queries.criu_run_id(s, pod.net_locked_by))
             pod.net_locked_by = None
-            pod.init_pid, pod.init_starttime = start_processes(pod, podnet.netns_path(ctx.net, pod), ctx.state)
+            pod.init_pid, pod.init_starttime = start_processes(ctx, pod, podnet.netns_path(ctx.net, pod))
             pod.desired_state = "running"
+            pod.restart_count = 0  # a restart policy's count starts again (ops/restart.py sets its own)
             return pod
 
 
@@ -345,6 +346,10 @@ def stop(ctx: Context, name: str, timeout: float = 10.0, say=None) -> Pod:
             return pod
 
 
+# `zap kill` with one of these stops the pod as `zap stop` does, for its restart policy too
+ENDING_SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
 def signal_pod(ctx: Context, name: str, sig: signal.Signals) -> Pod:
     """`zap kill`: send sig to the pod's pid 1 (its command), as `podman kill` does; with
     SIGKILL the kernel ends the whole pid namespace with it."""
@@ -353,6 +358,9 @@ def signal_pod(ctx: Context, name: str, sig: signal.Signals) -> Pod:
             pod = queries.get_pod(s, name)
             if live_state(pod) not in ("running", "paused", "frozen"):
                 raise UsageError(f"pod {name!r} is not running ({live_state(pod)})")
+            if sig in ENDING_SIGNALS:
+                pod.desired_state = "stopped"  # ended on purpose: no restart policy brings it back
+                s.commit()
             try:
                 os.kill(pod.init_pid, sig)
             except ProcessLookupError:
@@ -485,11 +493,12 @@ def _console_in_pod(pod: Pod, volume_id: tuple[int, int]) -> tuple[int, int]:
     return os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), log
 
 
-def _seek_to_last_lines(f, n: int) -> None:
-    """Position f so that what is left of it is its last n lines (as `tail -n`)."""
+def _seek_to_last_lines(f, n: int) -> int:
+    """Position f so that what is left of it is its last n lines (as `tail -n`); returns how
+    many lines that is (fewer than n: the whole file)."""
     end = f.seek(0, os.SEEK_END)
     if n == 0:
-        return
+        return 0
     pos, found = end, 0
     while pos > 0:
         step = min(65536, pos)
@@ -505,8 +514,9 @@ def _seek_to_last_lines(f, n: int) -> None:
             found += 1
             if found == n:
                 f.seek(pos + cut + 1)
-                return
+                return n
     f.seek(0)
+    return found + 1 if end else 0
 
 
 def follow_log(ctx: Context, name: str, follow: bool, out, tail: int | None = None, since: str | None = None,
@@ -551,6 +561,7 @@ def _follow_console(ctx: Context, name: str, path: Path, follow: bool, out, tail
             return
         f = None
     reader = console.Reader(since, timestamps)
+    old = console.rotated(path)
     while f is None:  # the pod's logger has not written yet
         time.sleep(0.2)
         try:
@@ -558,12 +569,18 @@ def _follow_console(ctx: Context, name: str, path: Path, follow: bool, out, tail
         except FileNotFoundError:
             if not _running(ctx, name):
                 return
-    with f:
-        if tail is not None:
-            _seek_to_last_lines(f, tail)
-        _copy(ctx, name, f, reader.feed, follow, out)
-        out.write(reader.feed(b"", final=True))  # a line the pod has not ended yet, as far as it goes
-        out.flush()
+    got = _seek_to_last_lines(f, tail) if tail is not None else 0
+    if tail is None or got < tail:  # the file before the last rotation first
+        try:
+            with open(old, "rb") as g:
+                if tail is not None:
+                    _seek_to_last_lines(g, tail - got)
+                out.write(reader.feed(g.read()))
+        except FileNotFoundError:
+            pass
+    _copy(ctx, name, f, reader.feed, follow, out, path)
+    out.write(reader.feed(b"", final=True))  # a line the pod has not ended yet, as far as it goes
+    out.flush()
 
 
 def _running(ctx: Context, name: str) -> bool:
@@ -578,20 +595,35 @@ def _running(ctx: Context, name: str) -> bool:
         return True
 
 
-def _copy(ctx: Context, name: str, f, render, follow: bool, out) -> None:
-    """Write what f holds, rendered, to out; with follow, what comes after too, until the pod
-    is no longer running."""
-    while True:
-        chunk = f.read(65536)
-        if chunk:
-            out.write(render(chunk))
-            out.flush()
-            continue
-        if not follow:
-            return
-        if not _running(ctx, name):
-            console.wait_for_loggers(ctx.state.console_log(name))  # what its logger still had in hand
-            out.write(render(f.read()))
-            out.flush()
-            return
-        time.sleep(0.2)
+def _copy(ctx: Context, name: str, f, render, follow: bool, out, path: Path | None = None) -> None:
+    """Write what f holds, rendered, to out, and close it; with follow, what comes after too,
+    until the pod is no longer running (and across a rotation of the log at path, if given)."""
+    try:
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                out.write(render(chunk))
+                out.flush()
+                continue
+            if not follow:
+                return
+            if path is not None and _rotated_away(f, path):
+                out.write(render(f.read()))  # what was written before the rotation
+                f.close()
+                f = open(path, "rb")
+                continue
+            if not _running(ctx, name):
+                console.wait_for_loggers(ctx.state.console_log(name))  # what its logger still had in hand
+                out.write(render(f.read()))
+                out.flush()
+                return
+            time.sleep(0.2)
+    finally:
+        f.close()
+
+
+def _rotated_away(f, path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino != os.fstat(f.fileno()).st_ino
+    except FileNotFoundError:
+        return False
