@@ -477,6 +477,20 @@ def test_resource_limits_memory_and_cpus(zap):
     zap("rm", "--force", "limb")
     zap("rm", "--force", "lim")
     assert not any(g.exists() for g in (*init_groups.values(), *bgroups.values()))
+    # `zap update` (podman update): a running pod that had no limits gets them at once, its
+    # processes moved into groups of its own.
+    zap("run", "up", "--", "python3", "-c", busy)
+    pod = zap.pod("up")
+    before = _groups(pod["pid"])
+    assert zap("update", "up", "--memory", "64M", "--cpus", "0.25").stdout.strip() == "up: memory 64.0 MiB, 0.25 CPUs, restart no"
+    after = _groups(pod["pid"])
+    child = int(Path(f"/proc/{pod['pid']}/task/{pod['pid']}/children").read_text().split()[0])
+    assert after != before and _groups(child) == after and _limit_files(after) == (64 << 20, 25000)
+    zap("update", "up", "--cpus", "1")
+    assert _limit_files(after) == (64 << 20, 100000) and zap.pod("up")["limits"] == {"memory": 64 << 20, "cpus": 1.0}
+    assert "nothing to change" in zap.fails("update", "up", code=2)
+    zap("rm", "--force", "up")
+    assert not any(g.exists() for g in after.values())
     # Bad values: one line, exit 2, nothing made.
     for bad in (["--memory", "1K"], ["--memory", "lots"], ["--cpus", "0"], ["--cpus", "9999"], ["--cpus", "nan"]):
         zap.fails("run", "bad", *bad, "--", "true", code=2)

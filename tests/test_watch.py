@@ -199,6 +199,14 @@ def test_restart_policies_and_exit_statuses(zap):
     wait_for(lambda: zap.pod("svc")["state"] == "running", timeout=20, what="the restart after the supervisor came back")
     assert "svc: ended (exit status not seen); restarted by its policy" in log()
 
+    # `zap update --restart` gives a running pod a policy: it is restarted from then on.
+    zap("run", "late", "--", "sleep", "600")
+    zap("update", "late", "--restart", "always")
+    pid = zap.pod("late")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: (p := zap.pod("late"))["state"] == "running" and p["pid"] != pid, timeout=20,
+             what="the pod given a policy by update to be restarted")  # fmt: skip
+    zap("rm", "--force", "late")
     for bad in ("sometimes", "on-failure:0", "always:3", "on-failure:x"):
         assert "bad --restart" in zap.fails("run", "bad", "--restart", bad, "--", "true", code=2)
     for name in ("fail", "ok", "plain", "svc"):

@@ -7,7 +7,7 @@ from contextlib import closing
 
 from . import argtypes
 from .lazy import lazy
-from .output import confirm, emit_json, info, interval, table
+from .output import confirm, emit_json, human_bytes, info, interval, table
 
 # imported by the command that uses them (cli/lazy.py)
 queries = lazy("catalog.queries")
@@ -23,6 +23,7 @@ rename_op = lazy("zapckpt.ops.rename")
 cgroups = lazy("zapckpt.system.cgroups")
 restart = lazy("zapckpt.ops.restart")
 watch = lazy("zapckpt.ops.watch")
+update_op = lazy("zapckpt.ops.update")
 
 
 def register(sub) -> None:
@@ -109,6 +110,13 @@ def register(sub) -> None:
     p.add_argument("name")
     p.set_defaults(func=cmd_unpause)
 
+    p = sub.add_parser("update", help="change a pod's resource limits or restart policy (a running one's at once)")
+    p.add_argument("name")
+    p.add_argument("-m", "--memory", type=argtypes.memory, metavar="SIZE", help="the most RAM it may use (64M, 1G)")
+    p.add_argument("--cpus", type=argtypes.cpus, metavar="N", help="the most CPU time it may use, in CPUs")
+    p.add_argument("--restart", metavar="POLICY", help="no, on-failure[:N], always (see zap run)")
+    p.set_defaults(func=cmd_update)
+
     p = sub.add_parser("rename", help="give a stopped pod a new name (its checkpoints become NEW@N)")
     p.add_argument("name")
     p.add_argument("new_name")
@@ -132,6 +140,20 @@ def cmd_run(args) -> int:
     if args.start and policy[0] != "no":
         watch.wake(ctx)
     print(f"{pod.name} {pod.mount_path}")
+    return 0
+
+
+def cmd_update(args) -> int:
+    ctx = context.Context()
+    policy = restart.parse(args.restart) if args.restart is not None else None
+    pod = update_op.update(ctx, args.name, args.memory, args.cpus, policy)
+    if pod.restart != "no" and pods.live_state(pod) == "running":
+        watch.supervise(ctx, pod.restart)
+        watch.wake(ctx)
+    said = ([f"memory {human_bytes(pod.memory_limit)}"] if pod.memory_limit is not None else []) + (
+        [f"{pod.cpus:g} CPUs"] if pod.cpus is not None else [])
+    said.append(f"restart {pod.restart}" + (f":{pod.restart_max}" if pod.restart_max is not None else ""))
+    print(f"{pod.name}: {', '.join(said)}")
     return 0
 
 

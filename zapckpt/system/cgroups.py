@@ -165,3 +165,22 @@ def memory_used(state_root: Path, pod: str) -> int | None:
             except (OSError, ValueError):
                 continue
     return None
+
+
+def move(pids: list[int], procs_files: list[str]) -> None:
+    """Move running processes into the groups (`zap update` of a pod that had none). A process
+    forked meanwhile is born in its parent's group: the caller lists the pids again until
+    none is left outside."""
+    for path in procs_files:
+        for pid in pids:
+            try:
+                Path(path).write_text(str(pid))
+            except ProcessLookupError:
+                pass  # it ended meanwhile
+            except OSError as e:
+                if e.errno != errno.ESRCH:
+                    raise ZapError(f"cannot move process {pid} into {Path(path).parent}: {e.strerror}") from None
+
+
+def members(procs_file: str) -> set[int]:
+    return {int(x) for x in Path(procs_file).read_text().split()}
