@@ -96,14 +96,17 @@ def test_browse_matches_the_snapshot(zap, view):
     zap("run", "files", "--", "sleep", "1000")
     _populate(zap.volume("files"))
     zap("checkpoint", "files", "-m", "populated")
+    zap("tag", "files@1", "good")
     pid = _mount(zap, view)
     ck = zap.json("show", "files@1")
     top = view / "pods" / "files"
 
     # The layout a person finds with ls.
     assert os.listdir(view) == ["pods"] and os.listdir(view / "pods") == ["files"]
-    assert sorted(os.listdir(top)) == ["by-time", "checkpoints", "info.json", "latest", "live"]
+    assert sorted(os.listdir(top)) == ["by-time", "checkpoints", "info.json", "latest", "live", "tags"]
     assert os.readlink(top / "latest") == "checkpoints/1"
+    assert os.listdir(top / "tags") == ["good"] and os.readlink(top / "tags" / "good") == "../checkpoints/1"
+    assert sorted(os.listdir(top / "tags" / "good" / "fs")) == sorted(os.listdir(top / "checkpoints" / "1" / "fs"))
     assert os.readlink(top / "live") == str(zap.volume("files"))
     (stamp,) = os.listdir(top / "by-time")
     assert os.readlink(top / "by-time" / stamp) == "../checkpoints/1" and stamp.startswith(ck["created_at"][:4])
