@@ -210,7 +210,7 @@ def cmd_restore(args) -> int:
         return 0
     watch.supervise(ctx, watch.policy_of(ctx, ref=args.ref))
     ck, saved = rst.restore(ctx, args.ref)
-    watch.wake(ctx)
+    watch.notify(ctx)
     with ctx.catalog.session() as s:
         row = queries.resolve_ref(s, ck.id)
         ref, pod, files_only = row.ref, row.pod.name, row.image_format is None
@@ -230,7 +230,7 @@ def cmd_branch(args) -> int:
     if not args.no_start:
         watch.supervise(ctx, watch.policy_of(ctx, ref=args.ref))
     pod = rst.branch(ctx, args.ref, args.new_name, start=not args.no_start, ports=publish.parse_all(args.publish))
-    watch.wake(ctx)
+    watch.notify(ctx)
     for w in getattr(pod, "restore_warnings", []):
         warn(w)
     print(f"{pod.name} {pod.mount_path}")

@@ -138,7 +138,7 @@ def cmd_run(args) -> int:
                    net=args.net, ports=publish.parse_all(args.publish), volumes=pods.parse_volumes(args.volume), init=args.init,
                    limits=cgroups.Limits(args.memory, args.cpus), restart=policy)  # fmt: skip
     if args.start and policy[0] != "no":
-        watch.wake(ctx)
+        watch.notify(ctx)
     print(f"{pod.name} {pod.mount_path}")
     return 0
 
@@ -149,7 +149,7 @@ def cmd_update(args) -> int:
     pod = update_op.update(ctx, args.name, args.memory, args.cpus, policy)
     if pod.restart != "no" and pods.live_state(pod) == "running":
         watch.supervise(ctx, pod.restart)
-        watch.wake(ctx)
+        watch.notify(ctx)
     said = ([f"memory {human_bytes(pod.memory_limit)}"] if pod.memory_limit is not None else []) + (
         [f"{pod.cpus:g} CPUs"] if pod.cpus is not None else [])
     said.append(f"restart {pod.restart}" + (f":{pod.restart_max}" if pod.restart_max is not None else ""))
@@ -161,7 +161,7 @@ def cmd_start(args) -> int:
     ctx = context.Context()
     watch.supervise(ctx, watch.policy_of(ctx, args.name))
     pod = pods.start(ctx, args.name)
-    watch.wake(ctx)
+    watch.notify(ctx)
     print(f"{pod.name} {pod.mount_path}")
     return 0
 

@@ -1,5 +1,7 @@
 """Continuous checkpoints: `zap watch POD --every DURATION [--keep-*]`, `zap watch --list`,
-`zap unwatch POD`, and the supervisor that does the work (`zap watch-serve`).
+`zap unwatch POD`, and the supervisor that does the work (`zap watch-serve`). The supervisor
+also carries out restart policies and records how pods end (ops/restart.py): it runs while a
+pod is watched or has a policy.
 
 One supervisor per state directory, started on demand by the watch commands (and at boot by
 scripts/systemd/zapckpt-watch.service): it holds state/locks/watch.lock while it lives, keeps
@@ -173,7 +175,7 @@ def ensure_supervisor(ctx: Context, wait: float = 10.0) -> int:
 def supervise(ctx: Context, policy: str) -> None:
     """Before a pod with a restart policy starts (run, start, restore, branch): the supervisor
     listens to process events once this returns, so even a pod that ends at once is seen. After
-    the start, wake() makes it look at the new init at once."""
+    the start, notify() makes it look at the new init at once."""
     if policy != "no":
         ensure_supervisor(ctx)
 
@@ -185,7 +187,8 @@ def policy_of(ctx: Context, name: str | None = None, ref: str | None = None) -> 
         return pod.restart if pod is not None else "no"
 
 
-def wake(ctx: Context) -> None:
+def notify(ctx: Context) -> None:
+    """A pod started or was restored: the supervisor, if running, looks at its new init now."""
     _wake(ctx)
 
 

@@ -272,45 +272,50 @@ class Checkpoints(Dir):
                 for seq, cid, t in tree.pod_checkpoints(self.pod)]  # fmt: skip
 
 
-class ByTime(Dir):
+class LinkDir(Dir):
+    """A directory of links into ../checkpoints, read from the catalog at each listing."""
+
+    __slots__ = ("pod",)
+    kind = ""
+
+    def __init__(self, pod: str):
+        super().__init__(f"/pods/{pod}/{self.kind}")
+        self.pod = pod
+
+    def links(self, tree) -> list[tuple[str, int, int]]:
+        """(name, checkpoint N, time ns) of each link."""
+        raise NotImplementedError
+
+    def _links(self, tree) -> list[tuple[str, Link, int]]:
+        # The target is part of the key: a link that moves (a tag) is a new inode.
+        return [(name, Link(f"/pods/{self.pod}/{self.kind}/{name}@{seq}", f"../checkpoints/{seq}", immutable=True), t)
+                for name, seq, t in self.links(tree)]  # fmt: skip
+
+    def entries(self, tree):
+        return [(name, link) for name, link, _t in self._links(tree)]
+
+    def listing(self, tree):
+        return [(name, link, link_attr(link.ino, link.target, t)) for name, link, t in self._links(tree)]
+
+
+class ByTime(LinkDir):
     """<local ISO time> -> ../checkpoints/<N>"""
 
-    __slots__ = ("pod",)
+    __slots__ = ()
+    kind = "by-time"
 
-    def __init__(self, pod: str):
-        super().__init__(f"/pods/{pod}/by-time")
-        self.pod = pod
-
-    def _links(self, tree) -> list[tuple[str, Link, int]]:
-        return [(name, Link(f"/pods/{self.pod}/by-time/{name}", f"../checkpoints/{seq}", immutable=True), t)
-                for name, seq, t in tree.by_time(self.pod)]  # fmt: skip
-
-    def entries(self, tree):
-        return [(name, link) for name, link, _t in self._links(tree)]
-
-    def listing(self, tree):
-        return [(name, link, link_attr(link.ino, link.target, t)) for name, link, t in self._links(tree)]
+    def links(self, tree):
+        return tree.by_time(self.pod)
 
 
-class Tags(Dir):
-    """<tag> -> ../checkpoints/<N> (`zap tag`). A tag can move: the target is part of the
-    node's key, so a moved tag is a new inode and no cached link points to the old place."""
+class Tags(LinkDir):
+    """<tag> -> ../checkpoints/<N> (`zap tag`)."""
 
-    __slots__ = ("pod",)
+    __slots__ = ()
+    kind = "tags"
 
-    def __init__(self, pod: str):
-        super().__init__(f"/pods/{pod}/tags")
-        self.pod = pod
-
-    def _links(self, tree) -> list[tuple[str, Link, int]]:
-        return [(name, Link(f"/pods/{self.pod}/tags/{name}@{seq}", f"../checkpoints/{seq}", immutable=True), t)
-                for name, seq, t in tree.tags(self.pod)]  # fmt: skip
-
-    def entries(self, tree):
-        return [(name, link) for name, link, _t in self._links(tree)]
-
-    def listing(self, tree):
-        return [(name, link, link_attr(link.ino, link.target, t)) for name, link, t in self._links(tree)]
+    def links(self, tree):
+        return tree.tags(self.pod)
 
 
 # --- checkpoints/<N>/ -------------------------------------------------------------------------
