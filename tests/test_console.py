@@ -5,10 +5,13 @@ still rolled back. Record parsing is unit-tested at the end."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -105,6 +108,31 @@ def test_log_rotation_keeps_one_older_file_and_reads_across_it(zap):
             follower.kill()
             follower.wait()
     assert "bad --log-max" in zap.fails("init", "--log-max", "lots", code=2)
+
+
+@pytest.mark.system
+def test_the_logger_outlives_a_stray_signal(zap):
+    """A pod whose logger ended would get EPIPE on its next line: the logger ignores SIGTERM,
+    SIGINT and SIGHUP, and ends with its pod."""
+    zap("run", "lg", "--", "sh", "-c", TICKER)
+    wait_for(lambda: len(_ticks(zap("logs", "lg").stdout)) >= 3, what="ticks")
+    log = str(zap.home / "console" / "lg.log").encode()
+    marker = b"\0-m\0zapckpt.pod.console\0%s\0" % log
+    (logger,) = [int(p) for p in os.listdir("/proc") if p.isdigit() and marker in _cmdline(p)]
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        os.kill(logger, sig)
+    seen = max(_ticks(zap("logs", "lg").stdout))
+    wait_for(lambda: max(_ticks(zap("logs", "lg").stdout)) >= seen + 5, what="ticks after the signals")
+    assert b"zapckpt.pod.console" in _cmdline(str(logger))  # the same logger, alive
+    zap("stop", "lg")
+    assert not _cmdline(str(logger))  # gone with its pod
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return b""
 
 
 def test_records_join_partial_lines_and_select_by_time():

@@ -202,7 +202,9 @@ def _rotate(log: str, out: int, max_bytes: int) -> int:
 
 def main() -> None:
     log, fd, max_bytes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 0
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+    # It ends with its pod, not before: a pod whose logger is gone gets EPIPE (or dies of SIGPIPE)
+    # on its next line, so a stray `pkill`, a hangup or a Ctrl-C does not end it.
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     out = _open_log(log)
     pending, since = b"", 0.0
