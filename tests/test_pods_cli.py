@@ -124,7 +124,8 @@ def test_init_is_pid_1_reaps_orphans_forwards_signals_and_ps_sees_the_pod(zap):
 
     # Signals go to the command through the init; the pod ends when the command does.
     zap("kill", "-s", "TERM", "in")
-    wait_for(lambda: zap.pod("in")["state"] == "dead", what="the pod to end with its command")
+    # (ended on purpose: "stopped", and no restart policy would bring it back)
+    wait_for(lambda: zap.pod("in")["state"] == "stopped", what="the pod to end with its command")
     assert "got TERM" in zap("logs", "in").stdout
     zap("rm", "-f", "in", "--yes")
     zap("rm", "-f", "in2", "--yes")
@@ -194,7 +195,7 @@ def test_pause_unpause_and_kill(zap):
     assert zap.pod("p")["state"] == "running"
     pid = zap.pod("p")["pid"]
     assert zap("kill", "p").stdout.strip() == "sent SIGKILL to p"
-    wait_for(lambda: proc_state(pid) in (None, "Z") and zap.pod("p")["state"] == "dead", what="the pod to end")
+    wait_for(lambda: proc_state(pid) in (None, "Z") and zap.pod("p")["state"] == "stopped", what="the pod to end")
     assert "not running" in zap.fails("kill", "p", code=2)
     # A paused pod stops (its SIGTERM is not left pending).
     zap("start", "p")
