@@ -9,6 +9,8 @@ processes) is gone at the power-off, as after a real reboot."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -56,7 +58,13 @@ def test_phase1_suspend_then_power_off():
     values = counter_values(volume)
     time.sleep(1)
     assert counter_values(volume) == values  # stopped
-    RECORD.write_text(json.dumps({"values": values}))
+    # A pod with a restart policy that was running when the power went (not suspended): its
+    # processes die, the supervisor with them.
+    zap("run", "ap", "--net", "none", "--restart", "always", "--", "sleep", "1000000")
+    ap = json.loads(zap("show", "ap", "--json").stdout)["pid"]
+    os.kill(json.loads(zap("watch", "--list", "--json").stdout)["supervisor"]["pid"], signal.SIGKILL)
+    os.kill(ap, signal.SIGKILL)
+    RECORD.write_text(json.dumps({"values": values, "ap": ap}))
     # What a shutdown does after the suspend: the pool and the state disk unmounted.
     zap("deinit")
     subprocess.run(["umount", str(HOME)], check=True)
@@ -71,6 +79,14 @@ def test_phase2_resume_after_the_reboot():
     values = counted_past(Path(state["volume"]), len(before) + 30, "the counter after the reboot", timeout=120)
     assert_continuous(values)
     assert values[: len(before)] == before  # the same run, on from where it was suspended
+    # `zap resume` (what zapckpt.service runs at boot) starts the supervisor, which restarts the
+    # pod whose policy says so: it was running, nobody stopped it.
+    ap = json.loads(RECORD.read_text())["ap"]
+    deadline = time.monotonic() + 120
+    while (pod := json.loads(zap("show", "ap", "--json").stdout))["state"] != "running":
+        assert time.monotonic() < deadline, f"the pod with a restart policy was not restarted: {pod}"
+        time.sleep(1)
+    assert pod["pid"] != ap and pod["restart"]["count"] == 1
     # Nothing to tidy: this guest and its disks are thrown away.
 
 
