@@ -153,8 +153,9 @@ def _wake(ctx: Context) -> bool:
         return False
 
 
-def ensure_supervisor(ctx: Context, wait: float = 10.0) -> int:
-    """Start the supervisor unless it runs; returns its pid."""
+def ensure_supervisor(ctx: Context, wait: float = 60.0) -> int:
+    """Start the supervisor unless it runs; returns its pid. It is up in well under a second
+    here; the wait is for a loaded machine (an emulated guest under load took over 10 s)."""
     pid = supervisor_pid(ctx)
     if pid is not None:
         return pid
@@ -169,7 +170,7 @@ def ensure_supervisor(ctx: Context, wait: float = 10.0) -> int:
         if pid is not None and pid > 0:
             return pid
         time.sleep(0.02)
-    raise ZapError(f"the watch supervisor did not start; see {log_path(ctx)}")
+    raise ZapError(f"the supervisor did not start within {wait:g}s; see {log_path(ctx)}")
 
 
 def supervise(ctx: Context, policy: str) -> None:
