@@ -34,17 +34,19 @@ def test_without_qemu_the_runner_says_so():
 
 def test_nilfs_suite_passes_and_a_suspended_pod_outlives_a_guest_reboot():
     """Two boots on the same disks (ZAP_VM_DISKS), started in the background at collection
-    (tests/guest.py). The first runs the NILFS2 suite (tests/vm: the NILFS2 backend, and
-    incremental dumps, which this host's kernel cannot do), then suspends a counter pod
-    (tests/vm_reboot, phase 1) and powers the guest off; the second, a new guest, resumes it, and
-    it counts on from exactly where it stopped (issue 14). The second boot also runs a test that
+    (tests/guest.py). The first runs the guest suite (tests/vm: the NILFS2 backend, incremental
+    dumps and resource limits on cgroup v2, which this host's kernel cannot do), then suspends a
+    counter pod and kills one with a restart policy (tests/vm_reboot, phase 1) and powers the
+    guest off; the second, a new guest, resumes the first, which counts on from exactly where it
+    stopped (issue 14), and restarts the second (issue 15). The second boot also runs a test that
     fails on purpose: a guest's failure must come back as a failure (pytest's exit code) with the
     guest's own output."""
     assert shutil.which("qemu-system-x86_64"), "qemu is missing: make install installs it"
     boots = GUEST.wait()
     first = boots[0]
     assert first.returncode == 0, first.output[-4000:]
-    assert "kernel 6.1." in first.output and "criu Version: 3.17" in first.output and "3 passed" in first.output
+    # NILFS2, incremental dumps, cgroup v2 limits, and the reboot's first phase
+    assert "kernel 6.1." in first.output and "criu Version: 3.17" in first.output and "4 passed" in first.output
     assert len(boots) == 2, "the second boot did not run"
     out = boots[1].output
     assert boots[1].returncode == 1, out[-4000:]
