@@ -3,20 +3,17 @@ catalog's settings table."""
 
 from __future__ import annotations
 
-import re
-
 from catalog import queries
+from zapckpt.common import sizes
 from zapckpt.common.errors import UsageError
 from zapckpt.criu.runner import DEFAULT_GHOST_LIMIT
 
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-
 
 def parse_size(text: str, what: str) -> int:
-    m = re.fullmatch(r"(\d{1,12})([KMG]?)(i?B)?", text.strip(), re.IGNORECASE | re.ASCII)
-    if not m:
-        raise UsageError(f"bad {what} {text!r}: a size like 64M, 1G or 1048576")
-    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+    try:
+        return sizes.parse_size(text)
+    except ValueError:
+        raise UsageError(f"bad {what} {text!r}: a size like 64M, 1G or 1048576") from None
 
 
 def ghost_limit(ctx) -> int:

@@ -72,8 +72,12 @@ def number_range(text: str) -> list[int]:
 
 def memory(text: str) -> int:
     """--memory: 64M, 1G, 512MiB or bytes; at least 6 MiB (as Docker: less cannot run a process)."""
-    m = re.fullmatch(r"([0-9]{1,7})([KMGT]?)(i?B)?", text.strip(), re.ASCII | re.I)
-    v = int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[m.group(2).upper()] if m else 0
+    from zapckpt.common.sizes import parse_size
+
+    try:
+        v = parse_size(text)
+    except ValueError:
+        v = 0
     if not 6 << 20 <= v <= 1 << 50:
         raise argparse.ArgumentTypeError(f"{text!r} is not a memory size of at least 6M (like 64M, 1G)")
     return v

@@ -24,6 +24,7 @@ files = lazy("zapckpt.ops.files")
 tags_op = lazy("zapckpt.ops.tags")
 naming = lazy("zapckpt.names")
 watch = lazy("zapckpt.ops.watch")
+restart = lazy("zapckpt.ops.restart")
 
 
 def register(sub) -> None:
@@ -208,7 +209,7 @@ def cmd_restore(args) -> int:
             print(f"{path}: {what}")
         info(f"the files as they were are kept in {saved_ref} (`zap restore {saved_ref} --file PATH` undoes this)")
         return 0
-    watch.supervise(ctx, watch.policy_of(ctx, ref=args.ref))
+    watch.supervise(ctx, restart.policy_of(ctx, ref=args.ref))
     ck, saved = rst.restore(ctx, args.ref)
     watch.notify(ctx)
     with ctx.catalog.session() as s:
@@ -228,7 +229,7 @@ def cmd_restore(args) -> int:
 def cmd_branch(args) -> int:
     ctx = context.Context()
     if not args.no_start:
-        watch.supervise(ctx, watch.policy_of(ctx, ref=args.ref))
+        watch.supervise(ctx, restart.policy_of(ctx, ref=args.ref))
     pod = rst.branch(ctx, args.ref, args.new_name, start=not args.no_start, ports=publish.parse_all(args.publish))
     watch.notify(ctx)
     for w in getattr(pod, "restore_warnings", []):

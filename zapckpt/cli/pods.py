@@ -159,7 +159,7 @@ def cmd_update(args) -> int:
 
 def cmd_start(args) -> int:
     ctx = context.Context()
-    watch.supervise(ctx, watch.policy_of(ctx, args.name))
+    watch.supervise(ctx, restart.policy_of(ctx, args.name))
     pod = pods.start(ctx, args.name)
     watch.notify(ctx)
     print(f"{pod.name} {pod.mount_path}")

@@ -90,7 +90,7 @@ def run(
             pass_fds=tuple(pass_fds),
             start_new_session=own_session,
             umask=umask,
-            preexec_fn=preexec if stdio_from is not None or join_cgroups else None,
+            preexec_fn=preexec if stdio_from is not None else _joiner(join_cgroups),
         )
     except FileNotFoundError:
         raise ToolMissing(argv[0]) from None
@@ -133,7 +133,7 @@ def interactive(argv: Sequence[str], *, env: Mapping[str, str] | None = None, qu
     out = subprocess.DEVNULL if quiet else None
     try:
         child = subprocess.Popen(argv, env=env, stdout=out, stderr=out, close_fds=True, pass_fds=tuple(pass_fds),
-                                 preexec_fn=(lambda: _join(join_cgroups)) if join_cgroups else None)  # fmt: skip
+                                 preexec_fn=_joiner(join_cgroups))  # fmt: skip
     except FileNotFoundError:
         raise ToolMissing(argv[0]) from None
     try:
@@ -165,11 +165,16 @@ def spawn(argv: Sequence[str], *, env: Mapping[str, str] | None = None, stdout=s
     try:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env,
                                 close_fds=True, pass_fds=tuple(pass_fds), start_new_session=True,
-                                preexec_fn=(lambda: _join(join_cgroups)) if join_cgroups else None)  # fmt: skip
+                                preexec_fn=_joiner(join_cgroups))  # fmt: skip
     except FileNotFoundError:
         raise ToolMissing(argv[0]) from None
     except subprocess.SubprocessError as e:  # joining a cgroup failed in the child
         raise CommandError(argv, -1, f"starting {argv[0]} failed: {e}") from None
+
+
+def _joiner(procs_files: Sequence[str]):
+    """The preexec_fn that joins the cgroups (None when there are none: no preexec at all)."""
+    return (lambda: _join(procs_files)) if procs_files else None
 
 
 def _join(procs_files: Sequence[str]) -> None:

@@ -53,6 +53,13 @@ def due(policy: str, max_count: int | None, count: int, exit_code: int | None) -
     return False
 
 
+def policy_of(ctx: Context, name: str | None = None, ref: str | None = None) -> str:
+    """The restart policy of the pod called name, or of the pod checkpoint ref belongs to."""
+    with ctx.catalog.session() as s:
+        pod = queries.resolve_ref(s, ref).pod if ref is not None else queries.find_pod(s, name)
+        return pod.restart if pod is not None else "no"
+
+
 def with_policies(ctx: Context) -> list[str]:
     """The pods with a restart policy: while there are any, the supervisor runs."""
     with ctx.catalog.session() as s:

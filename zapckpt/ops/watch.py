@@ -181,13 +181,6 @@ def supervise(ctx: Context, policy: str) -> None:
         ensure_supervisor(ctx)
 
 
-def policy_of(ctx: Context, name: str | None = None, ref: str | None = None) -> str:
-    """The restart policy of the pod called name, or of the pod checkpoint ref belongs to."""
-    with ctx.catalog.session() as s:
-        pod = queries.resolve_ref(s, ref).pod if ref is not None else queries.find_pod(s, name)
-        return pod.restart if pod is not None else "no"
-
-
 def notify(ctx: Context) -> None:
     """A pod started or was restored: the supervisor, if running, looks at its new init now."""
     _wake(ctx)
@@ -281,18 +274,17 @@ def _settle_exits(ctx: Context, listener, known: dict[int, str], pending: dict, 
     for pid, name in ended.items():  # ended before a pass saw it run
         if pid not in pending and (code := listener.take(pid)) is not None:
             pending[pid] = (name, code)
-    settled = set()
+    handled = {n for n, _c in pending.values()}  # looked at above, or again at the next pass
     for pid, (name, code) in list(pending.items()):
         try:
             msg = restart.settle(ctx, name, code, last_restart)
         except Busy:
             continue
         del pending[pid]
-        settled.add(name)
         if msg:
             say(f"{name}: {msg}")
     for name in policies:  # dead before we saw it run: after a reboot, or while we were away
-        if name not in settled and name not in {n for n, _c in pending.values()}:
+        if name not in handled:
             try:
                 msg = restart.settle(ctx, name, None, last_restart)
             except Busy:

@@ -17,6 +17,7 @@ the file, so one rotation never undoes the other's."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -184,8 +185,6 @@ def _rotate(log: str, out: int, max_bytes: int) -> int:
     """The descriptor to write to from now on: a new LOG once this one is full."""
     if not max_bytes or os.fstat(out).st_size < max_bytes:
         return out
-    import fcntl
-
     fcntl.flock(out, fcntl.LOCK_EX)  # the other logger of the pod, if any, waits here
     try:
         try:

@@ -156,17 +156,6 @@ def remove(state_root: Path, pod: str) -> None:
             pass  # another pod's group is in it
 
 
-def memory_used(state_root: Path, pod: str) -> int | None:
-    """The pod's memory use now (its group's counter), None without a memory group."""
-    for g in groups_of(state_root, pod):
-        for f in ("memory.current", "memory.usage_in_bytes"):
-            try:
-                return int((g / f).read_text())
-            except (OSError, ValueError):
-                continue
-    return None
-
-
 def move(pids: list[int], procs_files: list[str]) -> None:
     """Move running processes into the groups (`zap update` of a pod that had none). A process
     forked meanwhile is born in its parent's group: the caller lists the pids again until
