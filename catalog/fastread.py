@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # The newest migration in catalog/migrations/versions; a test keeps the two in step.
-SCHEMA_HEAD = "0012"
+SCHEMA_HEAD = "0013"
 BUSY_TIMEOUT_MS = 120_000  # writers wait for each other (a prune compacting packs) instead of failing
 
 
@@ -79,6 +79,7 @@ class PodRow:
     restart_count: int
     exit_code: int | None
     exited_at: str | None
+    host_writable: bool  # a volume pod that may write the host's tree (--host-writable)
 
     @classmethod
     def of(cls, pod, n_checkpoints: int) -> "PodRow":
@@ -90,7 +91,8 @@ class PodRow:
                    pod.init_starttime, ref(pod.origin), ref(pod.head), n_checkpoints, pod.suspended_by is not None,
                    _watch(w.every_s, w.last_at and iso(w.last_at), w.last_result, w.last_ok)
                    if (w := pod.watch) is not None else None, pod.memory_limit, pod.cpus, pod.restart or "no",
-                   pod.restart_max, pod.restart_count or 0, pod.exit_code, pod.exited_at and iso(pod.exited_at))  # fmt: skip
+                   pod.restart_max, pod.restart_count or 0, pod.exit_code, pod.exited_at and iso(pod.exited_at),
+                   bool(pod.host_writable))  # fmt: skip
 
 
 def _watch(every_s: float, last_at: str | None, last_result: str | None, last_ok: bool | None) -> dict:
@@ -110,7 +112,7 @@ _POD_SQL = (
     " op.name || '@' || o.seq, hp.name || '@' || h.seq,"
     " (SELECT count(*) FROM checkpoints c WHERE c.pod_id = p.id), p.suspended_by IS NOT NULL,"
     " w.pod_id, w.every_s, w.last_at, w.last_result, w.last_ok, p.memory_limit, p.cpus,"
-    " p.restart, p.restart_max, p.restart_count, p.exit_code, p.exited_at"
+    " p.restart, p.restart_max, p.restart_count, p.exit_code, p.exited_at, p.host_writable"
     " FROM pods p LEFT JOIN watches w ON w.pod_id = p.id"
     " LEFT JOIN checkpoints o ON o.id = p.origin_checkpoint_id LEFT JOIN pods op ON op.id = o.pod_id"
     " LEFT JOIN checkpoints h ON h.id = p.head_checkpoint_id LEFT JOIN pods hp ON hp.id = h.pod_id"
@@ -129,7 +131,7 @@ def pod_rows(conn: sqlite3.Connection, name: str | None = None) -> list[PodRow]:
         r[11], r[12] = bool(r[11]), bool(r[12])
         watched, every, last_at, result, ok = r[22:27]
         watch = _watch(every, last_at and iso_text(last_at), result, None if ok is None else bool(ok)) if watched else None
-        out.append(PodRow(*r[:21], bool(r[21]), watch, *r[27:33], r[33] and iso_text(r[33])))
+        out.append(PodRow(*r[:21], bool(r[21]), watch, *r[27:33], r[33] and iso_text(r[33]), bool(r[34])))
     return out
 
 

@@ -52,6 +52,10 @@ class Pod(Base):
     # A pod without --rootfs sees `.zap/tmp` of its volume as /tmp (rolled back with it) instead
     # of the host's; False for pods made before that existed (their checkpoints expect the host's).
     private_tmp: Mapped[bool] = mapped_column(default=False, server_default="0")
+    # A pod without --rootfs sees the host's tree read-only, but for its volume, its private /tmp,
+    # /dev/shm, /dev/pts, /proc and declared volumes; True: writable (`--host-writable`, and pods
+    # made before that existed), so what it writes there is never rolled back.
+    host_writable: Mapped[bool] = mapped_column(default=False, server_default="1")
     # The pod's pid 1 is a small init (catatonit) that runs the command, forwards it signals and
     # reaps orphans; False: the command itself is pid 1 (`--no-init`, and pods made before).
     init: Mapped[bool] = mapped_column(default=True, server_default="0")

@@ -41,7 +41,7 @@ EXTRAS=""
 if [[ $FOR_TESTS -eq 1 ]]; then
     APT_PACKAGES+=(rsync
                    # real services the tests run inside pods
-                   redis-server nginx mariadb-server-core mariadb-client-core
+                   redis-server nginx mariadb-server-core mariadb-client-core haproxy
                    # the VM suite (vagrant/run-vm-tests): qemu, the guest's initramfs tools, NILFS2
                    # tools, and Debian's own CRIU, which the Debian 12 guest uses
                    qemu-system-x86 busybox-static cpio kmod nilfs-tools criu)
@@ -224,6 +224,18 @@ else
         || die "pip install -e '.$EXTRAS' failed"
     want_for "$EXTRAS" >"$STAMP"
     done_step "python deps: ok (installed zapckpt${EXTRAS:+ with $EXTRAS} into $VENV)"
+fi
+
+# ---------------------------------------------------------------- c2. the console logger
+# A small C program (zapckpt/pod/logger.c): one runs beside every running pod.
+LOGGER="$VENV/libexec/zap-console"
+if [[ -x "$LOGGER" && "$LOGGER" -nt "$REPO/zapckpt/pod/logger.c" ]]; then
+    done_step "console logger: ok ($LOGGER is up to date)"
+else
+    mkdir -p "$VENV/libexec"
+    logged cc -O2 -Wall -o "$LOGGER.tmp" "$REPO/zapckpt/pod/logger.c" || die "cc zapckpt/pod/logger.c failed"
+    mv -f "$LOGGER.tmp" "$LOGGER"
+    done_step "console logger: ok (built $LOGGER)"
 fi
 
 # ---------------------------------------------------------------- d. zap link

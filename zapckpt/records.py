@@ -81,6 +81,7 @@ def pod_row_record(row: PodRow) -> dict:
         "ports": row.ports,
         "volumes": row.volumes,
         "private_tmp": row.private_tmp,
+        "host_writable": row.host_writable if not row.rootfs else None,
         "init": row.init,
         "origin": row.origin,
         "head": row.head,

@@ -53,6 +53,9 @@ def register(sub) -> None:
         p.add_argument("--restart", default="no", metavar="POLICY",
                        help="when it ends by itself: no (default), on-failure[:N] (non-zero exit, at most N "
                        "times in a row), always (also unless-stopped); a pod zap stopped stays stopped")  # fmt: skip
+        p.add_argument("--host-writable", action="store_true",
+                       help="let a pod without --rootfs write the host's files outside its volume (by default it "
+                       "sees them read-only: what it wrote there would never be rolled back)")  # fmt: skip
         p.add_argument("cmd", nargs="*", metavar="-- CMD [ARGS...]")
         p.set_defaults(func=cmd_run, start=verb == "run")
 
@@ -136,7 +139,8 @@ def cmd_run(args) -> int:
         watch.supervise(ctx, policy[0])
     pod = pods.run(ctx, args.name, args.cmd, pods.parse_env(args.env), args.cwd, args.rootfs, args.start,
                    net=args.net, ports=publish.parse_all(args.publish), volumes=pods.parse_volumes(args.volume), init=args.init,
-                   limits=cgroups.Limits(args.memory, args.cpus), restart=policy)  # fmt: skip
+                   limits=cgroups.Limits(args.memory, args.cpus), restart=policy,
+                   host_writable=args.host_writable)  # fmt: skip
     if args.start and policy[0] != "no":
         watch.notify(ctx)
     print(f"{pod.name} {pod.mount_path}")

@@ -6,6 +6,7 @@ each a little-endian u32 length followed by that many bytes of protobuf."""
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,11 @@ STATS_MAGIC = 0x57093306
 PAGEMAP_MAGIC = 0x56084025
 INVENTORY_MAGIC = 0x58313116
 FILES_MAGIC = 0x56303138
+FILE_LOCKS_MAGIC = 0x54323616
+PSTREE_MAGIC = 0x50273030
+CORE_MAGIC = 0x55053847
+REMAP_FPATH_MAGIC = 0x59133954
+FD_REG = 1
 FD_INETSK = 4  # fdinfo.proto fd_types
 FD_UNIXSK = 5
 TCP_LISTEN = 10  # the kernel's TCP state numbers, as CRIU stores them
@@ -66,6 +72,51 @@ def fields(buf: bytes) -> dict[int, object]:
         else:
             raise ImageFormatError(f"unsupported protobuf wire type {wt}")
     return out
+
+
+def _put_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def raw_fields(buf: bytes) -> list[tuple[int, int, object]]:
+    """Every field in order, (number, wire type, value: an int for varints, the bytes otherwise),
+    for rewriting one field and encoding the rest unchanged (encode)."""
+    out: list[tuple[int, int, object]] = []
+    i = 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        num, wt = key >> 3, key & 7
+        if wt == 0:
+            v, i = _varint(buf, i)
+        elif wt == 2:
+            n, i = _varint(buf, i)
+            v, i = buf[i : i + n], i + n
+        elif wt in (1, 5):
+            n = 8 if wt == 1 else 4
+            v, i = buf[i : i + n], i + n
+        else:
+            raise ImageFormatError(f"unsupported protobuf wire type {wt}")
+        out.append((num, wt, v))
+    return out
+
+
+def encode(fields_: list[tuple[int, int, object]]) -> bytes:
+    out = bytearray()
+    for num, wt, v in fields_:
+        out += _put_varint(num << 3 | wt)
+        if wt == 0:
+            out += _put_varint(v)  # type: ignore[arg-type]
+        elif wt == 2:
+            out += _put_varint(len(v)) + v  # type: ignore[arg-type,operator]
+        else:
+            out += v  # type: ignore[operator]
+    return bytes(out)
 
 
 def entries(data: bytes, magic: int, head: int | None = IMG_COMMON_MAGIC) -> Iterator[bytes]:
@@ -208,6 +259,53 @@ def listening_ports(images: Path) -> list[str]:
     return sorted(out)
 
 
+@dataclass(frozen=True)
+class UnixSocket:
+    ino: int  # the socket's own inode (sockfs), as sock_diag names it
+    name: bytes  # the address it was bound to ("" for none; a leading NUL: abstract)
+    name_dir: str | None  # where a relative name was bound
+    deleted: bool  # its socket file was unlinked (CRIU restores it as a ghost)
+
+
+def unix_sockets(images: Path) -> list[UnixSocket]:
+    out = []
+    for sk in _file_entries(images, FD_UNIXSK, 16):
+        name = sk.get(11, b"")
+        nd = sk.get(14)
+        out.append(UnixSocket(ino=int(sk.get(2, 0)), name=name if isinstance(name, bytes) else b"",
+                              name_dir=nd.decode(errors="surrogateescape") if isinstance(nd, bytes) else None,
+                              deleted=bool(sk.get(15))))  # fmt: skip
+    return out
+
+
+def rename_unix_sockets(images: Path, renames: dict[bytes, bytes]) -> int:
+    """Rewrite files.img so that the unix sockets bound to each old name are bound to its new
+    (absolute) name at restore; returns how many entries changed."""
+    path = images / "files.img"
+    data = path.read_bytes()
+    out = bytearray(data[:8])
+    changed = 0
+    for raw in entries(data, FILES_MAGIC):
+        f = raw_fields(raw)
+        for k, (num, wt, v) in enumerate(f):
+            if num != 16 or wt != 2 or not any(n == 1 and val == FD_UNIXSK for n, _, val in f):
+                continue
+            sk = raw_fields(v)  # type: ignore[arg-type]
+            name = next((val for n, _, val in sk if n == 11), None)
+            if name in renames:
+                sk = [(n, w, renames[name] if n == 11 else val) for n, w, val in sk if n != 14]
+                f[k] = (num, wt, encode(sk))
+                raw = encode(f)
+                changed += 1
+        out += struct.pack("<I", len(raw)) + raw
+    if changed:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(bytes(out))
+        os.chmod(tmp, 0o600)
+        tmp.replace(path)
+    return changed
+
+
 def bound_unix_sockets(images: Path) -> list[str]:
     """The absolute paths the dumped unix sockets are bound to, as the processes named them
     (for a chrooted process: relative to its root)."""
@@ -217,3 +315,78 @@ def bound_unix_sockets(images: Path) -> list[str]:
         if isinstance(name, bytes) and name.startswith(b"/"):
             out.add(name.split(b"\0", 1)[0].decode(errors="surrogateescape"))
     return sorted(out)
+
+
+@dataclass(frozen=True)
+class FileLock:
+    """One entry of filelocks.img: a lock a dumped process held, through descriptor fd."""
+
+    style: int  # FL_POSIX, FL_FLOCK, FL_OFD, FL_LEASE
+    type: int  # F_RDLCK 0, F_WRLCK 1
+    pid: int  # inside the pod
+    fd: int
+    start: int
+    length: int  # 0: to the end of the file
+
+
+FL_POSIX = 1
+TASK_STOPPED = 3  # core.proto task_state (compel's task states)
+
+
+def _signed64(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def file_locks(images: Path) -> list[FileLock]:
+    """The file locks the dumped processes held (`--file-locks`), as CRIU recorded them."""
+    try:
+        data = (images / "filelocks.img").read_bytes()
+    except FileNotFoundError:
+        return []
+    out = []
+    for raw in entries(data, FILE_LOCKS_MAGIC):
+        f = fields(raw)
+        out.append(FileLock(style=int(f.get(1, 0)), type=int(f.get(2, 0)), pid=int(f.get(3, 0)),
+                            fd=int(f.get(4, 0)), start=_signed64(int(f.get(5, 0))), length=_signed64(int(f.get(6, 0)))))  # fmt: skip
+    return out
+
+
+def stopped_tasks(images: Path) -> set[int]:
+    """Pids (inside the pod) of the processes that were stopped (SIGSTOP, a job-control stop)
+    when they were dumped: a restore leaves them stopped."""
+    out = set()
+    try:
+        tree = list(entries((images / "pstree.img").read_bytes(), PSTREE_MAGIC))
+    except FileNotFoundError:
+        return out
+    for raw in tree:
+        pid = int(fields(raw).get(1, 0))
+        try:
+            core = fields(next(entries((images / f"core-{pid}.img").read_bytes(), CORE_MAGIC)))
+        except (FileNotFoundError, StopIteration):
+            continue
+        tc = core.get(3)
+        if isinstance(tc, bytes) and fields(tc).get(1) == TASK_STOPPED:
+            out.add(pid)
+    return out
+
+
+def link_remaps(images: Path) -> list[str]:
+    """The hard links `--link-remap` made for files the processes hold whose name was unlinked
+    but whose inode lives on under another (glibc's sem_open); paths as CRIU saw them. A dump
+    that leaves the tasks running removes them again; one with --leave-stopped leaves them
+    until a restore."""
+    try:
+        data = (images / "remap-fpath.img").read_bytes()
+    except FileNotFoundError:
+        return []
+    ids = {int(f.get(2, 0)) for f in map(fields, entries(data, REMAP_FPATH_MAGIC)) if f.get(3, 0) == 0}
+    out = []
+    for raw in entries((images / "files.img").read_bytes(), FILES_MAGIC):
+        f = fields(raw)
+        reg = f.get(3)
+        if f.get(1) == FD_REG and f.get(2) in ids and isinstance(reg, bytes):
+            name = fields(reg).get(6)
+            if isinstance(name, bytes):
+                out.append(name.decode(errors="surrogateescape"))
+    return out

@@ -35,13 +35,29 @@ RETRIES = 3
 
 # "A session leader of 45116(4) is outside of its pid namespace": host pid (pid in the pod).
 _OUTSIDE_SESSION = re.compile(r"session leader of (\d+)\((\d+)\) is outside of its pid namespace")
+_GHOST = re.compile(r"Can't dump ghost file (.+) of (\d+) size, increase limit")
+_RELATIVE_RENAMED = re.compile(r"Unable too cut (.+) from (.+)")
+_LOOKUP_MOUNT = re.compile(r"Can't lookup mount=\d+ for fd=(\d+) path=(\S+)")
 
 
-def _hint(lines: list[str]) -> str:
-    """What a user can do about the CRIU errors zap users meet most, naming the process."""
+def _seen(path: str, view_root: str | None) -> str:
+    """A path CRIU names (from the root of the pod's mount namespace) as the pod sees it."""
+    if view_root and (path + "/").startswith(view_root.rstrip("/") + "/"):
+        return path[len(view_root.rstrip("/")) :] or "/"
+    return path
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f}{unit}"
+    return f"{n} bytes"
+
+
+def _explain(lines: list[str], view_root: str | None = None, ghost_limit: int | None = None) -> str:
+    """What the CRIU errors zap users meet mean, in the pod's terms, and what to do about them."""
     for ln in lines:
-        m = _OUTSIDE_SESSION.search(ln)
-        if m:
+        if m := _OUTSIDE_SESSION.search(ln):
             try:
                 cmd = Path(f"/proc/{m.group(1)}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
@@ -49,17 +65,39 @@ def _hint(lines: list[str]) -> str:
             who = f"process {m.group(2)} of the pod (host pid {m.group(1)}{': ' + cmd.strip() if cmd.strip() else ''})"
             return (f"{who} is in a session that began outside the pod (a background job of `zap exec`?): "
                     f"start daemons with `zap exec -d`, which gives them a session of their own inside the pod")  # fmt: skip
+        if m := _GHOST.search(ln):
+            limit = f" ({_size(ghost_limit)})" if ghost_limit else ""
+            return (f"a process holds the deleted file {_seen(m.group(1), view_root)} open, {_size(int(m.group(2)))}, "
+                    f"more than --ghost-limit{limit} lets a checkpoint keep: raise it (`zap checkpoint --ghost-limit "
+                    f"SIZE`, or `zap init --ghost-limit SIZE` for every checkpoint), or have the program close it")  # fmt: skip
+        if m := _RELATIVE_RENAMED.search(ln):
+            return (f"a process bound a unix socket by the relative name {m.group(1)} and then renamed or moved it "
+                    f"(it is {_seen(m.group(2), view_root)} now): CRIU can only checkpoint such a socket if it was "
+                    f"bound by its absolute path")  # fmt: skip
+        if m := _LOOKUP_MOUNT.search(ln):
+            return (f"a process holds {m.group(2)} (descriptor {m.group(1)}) on a file system that is not mounted in "
+                    f"the pod, such as a POSIX message queue, which CRIU cannot checkpoint")  # fmt: skip
+        if "Can't get rlimit" in ln and "not permitted" in ln:
+            return ("a process of the pod runs as another user than root, and CRIU needs CAP_SYS_RESOURCE to read "
+                    "its resource limits, which zap lacks here: give zap CAP_SYS_RESOURCE, or run it as root")  # fmt: skip
+        if "io_uring" in ln:
+            return "a process of the pod uses io_uring, which CRIU cannot checkpoint: run it without"
     return ""
 
 
 class CriuError(ZapError):
-    def __init__(self, what: str, log: Path | None, lines: list[str]):
+    def __init__(self, what: str, log: Path | None, lines: list[str], view_root: str | None = None,
+                 ghost_limit: int | None = None):  # fmt: skip
         self.log = log
         self.lines = lines
         detail = "; ".join(lines[-3:]) if lines else "no error in its log"
-        hint = _hint(lines)
-        where = f" (full log: {log})" if log else ""
-        super().__init__(f"{what}: {detail}{where}" + (f"; {hint}" if hint else ""))
+        where = f"full log: {log}" if log else ""
+        meaning = _explain(lines, view_root, ghost_limit)
+        if meaning:
+            # Ours first; CRIU's own words after, for a bug report.
+            super().__init__(f"{what}: {meaning} (CRIU said: {detail}{'; ' + where if where else ''})")
+        else:
+            super().__init__(f"{what}: {detail}" + (f" ({where})" if where else ""))
 
     @property
     def transient(self) -> bool:
@@ -198,13 +236,15 @@ def pre_dump(init_pid: int, images: Path, log: Path) -> float:
 
 
 def dump(init_pid: int, images: Path, hook: Path, log: Path, *, leave_stopped: bool,
-         ghost_limit: int = DEFAULT_GHOST_LIMIT, network_lock: bool = True, parent: str | None = None) -> float:  # fmt: skip
+         ghost_limit: int = DEFAULT_GHOST_LIMIT, network_lock: bool = True, parent: str | None = None,
+         view_root: str | None = None) -> float:  # fmt: skip
     """Dump the tree rooted at init_pid into images; returns the wall time in ms.
 
     CRIU runs inside the pod's mount and network namespaces, so it does not try to dump those
     (the files are covered by the snapshot instead, and the network namespace outlives the
     processes); pid, ipc and uts namespaces are dumped, and so is every socket. With parent (a
     pre-dump's directory, relative to images), only the pages written since it are dumped.
+    view_root: where the processes have their root (paths in errors are given as they see them).
     """
     attempt = 0
     while True:
@@ -212,7 +252,7 @@ def dump(init_pid: int, images: Path, hook: Path, log: Path, *, leave_stopped: b
         argv = [
             "nsenter", "-t", str(init_pid), "-m", "-n", "--",
             criu_binary(), "dump", "-t", str(init_pid), "-D", through_host_root(images), "-o", "dump.log",
-            "--leave-stopped" if leave_stopped else "--leave-running", "--file-locks",
+            "--leave-stopped" if leave_stopped else "--leave-running", "--file-locks", "--link-remap",
             "--action-script", through_host_root(hook), *net_opts(network_lock), "--ghost-limit", str(ghost_limit),
             *(["--prev-images-dir", parent, "--track-mem"] if parent else []),
         ]  # fmt: skip
@@ -226,7 +266,7 @@ def dump(init_pid: int, images: Path, hook: Path, log: Path, *, leave_stopped: b
         if res.returncode == 0:
             return ms
         _keep_log(images / "dump.log", log)
-        err = CriuError("CRIU refused to dump the pod", log, log_errors(log))
+        err = CriuError("CRIU refused to dump the pod", log, log_errors(log), view_root, ghost_limit)
         if not err.lines:
             err = CriuError("CRIU dump failed", None, [proc.CommandError(argv, res.returncode, res.stderr).reason()])
         if not network_lock and any("ptables" in ln for ln in err.lines):
@@ -245,7 +285,7 @@ def dump(init_pid: int, images: Path, hook: Path, log: Path, *, leave_stopped: b
 
 def restore(images: Path, pidfile: Path, mounts: dict, netns: str | None, log: Path,
             limit: float | None = None, inherit: dict[int, int] | None = None,
-            join_cgroups: list[str] | None = None) -> int:  # fmt: skip
+            join_cgroups: list[str] | None = None, leave_stopped: bool = False) -> int:  # fmt: skip
     """Restore the tree detached, in a fresh private mount namespace made like the pod's own
     (pod/mounts.py: the volume at its path, private /dev/shm and /dev/pts, declared volumes),
     inside the network namespace `netns` (None: the host's); returns the host pid of the
@@ -254,9 +294,11 @@ def restore(images: Path, pidfile: Path, mounts: dict, netns: str | None, log: P
     namespace, before its processes come back. inherit: {our descriptor: inode} of pipes the
     images hold whose other end is outside the tree (the console), joined to ours instead.
     join_cgroups: the pod's control groups (system/cgroups.py), which CRIU runs in: it is told
-    to leave groups alone, so the tasks it forks stay in them (and with no limits, in ours)."""
+    to leave groups alone, so the tasks it forks stay in them (and with no limits, in ours).
+    leave_stopped: the tasks are left stopped (SIGSTOP) for the caller to finish and resume."""
     criu = [criu_binary(), "restore", "-d", "-D", through_host_root(images), "-o", "restore.log",
-            "--file-locks", "--pidfile", through_host_root(pidfile), "--manage-cgroups=ignore", *NET_OPTS]  # fmt: skip
+            "--file-locks", "--pidfile", through_host_root(pidfile), "--manage-cgroups=ignore", *NET_OPTS,
+            *(["--leave-stopped"] if leave_stopped else [])]  # fmt: skip
     for fd, inode in (inherit or {}).items():
         criu += ["--inherit-fd", f"fd[{fd}]:pipe:[{inode}]"]
     hook = images.parent / "restore-hook.sh"
@@ -271,7 +313,8 @@ def restore(images: Path, pidfile: Path, mounts: dict, netns: str | None, log: P
     # mounts (as pod/init.py does at start), then execs CRIU.
     inner = [sys.executable, "-m", "zapckpt.pod.mounts", json.dumps(mounts), "--"]
     enter = ["nsenter", f"--net={netns}", "--"] if netns else []
-    argv = [*enter, "unshare", "--mount", "--propagation", "private", "--", *inner, *criu]
+    # slave: the pod's namespace follows the host's unmounts (pod/mounts.py), its own mounts stay its own
+    argv = [*enter, "unshare", "--mount", "--propagation", "slave", "--", *inner, *criu]
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "PYTHONPATH": os.pathsep.join(sys.path)}
     res = _run_bounded(argv, "CRIU restore failed", images / "restore.log", log, env, limit, pass_fds=tuple(inherit or ()),
                        join_cgroups=join_cgroups or [])  # fmt: skip

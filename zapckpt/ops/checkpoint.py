@@ -21,14 +21,14 @@ from zapckpt import settings
 from zapckpt.common.errors import UsageError, ZapError
 from zapckpt.common.progress import step
 from zapckpt.context import Context
-from zapckpt.criu import incremental
+from zapckpt.criu import incremental, unsupported
 from zapckpt.criu import runner as criu
-from zapckpt.criu.images import ImageFormatError, dump_run_id, read_dump_stats
+from zapckpt.criu.images import ImageFormatError, dump_run_id, link_remaps, read_dump_stats
 from zapckpt.net import podnet
 from zapckpt.ops import intents
-from zapckpt.pod import console
+from zapckpt.pod import console, sockets
 from zapckpt.pod.lifecycle import live_state
-from zapckpt.pod.mounts import pod_root
+from zapckpt.pod.mounts import criu_path_in_volume, pod_root, remove_in_volume
 from zapckpt.store import imagesets as image_sets
 from zapckpt.system import faults, priority, procinfo, staging
 from zapckpt.system.signals import deferred_interrupts
@@ -130,7 +130,10 @@ def take(
     pids = procinfo.pids_in_pidns(pod.init_pid)
     processes = [d for p in pids if (d := procinfo.describe(p))]
     inside = [pod.mount_path, *(v["pod"] for v in pod.volumes or []), *(["/tmp"] if pod.private_tmp else [])]
-    outside = procinfo.outside_files(pids, inside, None if pod.rootfs else pod_root(pod.mount_path))
+    fds = procinfo.open_fds(pids)
+    # What CRIU cannot dump is refused here, in words that say what to do, before anything is frozen.
+    unsupported.check(processes, fds, pod.init_pid)
+    outside = procinfo.outside_files(fds, inside, None if pod.rootfs else pod_root(pod.mount_path))
     if outside and strict:
         raise ZapError(f"pod {pod.name!r} holds files open outside its volume, which the checkpoint would not "
                        f"contain: {_name_files(outside)} (--strict; declare them with --volume or drop --strict)")
@@ -153,6 +156,7 @@ def take(
                 podnet.release_locks(ctx.net, pod, ck.criu_run_id)
                 podnet.abort_external(ctx.net, pod)
             procinfo.kill_pod_tree(pod.init_pid)
+            _drop_link_remaps(pod, stage / "images")
             console.wait_for_loggers(ctx.state.console_log(pod.name))
             pod.desired_state = "stopped"
             pod.net_locked_by = None if release_connections else ck.id
@@ -209,7 +213,8 @@ def _dump_and_commit(ctx: Context, s: Session, rec: intents.Record, pod: Pod, ck
         try:
             dump_ms = criu.dump(pod.init_pid, images, hook, ctx.log_path(pod.name, "dump"), leave_stopped=stop,
                                 ghost_limit=ghost_limit if ghost_limit is not None else settings.ghost_limit(ctx),
-                                network_lock=network_lock, parent="../pre" if predump_ms is not None else None)  # fmt: skip
+                                network_lock=network_lock, parent="../pre" if predump_ms is not None else None,
+                                view_root=pod.mount_path if pod.rootfs else pod_root(pod.mount_path))  # fmt: skip
         except criu.CriuError as e:
             podnet.release_locks(ctx.net, pod)  # a dump that died half-way may have left its lock
             hook_msg = hook_err.read_text().strip() if hook_err.exists() else ""
@@ -227,6 +232,8 @@ def _dump_and_commit(ctx: Context, s: Session, rec: intents.Record, pod: Pod, ck
         info = backend.describe(snap)
         if info.path != str(snap):
             rec.note(snapshot=info.path)  # NILFS2: the snapshot is mkcp's, known only now
+        # A unix socket renamed since it was bound comes back where it is now, not at its old name.
+        sockets.follow_renamed(pod, images, lambda: _browsable(backend, info.path), podnet.netns_path(ctx.net, pod))
         step("storing the images")
         with priority.idle() if background else nullcontext():
             if (images / incremental.PARENT_LINK).is_symlink():
@@ -249,6 +256,21 @@ def _dump_and_commit(ctx: Context, s: Session, rec: intents.Record, pod: Pod, ck
             procinfo.signal_all(procinfo.pids_in_pidns(pod.init_pid), signal.SIGCONT)
         raise
     return ck
+
+
+def _drop_link_remaps(pod: Pod, images: Path) -> None:
+    """The links CRIU's --link-remap made in the live volume (a --stop dump leaves them for a
+    restore; the snapshot has its own copies, and a restore replaces this volume anyway): gone,
+    so that a `zap start` in this volume finds none of CRIU's files."""
+    for path in link_remaps(images):
+        rel = criu_path_in_volume(path, pod.mount_path, bool(pod.rootfs), pod.private_tmp, pod.volumes or [])
+        if rel and os.path.basename(rel).startswith("link_remap."):
+            remove_in_volume(pod.volume, rel)
+
+
+def _browsable(backend, path: str) -> Path:
+    backend.ensure_browsable(Path(path))
+    return Path(path)
 
 
 def _make_whole(images: Path, pre: Path) -> None:

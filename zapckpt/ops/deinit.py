@@ -55,7 +55,7 @@ def deinit(ctx: Context, purge: bool, stop_timeout: float = 3.0) -> list[str]:
                     for child in parent.iterdir():
                         pool.backend.delete_volume(child)
                     parent.rmdir()
-        unmount_pool(ctx.state, pool)
+        unmount_pool(ctx.state, pool, ctx.catalog)
     _detach_loops_of(ctx.state.pool_image)
     if ctx.state.catalog_db.exists():
         podnet.teardown(ctx.net)  # namespaces, the bridge, zap's nftables table

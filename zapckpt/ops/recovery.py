@@ -126,6 +126,11 @@ def _restore(ctx, s, d: dict) -> str:
     volume, new, old = Path(pod.volume), Path(d["new"]), Path(d["old"])
     restored = _restored_init(d.get("stage"))
     _remove_stage(d.get("stage"))
+    if restored and d.get("relock") and procinfo.any_stopped(restored[0]):
+        # CRIU finished, but the tasks still wait for the locks CRIU dropped (criu/locks.py):
+        # they are not the state they were, so the restore is undone.
+        procinfo.kill_pod_tree(restored[0])
+        restored = None
     if restored and volume.exists() and not procinfo.is_alive(pod.init_pid, pod.init_starttime):
         # CRIU finished: the target's processes run on the new volume. Finish the restore.
         pod.init_pid, pod.init_starttime = restored

@@ -15,6 +15,7 @@ from zapckpt.common import proc
 from zapckpt.common.errors import AlreadyExists, UsageError, ZapError
 from zapckpt.common.progress import step
 from zapckpt.context import Context
+from zapckpt.criu import locks
 from zapckpt.criu import runner as criu
 from zapckpt.criu.images import bound_unix_sockets, listening_ports
 from zapckpt.names import check_name
@@ -61,6 +62,7 @@ def restore_processes(ctx: Context, images: Path, pod: Pod, limit: float | None 
     os.makedirs(pod.mount_path, exist_ok=True)
     mounts = {"volume": pod.volume, "mount_path": pod.mount_path, "system": bool(pod.rootfs),
               "volumes": pod.volumes or [], "private_tmp": pod.private_tmp, "state_root": str(ctx.state.root),
+              "host_readonly": not pod.rootfs and not pod.host_writable,
               "socket_dirs": [],
               "proc": os.path.join(pod.mount_path if pod.rootfs else pod_root(pod.mount_path), "proc")}  # fmt: skip
     if pod.rootfs:
@@ -75,13 +77,25 @@ def restore_processes(ctx: Context, images: Path, pod: Pod, limit: float | None 
     if held is not None:
         w, pipe = console.start_logger(ctx.state.console_log(pod.name), settings.log_max(ctx))
         inherit = {w: held}
+    # CRIU drops the POSIX locks of files the processes map (criu/locks.py): such a tree stays
+    # stopped until they are taken again.
+    relock = bool(locks.posix_locks(images))
     try:
         join = cgroups.prepare(ctx.state.root, pod.name, cgroups.of_pod(pod))
         pid = criu.restore(images, images.parent / "pid", mounts, podnet.netns_path(ctx.net, pod),
-                           ctx.log_path(pod.name, "restore"), limit, inherit=inherit, join_cgroups=join)  # fmt: skip
+                           ctx.log_path(pod.name, "restore"), limit, inherit=inherit, join_cgroups=join,
+                           leave_stopped=relock)  # fmt: skip
     finally:
         for w in inherit:
             os.close(w)  # the restored processes hold it now (or CRIU failed: the logger ends)
+    if relock:
+        faults.point("restore:stopped")  # recovery undoes a restore whose tasks are still stopped
+        try:
+            locks.give_back(images, pid)
+        except BaseException:
+            procinfo.kill_pod_tree(pid)
+            raise
+        locks.resume(images, pid)
     pod.console_pipe = pipe
     pod.exit_code = pod.exited_at = None  # of the run it replaces
     return pid, procinfo.starttime(pid) or 0
@@ -123,8 +137,12 @@ def _restore_locked(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images: 
     new = volume.with_name(f".{volume.name}.restoring")
     old = volume.with_name(f".{volume.name}.replaced")
     saved_id = ckpt.new_id()
+    # relock: the restored tasks wait stopped for their POSIX locks (restore_processes); if zap
+    # dies before it resumes them, recovery undoes the restore rather than finish it.
+    relock = images is not None and bool(locks.posix_locks(images))
     with intents.recorded(ctx, "restore", pod.name, session=s, ck_id=ck.id, saved_id=saved_id, new=str(new),
-                          old=str(old), resume=resume, stage=str(images.parent) if images else None):  # fmt: skip
+                          old=str(old), resume=resume, stage=str(images.parent) if images else None,
+                          relock=relock):  # fmt: skip
         return _swap_and_restore(ctx, s, pod, ck, images, saved_message, resume, saved_id, volume, new, old)
 
 
@@ -216,6 +234,7 @@ def branch(ctx: Context, ref: str, new_name: str, start: bool = True, ports: lis
                 name=new_name, volume=str(volume), mount_path=src.mount_path, command=src.command,
                 env=src.env, cwd=src.cwd, rootfs=src.rootfs, desired_state="stopped", origin_checkpoint_id=ck.id,
                 head_checkpoint_id=ck.id, net=src.net, ports=ports or [], volumes=src.volumes or [], private_tmp=src.private_tmp, init=src.init,
+                host_writable=src.host_writable,
                 memory_limit=src.memory_limit, cpus=src.cpus, restart=src.restart, restart_max=src.restart_max,
             )  # fmt: skip
             if src.net == "pod":

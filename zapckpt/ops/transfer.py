@@ -73,7 +73,7 @@ def export(ctx: Context, ref: str, dest: str, stream=None) -> tuple[Path | None,
             "format": FORMAT, "version": VERSION, "checkpoint": checkpoint_record(ck),
             "pod": {"name": pod.name, "mount_path": pod.mount_path, "command": pod.command, "env": pod.env,
                     "cwd": pod.cwd, "rootfs": pod.rootfs, "net": pod.net, "private_tmp": pod.private_tmp,
-                    "init": pod.init},
+                    "init": pod.init, "host_writable": pod.host_writable},
         }  # fmt: skip
         ctx.ensure_pool()  # snapshots must be mounted
         if not Path(ck.snapshot_path).is_dir():
@@ -212,6 +212,7 @@ def _valid_meta(meta: dict, path: Path) -> dict:
         "net": pod.get("net") if pod.get("net") in podnet.MODES else "host",
         "private_tmp": pod.get("private_tmp") is True,
         "init": pod.get("init") is True,  # archives from before the init: the command is pid 1
+        "host_writable": pod.get("host_writable") is not False,  # archives from before: writable
         "ref": text(ck.get("ref"), "ref", 600),
         "message": text(ck.get("message") or "", "message"),
         "kind": kind if kind in KINDS else "manual",
@@ -354,7 +355,7 @@ def import_(ctx: Context, file: str, name: str | None, stream=None) -> Checkpoin
                     cwd = mount_path
                 pod = Pod(name=new_name, volume=str(volume), mount_path=mount_path, command=meta["command"],
                           env=meta["env"], cwd=cwd, rootfs=meta["rootfs"], desired_state="stopped", net=net,
-                          private_tmp=meta["private_tmp"], init=meta["init"],
+                          private_tmp=meta["private_tmp"], init=meta["init"], host_writable=meta["host_writable"],
                           address=podnet.allocate_address(s, ctx.net) if net == "pod" else None)  # fmt: skip
                 s.add(pod)
                 s.flush()

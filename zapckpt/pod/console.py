@@ -6,35 +6,42 @@ image set); a restore gives them a new pipe and logger in its place (CRIU's --in
 Podman's conmon does.
 
 One record per line of the log: `<UTC time, ISO 8601 with microseconds> <F|P> <text>`. P marks
-a partial line (not ended within PARTIAL_AFTER seconds, or longer than MAX_RECORD bytes),
-continued by the next record.
+a partial line (not ended within half a second, or longer than 16 KiB), continued by the next
+record.
 
-The logger: python -m zapckpt.pod.console LOG FD MAX (FD: the pipe's read end); it ends when
-every writer has closed the pipe (the pod ended). Once LOG is MAX bytes or more (0: never), it
-is renamed LOG.1 (the one before is dropped) and a new LOG begins; `zap logs` reads both. Two
+The logger is a small C program (pod/logger.c, built by scripts/install.sh: a Python one cost
+12 MiB per running pod): `zap-console LOG FD MAX` (FD: the pipe's read end); it ends when every
+writer has closed the pipe (the pod ended). Once LOG is MAX bytes or more (0: never), it is
+renamed LOG.1 (the one before is dropped) and a new LOG begins; `zap logs` reads both. Two
 loggers of a pod (the old one draining while a restore's new one starts) rotate under a lock on
 the file, so one rotation never undoes the other's."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
-import select
-import signal
 import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator
 
+LOGGER = "zap-console"  # the logger's binary, pod/logger.c
 MARK = "zap-console.json"  # in an image set: {"pipe": inode} of the pipe its processes write to
-PARTIAL_AFTER = 0.5
-MAX_RECORD = 16384
 
 
 # --- zap's side: pipes and loggers ----------------------------------------------------------
+
+
+def logger_binary() -> str:
+    """The logger (pod/logger.c), which scripts/install.sh builds into the virtualenv."""
+    for path in (os.environ.get("ZAP_CONSOLE_LOGGER"), os.path.join(sys.prefix, "libexec", LOGGER)):
+        if path and os.access(path, os.X_OK):
+            return path
+    from zapckpt.common.errors import ZapError
+
+    raise ZapError(f"the console logger {LOGGER} is missing: `make install` builds it (from zapckpt/pod/logger.c)")
 
 
 def start_logger(log: Path, max_bytes: int = 0) -> tuple[int, int]:
@@ -43,12 +50,11 @@ def start_logger(log: Path, max_bytes: int = 0) -> tuple[int, int]:
     on and closes it."""
     from zapckpt.common import proc
 
+    binary = logger_binary()
     log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     r, w = os.pipe()
     try:
-        env = {"PATH": os.environ.get("PATH", os.defpath), "PYTHONPATH": os.pathsep.join(sys.path)}
-        proc.spawn([sys.executable, "-m", "zapckpt.pod.console", str(log), str(r), str(max_bytes)], env=env,
-                   pass_fds=(r,))  # fmt: skip
+        proc.spawn([binary, str(log), str(r), str(max_bytes)], env={"PATH": os.defpath}, pass_fds=(r,))
     except BaseException:
         os.close(w)
         raise
@@ -61,7 +67,7 @@ def loggers(log: Path) -> list[int]:
     """Pids of the loggers writing to log."""
     from zapckpt.system.procinfo import pids_naming
 
-    return pids_naming(b"zapckpt.pod.console\0" + str(log).encode() + b"\0")
+    return pids_naming(LOGGER.encode() + b"\0" + str(log).encode() + b"\0")
 
 
 def wait_for_loggers(log: Path, timeout: float = 3.0) -> None:
@@ -167,73 +173,3 @@ class Reader:
             k -= 1  # a line still being written
         self.held = b"".join(r + b"\n" for r in recs[k:]) + data[cut:]
         return b"".join(lines((r + b"\n" for r in recs[:k]), self.since, self.timestamps, final))
-
-
-# --- the logger ------------------------------------------------------------------------------
-
-
-def _record(text: bytes, partial: bool) -> bytes:
-    return f"{_stamp(datetime.now(timezone.utc))} {'P' if partial else 'F'} ".encode() + text + b"\n"
-
-
-def _open_log(log: str) -> int:
-    # The state directory is root's (0700); the log is too, and never reached through a link.
-    return os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-
-
-def _rotate(log: str, out: int, max_bytes: int) -> int:
-    """The descriptor to write to from now on: a new LOG once this one is full."""
-    if not max_bytes or os.fstat(out).st_size < max_bytes:
-        return out
-    fcntl.flock(out, fcntl.LOCK_EX)  # the other logger of the pod, if any, waits here
-    try:
-        try:
-            current = os.stat(log, follow_symlinks=False).st_ino
-        except FileNotFoundError:
-            current = None
-        if current == os.fstat(out).st_ino:  # nobody rotated it before us
-            os.rename(log, log + ".1")
-    finally:
-        fcntl.flock(out, fcntl.LOCK_UN)
-    os.close(out)
-    return _open_log(log)
-
-
-def main() -> None:
-    log, fd, max_bytes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 0
-    # It ends with its pod, not before: a pod whose logger is gone gets EPIPE (or dies of SIGPIPE)
-    # on its next line, so a stray `pkill`, a hangup or a Ctrl-C does not end it.
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-    out = _open_log(log)
-    pending, since = b"", 0.0
-    while True:
-        wait = max(0.0, since + PARTIAL_AFTER - time.monotonic()) if pending else None
-        if not select.select([fd], [], [], wait)[0]:
-            os.write(out, _record(pending, partial=True))  # a line left open: shown now, continued later
-            pending = b""
-            continue
-        try:
-            chunk = os.read(fd, 65536)
-        except InterruptedError:
-            continue
-        if not chunk:
-            break
-        had = pending
-        *done, pending = (pending + chunk).split(b"\n")
-        if pending and (done or not had):
-            since = time.monotonic()  # a new unfinished line
-        batch = [_record(ln, partial=False) for ln in done]
-        while len(pending) > MAX_RECORD:
-            batch.append(_record(pending[:MAX_RECORD], partial=True))
-            pending = pending[MAX_RECORD:]
-        if batch:
-            os.write(out, b"".join(batch))
-            out = _rotate(log, out, max_bytes)
-    if pending:
-        os.write(out, _record(pending, partial=False))
-    os.close(out)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,5 +1,7 @@
-"""Runs as pid 1 of a new pod, inside its fresh pid/ipc/uts/mount namespaces (and network
-namespace, unless `--net host`), then execs the pod's command. What CRIU needs to dump the tree
+"""Makes a new pod's pid/ipc/uts/mount namespaces (inside its network namespace, unless `--net
+host`), forks its pid 1 into them and exits at once, so that nothing waits beside the pod (the
+host's init reaps it; the supervisor learns how it ended from the kernel, system/exits.py). The
+pid 1 sets the pod up and execs the pod's command. What CRIU needs to dump the tree
 later is set up here: a session led from inside the pid namespace, no inherited descriptors,
 and stdio opened inside the pod's mount namespace. So is what keeps the pod's state its own:
 a private /dev/shm and /dev/pts (see pod/mounts.py).
@@ -13,6 +15,7 @@ installs later, and a system pod needs no path outside its root.
 Usage (by zapckpt.pods only): python -m zapckpt.pod.init SPEC_JSON
 """
 
+import ctypes
 import json
 import os
 import shutil
@@ -20,7 +23,9 @@ import signal
 import socket
 import sys
 
-from zapckpt.pod.mounts import LOG_DIR, detach_views, open_console_log, setup_pod_mounts, walk_dirs
+from zapckpt.pod.mounts import LOG_DIR, detach_views, make_slave, open_console_log, setup_pod_mounts, walk_dirs
+
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWPID = 0x20000, 0x04000000, 0x08000000, 0x20000000
 
 INIT_NAME = "init"  # .zap/init in the volume
 
@@ -49,19 +54,33 @@ def install_init(top: int, binary: bytes) -> int:
         os.close(d)
 
 
+def _enter_new_namespaces(ready: int) -> None:
+    """unshare(1) --pid --fork --ipc --uts --mount --propagation slave, without a parent that
+    stays: we fork the pod's pid 1, tell zap its (host) pid, and only the child returns."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID) != 0:
+        err = ctypes.get_errno()
+        os.write(ready, f"error cannot make the pod's namespaces: {os.strerror(err)}\n".encode())
+        os._exit(1)
+    make_slave()  # the pod follows the host's unmounts; its own mounts stay its own
+    child = os.fork()
+    if child:
+        os.write(ready, f"pid {child}\n".encode())
+        os._exit(0)
+
+
 def main() -> None:
     spec = json.loads(sys.argv[1])
     ready = os.open(spec["ready"], os.O_WRONLY | os.O_CLOEXEC)
     # The console: the pipe to zap's logger outside the pod (pod/console.py), opened by path as
     # `ready` is, while /proc is still the host's; pods made before it keep their log in the volume.
     console = os.open(spec["console"], os.O_WRONLY | os.O_CLOEXEC) if spec.get("console") else -1
+    _enter_new_namespaces(ready)
 
     def fail(msg: str) -> None:
         os.write(ready, f"error {msg}\n".encode())
         os._exit(127)
 
-    # /proc is still the host's here (a system pod mounts its own below): our host pid.
-    host_pid = os.readlink("/proc/self")
     init_fd = -1
     try:
         binary = open(spec["init"], "rb").read() if spec.get("init") else None  # the host's, read before the chroot
@@ -69,7 +88,8 @@ def main() -> None:
         socket.sethostname(spec["hostname"])
         detach_views()
         setup_pod_mounts(spec["volume"], spec["mount_path"], bool(spec.get("rootfs")), spec.get("volumes", []),
-                         chroot=True, state_root=spec["state_root"], private_tmp=spec.get("private_tmp", False))  # fmt: skip
+                         chroot=True, state_root=spec["state_root"], private_tmp=spec.get("private_tmp", False),
+                         host_readonly=spec.get("host_readonly", False))  # fmt: skip
         os.chdir(spec["cwd"])
         null = os.open("/dev/null", os.O_RDONLY)
         # Inside the volume, never through a symlink the pod left there (see pod/mounts.py).
@@ -87,7 +107,6 @@ def main() -> None:
             os.closerange(a + 1, b)
     except Exception as e:  # noqa: BLE001 - reported to zap run through the pipe
         fail(f"pod set-up failed: {e}")
-    os.write(ready, f"pid {host_pid}\n".encode())
     # Python ignores SIGPIPE and SIGXFSZ for itself; the pod's command must get the defaults.
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)

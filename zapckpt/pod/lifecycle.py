@@ -99,19 +99,18 @@ def _start_processes(pod: Pod, netns: str | None, state_root: Path, console: int
         "hostname": pod.name,
         "volumes": pod.volumes or [],
         "private_tmp": pod.private_tmp,
+        "host_readonly": not pod.rootfs and not pod.host_writable,
         "state_root": str(state_root),
         "init": init_binary() if pod.init else None,
         "console": f"/proc/{os.getpid()}/fd/{console}",
     }
-    # The pod's init reports through a pipe it opens by path: `unshare --fork` stays alive as
-    # the pod's reaper, and it must not hold the write end, or we would never see EOF.
+    # The pod's init reports through a pipe it opens by path: "pid N" once it forked the pod's
+    # pid 1 (its host pid), "error ..." if the set-up fails, EOF once the command is exec'd (the
+    # pipe is close-on-exec). We hold the write end until "pid", so that it can be opened.
     r, w = os.pipe()
     spec["ready"] = f"/proc/{os.getpid()}/fd/{w}"
     enter = ["nsenter", f"--net={netns}", "--"] if netns else []
-    argv = [
-        *enter, "unshare", "--pid", "--fork", "--ipc", "--uts", "--mount", "--propagation", "private", "--",
-        sys.executable, "-m", "zapckpt.pod.init", json.dumps(spec),
-    ]  # fmt: skip
+    argv = [*enter, sys.executable, "-m", "zapckpt.pod.init", json.dumps(spec)]
     env = {"PATH": BASE_ENV["PATH"], "PYTHONPATH": os.pathsep.join(sys.path)}
     # Joined before the first exec: nothing of the pod ever runs outside its limits.
     join = cgroups.prepare(state_root, pod.name, cgroups.of_pod(pod))
@@ -124,17 +123,17 @@ def _start_processes(pod: Pod, netns: str | None, state_root: Path, console: int
         while time.monotonic() < deadline:
             ready, _, _ = select.select([f], [], [], 0.1)
             if not ready:
-                if child.poll() is not None and w >= 0:
-                    break  # died before it could report
+                if w >= 0 and child.poll():
+                    break  # failed before it could fork the pod's pid 1
                 continue
             chunk = f.read(4096)
             if not chunk:
-                break  # EOF: init exec'd the command (or exited)
+                break  # EOF: the pod's pid 1 exec'd the command (or exited)
             buf += chunk
             for line in buf.decode(errors="replace").splitlines():
                 if line.startswith("pid ") and pid is None:
                     pid = int(line.split()[1])
-                    os.close(w)  # init holds its own copy now; EOF comes with its exec
+                    os.close(w)  # the pod's pid 1 holds its own copy: EOF comes with its exec
                     w = -1
                 elif line.startswith("error "):
                     error = line[6:]
@@ -142,18 +141,16 @@ def _start_processes(pod: Pod, netns: str | None, state_root: Path, console: int
             error = f"pod {pod.name!r} did not start within {START_TIMEOUT:g}s"
     if w >= 0:
         os.close(w)
-    if error or pid is None:
-        if child.poll() is None:
-            for victim in (pid, child.pid):
-                if victim:
-                    try:
-                        os.kill(victim, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-        child.wait()
-        err = child.stderr.read().decode(errors="replace").strip().splitlines() if child.stderr else []
-        raise ZapError(error or f"pod {pod.name!r} failed to start: {err[-1] if err else 'unshare failed'}")
+    child.wait()  # it exits as soon as it has forked
+    err = child.stderr.read().decode(errors="replace").strip().splitlines() if child.stderr else []
     child.stderr.close()
+    if error or pid is None:
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        raise ZapError(error or f"pod {pod.name!r} failed to start: {err[-1] if err else 'its init did not start'}")
     start = procinfo.starttime(pid)
     return pid, start or 0
 
@@ -174,13 +171,16 @@ def parse_volumes(specs: list[str]) -> list[dict]:
 def run(ctx: Context, name: str, command: list[str], env: dict[str, str], cwd: str | None,
         rootfs: str | None = None, start: bool = True, net: str = "pod", ports: list[dict] | None = None,
         volumes: list[dict] | None = None, init: bool = True, limits: cgroups.Limits = cgroups.Limits(),
-        restart: tuple[str, int | None] = ("no", None)) -> Pod:  # fmt: skip
+        restart: tuple[str, int | None] = ("no", None), host_writable: bool = False) -> Pod:  # fmt: skip
     """`zap run` (start=True) and `zap create` (start=False): a new pod with a fresh volume, or
     with a root file system made from `rootfs` (see rootfs.py), in its own network (net "pod":
     an address on the bridge, `ports` published; "none": loopback only) or the host's. init:
     a small init is the pod's pid 1 and the command its child (see pod/init.py). limits: its
-    memory and CPU (system/cgroups.py)."""
+    memory and CPU (system/cgroups.py). host_writable: a volume pod may write the host's tree
+    (otherwise it sees it read-only, but for its own parts: pod/mounts.py)."""
     check_name(name)
+    if host_writable and rootfs:
+        raise UsageError("--host-writable is for a pod without --rootfs (a system pod's root is its own volume)")
     if start and not command:
         raise UsageError("no command given: zap run NAME -- CMD [ARGS...]")
     if net not in podnet.MODES:
@@ -222,7 +222,7 @@ def run(ctx: Context, name: str, command: list[str], env: dict[str, str], cwd: s
             cwd=_resolve_cwd(seen_from, cwd), desired_state="running" if start else "stopped", rootfs=rootfs,
             net=net, ports=ports or [], volumes=volumes or [],
             private_tmp=private_tmp, init=init, memory_limit=limits.memory, cpus=limits.cpus,
-            restart=restart[0], restart_max=restart[1],
+            restart=restart[0], restart_max=restart[1], host_writable=host_writable,
         )  # fmt: skip
         try:
             if net == "pod":

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import json
 import os
 import stat
@@ -51,7 +52,99 @@ def pod_root(mount_path: str) -> str:
     images name it."""
     return os.path.join(os.path.dirname(mount_path.rstrip("/")), PODROOT)
 
+def in_volume(path: str, mount_path: str, system: bool, private_tmp: bool, volumes: list[dict]) -> str | None:
+    """Where a path as the pod's processes see it lies inside the pod's volume (relative to it),
+    or None for a path outside it (the host's tree, a declared volume). The inverse is
+    pod_view."""
+    if any(_under(path, v["pod"]) is not None for v in volumes):
+        return None
+    if system:
+        return path.lstrip("/") if path.startswith("/") else None
+    for top, inside in ((mount_path, ""), *(((("/tmp", TMP_DIR),) if private_tmp else ())), ("/dev/shm", SHM_DIR)):
+        rel = _under(path, top)
+        if rel is not None:
+            return os.path.join(inside, rel) if inside else rel
+    return None
+
+
+def criu_path_in_volume(path: str, mount_path: str, system: bool, private_tmp: bool,
+                        volumes: list[dict]) -> str | None:  # fmt: skip
+    """in_volume for a path as CRIU names it: from the root of the pod's mount namespace, where
+    a volume pod's processes have their root at pod_root and a system pod's at its path."""
+    inner = _under(path, mount_path if system else pod_root(mount_path))
+    return None if inner is None else in_volume("/" + inner, mount_path, system, private_tmp, volumes)
+
+
+def remove_in_volume(volume: str, rel: str) -> None:
+    """Unlink the regular file rel inside the volume, if it is there; no symlink followed."""
+    d = os.open(volume, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        *dirs, name = [p for p in rel.split("/") if p]
+        for part in dirs:
+            nxt = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
+            os.close(d)
+            d = nxt
+        if stat.S_ISREG(os.lstat(name, dir_fd=d).st_mode):
+            os.unlink(name, dir_fd=d)
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        pass
+    finally:
+        os.close(d)
+
+
+def pod_view(rel: str, mount_path: str, system: bool, private_tmp: bool) -> str:
+    """The path the pod's processes see for rel, a path inside its volume."""
+    if system:
+        return "/" + rel
+    for inside, top in (((TMP_DIR, "/tmp"),) if private_tmp else ()) + ((SHM_DIR, "/dev/shm"),):
+        sub = _under(rel, inside)
+        if sub is not None:
+            return os.path.join(top, sub)
+    return os.path.join(mount_path, rel)
+
+
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64), ("propagation", ctypes.c_uint64),
+                ("userns_fd", ctypes.c_uint64)]  # fmt: skip
+
+
+SYS_MOUNT_SETATTR = 442  # the same number on every architecture
+MOUNT_ATTR_RDONLY, AT_EMPTY_PATH, AT_RECURSIVE = 0x1, 0x1000, 0x8000
+MS_REMOUNT, MS_RDONLY = 32, 1
+
+
+def _set_readonly(path: str, readonly: bool) -> None:
+    """Make the mount at path and every mount below it read-only (or writable again), in this
+    namespace only (mount_setattr; remounting each one on kernels before 5.12)."""
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        attr = _MountAttr(MOUNT_ATTR_RDONLY if readonly else 0, 0 if readonly else MOUNT_ATTR_RDONLY, 0, 0)
+        if _libc.syscall(SYS_MOUNT_SETATTR, fd, b"", AT_EMPTY_PATH | AT_RECURSIVE, ctypes.byref(attr),
+                         ctypes.sizeof(attr)) == 0:  # fmt: skip
+            return
+        err = ctypes.get_errno()
+    finally:
+        os.close(fd)
+    if err != errno.ENOSYS:
+        raise OSError(err, f"mount_setattr {path}: {os.strerror(err)}")
+    for m in mountinfo.mounts():
+        if _under(m.point, path) is not None:
+            opts = set(m.options.split(","))
+            flags = MS_REMOUNT | MS_BIND | (MS_RDONLY if readonly else 0)
+            flags |= (MS_NOSUID if "nosuid" in opts else 0) | (MS_NODEV if "nodev" in opts else 0)
+            flags |= MS_NOEXEC if "noexec" in opts else 0
+            _mount("none", m.point, None, flags)
+
+
+MS_SLAVE = 1 << 19
+
+
+def make_slave() -> None:
+    """This (new) mount namespace receives the host's unmounts, and sends nothing back."""
+    _mount("none", "/", None, MS_REC | MS_SLAVE)
 
 
 def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
@@ -166,9 +259,11 @@ def _redirect_socket_dirs(dirs: list[tuple[int, str]]) -> None:
 
 
 def setup_pod_mounts(volume: str, mount_path: str, system: bool, volumes: list[dict], chroot: bool,
-                     state_root: str, socket_dirs: list[str] = (), private_tmp: bool = False) -> None:  # fmt: skip
+                     state_root: str, socket_dirs: list[str] = (), private_tmp: bool = False,
+                     host_readonly: bool = False) -> None:  # fmt: skip
     """Make the pod's mounts in the current (new, private) mount namespace. chroot: enter a
-    system pod's root afterwards (pod/init.py); a restore leaves that to CRIU."""
+    system pod's root afterwards (pod/init.py); a restore leaves that to CRIU. host_readonly: a
+    volume pod sees the host's tree read-only, but for its own parts (see the top)."""
     # Declared host directories and the volume are opened before anything is hidden or any
     # path of the pod's is looked at.
     host_fds = [(os.open(v["host"], os.O_PATH | os.O_DIRECTORY), v["pod"]) for v in volumes]
@@ -248,7 +343,8 @@ def setup_pod_mounts(volume: str, mount_path: str, system: bool, volumes: list[d
                 _bind_fd(fd, f"/proc/self/fd/{target}")
             finally:
                 os.close(target)
-        _copy_tree_for_own_proc(pod_root(mount_path), tmp_fd, chroot)
+        own = [mount_path, "/dev/shm", "/dev/pts", *(["/tmp"] if tmp_fd >= 0 else []), *(v["pod"] for v in volumes)]
+        _copy_tree_for_own_proc(pod_root(mount_path), tmp_fd, chroot, own if host_readonly else None)
     finally:
         os.close(root_fd)
         if tmp_fd >= 0:
@@ -257,9 +353,10 @@ def setup_pod_mounts(volume: str, mount_path: str, system: bool, volumes: list[d
             os.close(fd)
 
 
-def _copy_tree_for_own_proc(root: str, tmp_fd: int, enter: bool) -> None:
+def _copy_tree_for_own_proc(root: str, tmp_fd: int, enter: bool, writable: list[str] | None) -> None:
     """The copy of the whole tree a volume pod's processes run in (see the top); enter: mount
-    the pod's proc (we are its pid 1) and chroot into the copy."""
+    the pod's proc (we are its pid 1) and chroot into the copy. writable: the copy is made
+    read-only but for these mounts (and what is below them)."""
     if tmp_fd >= 0 and (rel := _under(root, "/tmp")) is not None:
         target = walk_dirs(tmp_fd, rel, 0o700)  # in the pod's private /tmp: never through its links
     else:
@@ -270,6 +367,10 @@ def _copy_tree_for_own_proc(root: str, tmp_fd: int, enter: bool) -> None:
         _mount("/", f"/proc/self/fd/{target}", None, MS_BIND | MS_REC)
     finally:
         os.close(target)
+    if writable is not None:
+        _set_readonly(root, True)
+        for path in writable:
+            _set_readonly(root + path, False)
     if enter:
         _mount("proc", os.path.join(root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         os.chroot(root)
@@ -290,7 +391,7 @@ def main() -> None:
     detach_views()
     setup_pod_mounts(spec["volume"], spec["mount_path"], spec["system"], spec["volumes"], chroot=False,
                      state_root=spec["state_root"], socket_dirs=spec.get("socket_dirs", []),
-                     private_tmp=spec.get("private_tmp", False))  # fmt: skip
+                     private_tmp=spec.get("private_tmp", False), host_readonly=spec.get("host_readonly", False))  # fmt: skip
     cmd = sys.argv[sys.argv.index("--") + 1 :]
     os.execvp(cmd[0], cmd)
 

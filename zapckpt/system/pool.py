@@ -14,7 +14,7 @@ from pathlib import Path
 
 from catalog import Catalog, queries
 from fsbackend import SnapshotBackend, get_backend
-from zapckpt.common import proc
+from zapckpt.common import mountinfo, proc
 from zapckpt.common.errors import UsageError, ZapError
 from zapckpt.state import StateDir
 from zapckpt.system.locks import locked
@@ -73,6 +73,7 @@ def init_pool(state: StateDir, catalog: Catalog, size: str | None = None, pool_d
                 if not backend.capabilities.device_pool:
                     raise UsageError(f"--device goes with --backend nilfs (a {backend.name} pool is a loop file or --pool DIR)")
                 kind, path = "device", str(state.default_pool_mount)
+                _anchor(state, kind, Path(path), catalog)
                 backend.make_device_pool(Path(device), Path(path))
                 with catalog.session() as s:
                     queries.set_setting(s, "pool.device", str(Path(device).absolute()))
@@ -83,6 +84,7 @@ def init_pool(state: StateDir, catalog: Catalog, size: str | None = None, pool_d
             else:
                 kind, path = "loop", str(state.default_pool_mount)
                 if not state.pool_image.exists():
+                    _anchor(state, kind, Path(path), catalog)
                     backend.make_loop_pool(state.pool_image, Path(path), size or DEFAULT_SIZE)
             with catalog.session() as s:
                 queries.set_setting(s, "pool.kind", kind)
@@ -113,7 +115,26 @@ def _human(n: int) -> str:
     return f"{n} bytes"
 
 
+ANCHOR = "pool.anchor"  # setting: zap made the state directory a shared mount of its own
+
+
+def _anchor(state: StateDir, kind: str, path: Path, catalog: Catalog) -> None:
+    """A pool zap mounts goes on a shared mount (the state directory bound onto itself), so
+    that its unmount reaches the pods' mount namespaces, which follow the host's unmounts
+    (slave propagation), even where the host's root is private (no systemd): a pod must not pin
+    a pool whose state directory is taken down (`zap deinit`), nor keep its loop device."""
+    if kind not in ("loop", "device") or not (str(path) + "/").startswith(str(state.root) + "/"):
+        return
+    if mountinfo.find(state.root) is None:
+        proc.run(["mount", "--bind", str(state.root), str(state.root)])
+        with catalog.session() as s:
+            queries.set_setting(s, ANCHOR, "1")
+    proc.run(["mount", "--make-shared", str(state.root)])
+
+
 def _mount(state: StateDir, pool: Pool, catalog: Catalog) -> None:
+    if pool.kind in ("loop", "device") and not _is_mounted(pool.path):
+        _anchor(state, pool.kind, pool.path, catalog)
     if pool.kind == "loop" and not _is_mounted(pool.path):
         if not state.pool_image.exists():
             raise ZapError(f"pool image {state.pool_image} is missing; run `zap deinit --purge` and `zap init`")
@@ -150,9 +171,17 @@ def existing_pool(state: StateDir, catalog: Catalog) -> Pool | None:
     return Pool(Path(path), kind, get_backend(backend_name))
 
 
-def unmount_pool(state: StateDir, pool: Pool) -> None:
+def unmount_pool(state: StateDir, pool: Pool, catalog: Catalog) -> None:
     if pool.kind in ("loop", "device") and _is_mounted(pool.path):
         try:
             pool.backend.unmount_pool(pool.path)
         except proc.CommandError as e:
             raise ZapError(f"cannot unmount the pool at {pool.path}: {e.reason()}") from None
+    with catalog.session() as s:
+        ours = queries.get_setting(s, ANCHOR) == "1"
+    if ours and mountinfo.find(state.root) is not None:
+        try:
+            # Lazily: this very process (and a view's server) may hold the catalog open through it.
+            proc.run(["umount", "--lazy", str(state.root)])
+        except proc.CommandError as e:
+            raise ZapError(f"cannot unmount {state.root} (bound onto itself for the pool): {e.reason()}") from None

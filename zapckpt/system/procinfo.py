@@ -82,6 +82,25 @@ def pids_in_pidns(init_pid: int) -> list[int]:
     return out
 
 
+def any_stopped(init_pid: int) -> bool:
+    """Whether a process of init_pid's pid namespace is stopped (state T)."""
+    return any((st := read_stat(p)) and st.state in "Tt" for p in pids_in_pidns(init_pid))
+
+
+def host_pids(init_pid: int) -> dict[int, int]:
+    """{pid inside the pod: host pid} of every live process in init_pid's pid namespace."""
+    out = {}
+    for pid in pids_in_pidns(init_pid):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                nspid = next((ln.split()[1:] for ln in f if ln.startswith("NSpid:")), None)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if nspid:
+            out[int(nspid[-1])] = pid
+    return out
+
+
 def cpu_ticks(init_pid: int) -> int:
     """CPU time used so far by the processes of init_pid's pid namespace (and those they reaped)."""
     return sum(st.cpu for pid in pids_in_pidns(init_pid) if (st := read_stat(pid)) is not None)
@@ -186,12 +205,9 @@ def kill_tree(pid: int, level_timeout: float = 1.0) -> None:
 _ALWAYS_INSIDE = ("/dev/", "/proc/", "/sys/")
 
 
-def outside_files(pids: list[int], inside: list[str], root: str | None = None) -> list[dict]:
-    """Regular files and directories that pids hold open outside the `inside` directories (as
-    the processes see them: from their root, for processes chrooted in `root`): the snapshot
-    does not have them, so a restore may not match."""
-    roots = [p.rstrip("/") + "/" for p in inside]
-    found = []
+def open_fds(pids: list[int]) -> list[tuple[int, int, str]]:
+    """(pid, fd, what /proc/PID/fd/FD names) of every descriptor the processes hold."""
+    out = []
     for pid in pids:
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
@@ -199,18 +215,64 @@ def outside_files(pids: list[int], inside: list[str], root: str | None = None) -
             continue
         for fd in fds:
             try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                out.append((pid, int(fd), os.readlink(f"/proc/{pid}/fd/{fd}")))
             except OSError:
                 continue
-            if not target.startswith("/"):
-                continue  # pipe:[..], socket:[..], anon_inode:..
-            path = target.removesuffix(" (deleted)")
-            if root and path.startswith(root + "/"):
-                path = path[len(root):]
-            if path.startswith(_ALWAYS_INSIDE) or any((path + "/").startswith(r) for r in roots):
-                continue
-            found.append({"host_pid": pid, "fd": int(fd), "path": path})
+    return out
+
+
+def outside_files(fds: list[tuple[int, int, str]], inside: list[str], root: str | None = None) -> list[dict]:
+    """Of open_fds(), the regular files and directories held open outside the `inside`
+    directories (as the processes see them: from their root, for processes chrooted in
+    `root`): the snapshot does not have them, so a restore may not match."""
+    roots = [p.rstrip("/") + "/" for p in inside]
+    found = []
+    for pid, fd, target in fds:
+        if not target.startswith("/"):
+            continue  # pipe:[..], socket:[..], anon_inode:..
+        path = target.removesuffix(" (deleted)")
+        if root and path.startswith(root + "/"):
+            path = path[len(root):]
+        if path.startswith(_ALWAYS_INSIDE) or any((path + "/").startswith(r) for r in roots):
+            continue
+        found.append({"host_pid": pid, "fd": fd, "path": path})
     return found
+
+
+_libc = None
+
+
+def fs_type(path: str) -> int | None:
+    """statfs(2)'s f_type of path (os.statvfs has none), or None if it cannot be read."""
+    global _libc
+    import ctypes
+
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(256)  # struct statfs: f_type (a long) comes first
+    if _libc.statfs(os.fsencode(path), buf) != 0:
+        return None
+    return ctypes.c_long.from_buffer(buf).value
+
+
+def credentials(pid: int) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """(real, effective, saved uid), (real, effective, saved gid) of pid."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            lines = {k: v.split() for k, _, v in (ln.partition(":") for ln in f)}
+        return tuple(map(int, lines["Uid"][:3])), tuple(map(int, lines["Gid"][:3]))
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def has_capability(bit: int) -> bool:
+    """Whether this process has capability `bit` (CAP_SYS_RESOURCE: 24) in its effective set."""
+    try:
+        with open("/proc/self/status") as f:
+            eff = next(ln.split()[1] for ln in f if ln.startswith("CapEff:"))
+        return bool(int(eff, 16) >> bit & 1)
+    except (OSError, StopIteration, ValueError):
+        return False
 
 
 def has_tcp_connections(pid: int) -> bool:
