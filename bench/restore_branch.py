@@ -35,15 +35,17 @@ RAW = Path("/dev/shm/zapbench-raw-restore")
 def raw_restore(images: Path, volume: Path, mount_path: Path, log: Path) -> float:
     """criu restore -d of an image set in tmpfs; the restored tree is killed after timing."""
     from zapckpt.criu import runner as criu
+    from zapckpt.pod.mounts import pod_root, restore_argv
     from zapckpt.system import procinfo
 
     pidfile = images.with_name(images.name + ".pid")
     pidfile.unlink(missing_ok=True)
     t = time.perf_counter()
-    # as zap mounts a pod: the volume at its path, on a tmpfs over the state directory
+    # as zap mounts a pod: the volume at its path, on a tmpfs over the state directory, in the
+    # copy of the tree the pod's processes have as their root (pod/mounts.py)
     mounts = {"volume": str(volume), "mount_path": str(mount_path), "system": False, "volumes": [],
-              "state_root": str(mount_path.parent.parent)}  # fmt: skip
-    pid = criu.restore(images, pidfile, mounts, None, log)
+              "state_root": str(mount_path.parent.parent), "private_tmp": True}  # fmt: skip
+    pid = criu.restore(images, pidfile, restore_argv(mounts), os.path.join(pod_root(str(mount_path)), "proc"), None, log)
     took = time.perf_counter() - t
     pidfile.unlink()
     procinfo.kill_pod_tree(pid)

@@ -135,6 +135,22 @@ def pod_rows(conn: sqlite3.Connection, name: str | None = None) -> list[PodRow]:
     return out
 
 
+@dataclass(frozen=True)
+class PodConsole:
+    """What `zap logs` needs of a pod: whether it runs (pod/status.py), its console pipe."""
+
+    init_pid: int | None
+    init_starttime: int | None
+    desired_state: str
+    console_pipe: int | None
+
+
+def pod_console(conn: sqlite3.Connection, name: str) -> PodConsole | None:
+    row = conn.execute("SELECT init_pid, init_starttime, desired_state, console_pipe FROM pods WHERE name = ?",
+                       (name,)).fetchone()  # fmt: skip
+    return PodConsole(*row) if row is not None else None
+
+
 def iso_text(stored: str) -> str:
     """A time as SQLite stores it ("YYYY-MM-DD HH:MM:SS[.ffffff]", UTC) in ISO 8601, the way
     datetime.isoformat() writes it (no fraction when it is zero), without parsing it."""
@@ -172,11 +188,12 @@ def checkpoint_rows(cursor, pod_id: int | None = None) -> list[tuple]:
 
 
 def checkpoint_row(cursor, name: str, seq: int | str | None) -> tuple | None:
-    """The row of NAME@seq, of NAME@latest (seq None: queries.LATEST_ORDER) or of NAME@TAG (seq a
+    """The row of NAME@seq, of NAME@latest (seq None: queries.latest_order) or of NAME@TAG (seq a
     tag's name); None if there is none."""
     sql = _CHECKPOINT_SQL + " WHERE p.name = ?"
     if seq is None:
-        return cursor.execute(sql + " ORDER BY c.kind = 'auto', c.seq DESC LIMIT 1", (name,)).fetchone()
+        latest = " ORDER BY c.kind = 'auto' AND c.id IS NOT p.head_checkpoint_id, c.seq DESC LIMIT 1"
+        return cursor.execute(sql + latest, (name,)).fetchone()
     if isinstance(seq, str):
         tagged = " AND c.id = (SELECT checkpoint_id FROM tags WHERE pod_id = p.id AND name = ?)"
         return cursor.execute(sql + tagged, (name, seq)).fetchone()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from zapckpt.common.errors import NotFound, UsageError, unknown_pod
@@ -72,8 +72,22 @@ def checkpoint_rows(s: Session, pod: Pod | None = None) -> list[tuple]:
 
 # NAME@latest: the newest checkpoint that is not one of zap's own safety copies (kind "auto": the
 # state a restore replaced, a failed guard's state), so that after a rollback it is the state the
-# pod runs from; the newest copy only when there is nothing else. fastread.checkpoint_row agrees.
-LATEST_ORDER = (Checkpoint.kind == "auto", Checkpoint.seq.desc())
+# pod runs from; a copy counts when the pod runs from it (a rollback undone: `zap restore web@2`),
+# and the newest copy when there is nothing else. fastread.checkpoint_row agrees.
+def latest_order(head_id: str | None):
+    return (and_(Checkpoint.kind == "auto", Checkpoint.id != (head_id or "")), Checkpoint.seq.desc())
+
+
+REF_FORMS = "NAME@N, NAME@latest, NAME@TAG or a checkpoint id"
+
+
+def bad_ref(ref: str) -> UsageError:
+    return UsageError(f"bad checkpoint reference {ref!r}: expected {REF_FORMS}")
+
+
+def no_checkpoint(ref: str, pod: str | None = None, why: str = "") -> NotFound:
+    """The one wording of a reference that names nothing."""
+    return NotFound(f"no checkpoint {ref}{f': {why}' if why else ''} (see `zap list{f' {pod}' if pod else ''}`)")
 
 
 def resolve_ref(s: Session, ref: str) -> Checkpoint:
@@ -83,27 +97,27 @@ def resolve_ref(s: Session, ref: str) -> Checkpoint:
         pod = get_pod(s, name)
         q = select(Checkpoint).where(Checkpoint.pod_id == pod.id)
         if what == "latest":
-            ck = s.scalars(q.order_by(*LATEST_ORDER).limit(1)).first()
+            ck = s.scalars(q.order_by(*latest_order(pod.head_checkpoint_id)).limit(1)).first()
             if ck is None:
-                raise NotFound(f"pod {name!r} has no checkpoints yet")
+                raise no_checkpoint(ref, name, f"pod {name!r} has none yet")
             return ck
         if not (what.isascii() and what.isdigit() and len(what) <= 9):
             if what.isdigit() or not what:
-                raise UsageError(f"bad checkpoint reference {ref!r}: expected NAME@N, NAME@latest or NAME@TAG")
+                raise bad_ref(ref)
             ck = s.scalars(q.join(Tag, Tag.checkpoint_id == Checkpoint.id).where(Tag.name == what)).one_or_none()
             if ck is None:
-                raise NotFound(f"no checkpoint of {name!r} is tagged {what!r} (see `zap list {name}`)")
+                raise no_checkpoint(ref, name, f"no checkpoint of {name!r} is tagged {what!r}")
             return ck
         ck = s.scalars(q.where(Checkpoint.seq == int(what))).one_or_none()
         if ck is None:
-            raise NotFound(f"no checkpoint {ref} (see `zap list {name}`)")
+            raise no_checkpoint(ref, name)
         return ck
     ref_l = ref.lower()
     if not 4 <= len(ref_l) <= 32 or not all(c in "0123456789abcdef" for c in ref_l):
-        raise UsageError(f"bad checkpoint reference {ref!r}: expected NAME@N, NAME@latest or an id")
+        raise bad_ref(ref)
     found = list(s.scalars(select(Checkpoint).where(Checkpoint.id.startswith(ref_l)).limit(2)))
     if not found:
-        raise NotFound(f"no checkpoint with id {ref!r}")
+        raise no_checkpoint(ref, why="no checkpoint id starts with it")
     if len(found) > 1:
         raise UsageError(f"checkpoint id prefix {ref!r} is ambiguous; give more characters")
     return found[0]
@@ -153,9 +167,12 @@ def checkpoint_at(s: Session, pod_name: str, seq: int) -> Checkpoint | None:
 
 
 def latest_seq(s: Session, pod_name: str) -> int | None:
-    """N of NAME@latest (see LATEST_ORDER)."""
-    q = select(Checkpoint.seq).join(Pod, Checkpoint.pod_id == Pod.id).where(Pod.name == pod_name)
-    return s.scalar(q.order_by(*LATEST_ORDER).limit(1))
+    """N of NAME@latest (see latest_order)."""
+    pod = find_pod(s, pod_name)
+    if pod is None:
+        return None
+    q = select(Checkpoint.seq).where(Checkpoint.pod_id == pod.id)
+    return s.scalar(q.order_by(*latest_order(pod.head_checkpoint_id)).limit(1))
 
 
 def branch_names(s: Session, checkpoint_id: str, name: str | None = None) -> list[str]:

@@ -124,6 +124,21 @@ class BtrfsBackend(SnapshotBackend):
         # A subvolume's root directory has inode 256 on a btrfs file system.
         return path.is_dir() and os.stat(path).st_ino == 256 and fs_magic(path) == BTRFS_SUPER_MAGIC
 
+    # --- a host's root subvolume (`zap guard --host`, `zap host-snapshot`) ------------------
+    def subvolume_ids(self, paths: list[Path]) -> list[str]:
+        """The subvolume id of each path ([] if btrfs cannot say for one of them)."""
+        res = proc.run(["btrfs", "inspect-internal", "rootid", *map(str, paths)], check=False)
+        ids = res.stdout.split()
+        return ids if res.returncode == 0 and len(ids) == len(paths) else []
+
+    def default_subvolume(self, top: Path) -> str:
+        """The id of the subvolume the file system mounts (boots) by default."""
+        # "ID 274 gen 40 top level 5 path N-rollback", or "ID 5 (FS_TREE)"
+        return proc.run(["btrfs", "subvolume", "get-default", str(top)]).stdout.split()[1]
+
+    def set_default_subvolume(self, top: Path, volume: Path) -> None:
+        proc.run(["btrfs", "subvolume", "set-default", self.subvolume_ids([volume])[0], str(top)])
+
     def flush(self, path: Path) -> None:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         try:

@@ -12,14 +12,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from guest import GUEST
-from helpers import COUNTER, WORKLOADS, counter_values, proc_state, wait_for
+from helpers import COUNTER, WORKLOADS, ZAP_CMD, counter_values, proc_state, wait_for
 
 
 # tests/vm and tests/vm_reboot need NILFS2, which this kernel lacks: tests/test_vm_runner.py runs them in a guest.
@@ -62,6 +61,8 @@ def pytest_collection_finish(session):
 
 def pytest_sessionfinish(session):
     GUEST.stop()
+    # the zap server the commands started (zapckpt/cli/forkserver.py): nothing of the run stays
+    subprocess.run([*ZAP_CMD, "server", "--stop"], capture_output=True, env=dict(os.environ, ZAP_SERVER="0"))
     shutil.rmtree(WORKLOADS.parent, ignore_errors=True)
 
 
@@ -80,7 +81,7 @@ class Zap:
 
     def __call__(self, *args: str, check: bool = True, env: dict | None = None, timeout: float = 120):
         cp = subprocess.run(
-            [sys.executable, "-m", "zapckpt.cli", *map(str, args)],
+            [*ZAP_CMD, *map(str, args)],
             capture_output=True, text=True, env=dict(self.env, **(env or {})), timeout=timeout,
         )  # fmt: skip
         if check and cp.returncode != 0:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# `zap` as a user runs it (zapckpt/client.py: through the zap server once it runs)
+ZAP_CMD = [sys.executable, "-m", "zapckpt"]
 # Pods without --rootfs have a /tmp of their own, and this checkout may live in the host's /tmp
 # (CI clones there): the programs the pods run are copied for the session to where pods see them.
 WORKLOADS = Path(f"/run/zaptest-{os.getpid()}") / "workloads"

@@ -15,10 +15,10 @@ def test_a_table_row_stays_on_one_line(capsys):
 def test_log_tail_is_the_last_lines():
     import io
 
-    from zapckpt.pod.lifecycle import _seek_to_last_lines
+    from zapckpt.pod.console import seek_to_last_lines
 
     for data in [b"", b"a\n", b"a\nb\nc\n", b"a\nb\nc", b"x" * 70000 + b"\ny\nz\n", b"\n\n\n", b"l\n" * 50000]:
         for n in (0, 1, 2, 5, 49999, 50000, 50001):
             f = io.BytesIO(data)
-            _seek_to_last_lines(f, n)
+            seek_to_last_lines(f, n)
             assert f.read() == (b"".join(data.splitlines(keepends=True)[-n:]) if n else b""), (data[-8:], n)

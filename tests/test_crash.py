@@ -13,12 +13,11 @@ import hashlib
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import COUNTER, assert_continuous, counter_values, proc_state, wait_for
+from helpers import COUNTER, ZAP_CMD, assert_continuous, counter_values, proc_state, wait_for
 
 RUNS = int(os.environ.get("ZAP_CRASH_RUNS", "1"))
 
@@ -204,7 +203,7 @@ def test_branches_during_a_prune_wait_or_miss_cleanly(zap):
     for _ in range(5):
         zap("checkpoint", "c")
     cmds = [["prune", "c", "--keep-last", "1"], ["branch", "c@1", "b1"], ["branch", "c@1", "b2"]]
-    procs = [subprocess.Popen([sys.executable, "-m", "zapckpt.cli", *c], env=zap.env, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([*ZAP_CMD, *c], env=zap.env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for c in cmds]  # fmt: skip
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     assert results[0][0] == 0, results[0]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (WORKLOADS, assert_continuous, counted_past, counter_values, pack_files, proc_state, store_index,
-                     wait_for)
+from helpers import (ZAP_CMD, WORKLOADS, assert_continuous, counted_past, counter_values, pack_files, proc_state,
+                     store_index, wait_for)
 
 
 def _assert_running_and_counting(zap, name):
@@ -126,7 +126,7 @@ def test_snapshot_failure_in_the_frozen_window(zap):
 
 def test_concurrent_checkpoints_wait_or_fail_clearly(zap):
     zap.run_counter("web")
-    cmd = [sys.executable, "-m", "zapckpt.cli", "checkpoint", "web"]
+    cmd = [*ZAP_CMD, "checkpoint", "web"]
     procs = [subprocess.Popen(cmd, env=zap.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(3)]  # fmt: skip
     outs = [p.communicate(timeout=120) for p in procs]
@@ -200,7 +200,7 @@ def test_interrupted_checkpoint_leaves_nothing_half_done(zap):
     zap("run", "big", "--env", "MEMHOG_MIB=128", "--", "python3", str(memhog))
     wait_for(lambda: "holding" in zap("logs", "big").stdout, what="memhog to fill its memory")
     for delay in (0.7, 1.0, 1.3):
-        p = subprocess.Popen([sys.executable, "-m", "zapckpt.cli", "checkpoint", "big"], env=zap.env,
+        p = subprocess.Popen([*ZAP_CMD, "checkpoint", "big"], env=zap.env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
         time.sleep(delay)
         p.send_signal(2)  # Ctrl-C, somewhere in the dump or the ingest

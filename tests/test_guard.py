@@ -7,13 +7,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import assert_continuous, counted_past, counter_values, proc_state, wait_for
+from helpers import ZAP_CMD, assert_continuous, counted_past, counter_values, proc_state, wait_for
 
 # A service with state in memory (n) and on disk (the file it appends to): after a rollback the
 # file must go on exactly where the pre checkpoint's memory was.
@@ -207,7 +206,7 @@ def test_guard_failures_and_bad_input(zap):
     assert not (zap.volume("vol") / "f").exists()
 
     # Ctrl-C during the command rolls back too.
-    g = subprocess.Popen([sys.executable, "-m", "zapckpt.cli", "guard", "vol", "--", "sleep", "600"],
+    g = subprocess.Popen([*ZAP_CMD, "guard", "vol", "--", "sleep", "600"],
                          env=zap.env, stderr=subprocess.PIPE, text=True)  # fmt: skip
     wait_for(lambda: len(zap.json("list", "vol")["checkpoints"]) == 3, what="the pre checkpoint")
     time.sleep(0.5)
@@ -220,7 +219,7 @@ def test_guard_failures_and_bad_input(zap):
     # The guard holds the pod from its pre checkpoint to its post one: another command's
     # checkpoint waits (here: gives up at once) instead of landing in between (issue 15).
     n = len(zap.json("list", "vol")["checkpoints"])
-    g = subprocess.Popen([sys.executable, "-m", "zapckpt.cli", "guard", "vol", "--", "sh", "-c",
+    g = subprocess.Popen([*ZAP_CMD, "guard", "vol", "--", "sh", "-c",
                           "while [ ! -e go ]; do sleep 0.1; done; rm go"], env=zap.env, stderr=subprocess.PIPE,
                          text=True)  # fmt: skip
     wait_for(lambda: len(zap.json("list", "vol")["checkpoints"]) == n + 1, what="the pre checkpoint")
@@ -240,7 +239,7 @@ def test_guard_failures_and_bad_input(zap):
     # The command fails only once the test says so, after the snapshot directory is made
     # immutable (a fixed sleep raced with a slow CI machine's polling).
     n = len(zap.json("list", "vol")["checkpoints"])
-    g = subprocess.Popen([sys.executable, "-m", "zapckpt.cli", "guard", "vol", "--", "sh", "-c",
+    g = subprocess.Popen([*ZAP_CMD, "guard", "vol", "--", "sh", "-c",
                           "while [ ! -e go ]; do sleep 0.1; done; rm go; exit 1"],
                          env=zap.env, stderr=subprocess.PIPE, text=True)  # fmt: skip
     wait_for(lambda: len(zap.json("list", "vol")["checkpoints"]) == n + 1, what="the pre checkpoint")

@@ -22,6 +22,7 @@ LAYERS = [
     ["zapckpt.ops"],  # one module per command family
     ["zapckpt.view"],  # the history as a tree, and its FUSE adapter
     ["zapckpt.cli"],
+    ["zapckpt.client"],  # the `zap` command: hands the command to the zap server, or runs cli here
 ]
 RANK = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
 
@@ -35,10 +36,30 @@ def _unit(module: str) -> str | None:
     return None
 
 
+def _strings_named(node: ast.AST) -> set[str]:
+    """Modules a piece of code reaches without an import statement: lazy("m") and
+    import_module("m") (imported on first use), and `python -m m` argv lists (a process that
+    runs module m: a dependency across the process boundary all the same)."""
+    found: set[str] = set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Call) and n.args and isinstance(n.args[0], ast.Constant) and isinstance(n.args[0].value, str):
+            fn = n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", "")
+            if fn in ("lazy", "import_module"):
+                found.add(n.args[0].value)
+        if isinstance(n, (ast.List, ast.Tuple)):
+            items = n.elts
+            for a, b in zip(items, items[1:]):
+                if (isinstance(a, ast.Constant) and a.value == "-m" and isinstance(b, ast.Constant)
+                        and isinstance(b.value, str) and b.value.split(".")[0] in ("zapckpt", "catalog", "fsbackend")):
+                    found.add(b.value)  # fmt: skip
+    return found
+
+
 def _imports(path: Path, module: str) -> set[str]:
     package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -48,7 +69,7 @@ def _imports(path: Path, module: str) -> set[str]:
                 base = node.module or ""
             found.add(base)
             found.update(f"{base}.{a.name}" for a in node.names)  # `from zapckpt import names`
-    return found
+    return found | _strings_named(tree)
 
 
 def _modules():
@@ -80,6 +101,43 @@ def test_imports_point_down():
     assert not wrong, "\n".join(sorted(set(wrong)))
 
 
+def _module_names() -> set[str]:
+    return {m for _p, m in _modules()}
+
+
+def test_no_cycles_inside_a_package():
+    """Within one layer unit too, modules form a hierarchy: a cycle (a imports b, b imports a,
+    at the top or inside a function) means one of them holds what belongs in the other."""
+    names = _module_names()
+    graph: dict[str, set[str]] = {}
+    for path, module in _modules():
+        me = _unit(module)
+        deps = set()
+        for target in _imports(path, module):
+            # `from zapckpt.pod import console` names zapckpt.pod.console; a package's __init__ is not a peer
+            while target and target not in names:
+                target = target.rpartition(".")[0]
+            if target and target != module and _unit(target) == me and not target == me:
+                deps.add(target)
+        graph[module] = deps
+    cycles = []
+    state: dict[str, int] = {}
+
+    def visit(m: str, stack: list[str]) -> None:
+        state[m] = 1
+        for d in sorted(graph.get(m, ())):
+            if state.get(d) == 1:
+                cycles.append(" -> ".join(stack[stack.index(d):] + [d]))
+            elif d not in state:
+                visit(d, stack + [d])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
 def test_backends_and_catalog_share_only_the_common_layer():
     """The snapshot backends and the catalog are usable without the orchestration layer."""
     for path, module in _modules():
@@ -89,9 +147,11 @@ def test_backends_and_catalog_share_only_the_common_layer():
 
 
 def test_the_checker_sees_an_upward_import(tmp_path):
-    """The check itself: an import from a lower layer to a higher one is found."""
+    """The check itself: an import from a lower layer to a higher one is found, and so are
+    modules reached by name (lazy, import_module) or run as a process (`python -m`)."""
     f = tmp_path / "pool.py"
-    f.write_text("from zapckpt.ops import checkpoint\nfrom ..cli import main\n")
+    f.write_text("from zapckpt.ops import checkpoint\nfrom ..cli import main\n"
+                 "x = lazy('zapckpt.view.tree')\nargv = [sys.executable, '-m', 'zapckpt.cli', 'watch-serve']\n")
     targets = _imports(f, "zapckpt.system.pool")
-    assert "zapckpt.ops.checkpoint" in targets and "zapckpt.cli.main" in targets
+    assert {"zapckpt.ops.checkpoint", "zapckpt.cli.main", "zapckpt.view.tree", "zapckpt.cli"} <= targets
     assert RANK[_unit("zapckpt.ops.checkpoint")] > RANK[_unit("zapckpt.system.pool")]

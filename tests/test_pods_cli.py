@@ -5,11 +5,10 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from helpers import COUNTER, counted_past, counter_values, proc_state, wait_for
+from helpers import COUNTER, ZAP_CMD, counted_past, counter_values, proc_state, wait_for
 
 
 def test_doctor_json(zap):
@@ -216,7 +215,7 @@ def test_a_process_in_an_outside_session_is_named_with_the_fix(zap):
 def _at_terminal(zap, *args: str, answer: str) -> tuple[int, str, str]:
     """zap with its stdin a terminal, where the answer is typed."""
     master, slave = os.openpty()
-    p = subprocess.Popen([sys.executable, "-m", "zapckpt.cli", *args], env=zap.env, stdin=slave,
+    p = subprocess.Popen([*ZAP_CMD, *args], env=zap.env, stdin=slave,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     os.close(slave)
     os.write(master, answer.encode())
@@ -287,7 +286,7 @@ def test_pool_dir_mode(zap, tmp_path):
     other.mkdir()
     home2 = tmp_path / "home2"
     env = dict(zap.env, ZAP_HOME=str(home2))
-    run = lambda *a, **kw: subprocess.run([sys.executable, "-m", "zapckpt.cli", *a], env=env,  # noqa: E731
+    run = lambda *a, **kw: subprocess.run([*ZAP_CMD, *a], env=env,  # noqa: E731
                                           capture_output=True, text=True, **kw)  # fmt: skip
     assert run("init", "--pool", str(other)).returncode == 0
     assert run("run", "x", "--", "python3", str(COUNTER)).returncode == 0
@@ -300,14 +299,14 @@ def test_pool_dir_mode(zap, tmp_path):
     # A failed init leaves nothing behind (a NILFS2 pool cannot be mounted on this kernel: its
     # leftover 8 GiB image made every later `zap init` fail, issue 15).
     env4 = dict(env, ZAP_HOME=str(tmp_path / "h4"))
-    run4 = lambda *a: subprocess.run([sys.executable, "-m", "zapckpt.cli", *a], env=env4,  # noqa: E731
+    run4 = lambda *a: subprocess.run([*ZAP_CMD, *a], env=env4,  # noqa: E731
                                      capture_output=True, text=True)  # fmt: skip
     failed = run4("init", "--backend", "nilfs")
     assert failed.returncode == 1 and len(failed.stderr.strip().splitlines()) == 1, failed.stderr
     assert not (tmp_path / "h4" / "pool.img").exists()
     assert run4("init").returncode == 0 and (tmp_path / "h4" / "pool.img").exists()
     assert run4("deinit", "--purge").returncode == 0
-    assert "not on a btrfs" in subprocess.run([sys.executable, "-m", "zapckpt.cli", "init", "--pool", str(tmp_path)],
+    assert "not on a btrfs" in subprocess.run([*ZAP_CMD, "init", "--pool", str(tmp_path)],
                                               env=dict(env, ZAP_HOME=str(tmp_path / "h3")), capture_output=True,
                                               text=True).stderr  # fmt: skip
 
@@ -341,7 +340,7 @@ def test_progress_line_at_a_terminal_only(zap):
     zap("run", "slow", "--", "sh", "-c", "trap '' TERM; while :; do sleep 0.1; done")
     wait_for(lambda: zap.pod("slow")["state"] == "running", what="the pod")
     master, slave = os.openpty()
-    p = subprocess.Popen([sys.executable, "-m", "zapckpt.cli", "stop", "-t", "4", "slow"], env=zap.env,
+    p = subprocess.Popen([*ZAP_CMD, "stop", "-t", "4", "slow"], env=zap.env,
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)  # fmt: skip
     os.close(slave)
     seen = b""
@@ -503,7 +502,7 @@ def test_exec_with_a_terminal_of_the_pods_own(zap):
     exit code comes back; without a terminal here, -t is refused in one line."""
     zap("run", "term", "--", "sleep", "600")
     master, slave = os.openpty()
-    p = subprocess.Popen([sys.executable, "-m", "zapckpt.cli", "exec", "-it", "term", "--", "sh", "-c",
+    p = subprocess.Popen([*ZAP_CMD, "exec", "-it", "term", "--", "sh", "-c",
                           "tty; echo TERM=$TERM; exit 3"], env=dict(zap.env, TERM="vt100"),
                          stdin=slave, stdout=slave, stderr=slave)  # fmt: skip
     os.close(slave)

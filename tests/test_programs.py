@@ -15,10 +15,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from helpers import WORKLOADS, proc_state, wait_for
+from helpers import WORKLOADS, ZAP_CMD, proc_state, wait_for
 
 
 def _pids_of(zap, name: str) -> dict[int, int]:
@@ -226,7 +225,7 @@ def test_a_zap_exec_terminal_is_refused_until_it_ends(zap):
     pid, fd = pty.fork()
     if pid == 0:  # the child: `zap exec -it` on a terminal of its own
         os.environ.update(zap.env)
-        os.execv(sys.executable, [sys.executable, "-m", "zapckpt.cli", "exec", "-it", "tt", "--", "sh"])
+        os.execv(sys.executable, [*ZAP_CMD, "exec", "-it", "tt", "--", "sh"])
     try:
         wait_for(lambda: any(b"script" in Path(f"/proc/{h}/cmdline").read_bytes() for h in _pids_of(zap, "tt").values()),
                  what="the exec's terminal in the pod")  # fmt: skip

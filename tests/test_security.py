@@ -11,7 +11,6 @@ import sqlite3
 import stat
 import struct
 import subprocess
-import sys
 import tarfile
 import threading
 import uuid
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from helpers import wait_for
+from helpers import ZAP_CMD, wait_for
 
 # --- crafted `btrfs send` streams (format v1: btrfs-progs send.h) --------------------------
 SUBVOL, SYMLINK, WRITE, TRUNCATE, MKFILE, RENAME, END = 1, 8, 15, 17, 3, 9, 21
@@ -260,7 +259,7 @@ def test_bad_input_is_one_line(zap):
         cp = zap(*argv, check=False, timeout=30)
         lines = cp.stderr.strip().splitlines()
         assert cp.returncode in (1, 2) and len(lines) == 1 and lines[0].startswith("zap: error: "), (argv[:3], cp.stderr)
-    cp = subprocess.run([sys.executable, "-m", "zapckpt.cli", "show", b"caf\xe9".decode("utf-8", "surrogateescape")],
+    cp = subprocess.run([*ZAP_CMD, "show", b"caf\xe9".decode("utf-8", "surrogateescape")],
                         env=zap.env, capture_output=True)  # fmt: skip
     assert cp.returncode == 2 and cp.stderr.count(b"\n") == 1 and b"UTF-8" in cp.stderr, cp.stderr
     assert zap.pod("a")["state"] == "running"

@@ -116,7 +116,9 @@ def test_verify_reports_damage_and_restore_refuses(zap):
     data[len(data) // 3] ^= 0x55
     pack.write_bytes(bytes(data))
     cp = zap("verify", check=False)
-    assert cp.returncode == 1 and "damaged: chunk" in cp.stdout
+    assert cp.returncode == 1 and "damaged: pack " in cp.stdout and "chunk(s) damaged" in cp.stdout
+    # one line for the damaged pack, not one per chunk in it
+    assert len([ln for ln in cp.stdout.splitlines() if ln.startswith("damaged: ")]) == 1, cp.stdout
     # The chunk is shared: both checkpoints are named, and each is listed as damaged (issue 15).
     assert "hog@1" in cp.stdout and "hog@2" in cp.stdout
     doc = json.loads(zap("verify", "--json", check=False).stdout)

@@ -2,13 +2,12 @@
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import Zap
-from helpers import assert_continuous, counted_past, counter_values
+from helpers import ZAP_CMD, assert_continuous, counted_past, counter_values
 
 
 @pytest.fixture
@@ -47,15 +46,15 @@ def test_export_import_branch_round_trip(zap, second, tmp_path):
     assert second.pod("again")["state"] == "running"
 
     # Streamed: `zap export REF - | zap import -` (issue 15), no file in between.
-    exp = subprocess.Popen([sys.executable, "-m", "zapckpt.cli", "export", "ctr@1", "-"], env=zap.env,
+    exp = subprocess.Popen([*ZAP_CMD, "export", "ctr@1", "-"], env=zap.env,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    imp = subprocess.run([sys.executable, "-m", "zapckpt.cli", "import", "-", "--name", "piped"], env=second.env,
+    imp = subprocess.run([*ZAP_CMD, "import", "-", "--name", "piped"], env=second.env,
                          stdin=exp.stdout, capture_output=True, text=True, timeout=120)  # fmt: skip
     exp.stdout.close()
     assert exp.wait(60) == 0 and b"exported ctr@1 to standard output" in exp.stderr.read()
     assert imp.returncode == 0 and imp.stdout.strip() == "piped@1", imp.stderr
     assert counter_values(Path(second.json("show", "piped@1")["snapshot"]["path"])) == snap
-    cut = subprocess.run([sys.executable, "-m", "zapckpt.cli", "import", "-", "--name", "cut"], env=second.env,
+    cut = subprocess.run([*ZAP_CMD, "import", "-", "--name", "cut"], env=second.env,
                          input=out.read_bytes()[: out.stat().st_size // 2], capture_output=True, timeout=120)  # fmt: skip
     assert cut.returncode == 1 and b"truncated" in cut.stderr and "cut" not in second("ps").stdout, cut.stderr
 

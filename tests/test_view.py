@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, assert_continuous, counted_past, counter_values, wait_for
+from helpers import ROOT, ZAP_CMD, assert_continuous, counted_past, counter_values, wait_for
 
 
 def _mounted(mp: Path) -> bool:
@@ -304,7 +304,7 @@ def test_unmount_busy_lazy_signals_and_bad_input(zap, view):
 
     # Foreground: SIGTERM (and SIGINT) unmount cleanly.
     for sig in (signal.SIGTERM, signal.SIGINT):
-        fg = subprocess.Popen([sys.executable, "-m", "zapckpt.cli", "mount", "--foreground", str(view)],
+        fg = subprocess.Popen([*ZAP_CMD, "mount", "--foreground", str(view)],
                               env=zap.env, stderr=subprocess.PIPE, text=True)  # fmt: skip
         wait_for(lambda: _mounted(view) and os.listdir(view) == ["pods"], what="the foreground mount")
         fg.send_signal(sig)

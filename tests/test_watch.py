@@ -8,11 +8,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from helpers import assert_continuous, counted_past, counter_values, proc_state, wait_for
+from helpers import ZAP_CMD, assert_continuous, counted_past, counter_values, proc_state, wait_for
 
 
 def _watches(zap) -> dict:
@@ -142,7 +141,7 @@ def test_systemd_units_name_the_commands_they_run():
     for line in (ln for t in text.values() for ln in t.splitlines() if ln.startswith(("ExecStart=", "ExecStop="))):
         argv = line.split("=", 1)[1].split()
         assert argv[0] == "/usr/local/bin/zap"
-        cp = subprocess.run([sys.executable, "-m", "zapckpt.cli", argv[1], "--help"], capture_output=True)
+        cp = subprocess.run([*ZAP_CMD, argv[1], "--help"], capture_output=True)
         assert cp.returncode == 0, line
 
 

@@ -69,7 +69,7 @@ def pod_row_record(row: PodRow) -> dict:
     return {
         "name": row.name,
         "state": state,
-        "pid": row.init_pid if state in ("running", "frozen") else None,
+        "pid": row.init_pid if state in ("running", "paused", "frozen") else None,
         "path": row.mount_path,
         "volume": row.volume,
         "command": row.command,

@@ -34,7 +34,15 @@ def duration(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration (like 10s, 2m, 1h)")
     v = float(m.group(1)) * _UNITS[m.group(2) or "s"]
     if not (math.isfinite(v) and 0 < v <= 86400 * 365):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration between 0 and a year")
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration must be more than 0 and at most a year")
+    return v
+
+
+def interval(text: str) -> float:
+    """`zap watch --every`: a duration of at least a second."""
+    v = duration(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the interval must be at least 1s (and at most a year)")
     return v
 
 

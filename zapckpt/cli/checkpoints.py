@@ -96,8 +96,9 @@ def cmd_checkpoint(args) -> int:
     ctx = context.Context()
     limit = settings.parse_size(args.ghost_limit, "--ghost-limit") if args.ghost_limit else None
     ck = ckpt.checkpoint(ctx, args.name, args.message, args.stop, ghost_limit=limit, strict=args.strict)
-    with ctx.catalog.session() as s:
-        rec = records.checkpoint_record(queries.resolve_ref(s, ck.id))
+    with ctx.catalog.session() as s:  # the record as `zap show` gives it, in one plain query
+        row = fastread.checkpoint_row(s.connection().connection.cursor(), args.name, ck.seq)
+        rec = records.checkpoint_row_records([row])[0]
     for w in ck.warnings:
         warn(w)
     if args.json:
@@ -215,14 +216,17 @@ def cmd_restore(args) -> int:
     with ctx.catalog.session() as s:
         row = queries.resolve_ref(s, ck.id)
         ref, pod, files_only = row.ref, row.pod.name, row.image_format is None
-        saved_ref = queries.resolve_ref(s, saved.id).ref
+        saved_ref = queries.resolve_ref(s, saved.id).ref if saved is not None else None
     for w in getattr(ck, "restore_warnings", []):
         warn(w)
     print(f"restored {ref}")
     if files_only:
         warn(f"{ref} holds files only (the pod was not running when it was taken): the pod is stopped now; "
              f"`zap start {pod}` runs its command on these files")  # fmt: skip
-    info(f"the state it replaced is kept as {saved_ref} (`zap restore {saved_ref}` undoes this)")
+    if saved_ref:
+        info(f"the state it replaced is kept as {saved_ref} (`zap restore {saved_ref}` undoes this)")
+    else:
+        info(f"nothing was replaced: the pod was stopped with its files as {ref} left them")
     return 0
 
 
@@ -235,6 +239,9 @@ def cmd_branch(args) -> int:
     for w in getattr(pod, "restore_warnings", []):
         warn(w)
     print(f"{pod.name} {pod.mount_path}")
+    if not args.no_start and not pod.init_pid:
+        warn(f"{args.ref} holds files only (its pod was not running when it was taken): {pod.name} is stopped; "
+             f"`zap start {pod.name}` runs its command on these files")  # fmt: skip
     return 0
 
 

@@ -17,7 +17,7 @@ errors = lazy("zapckpt.common.errors")
 def register(sub) -> None:
     p = sub.add_parser("watch", help="checkpoint a pod every DURATION from now on (or --list the watches)")
     p.add_argument("name", nargs="?")
-    p.add_argument("--every", type=argtypes.duration, metavar="DURATION", help="10s, 5m, 1h ... (at least 1s)")
+    p.add_argument("--every", type=argtypes.interval, metavar="DURATION", help="10s, 5m, 1h ... (at least 1s)")
     p.add_argument("--keep-last", type=argtypes.count, metavar="N", help="keep the N newest watch checkpoints")
     p.add_argument("--keep-hourly", type=argtypes.count, metavar="N", help="and the newest of each of the last N hours")
     p.add_argument("--keep-daily", type=argtypes.count, metavar="N", help="and the newest of each of the last N days")

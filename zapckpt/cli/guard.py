@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from zapckpt.common.errors import UsageError
+from zapckpt.common.errors import NotFound, UsageError
 
 from . import argtypes
 from .lazy import lazy
@@ -100,15 +100,19 @@ def cmd_diff(args) -> int:
         raise UsageError("--content prints diff -u text: it does not go with --json")
     only = ["/" + "/".join(files_op.components(p)) for p in args.file]
     differed = []
+    absent = []
 
     def contents(root_a, root_b, changes) -> None:
         # while both trees exist (a live diff's snapshot is deleted afterwards)
-        if args.content:
+        absent.extend(p for p in only if not any(files_op.exists_in_snapshot(r, p) for r in (root_a, root_b)))
+        if args.content and not absent:
             listing(changes, only)
             differed.append(diff_op.patch(root_a, root_b, diff_op.changed_files(changes, only), names))
 
     names = (args.ref_a, args.ref_b or "now")
     a, b, ch = diff_op.diff(context.Context(), args.ref_a, args.ref_b, contents)
+    if absent:  # a path in neither tree is a mistake, not "nothing changed"
+        raise NotFound(f"no {', '.join(absent)} in {a} or in {b} (--file names a path inside the pod's volume)")
     if only:
         ch = ch.only(only)
     counts = ch.counts()

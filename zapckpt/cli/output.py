@@ -84,3 +84,50 @@ def confirm(question: str, assume_yes: bool) -> None:
 def warn(msg: str) -> None:
     """Something the user must know although the command succeeded: one line on stderr."""
     print(f"zap: warning: {msg}", file=sys.stderr)
+
+
+class _Nil:
+    """None in a --format template: "-", as in the tables."""
+
+    def __format__(self, spec: str) -> str:
+        return format("-", spec)
+
+
+class _Obj(dict):
+    """A JSON object in a --format template: printed as JSON, its fields reachable ({a[b]})."""
+
+    def __getitem__(self, key):
+        return _field(dict.__getitem__(self, key))
+
+    def __format__(self, spec: str) -> str:
+        import json
+
+        return format(json.dumps(self, separators=(",", ":"), sort_keys=True), spec)
+
+
+class _List(list):
+    def __getitem__(self, i):
+        return _field(list.__getitem__(self, i))
+
+    def __format__(self, spec: str) -> str:
+        import json
+
+        return format(json.dumps(self, separators=(",", ":")), spec)
+
+
+def _field(v):
+    if v is None:
+        return _Nil()
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, dict):
+        return _Obj(v)
+    if isinstance(v, list):
+        return _List(v)
+    return v
+
+
+def template_fields(rec: dict) -> dict:
+    """A JSON record's fields for str.format_map (`zap ps --format`): values as the JSON shows
+    them (true, false, "-" for null, objects and lists as JSON), not as Python prints them."""
+    return {k: _field(v) for k, v in rec.items()}

@@ -7,7 +7,7 @@ from contextlib import closing
 
 from . import argtypes
 from .lazy import lazy
-from .output import confirm, emit_json, human_bytes, info, interval, table
+from .output import confirm, emit_json, human_bytes, info, interval, table, template_fields, warn
 
 # imported by the command that uses them (cli/lazy.py)
 queries = lazy("catalog.queries")
@@ -24,6 +24,7 @@ cgroups = lazy("zapckpt.system.cgroups")
 restart = lazy("zapckpt.ops.restart")
 watch = lazy("zapckpt.ops.watch")
 update_op = lazy("zapckpt.ops.update")
+console = lazy("zapckpt.pod.console")
 
 
 def register(sub) -> None:
@@ -61,6 +62,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("start", help="run a stopped pod's command again in its current volume")
     p.add_argument("name")
+    p.add_argument("cmd", nargs="*", metavar="-- CMD [ARGS...]",
+                   help="a command to run from now on instead (a pod created without one needs it)")
     p.set_defaults(func=cmd_start)
 
     p = sub.add_parser("ps", help="list pods")
@@ -164,7 +167,7 @@ def cmd_update(args) -> int:
 def cmd_start(args) -> int:
     ctx = context.Context()
     watch.supervise(ctx, restart.policy_of(ctx, args.name))
-    pod = pods.start(ctx, args.name)
+    pod = pods.start(ctx, args.name, args.cmd)
     watch.notify(ctx)
     print(f"{pod.name} {pod.mount_path}")
     return 0
@@ -185,7 +188,7 @@ def cmd_ps(args) -> int:
     if args.format:
         for r in recs:
             try:
-                print(args.format.format_map(r))
+                print(args.format.format_map(template_fields(r)))
             except (KeyError, IndexError, ValueError, AttributeError) as e:
                 raise errors.UsageError(f"bad --format {args.format!r}: {e} (fields: {', '.join(sorted(r))})") from None
         return 0
@@ -201,6 +204,8 @@ def cmd_ps(args) -> int:
 
 
 FILTERS = ("name", "state", "net", "origin")
+# the values a filter can match (name and origin: any)
+FILTER_VALUES = {"state": ("running", "paused", "frozen", "stopped", "dead"), "net": ("pod", "none", "host")}
 
 
 def _matches(rec: dict, filters: list[str]) -> bool:
@@ -210,6 +215,8 @@ def _matches(rec: dict, filters: list[str]) -> bool:
         key, sep, value = f.partition("=")
         if not sep or key not in FILTERS:
             raise errors.UsageError(f"bad --filter {f!r}: KEY=VALUE with KEY one of {', '.join(FILTERS)}")
+        if key in FILTER_VALUES and value not in FILTER_VALUES[key]:
+            raise errors.UsageError(f"bad --filter {f!r}: {key} is one of {', '.join(FILTER_VALUES[key])}")
         have = rec[key] or ""
         if not (fnmatchcase(have, value) if key == "name" else have == value):
             return False
@@ -225,8 +232,11 @@ def _watch(w: dict | None) -> str:
 
 
 def cmd_logs(args) -> int:
-    pods.follow_log(context.Context(), args.name, args.follow, sys.stdout.buffer, tail=args.tail, since=args.since,
-                    timestamps=args.timestamps)  # fmt: skip
+    out = sys.stdout.buffer
+    # Straight from SQLite, as ps: the ORM only for a pod this cannot tell about.
+    if not console.follow_log(state.StateDir.from_env(), args.name, args.follow, out, args.tail, args.since,
+                              args.timestamps):  # fmt: skip
+        pods.logs_in_volume(context.Context(), args.name, args.follow, out, args.tail, args.since, args.timestamps)
     return 0
 
 
@@ -276,10 +286,13 @@ def cmd_rm(args) -> int:
             refs = [c.ref for c in sorted(pod.checkpoints, key=lambda c: c.seq)] if pod is not None else []
         if refs:
             confirm(f"remove pod {args.name!r} and its {len(refs)} checkpoint(s) ({_some(refs)})?", args.yes)
-    remove.rm(ctx, args.name, args.force)
+    orphans = remove.rm(ctx, args.name, args.force)
     print(f"removed {args.name}")
     if refs:
         info(f"with its {len(refs)} checkpoint(s): {_some(refs)}")
+    if orphans:
+        warn(f"its branches {_some(orphans)} go on with files of their own, but no longer have an origin "
+             f"(`zap ps` shows none; their own checkpoints stay)")  # fmt: skip
     return 0
 
 

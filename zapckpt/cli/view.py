@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+
+from zapckpt.common.errors import UsageError
 
 from .lazy import lazy
 from .output import info
@@ -19,7 +20,9 @@ def register(sub) -> None:
     p.add_argument("--foreground", "-f", action="store_true", help="stay attached; Ctrl-C unmounts")
     p.add_argument("--allow-other", action="store_true",
                    help="let other users read checkpoints' fs/ (never images/); default: root only")  # fmt: skip
-    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--ready-fd", type=int, metavar="FD",
+                   help="with --foreground: write a line to descriptor FD once the view is mounted (for a "
+                   "service manager or a script that starts the view in the background)")  # fmt: skip
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("umount", help="unmount a view mounted by `zap mount`")
@@ -29,6 +32,8 @@ def register(sub) -> None:
 
 
 def cmd_mount(args) -> int:
+    if args.ready_fd is not None and not args.foreground:
+        raise UsageError("--ready-fd goes with --foreground (the view in the background says itself when it is mounted)")
     ctx = context.Context()
     if args.foreground:
         if args.ready_fd is None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+import threading
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -122,31 +124,62 @@ class Timeout(ZapError):
     """A command did not finish in its time and was killed."""
 
 
+# What a shell prints when a child of its dies of the SIGKILL a timeout sent (dash: "Killed").
+_KILLED_NOTES = {b"Killed", b"Killed: 9"}
+
+
 def interactive(argv: Sequence[str], *, env: Mapping[str, str] | None = None, quiet: bool = False,
                 timeout: float | None = None, kill=None, what: str | None = None,
                 pass_fds: Sequence[int] = (), join_cgroups: Sequence[str] = ()) -> int:  # fmt: skip
     """Run argv on the user's terminal (stdio inherited, or discarded if quiet) and return its
     exit status (128 + N if signal N killed it). On Ctrl-C it is killed (with a timeout, by kill) and the status is 130. On a
     timeout, kill(pid) (default: SIGKILL to it alone; pass procinfo.kill_tree for all it
-    started) and Timeout."""
+    started) and Timeout. With a timeout, its stderr is relayed line by line, so that the
+    "Killed" the shells it started print about our kill is not shown as its own words."""
     argv = [str(a) for a in argv]
     out = subprocess.DEVNULL if quiet else None
+    relay = timeout is not None and not quiet
     try:
-        child = subprocess.Popen(argv, env=env, stdout=out, stderr=out, close_fds=True, pass_fds=tuple(pass_fds),
-                                 preexec_fn=_joiner(join_cgroups))  # fmt: skip
+        child = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.PIPE if relay else out, close_fds=True,
+                                 pass_fds=tuple(pass_fds), preexec_fn=_joiner(join_cgroups))  # fmt: skip
     except FileNotFoundError:
         raise ToolMissing(argv[0]) from None
+    killed = threading.Event()
+    relayer = threading.Thread(target=_relay, args=(child.stderr, killed), daemon=True) if relay else None
+    if relayer is not None:
+        relayer.start()
     try:
-        rc = child.wait(timeout)
-        return 128 - rc if rc < 0 else rc  # killed by a signal: as a shell says it (SIGKILL: 137)
-    except KeyboardInterrupt:  # it may not have seen the signal (sent to us alone): it ends too
-        ((kill or _kill_one) if timeout is not None else _kill_one)(child.pid)
-        child.wait()
-        return 130
-    except subprocess.TimeoutExpired:
-        (kill or _kill_one)(child.pid)
-        child.wait()
-        raise Timeout(f"{what or argv[0]} did not finish within {timeout:g}s and was killed") from None
+        try:
+            rc = child.wait(timeout)
+            return 128 - rc if rc < 0 else rc  # killed by a signal: as a shell says it (SIGKILL: 137)
+        except KeyboardInterrupt:  # it may not have seen the signal (sent to us alone): it ends too
+            ((kill or _kill_one) if timeout is not None else _kill_one)(child.pid)
+            child.wait()
+            return 130
+        except subprocess.TimeoutExpired:
+            killed.set()
+            (kill or _kill_one)(child.pid)
+            child.wait()
+            raise Timeout(f"{what or argv[0]} did not finish within {timeout:g}s and was killed") from None
+    finally:
+        if relayer is not None:
+            relayer.join(2)
+
+
+def _relay(stream, killed: threading.Event) -> None:
+    out = getattr(sys.stderr, "buffer", None)
+    for line in iter(stream.readline, b""):
+        if killed.is_set() and line.strip() in _KILLED_NOTES:
+            continue
+        try:
+            if out is not None:
+                out.write(line)
+                out.flush()
+            else:
+                sys.stderr.write(line.decode(errors="replace"))
+        except (OSError, ValueError):
+            pass
+    stream.close()
 
 
 def _kill_one(pid: int) -> None:

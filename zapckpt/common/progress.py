@@ -20,29 +20,61 @@ def step(text: str) -> None:
     _step = text
 
 
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class _ClearFirst:
+    """sys.stdout / sys.stderr while a status line may be shown: the first thing the command
+    prints to the terminal ends the status line, so the result starts on a clean line."""
+
+    def __init__(self, stream, ticker: "Ticker"):
+        self._stream, self._ticker, self._tty = stream, ticker, _isatty(stream)
+
+    def write(self, text: str) -> int:
+        if self._tty and text:
+            self._ticker.finish()
+        return self._stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 class Ticker:
     def __init__(self, what: str, out=None, after: float = PROGRESS_AFTER):
         self.what, self.out, self.after = what, out or sys.stderr, after
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._shown = False
+        self._lock = threading.Lock()
+        self._saved: tuple | None = None
 
     def __enter__(self) -> "Ticker":
-        try:
-            tty = self.out.isatty()
-        except (AttributeError, ValueError):
-            tty = False
-        if tty:
+        if _isatty(self.out):
+            self._saved = (sys.stdout, sys.stderr)
+            sys.stdout, sys.stderr = _ClearFirst(sys.stdout, self), _ClearFirst(sys.stderr, self)
             self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
             self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def finish(self) -> None:
+        """Stop ticking and clear the status line (once the command has something to say)."""
         self._stop.set()
+        with self._lock:
+            if self._shown:
+                self._write("\r\033[K")
+                self._shown = False
+
+    def __exit__(self, *exc) -> None:
+        self.finish()
         if self._thread is not None:
             self._thread.join()
-        if self._shown:
-            self._write("\r\033[K")
+        self.finish()  # a line the thread wrote while we joined it
+        if self._saved is not None:
+            sys.stdout, sys.stderr = self._saved
 
     def _run(self) -> None:
         t0 = time.monotonic()
@@ -50,8 +82,11 @@ class Ticker:
             return
         while not self._stop.is_set():
             now = _step
-            self._write(f"\r\033[Kzap: {self.what}{': ' + now if now else ''} ({time.monotonic() - t0:.0f} s)")
-            self._shown = True
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                self._write(f"\r\033[Kzap: {self.what}{': ' + now if now else ''} ({time.monotonic() - t0:.0f} s)")
+                self._shown = True
             self._stop.wait(0.5)
 
     def _write(self, text: str) -> None:

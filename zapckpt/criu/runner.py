@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 import shlex
@@ -283,15 +282,15 @@ def dump(init_pid: int, images: Path, hook: Path, log: Path, *, leave_stopped: b
         time.sleep(0.05 * attempt)
 
 
-def restore(images: Path, pidfile: Path, mounts: dict, netns: str | None, log: Path,
+def restore(images: Path, pidfile: Path, prepare: list[str], proc_mount: str, netns: str | None, log: Path,
             limit: float | None = None, inherit: dict[int, int] | None = None,
             join_cgroups: list[str] | None = None, leave_stopped: bool = False) -> int:  # fmt: skip
-    """Restore the tree detached, in a fresh private mount namespace made like the pod's own
-    (pod/mounts.py: the volume at its path, private /dev/shm and /dev/pts, declared volumes),
-    inside the network namespace `netns` (None: the host's); returns the host pid of the
-    restored init. The pod's own /proc (a system pod's, in its root; a volume pod's, in the copy
-    of the tree it runs in, see pod/mounts.py) is mounted again, from inside its new pid
-    namespace, before its processes come back. inherit: {our descriptor: inode} of pipes the
+    """Restore the tree detached, in a fresh mount namespace made like the pod's own, inside
+    the network namespace `netns` (None: the host's); returns the host pid of the restored init.
+    prepare: the command that makes the pod's mounts there and then execs what follows it (the
+    caller's: pod/mounts.py knows the pod's mounts; CRIU is run after it). The pod's own /proc
+    (at proc_mount) is mounted again, from inside its new pid namespace, before its processes
+    come back. inherit: {our descriptor: inode} of pipes the
     images hold whose other end is outside the tree (the console), joined to ours instead.
     join_cgroups: the pod's control groups (system/cgroups.py), which CRIU runs in: it is told
     to leave groups alone, so the tasks it forks stay in them (and with no limits, in ours).
@@ -305,16 +304,13 @@ def restore(images: Path, pidfile: Path, mounts: dict, netns: str | None, log: P
     hook.write_text(
         "#!/bin/sh\n"
         '[ "$CRTOOLS_SCRIPT_ACTION" = setup-namespaces ] || exit 0\n'
-        f'exec nsenter -t "$CRTOOLS_INIT_PID" -p -- mount -t proc -o nosuid,nodev,noexec proc {shlex.quote(mounts["proc"])}\n'
+        f'exec nsenter -t "$CRTOOLS_INIT_PID" -p -- mount -t proc -o nosuid,nodev,noexec proc {shlex.quote(proc_mount)}\n'
     )
     hook.chmod(0o700)
     criu += ["--action-script", through_host_root(hook)]
-    # pod/mounts.py detaches `zap mount` views from the pod's copy of the mount table, makes its
-    # mounts (as pod/init.py does at start), then execs CRIU.
-    inner = [sys.executable, "-m", "zapckpt.pod.mounts", json.dumps(mounts), "--"]
     enter = ["nsenter", f"--net={netns}", "--"] if netns else []
     # slave: the pod's namespace follows the host's unmounts (pod/mounts.py), its own mounts stay its own
-    argv = [*enter, "unshare", "--mount", "--propagation", "slave", "--", *inner, *criu]
+    argv = [*enter, "unshare", "--mount", "--propagation", "slave", "--", *prepare, *criu]
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "PYTHONPATH": os.pathsep.join(sys.path)}
     res = _run_bounded(argv, "CRIU restore failed", images / "restore.log", log, env, limit, pass_fds=tuple(inherit or ()),
                        join_cgroups=join_cgroups or [])  # fmt: skip

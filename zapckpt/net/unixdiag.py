@@ -5,11 +5,11 @@ name the socket reports stays the one it bound (see pod/sockets.py)."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
 import struct
-import threading
+
+from .netns import inside
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -17,7 +17,6 @@ NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_DONE, NLMSG_ERROR = 3, 2
 UDIAG_SHOW_NAME, UDIAG_SHOW_VFS = 0x1, 0x2
 UNIX_DIAG_VFS = 1
-CLONE_NEWNET = 0x40000000
 
 
 def _dump() -> dict[int, tuple[int, int]]:
@@ -55,26 +54,4 @@ def _dump() -> dict[int, tuple[int, int]]:
 def file_inodes(netns: str | None = None) -> dict[int, tuple[int, int]]:
     """{socket inode: (device, inode) of its socket file} for the unix sockets bound to a path in
     the network namespace at path netns (None: ours)."""
-    if netns is None:
-        return _dump()
-    result: dict = {}
-
-    def inside() -> None:
-        # setns(CLONE_NEWNET) moves only the calling thread: this one, which then ends.
-        try:
-            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns {netns}")
-            finally:
-                os.close(fd)
-            result["ok"] = _dump()
-        except OSError as e:
-            result["error"] = e
-
-    t = threading.Thread(target=inside, name="unixdiag")
-    t.start()
-    t.join()
-    if "error" in result:
-        raise result["error"]
-    return result["ok"]
+    return inside(netns, _dump)

@@ -24,7 +24,7 @@ from zapckpt.context import Context
 from zapckpt.criu import incremental, unsupported
 from zapckpt.criu import runner as criu
 from zapckpt.criu.images import ImageFormatError, dump_run_id, link_remaps, read_dump_stats
-from zapckpt.net import podnet
+from zapckpt.net import netns, podnet
 from zapckpt.ops import intents
 from zapckpt.pod import console, sockets
 from zapckpt.pod.lifecycle import live_state
@@ -228,6 +228,8 @@ def _dump_and_commit(ctx: Context, s: Session, rec: intents.Record, pod: Pod, ck
         stats = read_dump_stats(images)
         run_id = dump_run_id(images)
         console.mark(images, pod.console_pipe)  # for a restore to join the processes to a new one
+        if pod.net != "host":
+            netns.save(images, podnet.netns_path(ctx.net, pod))  # its namespace's settings (net/netns.py)
         fs_ms = _hook_ms(hook_times)
         info = backend.describe(snap)
         if info.path != str(snap):

@@ -106,8 +106,10 @@ def patch(root_a: Path, root_b: Path, pairs: list[tuple[str, str]], names: tuple
             if fa is None and fb is None:
                 continue
             args = [f"/dev/fd/{fa}" if fa is not None else "/dev/null", f"/dev/fd/{fb}" if fb is not None else "/dev/null"]
+            # a side without the file is /dev/null (as git labels it), not a checkpoint that lacks it
+            labels = [f"{names[0]}:{old}" if fa is not None else "/dev/null", f"{names[1]}:{new}" if fb is not None else "/dev/null"]
             sys.stdout.flush()
-            rc = proc.interactive(["diff", "-u", "--label", f"{names[0]}:{old}", "--label", f"{names[1]}:{new}", *args],
+            rc = proc.interactive(["diff", "-u", "--label", labels[0], "--label", labels[1], *args],
                                   pass_fds=[f for f in (fa, fb) if f is not None])  # fmt: skip
             if rc > 1:
                 raise ZapError(f"diff of {new} failed (exit {rc})")

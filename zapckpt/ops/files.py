@@ -31,8 +31,9 @@ def _relative(pod, path: str) -> str:
     return path
 
 
-def open_in_snapshot(root: Path, path: str) -> int:
-    """A read-only fd of the regular file at path under root, no symlink followed on the way."""
+def open_in_snapshot(root: Path, path: str, directory: bool = False) -> int:
+    """A read-only fd of the regular file at path under root (or, with directory, of the
+    directory there too), no symlink followed on the way."""
     parts = components(path)
     fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -51,21 +52,49 @@ def open_in_snapshot(root: Path, path: str) -> int:
                 raise ZapError(f"cannot open {'/'.join(parts[: i + 1])}: {e.strerror}") from None
             os.close(fd)
             fd = nxt
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ZapError(f"{path} is not a regular file")
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or (directory and stat.S_ISDIR(mode))):
+            raise ZapError(f"{path} is not a regular file" + ("" if not directory else " or a directory"))
         return fd
     except BaseException:
         os.close(fd)
         raise
 
 
+def exists_in_snapshot(root: Path, path: str) -> bool:
+    """Whether anything (of any type) is at path under root; no symlink followed on the way."""
+    parts = components(path)
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in parts[:-1]:
+            try:
+                nxt = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError:
+                return False
+            os.close(fd)
+            fd = nxt
+        try:
+            os.lstat(parts[-1], dir_fd=fd)
+            return True
+        except OSError:
+            return False
+    finally:
+        os.close(fd)
+
+
 def dump(ctx: Context, ref: str, path: str, out) -> int:
-    """Write the file at path, as it was at ref, to out (a binary stream); returns its size."""
+    """Write the file at path, as it was at ref, to out (a binary stream); a directory as a tar
+    archive of what is in it (as restic's dump does); returns the bytes written."""
     with ctx.catalog.session() as s:
         ck = queries.resolve_ref(s, ref)
         snap, rel = Path(ck.snapshot_path), _relative(ck.pod, path)
     ctx.pool.backend.ensure_browsable(snap)
-    fd = open_in_snapshot(snap, rel)
+    fd = open_in_snapshot(snap, rel, directory=True)
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+        try:
+            return _tar(fd, os.path.basename(rel.rstrip("/")), out)
+        finally:
+            os.close(fd)
     total = 0
     with open(fd, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -73,6 +102,32 @@ def dump(ctx: Context, ref: str, path: str, out) -> int:
             total += len(chunk)
     out.flush()
     return total
+
+
+class _Counted:
+    def __init__(self, out):
+        self.out, self.n = out, 0
+
+    def write(self, b) -> int:
+        self.out.write(b)
+        self.n += len(b)
+        return len(b)
+
+
+def _tar(dir_fd: int, name: str, out) -> int:
+    """A tar stream of the directory at dir_fd as NAME/...: every file type, symlinks as links,
+    never followed (tarfile lstat()s as it walks; the snapshot is read-only, so the real path of
+    the directory the checked walk reached cannot change under us)."""
+    import tarfile
+
+    if getattr(out, "isatty", lambda: False)():
+        raise UsageError(f"{name or 'that path'} is a directory: its tar archive is not written to a terminal "
+                         f"(redirect it: zap dump REF PATH > files.tar)")  # fmt: skip
+    counted = _Counted(out)
+    with tarfile.open(fileobj=counted, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(os.readlink(f"/proc/self/fd/{dir_fd}"), arcname=name or ".", recursive=True)
+    out.flush()
+    return counted.n
 
 
 def find(ctx: Context, name: str, pattern: str) -> Iterator[dict]:

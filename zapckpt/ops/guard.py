@@ -89,8 +89,8 @@ def _guarded(ctx: Context, name: str, command: list[str], check: str | None, che
         except ZapError as e:
             raise ZapError(f"{failure}, and rolling back to {pre_ref} failed too: {e} "
                            f"(the state before is kept as {pre_ref})") from None  # fmt: skip
-    raise GuardFailed(f"{failure}; rolled {name} back to {pre_ref} (files and processes); "
-                      f"the failed state is kept as {_ref(ctx, saved)}")  # fmt: skip
+    kept = f"the failed state is kept as {_ref(ctx, saved)}" if saved is not None else "its files had not changed"
+    raise GuardFailed(f"{failure}; rolled {name} back to {pre_ref} (files and processes); {kept}")
 
 
 def _ref(ctx: Context, ck: Checkpoint) -> str:

@@ -33,11 +33,12 @@ def _say(msg: str) -> None:
     print(f"zap guard: {msg}", file=sys.stderr, flush=True)
 
 
-def _check_root(root: Path):
+def _check_root(root: Path, command: str):
+    """The btrfs backend, for a root that is a btrfs subvolume (command: what needs it)."""
     fstype = proc.run(["stat", "-f", "-c", "%T", str(root)]).stdout.strip()
     if fstype != "btrfs":
-        raise UsageError(f"the root {root} is on {fstype}, not btrfs: `guard --host` needs a btrfs root subvolume "
-                         "(snapshots are how it rolls back)")  # fmt: skip
+        raise UsageError(f"the root {root} is on {fstype}, not btrfs: `zap {command}` needs a btrfs root subvolume "
+                         "(its snapshots are btrfs snapshots)")  # fmt: skip
     backend = get_backend("btrfs")
     if not backend.is_volume(root):
         raise UsageError(f"{root} is on btrfs but is not a subvolume: it cannot be snapshotted")
@@ -58,25 +59,20 @@ def _next_number(store: Path) -> int:
     return max(nums, default=0) + 1
 
 
-def _default_subvolume_id(top: Path) -> str:
-    # "ID 274 gen 40 top level 5 path N-rollback", or "ID 5 (FS_TREE)"
-    return proc.run(["btrfs", "subvolume", "get-default", str(top)]).stdout.split()[1]
-
-
 def host_snapshots(root: str = "/") -> list[dict]:
     """The numbered snapshots of the root, oldest first (snapper's `list`): number, label, when it
     was made (the birth time of the snapshot's top directory), the guarded command (guard's
     N.json), and whether it is the default subvolume a rollback boots into."""
     top = Path(root).resolve()
-    _check_root(top)
+    backend = _check_root(top, "host-snapshot")
     store = _store(top)
     snaps = sorted((p for p in store.iterdir() if _number(p.name) and p.is_dir() and not p.is_symlink()),
                    key=lambda p: (_number(p.name), p.name)) if store.is_dir() else []  # fmt: skip
     if not snaps:
         return []
-    born = proc.run(["stat", "-c", "%W", *map(str, snaps)]).stdout.split()
-    ids = proc.run(["btrfs", "inspect-internal", "rootid", *map(str, snaps)], check=False).stdout.split()
-    default = _default_subvolume_id(top)
+    born = proc.run(["stat", "-c", "%W", *map(str, snaps)]).stdout.split()  # birth times: os.stat has none
+    ids = backend.subvolume_ids(snaps)
+    default = backend.default_subvolume(top)
     out = []
     for i, snap in enumerate(snaps):
         n = _number(snap.name)
@@ -134,7 +130,7 @@ def host_snapshot(label: str, root: str = "/") -> str:
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,40}", label):
         raise UsageError(f"bad label {label!r}: use a-z 0-9 _ . - (e.g. apt-pre)")
     top = Path(root).resolve()
-    backend = _check_root(top)
+    backend = _check_root(top, "host-snapshot")
     store = _store(top)
     store.mkdir(exist_ok=True)
     snap = store / f"{_next_number(store)}-{label}"
@@ -146,7 +142,7 @@ def host_guard(command: list[str], check: str | None, check_timeout: float, root
     if not command:
         raise UsageError("no command given: zap guard --host -- CMD [ARGS...]")
     top = Path(root).resolve()
-    backend = _check_root(top)
+    backend = _check_root(top, "guard --host")
     live_root = top == Path("/") or mountinfo.find(top) is not None
     store = _store(top)
     store.mkdir(exist_ok=True)
@@ -168,8 +164,7 @@ def host_guard(command: list[str], check: str | None, check_timeout: float, root
         # The running root cannot be swapped: boot into a writable copy of pre next time.
         nxt = store / f"{n}-rollback"
         backend.clone(pre, nxt)
-        subvol_id = proc.run(["btrfs", "inspect-internal", "rootid", str(nxt)]).stdout.strip()
-        proc.run(["btrfs", "subvolume", "set-default", subvol_id, str(top)])
+        backend.set_default_subvolume(top, nxt)
         raise ZapError(f"{failure}; the root {top} will be back to {pre} after a reboot (default subvolume "
                        f"{nxt}); the failed state is kept as {failed}")  # fmt: skip
     # A subvolume directory: swap it for a writable copy of pre.

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from catalog import Checkpoint, Pod, queries
-from zapckpt.common.errors import NotFound, UsageError
+from zapckpt.common.errors import UsageError
 from zapckpt.common.progress import step
 from zapckpt.context import Context
 from zapckpt.net import podnet
@@ -150,8 +150,10 @@ def plan_prune(s: Session, cks: list[Checkpoint], keep_last: int = 0, keep_hourl
     return [Decision(c, bool(reasons[c.id]), reasons[c.id]) for c in sorted(cks, key=lambda c: c.seq)]
 
 
-def rm(ctx: Context, name: str, force: bool) -> None:
-    """`zap rm [--force]`: the pod, its volume and (with force) its checkpoints and processes."""
+def rm(ctx: Context, name: str, force: bool) -> list[str]:
+    """`zap rm [--force]`: the pod, its volume and (with force) its checkpoints and processes;
+    returns the names of its branches, which go on (their volumes are their own) without an
+    origin."""
     with ctx.pod_lock(name):
         with ctx.catalog.session() as s:
             pod = queries.get_pod(s, name)
@@ -187,6 +189,7 @@ def rm(ctx: Context, name: str, force: bool) -> None:
                     os.rmdir(pod.mount_path)
                 except OSError:
                     pass
+            return [b.name for b in branches]
 
 
 _RANGE = re.compile(r"(?P<name>[^@]+)@(?P<a>[0-9]{1,9})-(?P<b>[0-9]{1,9})", re.ASCII)
@@ -208,7 +211,7 @@ def resolve_refs(s: Session, refs: list[str]) -> list[Checkpoint]:
         pod = queries.get_pod(s, m["name"])
         found = [c for c in pod.checkpoints if a <= c.seq <= b]
         if not found:
-            raise NotFound(f"no checkpoint of {pod.name!r} numbered {a} to {b} (see `zap list {pod.name}`)")
+            raise queries.no_checkpoint(f"{pod.name}@{a}-{b}", pod.name, f"none of {pod.name!r} is numbered {a} to {b}")
         out.update((c.id, c) for c in found)
     return sorted(out.values(), key=lambda c: (c.pod.name, c.seq))
 

@@ -19,12 +19,12 @@ from zapckpt.criu import locks
 from zapckpt.criu import runner as criu
 from zapckpt.criu.images import bound_unix_sockets, listening_ports
 from zapckpt.names import check_name
-from zapckpt.net import podnet
+from zapckpt.net import netns, podnet
 from zapckpt.ops import checkpoint as ckpt
 from zapckpt.ops import intents
 from zapckpt.pod import console
 from zapckpt.pod.lifecycle import check_ports_free, live_state, write_network_files
-from zapckpt.pod.mounts import pod_root
+from zapckpt.pod.mounts import pod_root, restore_argv
 from zapckpt.store import imagesets as image_sets
 from zapckpt.system import cgroups, faults, procinfo, staging
 from zapckpt.system.signals import deferred_interrupts
@@ -72,6 +72,8 @@ def restore_processes(ctx: Context, images: Path, pod: Pod, limit: float | None 
         mounts["socket_dirs"] = sorted({os.path.dirname(n) for n in bound_unix_sockets(images)
                                         if not n.startswith(inside)})  # fmt: skip
     step("restoring the processes")
+    if pod.net != "host":  # a branch's namespace is new, a restored one may be (after a reboot)
+        netns.apply_settings(podnet.netns_path(ctx.net, pod), netns.load(images))
     held = console.held_pipe(images)
     inherit, pipe = {}, None
     if held is not None:
@@ -82,9 +84,9 @@ def restore_processes(ctx: Context, images: Path, pod: Pod, limit: float | None 
     relock = bool(locks.posix_locks(images))
     try:
         join = cgroups.prepare(ctx.state.root, pod.name, cgroups.of_pod(pod))
-        pid = criu.restore(images, images.parent / "pid", mounts, podnet.netns_path(ctx.net, pod),
-                           ctx.log_path(pod.name, "restore"), limit, inherit=inherit, join_cgroups=join,
-                           leave_stopped=relock)  # fmt: skip
+        pid = criu.restore(images, images.parent / "pid", restore_argv(mounts), mounts["proc"],
+                           podnet.netns_path(ctx.net, pod), ctx.log_path(pod.name, "restore"), limit, inherit=inherit,
+                           join_cgroups=join, leave_stopped=relock)  # fmt: skip
     finally:
         for w in inherit:
             os.close(w)  # the restored processes hold it now (or CRIU failed: the logger ends)
@@ -106,8 +108,9 @@ def exited_warning(ck: Checkpoint, init_pid: int) -> list[str]:
     return [f"exited right after the restore: {procinfo.name_processes(gone)}"] if gone else []
 
 
-def restore(ctx: Context, ref: str, saved_message: str | None = None) -> tuple[Checkpoint, Checkpoint]:
-    """Roll the pod of `ref` back to it, files and processes; returns (ref, saved-state)."""
+def restore(ctx: Context, ref: str, saved_message: str | None = None) -> tuple[Checkpoint, Checkpoint | None]:
+    """Roll the pod of `ref` back to it, files and processes; returns (ref, the saved state, or
+    None where there was nothing to keep: a stopped pod whose files are ref's)."""
     pool = ctx.ensure_pool()  # mounted (after a reboot or deinit) before anything looks at snapshots
     if not pool.backend.capabilities.in_place_rollback:
         raise UsageError(f"the {pool.backend.name} backend cannot roll a volume back in place; branch instead")
@@ -121,7 +124,7 @@ def restore(ctx: Context, ref: str, saved_message: str | None = None) -> tuple[C
 
 
 def _restore_locked(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images: Path | None,
-                    saved_message: str | None) -> Checkpoint:  # fmt: skip
+                    saved_message: str | None) -> Checkpoint | None:  # fmt: skip
     if live_state(pod) == "paused":
         # Its state would be kept as files only: the paused processes cannot be dumped as they are.
         raise UsageError(f"pod {pod.name!r} is paused: `zap unpause {pod.name}` first (the state a restore replaces "
@@ -148,7 +151,7 @@ def _restore_locked(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images: 
 
 def _swap_and_restore(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images: Path | None,
                       saved_message: str | None, resume: bool, saved_id: str, volume: Path, new: Path,
-                      old: Path) -> Checkpoint:  # fmt: skip
+                      old: Path) -> Checkpoint | None:  # fmt: skip
     backend = ctx.pool.backend
     # Keep the state being replaced, so the rollback itself can be undone.
     msg = saved_message or f"before restore to {ck.ref}"
@@ -159,6 +162,8 @@ def _swap_and_restore(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images
         except ZapError as e:
             raise ZapError(f"cannot save the current state before restoring (nothing changed): {e}; "
                            f"`zap stop {pod.name}` first to restore without keeping its processes") from None
+    elif _unchanged_since(ctx, pod, ck):
+        saved = None  # its files are ck's, untouched since (`zap resume`): nothing to keep
     else:
         saved = ckpt.snapshot_only(ctx, s, pod, msg, ck_id=saved_id)
     faults.point("restore:saved")
@@ -187,7 +192,7 @@ def _swap_and_restore(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images
         backend.delete_volume(volume)
         backend.rename_volume(old, volume)
         back = ""
-        if saved.has_images:
+        if saved is not None and saved.has_images:
             try:
                 with materialized(ctx, s, saved) as saved_images:
                     # Putting the pod back must not fail for a timeout set for the new state.
@@ -197,6 +202,8 @@ def _swap_and_restore(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images
                 back = " The pod was put back as it was."
             except ZapError as e2:
                 back = f" Putting the pod back failed too ({e2}); its state is kept as {saved.ref}."
+        elif saved is None:
+            back = " The pod stays stopped, its files as they were."
         s.commit()
         raise ZapError(f"restore to {ck.ref} failed: {e}.{back}") from None
     faults.point("restore:restored")
@@ -204,6 +211,16 @@ def _swap_and_restore(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images
     pod.head_checkpoint_id = ck.id
     s.commit()
     return saved
+
+
+def _unchanged_since(ctx: Context, pod: Pod, ck: Checkpoint) -> bool:
+    """A stopped pod whose files are still exactly ck's (it was stopped by ck, or restored from
+    it, and nothing wrote since: the volume's generation is the snapshot's)."""
+    backend = ctx.pool.backend
+    if pod.head_checkpoint_id != ck.id or ck.snapshot_generation is None:
+        return False
+    backend.flush(Path(pod.volume))
+    return backend.volume_generation(Path(pod.volume)) == ck.snapshot_generation
 
 
 def branch(ctx: Context, ref: str, new_name: str, start: bool = True, ports: list[dict] | None = None) -> Pod:

@@ -27,21 +27,28 @@ class Outcome:
     what: str
 
 
-def _names(ctx: Context, names: list[str], all_: bool, which) -> list[str]:
+def _names(ctx: Context, names: list[str], all_: bool, which, why_not, named_ok=None) -> list[str]:
+    """The pods to work on: --all picks those `which` accepts; a named pod it (or named_ok) does
+    not accept is bad input (exit 2, `why_not(pod)` says why), as an unknown one is, before
+    anything is done."""
     if all_ == bool(names):
         raise UsageError("name the pods, or give --all")
     with ctx.catalog.session() as s:
         if all_:
             return [p.name for p in queries.list_pods(s) if which(p)]
         for n in names:
-            queries.get_pod(s, n)  # unknown names: exit 2 before anything is done
+            pod = queries.get_pod(s, n)
+            if not (named_ok or which)(pod):
+                raise UsageError(why_not(pod))
         return list(dict.fromkeys(names))
 
 
 def suspend(ctx: Context, names: list[str], all_: bool) -> list[Outcome]:
     ctx.ensure_pool()
     out = []
-    for name in _names(ctx, names, all_, lambda p: live_state(p) == "running"):
+    running = lambda p: live_state(p) == "running"  # noqa: E731
+    why = lambda p: f"pod {p.name!r} is not running ({live_state(p)}): nothing to suspend"  # noqa: E731
+    for name in _names(ctx, names, all_, running, why, named_ok=lambda p: running(p) or p.suspended_by is not None):
         try:
             with ctx.pod_lock(name), ctx.catalog.session() as s:
                 pod = queries.get_pod(s, name)
@@ -63,7 +70,8 @@ def suspend(ctx: Context, names: list[str], all_: bool) -> list[Outcome]:
 def resume(ctx: Context, names: list[str], all_: bool) -> list[Outcome]:
     ctx.ensure_pool()  # after a reboot: mounted again first
     out = []
-    for name in _names(ctx, names, all_, lambda p: p.suspended_by is not None):
+    why = lambda p: f"pod {p.name!r} is not suspended (`zap start {p.name}` runs it, `zap restore` brings back a checkpoint)"  # noqa: E731
+    for name in _names(ctx, names, all_, lambda p: p.suspended_by is not None, why):
         try:
             with ctx.catalog.session() as s:
                 pod = queries.get_pod(s, name)

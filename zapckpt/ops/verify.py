@@ -49,8 +49,15 @@ def verify(ctx: Context, ref: str | None) -> dict:
                             continue  # its damaged chunk list is reported on its own
                         for i in hit:
                             users[i].append(ck.ref)
-                for i, what in sorted(bad.items()):
-                    damage.append({"what": f"chunk {i}: {what}", "affects": sorted(users.get(i, []))})
+                # One line per damaged pack (and reason), not per chunk: 4 flipped bytes are one problem.
+                groups: dict[tuple, list[int]] = defaultdict(list)
+                for i, key in sorted(bad.items()):
+                    groups[key].append(i)
+                for (pack, why), ids in sorted(groups.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])):
+                    where = f"pack {pack}" if pack else "the chunk index"
+                    what = f"{where}: {len(ids)} chunk(s) damaged ({why})"
+                    affects = sorted({r for i in ids for r in users.get(i, [])})
+                    damage.append({"what": what, "affects": affects, "chunks": ids})
             lists_ok = not any(d["what"].startswith("chunk list") for d in damage)
             if ref is None and lists_ok:  # counting needs every chunk list readable
                 for cid, stored, actual in index.recount():

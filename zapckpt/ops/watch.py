@@ -24,6 +24,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -159,11 +160,9 @@ def ensure_supervisor(ctx: Context, wait: float = 60.0) -> int:
     pid = supervisor_pid(ctx)
     if pid is not None:
         return pid
-    import sys
-
     env = dict(os.environ, ZAP_HOME=str(ctx.state.root))
     with open(log_path(ctx), "ab") as log:
-        proc.spawn([sys.executable, "-m", "zapckpt.cli", "watch-serve"], env=env, stdout=log, stderr=log)
+        proc.spawn([sys.executable, "-m", "zapckpt.ops.watch"], env=env, stdout=log, stderr=log)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         pid = supervisor_pid(ctx)
@@ -391,3 +390,19 @@ def _note(ctx: Context, name: str, started: float, result: str, ok: bool, outcom
         else:
             w.failed = (w.failed or 0) + 1
 
+
+
+def main() -> int:
+    """python -m zapckpt.ops.watch (`zap watch-serve` does the same): the supervisor, as zap
+    starts it on demand; what goes wrong goes to its log (its stderr)."""
+    from zapckpt.common.errors import ZapError, one_line
+
+    try:
+        return serve(Context())
+    except ZapError as e:
+        print(f"zap watch-serve: error: {one_line(e)}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

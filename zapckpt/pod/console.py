@@ -129,7 +129,7 @@ def parse_since(text: str, now: datetime | None = None) -> str:
         return _stamp(t)
     except (ValueError, OverflowError):
         raise ValueError(f"{text!r} is neither a time (2026-11-27T10:00:00, UTC unless it says) "
-                         "nor a duration (90s, 10m, 2h, 1d)") from None  # fmt: skip
+                         "nor a duration back from now (90s, 10m, 2h, 1d)") from None  # fmt: skip
 
 
 def _stamp(t: datetime) -> str:
@@ -173,3 +173,142 @@ class Reader:
             k -= 1  # a line still being written
         self.held = b"".join(r + b"\n" for r in recs[k:]) + data[cut:]
         return b"".join(lines((r + b"\n" for r in recs[:k]), self.since, self.timestamps, final))
+
+
+# --- zap logs: the log read, and followed ------------------------------------------------------
+
+
+def seek_to_last_lines(f, n: int) -> int:
+    """Position f so that what is left of it is its last n lines (as `tail -n`); returns how
+    many lines that is (fewer than n: the whole file)."""
+    end = f.seek(0, os.SEEK_END)
+    if n == 0:
+        return 0
+    pos, found = end, 0
+    while pos > 0:
+        step = min(65536, pos)
+        pos -= step
+        f.seek(pos)
+        block = f.read(step)
+        # A final newline ends the last line; it does not start another one.
+        cut = len(block) - 1 if pos + step == end and block.endswith(b"\n") else len(block)
+        while True:
+            cut = block.rfind(b"\n", 0, cut)
+            if cut < 0:
+                break
+            found += 1
+            if found == n:
+                f.seek(pos + cut + 1)
+                return n
+    f.seek(0)
+    return found + 1 if end else 0
+
+
+class _PodState:
+    """What `zap logs` needs of a pod while it reads: whether it still runs. Read straight from
+    SQLite (catalog/fastread.py) as `zap ps` does, so that `zap logs` starts as fast."""
+
+    def __init__(self, state, name: str):
+        from catalog import fastread
+
+        self.state, self.name, self.fastread = state, name, fastread
+
+    def row(self):
+        from contextlib import closing
+
+        conn = self.fastread.open_current(self.state.catalog_db)
+        if conn is None:
+            return None
+        with closing(conn):
+            return self.fastread.pod_console(conn, self.name)
+
+    def running(self) -> bool:
+        """Running, or being restored (its lock held: a restore stops it a moment, then it writes on)."""
+        from zapckpt.common.errors import Busy
+        from zapckpt.pod.status import live_state
+        from zapckpt.system.locks import locked
+
+        row = self.row()
+        if row is not None and live_state(row) == "running":
+            return True
+        try:
+            with locked(self.state.locks / f"{self.name}.lock", f"pod {self.name!r}", 0):
+                return False
+        except Busy:
+            return True
+
+
+def follow_log(state, name: str, follow: bool, out, tail: int | None = None, since: str | None = None,
+               timestamps: bool = False) -> bool:  # fmt: skip
+    """`zap logs` of a pod whose log is a console log ($ZAP_HOME/console/NAME.log); returns
+    False, having read nothing, for a pod this cannot tell about (an unknown name, a catalog to
+    migrate, a pod from before the console log): the caller takes the ORM path (logs_in_volume)."""
+    pod = _PodState(state, name)
+    row = pod.row()
+    path = state.console_log(name)
+    if row is None or not (path.exists() or row.console_pipe is not None):
+        return False
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        if not follow:
+            return True
+        f = None
+    reader = Reader(since, timestamps)
+    old = rotated(path)
+    while f is None:  # the pod's logger has not written yet
+        time.sleep(0.2)
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            if not pod.running():
+                return True
+    got = seek_to_last_lines(f, tail) if tail is not None else 0
+    if tail is None or got < tail:  # the file before the last rotation first
+        try:
+            with open(old, "rb") as g:
+                if tail is not None:
+                    seek_to_last_lines(g, tail - got)
+                out.write(reader.feed(g.read()))
+        except FileNotFoundError:
+            pass
+    copy(f, reader.feed, out, (lambda: (pod.running(), path)) if follow else None, path)
+    out.write(reader.feed(b"", final=True))  # a line the pod has not ended yet, as far as it goes
+    out.flush()
+    return True
+
+
+def copy(f, render, out, still, path: Path | None = None) -> None:
+    """Write what f holds, rendered, to out, and close it; with still() (following: whether
+    the pod runs), what comes after too, until it stops (and across a rotation of the log at
+    path, if given)."""
+    try:
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                out.write(render(chunk))
+                out.flush()
+                continue
+            if still is None:
+                return
+            if path is not None and _rotated_away(f, path):
+                out.write(render(f.read()))  # what was written before the rotation
+                f.close()
+                f = open(path, "rb")
+                continue
+            running, log = still()
+            if not running:
+                wait_for_loggers(log)  # what its logger still had in hand
+                out.write(render(f.read()))
+                out.flush()
+                return
+            time.sleep(0.2)
+    finally:
+        f.close()
+
+
+def _rotated_away(f, path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino != os.fstat(f.fileno()).st_ino
+    except FileNotFoundError:
+        return False

@@ -14,7 +14,7 @@ from pathlib import Path
 from catalog import Pod, queries
 from zapckpt import settings
 from zapckpt.common import proc
-from zapckpt.common.errors import AlreadyExists, Busy, UsageError, ZapError
+from zapckpt.common.errors import AlreadyExists, UsageError, ZapError
 from zapckpt.common.progress import step
 from zapckpt.context import Context
 from zapckpt.names import check_name
@@ -286,8 +286,9 @@ def write_network_files(pod: Pod) -> None:
             f.write(text)
 
 
-def start(ctx: Context, name: str) -> Pod:
-    """Run the pod's command afresh in its current volume (as `podman start` does)."""
+def start(ctx: Context, name: str, command: list[str] | None = None) -> Pod:
+    """Run the pod's command afresh in its current volume (as `podman start` does); command: a
+    new one, kept from now on (a pod created without one gets it so)."""
     ctx.ensure_pool()  # mounted again after a reboot or `zap deinit`: the volume is on it
     with ctx.pod_lock(name):
         with ctx.catalog.session() as s:
@@ -296,8 +297,11 @@ def start(ctx: Context, name: str) -> Pod:
                 raise UsageError(f"pod {name!r} is already running ({live_state(pod)})")
             if not Path(pod.volume).is_dir():
                 raise ZapError(f"the volume of pod {name!r} is missing: {pod.volume}")
+            if command:
+                pod.command = list(command)
             if not pod.command:
-                raise UsageError(f"pod {name!r} has no command (it was created without one)")
+                raise UsageError(f"pod {name!r} has no command (it was created without one): `zap start {name} -- CMD` "
+                                 f"gives it one")  # fmt: skip
             os.makedirs(pod.mount_path, exist_ok=True)
             podnet.ensure(s, ctx.net, pod)
             # A fresh start has no connections to bring back: drop a --stop dump's locks.
@@ -493,42 +497,14 @@ def _console_in_pod(pod: Pod, volume_id: tuple[int, int]) -> tuple[int, int]:
     return os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), log
 
 
-def _seek_to_last_lines(f, n: int) -> int:
-    """Position f so that what is left of it is its last n lines (as `tail -n`); returns how
-    many lines that is (fewer than n: the whole file)."""
-    end = f.seek(0, os.SEEK_END)
-    if n == 0:
-        return 0
-    pos, found = end, 0
-    while pos > 0:
-        step = min(65536, pos)
-        pos -= step
-        f.seek(pos)
-        block = f.read(step)
-        # A final newline ends the last line; it does not start another one.
-        cut = len(block) - 1 if pos + step == end and block.endswith(b"\n") else len(block)
-        while True:
-            cut = block.rfind(b"\n", 0, cut)
-            if cut < 0:
-                break
-            found += 1
-            if found == n:
-                f.seek(pos + cut + 1)
-                return n
-    f.seek(0)
-    return found + 1 if end else 0
-
-
-def follow_log(ctx: Context, name: str, follow: bool, out, tail: int | None = None, since: str | None = None,
-               timestamps: bool = False) -> None:  # fmt: skip
-    """`zap logs`: the pod's console log (pod/console.py), or for a pod from before it, the
-    `.zap/console.log` in its volume (no times: since and timestamps need the new log)."""
+def logs_in_volume(ctx: Context, name: str, follow: bool, out, tail: int | None = None, since: str | None = None,
+                   timestamps: bool = False) -> None:  # fmt: skip
+    """`zap logs` of a pod from before the console log: `.zap/console.log` in its volume (no
+    times: since and timestamps need the new log). Unknown names fail here."""
     with ctx.catalog.session() as s:
         pod = queries.get_pod(s, name)
-    path = ctx.state.console_log(name)
-    if path.exists() or pod.console_pipe is not None:
-        _follow_console(ctx, name, path, follow, out, tail, since, timestamps)
-        return
+    if console.follow_log(ctx.state, name, follow, out, tail, since, timestamps):
+        return  # its console log appeared meanwhile (a catalog just migrated)
     if since is not None or timestamps:
         raise UsageError(f"pod {name!r} keeps its console log in its volume (it was started by an earlier "
                          f"version): no times to show or select by; `zap stop` and `zap start` it for the new log")  # fmt: skip
@@ -546,84 +522,12 @@ def follow_log(ctx: Context, name: str, follow: bool, out, tail: int | None = No
                        f"or reading anything but a regular file in the pod's volume)") from None  # fmt: skip
     finally:
         os.close(volume)
+
+    def still():
+        with ctx.catalog.session() as s:
+            return live_state(queries.get_pod(s, name)) == "running", ctx.state.console_log(name)
+
     with open(fd, "rb") as f:
         if tail is not None:
-            _seek_to_last_lines(f, tail)
-        _copy(ctx, name, f, (lambda chunk: chunk), follow, out)
-
-
-def _follow_console(ctx: Context, name: str, path: Path, follow: bool, out, tail: int | None, since: str | None,
-                    timestamps: bool) -> None:  # fmt: skip
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        if not follow:
-            return
-        f = None
-    reader = console.Reader(since, timestamps)
-    old = console.rotated(path)
-    while f is None:  # the pod's logger has not written yet
-        time.sleep(0.2)
-        try:
-            f = open(path, "rb")
-        except FileNotFoundError:
-            if not _running(ctx, name):
-                return
-    got = _seek_to_last_lines(f, tail) if tail is not None else 0
-    if tail is None or got < tail:  # the file before the last rotation first
-        try:
-            with open(old, "rb") as g:
-                if tail is not None:
-                    _seek_to_last_lines(g, tail - got)
-                out.write(reader.feed(g.read()))
-        except FileNotFoundError:
-            pass
-    _copy(ctx, name, f, reader.feed, follow, out, path)
-    out.write(reader.feed(b"", final=True))  # a line the pod has not ended yet, as far as it goes
-    out.flush()
-
-
-def _running(ctx: Context, name: str) -> bool:
-    """Running, or being restored (its lock held: a restore stops it a moment, then it writes on)."""
-    with ctx.catalog.session() as s:
-        if live_state(queries.get_pod(s, name)) == "running":
-            return True
-    try:
-        with ctx.pod_lock(name, wait=0):
-            return False
-    except Busy:
-        return True
-
-
-def _copy(ctx: Context, name: str, f, render, follow: bool, out, path: Path | None = None) -> None:
-    """Write what f holds, rendered, to out, and close it; with follow, what comes after too,
-    until the pod is no longer running (and across a rotation of the log at path, if given)."""
-    try:
-        while True:
-            chunk = f.read(65536)
-            if chunk:
-                out.write(render(chunk))
-                out.flush()
-                continue
-            if not follow:
-                return
-            if path is not None and _rotated_away(f, path):
-                out.write(render(f.read()))  # what was written before the rotation
-                f.close()
-                f = open(path, "rb")
-                continue
-            if not _running(ctx, name):
-                console.wait_for_loggers(ctx.state.console_log(name))  # what its logger still had in hand
-                out.write(render(f.read()))
-                out.flush()
-                return
-            time.sleep(0.2)
-    finally:
-        f.close()
-
-
-def _rotated_away(f, path: Path) -> bool:
-    try:
-        return os.stat(path).st_ino != os.fstat(f.fileno()).st_ino
-    except FileNotFoundError:
-        return False
+            console.seek_to_last_lines(f, tail)
+        console.copy(f, lambda chunk: chunk, out, still if follow else None)

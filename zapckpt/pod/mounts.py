@@ -128,6 +128,8 @@ def _set_readonly(path: str, readonly: bool) -> None:
         err = ctypes.get_errno()
     finally:
         os.close(fd)
+    if err == errno.EINVAL and mountinfo.find(path) is None:
+        return  # not a mount of its own here (a pod without /dev/ptmx bound, say): nothing to change
     if err != errno.ENOSYS:
         raise OSError(err, f"mount_setattr {path}: {os.strerror(err)}")
     for m in mountinfo.mounts():
@@ -343,7 +345,9 @@ def setup_pod_mounts(volume: str, mount_path: str, system: bool, volumes: list[d
                 _bind_fd(fd, f"/proc/self/fd/{target}")
             finally:
                 os.close(target)
-        own = [mount_path, "/dev/shm", "/dev/pts", *(["/tmp"] if tmp_fd >= 0 else []), *(v["pod"] for v in volumes)]
+        # /dev/ptmx is the pod's devpts's, bound there: CRIU sets a restored terminal's owner through it
+        own = [mount_path, "/dev/shm", "/dev/pts", "/dev/ptmx", *(["/tmp"] if tmp_fd >= 0 else []),
+               *(v["pod"] for v in volumes)]  # fmt: skip
         _copy_tree_for_own_proc(pod_root(mount_path), tmp_fd, chroot, own if host_readonly else None)
     finally:
         os.close(root_fd)
@@ -382,6 +386,12 @@ def detach_views() -> None:
     pod's business, and a dead view (its server gone) would make CRIU trip over it later."""
     for point in mountinfo.points(mountinfo.VIEW_FSTYPE):
         proc.run(["umount", "--lazy", point], check=False)
+
+
+def restore_argv(spec: dict) -> list[str]:
+    """The command that makes the pod's mounts in a new mount namespace (main below), then
+    execs what follows it: how a restore prepares the namespace CRIU restores into."""
+    return [sys.executable, "-m", "zapckpt.pod.mounts", json.dumps(spec), "--"]
 
 
 def main() -> None:

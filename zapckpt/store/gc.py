@@ -16,10 +16,10 @@ from zapckpt.store.index import ChunkIndex
 from zapckpt.store.packs import FrameReader, copy_frames, fsync_dir, new_pack_name
 
 if TYPE_CHECKING:
-    from zapckpt.store.chunkstore import ChunkStore
+    from zapckpt.store.layout import StoreLayout
 
 
-def collect_garbage(store: ChunkStore, s: Session, min_unused: float = 0.0) -> list[Path]:
+def collect_garbage(store: StoreLayout, s: Session, min_unused: float = 0.0) -> list[Path]:
     """Forget unreferenced chunks and rewrite the packs that held them. Returns the old pack
     files, to delete once the caller's transaction has committed.
 
@@ -52,22 +52,23 @@ def collect_garbage(store: ChunkStore, s: Session, min_unused: float = 0.0) -> l
     return old_files
 
 
-def verify_chunks(store: ChunkStore, s: Session, ids: set[int]) -> dict[int, str]:
-    """Re-read and re-hash chunks; returns {chunk id: what is wrong} for the damaged ones."""
+def verify_chunks(store: StoreLayout, s: Session, ids: set[int]) -> dict[int, tuple[str | None, str]]:
+    """Re-read and re-hash chunks; returns {chunk id: (its pack, or None, what is wrong)} for
+    the damaged ones (the reason names no chunk, so that a report can group them by pack)."""
     index = ChunkIndex(s)
     loc = index.locations(ids)
     hashes = index.hashes(ids)
-    bad: dict[int, str] = {}
+    bad: dict[int, tuple[str | None, str]] = {}
     by_pack: dict[str, list[int]] = {}
     for cid in ids:
         if cid not in loc:
-            bad[cid] = "missing from the index"
+            bad[cid] = (None, "missing from the index")
         else:
             by_pack.setdefault(loc[cid].pack, []).append(cid)
     for pack, cids in by_pack.items():
         if not store.pack_path(pack).is_file():
             for cid in cids:
-                bad[cid] = f"pack {pack} is missing"
+                bad[cid] = (pack, "the pack is missing")
             continue
         reader = FrameReader(store.pack_path)
         cached: tuple = (None, None)
@@ -75,14 +76,14 @@ def verify_chunks(store: ChunkStore, s: Session, ids: set[int]) -> dict[int, str
             for cid in sorted(cids, key=lambda c: loc[c].offset):
                 c = loc[cid]
                 try:
-                    frame = cached[1] if cached[0] == c.offset else reader.get(pack, c.offset, c.length, f"chunk {cid}")
+                    frame = cached[1] if cached[0] == c.offset else reader.get(pack, c.offset, c.length, "a frame")
                     cached = (c.offset, frame)
                 except StoreError as e:
-                    bad[cid] = str(e)
+                    bad[cid] = (pack, str(e).replace(f" in pack {pack}", "").replace(f" of pack {pack}", ""))
                     continue
                 chunk = frame[c.start : c.start + c.raw_length]
                 if c.start + c.raw_length > len(frame) or hashlib.sha256(chunk).digest() != hashes[cid]:
-                    bad[cid] = f"content does not match its hash (pack {pack})"
+                    bad[cid] = (pack, "content does not match its hash")
         finally:
             cached = (None, None)
             reader.close()

@@ -17,14 +17,14 @@ from zapckpt.store.index import ChunkIndex, NewChunk
 from zapckpt.store.packs import PackWriter, fsync_dir, new_pack_name
 
 if TYPE_CHECKING:
-    from zapckpt.store.chunkstore import ChunkStore
+    from zapckpt.store.layout import StoreLayout
 
 
 @dataclass
 class PendingIngest:
     """An image set written to a new pack but not yet in the catalog."""
 
-    store: ChunkStore
+    store: StoreLayout
     pack_name: str
     pack_size: int
     new_chunks: list[NewChunk]
@@ -43,7 +43,7 @@ class PendingIngest:
         self.store.pack_path(self.pack_name).unlink(missing_ok=True)
 
 
-def ingest(store: ChunkStore, s: Session, staging: Path) -> PendingIngest:
+def ingest(store: StoreLayout, s: Session, staging: Path) -> PendingIngest:
     """Chunk, deduplicate and compress the image set in staging into a new, fsynced pack. Call
     with the store lock held, and commit the result in the same lock."""
     store.packs.mkdir(parents=True, exist_ok=True)

@@ -19,13 +19,13 @@ from zapckpt.store.index import ChunkIndex, ChunkLocation
 from zapckpt.store.packs import WORKERS, FrameReader, write_all
 
 if TYPE_CHECKING:
-    from zapckpt.store.chunkstore import ChunkStore
+    from zapckpt.store.layout import StoreLayout
 
 READ_AHEAD = 4 * WORKERS  # frames being decompressed ahead of the writer
 WRITE_BATCH = 4 << 20  # bytes per writev
 
 
-def materialize(store: ChunkStore, s: Session, checkpoint_id: str, target: Path) -> int:
+def materialize(store: StoreLayout, s: Session, checkpoint_id: str, target: Path) -> int:
     """Reassemble the image set into target (tmpfs, 0600 files); returns the bytes written."""
     target.mkdir(mode=0o700, parents=True, exist_ok=True)
     index = ChunkIndex(s)
@@ -122,7 +122,7 @@ class ImageReader:
 
     CACHED_FRAMES = 8
 
-    def __init__(self, store: ChunkStore, s: Session, checkpoint_id: str, name: str):
+    def __init__(self, store: StoreLayout, s: Session, checkpoint_id: str, name: str):
         index = ChunkIndex(s)
         size, ids = index.file(checkpoint_id, name)
         loc = index.locations(set(ids))

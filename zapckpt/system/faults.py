@@ -6,11 +6,9 @@ from __future__ import annotations
 import os
 import time
 
-_FAULT = os.environ.get("ZAP_FAULT")
-
-
 def point(name: str, delay: float = 0) -> None:
-    """delay: let a child just started (CRIU) get into its work first."""
-    if _FAULT == name:
+    """delay: let a child just started (CRIU) get into its work first. (The variable is read
+    at each point, not once: a command forked by the zap server has its own environment.)"""
+    if os.environ.get("ZAP_FAULT") == name:
         time.sleep(delay)
         os.kill(os.getpid(), 9)

@@ -11,13 +11,17 @@ from typing import Iterator
 
 from zapckpt.common.errors import Busy
 
-DEFAULT_WAIT = float(os.environ.get("ZAP_LOCK_TIMEOUT", "60"))
+
+
+def default_wait() -> float:
+    """ZAP_LOCK_TIMEOUT, read when a lock is taken (a command of the zap server has its own)."""
+    return float(os.environ.get("ZAP_LOCK_TIMEOUT", "60"))
 
 
 @contextmanager
 def locked(path: Path, what: str, wait: float | None = None) -> Iterator[None]:
     """Hold an exclusive lock on path; wait up to `wait` seconds, then fail clearly."""
-    wait = DEFAULT_WAIT if wait is None else wait
+    wait = default_wait() if wait is None else wait
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:

@@ -30,7 +30,8 @@ FSTYPE = mountinfo.VIEW_FSTYPE
 READ_AHEAD_KB = 4096
 # How long `zap mount` waits for its server to say the view is live (a guest in software
 # emulation needs most of a minute just to start Python).
-READY_TIMEOUT = float(os.environ.get("ZAP_MOUNT_TIMEOUT", "120"))
+def ready_timeout() -> float:
+    return float(os.environ.get("ZAP_MOUNT_TIMEOUT", "120"))
 
 log = logging.getLogger("zapckpt.view")
 
@@ -140,14 +141,12 @@ def start_daemon(ctx: Context, mountpoint: Path, allow_other: bool) -> tuple[Pat
     ctx.ensure_pool()
     log_path = ctx.log_path("view", "mount")
     r, w = os.pipe()
-    argv = [sys.executable, "-m", "zapckpt.cli", "mount", "--foreground", "--ready-fd", str(w), str(mp)]
-    if allow_other:
-        argv.append("--allow-other")
+    argv = [sys.executable, "-m", "zapckpt.view.mount", str(w), str(mp), *(["--allow-other"] if allow_other else [])]
     with open(log_path, "ab") as out:
         child = proc.spawn(argv, env=dict(os.environ, ZAP_HOME=str(ctx.state.root)), stdout=out, stderr=out, pass_fds=(w,))
     os.close(w)
     try:
-        ready, _, _ = select.select([r], [], [], READY_TIMEOUT)
+        ready, _, _ = select.select([r], [], [], ready_timeout())
         msg = os.read(r, 4096).decode(errors="replace").strip() if ready else ""
     finally:
         os.close(r)
@@ -225,3 +224,22 @@ def unmount_all(ctx: Context) -> list[str]:
                 pass
         _entry_path(ctx, Path(mp)).unlink(missing_ok=True)
     return done
+
+
+def main() -> None:
+    """python -m zapckpt.view.mount READY_FD MOUNTPOINT [--allow-other]: the daemon that
+    start_daemon() starts (`zap mount --foreground` serves the same in the foreground)."""
+    from zapckpt.common.errors import one_line
+
+    ready_fd, mountpoint = int(sys.argv[1]), Path(sys.argv[2])
+    try:
+        serve(Context(), mountpoint, "--allow-other" in sys.argv[3:], ready_fd)
+    except ZapError as e:
+        print(f"zap mount: error: {one_line(e)}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
