@@ -84,7 +84,7 @@ def main() -> int:
                 inner.append(rec["timings_ms"]["total"])
     finally:
         for home in (small, big):
-            subprocess.run([sys.executable, "-m", "zapckpt.cli", "deinit", "--purge"], capture_output=True,
+            subprocess.run([sys.executable, "-m", "zapckpt", "deinit", "--purge"], capture_output=True,
                            env=zap_env(home))  # fmt: skip
     k = f"{args.rows // 1000}k"
     figures = [

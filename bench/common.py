@@ -24,7 +24,7 @@ from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the parts call zapckpt in-process too
-ZAP = [sys.executable, "-m", "zapckpt.cli"]
+ZAP = [sys.executable, "-m", "zapckpt"]  # `zap` as users run it (through the zap server once it runs)
 
 
 def stats(xs: list[float]) -> dict:

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from common import drop_caches, figure, write_part, zap_env  # noqa: E402
-ZAP = [sys.executable, "-m", "zapckpt.cli"]
+ZAP = [sys.executable, "-m", "zapckpt"]
 
 
 def timed(argv: list[str] | str, shell: bool = False) -> float:

@@ -39,6 +39,7 @@ SUITE = {
                  ["--runs", "2", "--intervals", "1", "--window", "3"]),
     "network": ("network.py", ["--runs", "5"], ["--runs", "2"]),
     "startup": ("startup.py", ["--runs", "30"], ["--runs", "5"]),
+    "pod_memory": ("pod_memory.py", ["--pods", "1,50"], ["--pods", "1,5"]),
 }  # fmt: skip
 
 

@@ -91,3 +91,66 @@ def varint(n: int) -> bytes:
         out += bytes([b | (0x80 if n else 0)])
         if not n:
             return out
+
+
+def memory_intact(volume: Path, timeout: float = 60.0) -> bool:
+    """Ask a memhog workload (tests/workloads/memhog.py) in volume to hash its memory again;
+    whether that is the hash it had when it started (its memory never changes)."""
+    (volume / "memsum").unlink(missing_ok=True)
+    (volume / "memsum.req").touch()
+    wait_for(lambda: (volume / "memsum").exists(), timeout, what="the process to hash its memory")
+    return (volume / "memsum").read_text() == (volume / "memsum.start").read_text()
+
+
+def pod_runs(zap, name: str, needle: bytes) -> bool:
+    """Whether a process of the running pod has needle in its command line (NUL-separated)."""
+    init = zap.pod(name)["pid"]
+    if not init:
+        return False
+    ns = os.stat(f"/proc/{init}/ns/pid").st_ino
+    for e in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{e}/ns/pid").st_ino == ns and needle in Path(f"/proc/{e}/cmdline").read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def pod_processes(zap, name: str) -> list[int]:
+    """Host pids of the running pod's processes."""
+    init = zap.pod(name)["pid"]
+    if not init:
+        return []
+    ns = os.stat(f"/proc/{init}/ns/pid").st_ino
+    out = []
+    for e in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{e}/ns/pid").st_ino == ns:
+                out.append(int(e))
+        except OSError:
+            continue
+    return out
+
+
+def pod_holds(zap, name: str, path: str) -> bool:
+    """Whether a process of the pod holds a descriptor to path (as the host names it)."""
+    for pid in pod_processes(zap, name):
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        if any(ln == path or ln.endswith(path) for ln in links):
+            return True
+    return False
+
+
+def process_age(pid: int) -> float:
+    """Seconds since pid started (0 once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except OSError:
+        return 0.0
+    start = int(stat[stat.rindex(")") + 2 :].split()[19])
+    return uptime - start / os.sysconf("SC_CLK_TCK")

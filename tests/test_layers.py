@@ -23,6 +23,7 @@ LAYERS = [
     ["zapckpt.view"],  # the history as a tree, and its FUSE adapter
     ["zapckpt.cli"],
     ["zapckpt.client"],  # the `zap` command: hands the command to the zap server, or runs cli here
+    ["zapckpt.__main__"],  # python -m zapckpt
 ]
 RANK = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
 

@@ -49,3 +49,40 @@ def test_ps_and_list_read_the_catalog_without_sqlalchemy(tmp_path):
         assert rc == 0 and heavy == [], (args, heavy)
     rc, heavy = _imported(tmp_path, "list", "nosuchpod")
     assert rc == 2 and heavy == []
+
+
+def test_the_zap_command_imports_nothing_of_zap_before_it_must():
+    """`zap` (zapckpt/client.py) hands the command to the zap server: it must start as fast as
+    Python itself, so it imports nothing of zap but the server's wire."""
+    probe = "import sys, zapckpt.client; print(' '.join(sorted(sys.modules)))"
+    mods = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    ours = [m for m in mods if m.split(".")[0] in ("zapckpt", "catalog", "fsbackend", "sqlalchemy")]
+    assert ours == ["zapckpt", "zapckpt.client", "zapckpt.common", "zapckpt.common.wire"], ours
+
+
+# What a command may import of zap, at most: more means it pays for what it does not use.
+ALLOWED = {
+    "logs": ("zapckpt.cli", "zapckpt.common", "zapckpt.pod.console", "zapckpt.pod.status", "zapckpt.system.procinfo",
+             "zapckpt.system.locks", "zapckpt.state", "catalog.fastread", "zapckpt.names"),
+    "show": ("zapckpt.cli", "zapckpt.common", "zapckpt.records", "zapckpt.pod.status", "zapckpt.system.procinfo",
+             "zapckpt.state", "catalog.fastread", "zapckpt.names"),
+}
+
+
+@pytest.mark.system  # a pod to read about: zap runs as root
+def test_logs_and_show_import_only_what_they_use(zap):
+    zap("run", "q", "--", "sh", "-c", "echo hi; exec sleep 600")
+    for command in ("logs", "show"):
+        rc, heavy = _imported(zap.home, command, "q")
+        assert rc == 0 and heavy == [], (command, heavy)
+        rc, mods = _modules(zap.home, command, "q")
+        extra = [m for m in mods if m.split(".")[0] in ("zapckpt", "catalog", "fsbackend") and "." in m
+                 and not m.startswith(ALLOWED[command]) and m not in ("zapckpt.pod", "zapckpt.system")]  # fmt: skip
+        assert not extra, (command, extra)
+
+
+def _modules(home, *args):
+    env = dict(os.environ, ZAP_HOME=str(home))
+    cp = subprocess.run([sys.executable, "-c", PROBE, *args], env=env, capture_output=True, text=True, timeout=60)
+    doc = json.loads(cp.stderr.strip().splitlines()[-1])
+    return doc["rc"], doc["modules"]

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import (ROOT, WORKLOADS, assert_continuous, catalog_db, counted_past, counter_values, pack_files,
-                     proc_state, store_index, wait_for)
+from helpers import (ROOT, WORKLOADS, assert_continuous, catalog_db, counted_past, counter_values, memory_intact,
+                     pack_files, proc_state, store_index, wait_for)
 
 MEMHOG = WORKLOADS / "memhog.py"
 
@@ -37,9 +37,16 @@ def test_repeated_checkpoints_are_deduplicated_and_restorable(zap):
     os.sync()
     assert zap.json("df")["pool"]["used_bytes"] - pool["used_bytes"] > 40 << 20
     assert "pool (btrfs, " in zap("df").stdout
-    # Any of them restores, from chunks shared with the others.
+    # Any of them restores, from chunks shared with the others: memory byte for byte, files as
+    # they were (the counter goes on from the snapshot's values without a gap).
+    snap = counter_values(Path(zap.json("show", "hog@1")["snapshot"]["path"]))
     zap("restore", "hog@1")
     assert zap.pod("hog")["state"] == "running"
+    vol = zap.volume("hog")
+    assert memory_intact(vol)
+    values = counted_past(vol, len(snap) + 20, "the restored hog to count")
+    assert values[: len(snap)] == snap and not (vol / "big").exists()
+    assert_continuous(values)
     assert zap("verify").stdout.strip().endswith("OK")
 
 

@@ -44,6 +44,10 @@ def test_export_import_branch_round_trip(zap, second, tmp_path):
     assert second("import", str(out), "--name", "again").stdout.strip() == "again@1"
     second("restore", "again@1")
     assert second.pod("again")["state"] == "running"
+    # the restored import counts on from the exported checkpoint's values, files and memory agreeing
+    again = counted_past(second.volume("again"), len(snap) + 50, "the restored import counting")
+    assert again[: len(snap)] == snap
+    assert_continuous(again)
 
     # Streamed: `zap export REF - | zap import -` (issue 15), no file in between.
     exp = subprocess.Popen([*ZAP_CMD, "export", "ctr@1", "-"], env=zap.env,

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -261,8 +260,9 @@ def test_branch_by_mkdir_and_live_updates(zap, view):
 
 
 def test_damaged_images_are_eio_and_the_mount_survives(zap, view):
-    zap("run", "dmg", "--", "python3", "-c", "import time; x = bytes(range(256)) * 40000; time.sleep(1000)")
-    time.sleep(0.5)
+    zap("run", "dmg", "--", "python3", "-c",
+        "import time; x = bytes(range(256)) * 40000; open('ready', 'w').close(); time.sleep(1000)")  # fmt: skip
+    wait_for(lambda: (zap.volume("dmg") / "ready").exists(), what="the process to fill its memory")
     zap("checkpoint", "dmg")
     packs = list((zap.home / "store" / "packs").iterdir())
     _mount(zap, view)

@@ -208,6 +208,11 @@ def _start_worker(conn: socket.socket, server_fds: list) -> int | None:
     code = 1
     try:
         code = _work(conn, req, fds, server_fds)
+    except SystemExit as e:  # `--help` and `--version`: argparse exits, as Python would
+        if isinstance(e.code, int) or e.code is None:
+            code = e.code or 0
+        else:
+            print(e.code, file=sys.stderr)
     except BaseException:  # noqa: BLE001 - whatever happens, the worker must not go on as the server
         import traceback
 

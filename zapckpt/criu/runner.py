@@ -304,6 +304,7 @@ def restore(images: Path, pidfile: Path, prepare: list[str], proc_mount: str, ne
     hook.write_text(
         "#!/bin/sh\n"
         '[ "$CRTOOLS_SCRIPT_ACTION" = setup-namespaces ] || exit 0\n'
+        f"{faults.stall()}"
         f'exec nsenter -t "$CRTOOLS_INIT_PID" -p -- mount -t proc -o nosuid,nodev,noexec proc {shlex.quote(proc_mount)}\n'
     )
     hook.chmod(0o700)

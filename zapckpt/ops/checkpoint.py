@@ -36,7 +36,7 @@ from zapckpt.system.signals import deferred_interrupts
 HOOK = """#!/bin/bash
 # CRIU action script: runs in the frozen window; only post-dump does anything.
 [ "$CRTOOLS_SCRIPT_ACTION" = post-dump ] || exit 0
-t0=$EPOCHREALTIME
+{stall}t0=$EPOCHREALTIME
 {snapshot} >/dev/null 2>{err} || exit 1
 echo "$t0 $EPOCHREALTIME" >{times}
 """
@@ -52,7 +52,8 @@ def _write_hook(path: Path, argv: list[str], err: Path, times: Path) -> None:
     err_at, times_at = criu.through_host_root(err), criu.through_host_root(times)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o700)
     with open(fd, "w") as f:
-        f.write(HOOK.format(snapshot=shlex.join(argv), err=shlex.quote(err_at), times=shlex.quote(times_at)))
+        f.write(HOOK.format(snapshot=shlex.join(argv), err=shlex.quote(err_at), times=shlex.quote(times_at),
+                            stall=faults.stall()))  # fmt: skip
 
 
 def _hook_ms(times: Path) -> float | None:

@@ -145,6 +145,8 @@ def run_checks() -> list[Check]:
         checks.append(_tool(tool, pkg))
     checks.extend(_criu())
     checks.append(_pod_init())
+    checks.append(_console_logger())
+    checks.append(_root_propagation())
     shm_ok = Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK)
     checks.append(Check("tmpfs staging", shm_ok, str(state.staging),
                         "" if shm_ok else "mount a tmpfs on /dev/shm", required=False))  # fmt: skip
@@ -165,6 +167,29 @@ def _pod_init() -> Check:
     except ZapError:
         return Check("pod init", False, "catatonit not found", "apt-get install catatonit (or make install); "
                      "without it only `zap run --no-init` works")  # fmt: skip
+
+
+def _console_logger() -> Check:
+    from zapckpt.common.errors import ZapError
+    from zapckpt.pod.console import logger_binary
+
+    try:
+        return Check("console logger", True, logger_binary())
+    except ZapError as e:
+        return Check("console logger", False, str(e), INSTALL)
+
+
+def _root_propagation() -> Check:
+    """Pods follow the host's unmounts when the host's mounts are shared, as systemd makes them."""
+    try:
+        line = next(ln for ln in Path("/proc/self/mountinfo").read_text().splitlines() if ln.split()[4] == "/")
+    except (OSError, StopIteration):
+        return Check("mount propagation", False, "/proc/self/mountinfo unreadable", required=False)
+    shared = "shared:" in line.partition(" - ")[0]
+    return Check("mount propagation", shared, "/ is shared: pods follow the host's unmounts" if shared else
+                 "/ is private: a disk the host unmounts stays busy while a pod that saw it runs (zap's own "
+                 "pools do propagate)", "" if shared else "mount --make-rshared / (as systemd does at boot)",
+                 required=False)  # fmt: skip
 
 
 def report(checks: list[Check]) -> dict:
