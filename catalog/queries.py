@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from sqlalchemy import and_, func, select
@@ -79,6 +80,7 @@ def latest_order(head_id: str | None):
 
 
 REF_FORMS = "NAME@N, NAME@latest, NAME@TAG or a checkpoint id"
+_TAG = re.compile(r"[a-z][a-z0-9_.-]{0,62}", re.ASCII)
 
 
 def bad_ref(ref: str) -> UsageError:
@@ -102,7 +104,7 @@ def resolve_ref(s: Session, ref: str) -> Checkpoint:
                 raise no_checkpoint(ref, name, f"pod {name!r} has none yet")
             return ck
         if not (what.isascii() and what.isdigit() and len(what) <= 9):
-            if what.isdigit() or not what:
+            if not _TAG.fullmatch(what):  # what zapckpt.names allows a tag to be
                 raise bad_ref(ref)
             ck = s.scalars(q.join(Tag, Tag.checkpoint_id == Checkpoint.id).where(Tag.name == what)).one_or_none()
             if ck is None:

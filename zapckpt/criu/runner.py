@@ -90,6 +90,8 @@ class CriuError(ZapError):
         self.log = log
         self.lines = lines
         detail = "; ".join(lines[-3:]) if lines else "no error in its log"
+        if view_root:  # paths as the pod sees them here too (the full log keeps CRIU's own)
+            detail = detail.replace(view_root.rstrip("/") + "/", "/")
         where = f"full log: {log}" if log else ""
         meaning = _explain(lines, view_root, ghost_limit)
         if meaning:
