@@ -12,7 +12,7 @@ run() { say "$*"; "$@"; }
 last() { tail -n1 "$($ZAP show "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["volume"])')/counter.txt"; }
 
 # Idempotent: leave no earlier demo pods behind.
-for p in demo demo-fork web-old web; do "$ZAP" rm --force "$p" >/dev/null 2>&1 || true; done
+for p in demo demo-fork web-old web; do "$ZAP" rm --force --yes "$p" >/dev/null 2>&1 || true; done
 
 run "$ZAP" doctor
 run "$ZAP" init
@@ -57,9 +57,11 @@ run ls "$view/pods/demo" "$view/pods/demo/checkpoints/1"
 echo "checkpoint 1's counter file, read through the view: ends at $(tail -n1 "$view/pods/demo/checkpoints/1/fs/counter.txt")"
 run "$ZAP" umount "$view"
 rmdir "$view"
-say "$ZAP rm --force demo-fork demo web-old web; $ZAP deinit"
-for p in demo-fork demo web-old web; do "$ZAP" rm --force "$p"; done
-# Leave no mount or loop device behind; the next zap command re-mounts the pool by itself.
+say "$ZAP rm --force --yes demo-fork demo web-old web; $ZAP deinit"
+for p in demo-fork demo web-old web; do "$ZAP" rm --force --yes "$p"; done
+# Leave no mount, loop device or process behind; the next zap command re-mounts the pool by
+# itself (and starts the zap server again).
 "$ZAP" deinit
+"$ZAP" server --stop >/dev/null
 echo
 echo "demo done. The state stays in ${ZAP_HOME:-/var/lib/zapckpt}; \`zap deinit --purge\` deletes it."

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import COUNTER, ZAP_CMD, assert_continuous, counter_values, proc_state, wait_for
+from helpers import COUNTER, WORKLOADS, ZAP_CMD, assert_continuous, counter_values, proc_state, wait_for
 
 RUNS = int(os.environ.get("ZAP_CRASH_RUNS", "1"))
 
@@ -143,6 +143,35 @@ def test_killed_restore(zap, run):
     assert zap("restore", "c@latest").returncode == 0
     assert_counts_on(zap, "c")
     assert_branchable(zap, "c@1", "c-fork")
+
+
+def test_killed_while_restored_tasks_wait_for_their_locks(zap):
+    """A restore of a pod holding POSIX locks on a mapped file keeps the restored tasks stopped
+    until zap has taken those locks again inside them (criu/locks.py): zap killed right there
+    (restore:stopped) must not leave them stopped, nor lockless and running. Recovery undoes the
+    restore: the state it replaced comes back, locks held, the tasks running."""
+    zap("run", "lk", "--", "python3", str(WORKLOADS / "lock_mapped.py"))
+    vol = zap.volume("lk")
+    wait_for(lambda: (vol / "locked").exists(), what="the locks")
+    zap("checkpoint", "lk")
+    killed(zap, "restore", "lk@1", fault="restore:stopped")
+    rec = zap.json("recover")
+    assert rec["operations"][-1]["outcome"].startswith("undone (the pod was put back"), rec
+    pod = zap.pod("lk")
+    assert pod["state"] == "running" and proc_state(pod["pid"]) not in ("T", "t")
+    held = []
+    for e in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{e}/ns/pid").st_ino == os.stat(f"/proc/{pod['pid']}/ns/pid").st_ino:
+                assert proc_state(int(e)) not in ("T", "t"), e  # none left stopped
+                held += [ln for ln in Path("/proc/locks").read_text().splitlines() if f" {e} " in ln]
+        except OSError:
+            continue
+    assert len(held) == 2, held  # both locks, the mapped file's included
+    n = (vol / "mapped.dat").read_bytes()[:8]
+    wait_for(lambda: (vol / "mapped.dat").read_bytes()[:8] != n, what="the process counting")
+    doc = zap.json("verify")
+    assert doc["ok"] and doc["unrecorded"] == [], doc
 
 
 @pytest.mark.parametrize("run", range(RUNS))

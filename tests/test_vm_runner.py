@@ -26,8 +26,9 @@ def _run(*args: str, env: dict | None = None, timeout: float = 900) -> subproces
 
 
 def _summary(output: str) -> str | None:
-    """The counts of pytest's last summary line ("==== 1 failed, 1 passed in 3.2s ===="), or None."""
-    found = re.findall(r"^=+ (.+?) in [0-9.]+s(?: \([0-9:]+\))? =+$", output, re.M)
+    """The counts of pytest's last summary line ("1 failed, 1 passed in 3.2s", between rows of
+    "=" unless pytest runs with -q), or None."""
+    found = re.findall(r"^(?:=+ )?(\d+ [a-z]+(?:, \d+ [a-z]+)*) in [0-9.]+s(?: \([0-9:]+\))?(?: =+)?$", output, re.M)
     return found[-1] if found else None
 
 

@@ -29,6 +29,11 @@ HERE = {"exec", "guard", "mount", "watch-serve", "server"}
 def _served(argv: list[str]) -> bool:
     if os.environ.get("ZAP_SERVER", "1") == "0" or os.geteuid() != 0:
         return False
+    try:
+        for fd in (0, 1, 2):  # each is handed over: a closed one stays closed here, with us
+            os.fstat(fd)
+    except OSError:
+        return False
     command = next((a for a in argv if not a.startswith("-")), None)
     return command not in HERE
 
@@ -43,7 +48,7 @@ def _start_server(k: str) -> None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         with open(os.path.join(RUN_DIR, f"server-{k}.log"), "ab") as log:
             subprocess.Popen([sys.executable, "-m", "zapckpt.cli.forkserver", k], stdin=subprocess.DEVNULL, stdout=log,
-                             stderr=log, env=env, start_new_session=True, close_fds=True)  # fmt: skip
+                             stderr=log, env=env, start_new_session=True, close_fds=True, cwd="/")  # fmt: skip
     except OSError:
         pass  # no server: every command runs in its own process, as before
 

@@ -72,6 +72,7 @@ def _preload() -> None:
 
 
 def serve(k: str) -> int:
+    os.chdir("/")  # a server must pin no directory (a mount someone will unmount)
     os.makedirs(wire.RUN_DIR, mode=0o700, exist_ok=True)
     os.chmod(wire.RUN_DIR, 0o700)
     lock = os.open(os.path.join(wire.RUN_DIR, f"server-{k}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
