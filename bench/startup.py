@@ -13,7 +13,8 @@ and from tab-completion, take from exec to exit, against a bare interpreter in t
   baseline          `python3 -c pass` with the interpreter zap runs on (the venv's), each run
                     interleaved with ours: what any Python command costs here
 
-zap runs as a user runs it: the console script .venv/bin/zap (falls back to python -m zapckpt),
+zap runs as a user runs it: .venv/libexec/zap, the C client /usr/local/bin/zap links to (falls
+back to python -m zapckpt),
 through the zap server it starts (warmed up before the runs; `--no-server` measures without).
 
     .venv/bin/python bench/startup.py [--runs 30]
@@ -35,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from common import figure, state_dir, write_part, zap, zap_env  # noqa: E402
 
-SCRIPT = ROOT / ".venv" / "bin" / "zap"
+SCRIPT = ROOT / ".venv" / "libexec" / "zap"  # what make install links /usr/local/bin/zap to
 ZAP_CMD = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "zapckpt"]
 # The interpreter zap's own script runs on (the venv's), not whatever `python3` is first on the
 # PATH: that may be a wrapper (a pyenv shim alone takes ~0.1 s here).

@@ -231,20 +231,21 @@ fi
 "$VENV/bin/python" -m compileall -q -j 0 "$REPO/zapckpt" "$REPO/catalog" "$REPO/fsbackend" >/dev/null \
     || warn "compileall failed: zap works, a little slower to start"
 
-# ---------------------------------------------------------------- c2. the console logger
-# A small C program (zapckpt/pod/logger.c): one runs beside every running pod.
+# ---------------------------------------------------------------- c2. the console logger and the zap command
+# Small C programs: the logger runs beside every running pod (zapckpt/pod/logger.c); the `zap`
+# command (zapckpt/client.c) hands each command to the zap server, whose Python is warm already.
+mkdir -p "$VENV/libexec"
 LOGGER="$VENV/libexec/zap-console"
-if [[ -x "$LOGGER" && "$LOGGER" -nt "$REPO/zapckpt/pod/logger.c" ]]; then
-    done_step "console logger: ok ($LOGGER is up to date)"
-else
-    mkdir -p "$VENV/libexec"
-    logged cc -O2 -Wall -o "$LOGGER.tmp" "$REPO/zapckpt/pod/logger.c" || die "cc zapckpt/pod/logger.c failed"
-    mv -f "$LOGGER.tmp" "$LOGGER"
-    done_step "console logger: ok (built $LOGGER)"
-fi
+CLIENT="$VENV/libexec/zap"
+logged cc -O2 -Wall -o "$LOGGER.tmp" "$REPO/zapckpt/pod/logger.c" || die "cc zapckpt/pod/logger.c failed"
+mv -f "$LOGGER.tmp" "$LOGGER"
+logged cc -O2 -Wall -DZAP_PYTHON="\"$VENV/bin/python\"" -DZAP_ROOT="\"$(realpath "$REPO")\"" \
+    -DZAP_PREFIX="\"$(realpath "$VENV")\"" -o "$CLIENT.tmp" "$REPO/zapckpt/client.c" || die "cc zapckpt/client.c failed"
+mv -f "$CLIENT.tmp" "$CLIENT"
+done_step "console logger and zap command: ok (built $LOGGER and $CLIENT)"
 
 # ---------------------------------------------------------------- d. zap link
-target="$VENV/bin/zap"
+target="$CLIENT"
 if [[ -L "$ZAP_LINK" ]]; then
     if [[ "$(readlink "$ZAP_LINK")" == "$target" ]]; then
         done_step "zap link: ok ($ZAP_LINK -> $target)"

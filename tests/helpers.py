@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# `zap` as a user runs it (zapckpt/client.py: through the zap server once it runs)
-ZAP_CMD = [sys.executable, "-m", "zapckpt"]
+# `zap` as a user runs it: the C client make install builds (zapckpt/client.c; the Python one,
+# zapckpt/client.py, where it is not built), through the zap server once it runs
+_CLIENT = ROOT / ".venv" / "libexec" / "zap"
+ZAP_CMD = [str(_CLIENT)] if _CLIENT.exists() else [sys.executable, "-m", "zapckpt"]
 # Pods without --rootfs have a /tmp of their own, and this checkout may live in the host's /tmp
 # (CI clones there): the programs the pods run are copied for the session to where pods see them.
 WORKLOADS = Path(f"/run/zaptest-{os.getpid()}") / "workloads"

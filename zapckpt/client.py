@@ -1,4 +1,5 @@
-"""The `zap` command as it starts: hand the command to the zap server (cli/forkserver.py), which has
+"""The `zap` command as it starts (where zapckpt/client.c is not built; it does the same in C, and
+runs this when there is no server): hand the command to the zap server (cli/forkserver.py), which has
 Python, SQLAlchemy and zap already imported and forks a process for it, or run it here.
 
 Importing what a command needs costs about half a second on a small machine, more than most
@@ -19,7 +20,8 @@ import signal
 import socket
 import sys
 
-from zapckpt.common.wire import RUN_DIR, key, recv_msg, send_msg, socket_path
+from zapckpt.common import wire
+from zapckpt.common.wire import RUN_DIR, key, socket_path
 
 # Not through the server: they use the terminal as a terminal (job control, window size), or
 # are servers themselves.
@@ -67,25 +69,25 @@ def _through(sock: socket.socket, argv: list[str]) -> int:
 
     def forward(sig, _frame) -> None:
         try:
-            send_msg(sock, {"signal": int(sig)})
+            wire.send_signal(sock, int(sig))
         except OSError:
             pass
 
     for sig in forwarded:
         signal.signal(sig, forward)
-    send_msg(sock, {"argv": argv, "env": dict(os.environ), "cwd": os.getcwd(), "umask": umask}, [0, 1, 2])
-    reply = recv_msg(sock)
+    wire.send_request(sock, argv, dict(os.environ), os.getcwd(), umask)
+    reply = wire.recv_reply(sock)
     if reply is None:
         print("zap: error: the zap server ended before the command did (`ZAP_SERVER=0 zap ...` runs it "
               "without one)", file=sys.stderr)  # fmt: skip
         return 1
-    if "signal" in reply:  # it was killed: so are we, by the same signal
-        sig = int(reply["signal"])
-        if sig not in (signal.SIGKILL, signal.SIGSTOP):
-            signal.signal(sig, signal.SIG_DFL)
-        os.kill(os.getpid(), sig)
-        return 128 + sig
-    return int(reply.get("exit", 1))
+    kind, value = reply
+    if kind == wire.SIGNAL:  # it was killed: so are we, by the same signal
+        if value not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(value, signal.SIG_DFL)
+        os.kill(os.getpid(), value)
+        return 128 + value
+    return value
 
 
 def main() -> int:

@@ -1,8 +1,11 @@
-"""The zap server: zap's modules imported once, a process forked for each command (zapckpt/client.py
-sends them), so that a command costs its own work, not Python's and SQLAlchemy's start-up.
+"""The zap server: zap's modules imported once, a process forked for each command (the `zap`
+command, zapckpt/client.c or client.py, sends them), so that a command costs its own work, not
+Python's and SQLAlchemy's start-up.
 
-One per interpreter and version of the code (wire.key()), listening on a Unix socket in
-/run/zapckpt (root's alone, 0700; only root's connections are served). For each connection it
+One per checkout and virtualenv (wire.key()), listening on a Unix socket in /run/zapckpt
+(root's alone, 0700; only root's connections are served). It runs the source files it started
+with: when one of them changes (inotify), it stops taking commands and ends once the running
+ones are done, and the next command starts a new server. For each connection it
 forks a worker, which takes the client's standard input, output and error, environment,
 working directory and umask, runs the command as `zap` would (cli.main), and exits with its
 status; the server sends the client that status (or the signal the worker died of). A worker
@@ -67,8 +70,12 @@ def _preload() -> None:
                     except ImportError:
                         pass
     import catalog
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import configure_mappers
 
     catalog.Catalog, catalog.Pod  # noqa: B018 - the engine and the models
+    configure_mappers()  # ~20 ms a command otherwise: every worker's first query did it
+    create_engine("sqlite://").dispose()  # the dialect's own imports (no file, no connection kept)
 
 
 def serve(k: str) -> int:
@@ -80,7 +87,11 @@ def serve(k: str) -> int:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return 0  # another one was started at the same moment
+    before = wire.fingerprint()
     _preload()
+    changes = _watch_sources()
+    if wire.fingerprint() != before:
+        return 0  # changed while we imported it: the next command starts a server of the new code
     path = wire.socket_path(k)
     try:
         os.unlink(path)
@@ -101,15 +112,24 @@ def serve(k: str) -> int:
     gc.freeze()  # what is imported now is shared by every worker, untouched by its collector
     workers: dict[int, socket.socket] = {}
     last = time.monotonic()
+    retiring = False  # our source files changed: no more commands, and end when the last is done
     try:
         while not stop:
-            if not workers and time.monotonic() - last >= IDLE_S:
+            if not workers and (retiring or time.monotonic() - last >= IDLE_S):
                 break
             timeout = None if workers else IDLE_S - (time.monotonic() - last)
+            watched = [wake_r, *([] if retiring else [listener]), *([changes] if changes >= 0 and not retiring else [])]
             try:
-                ready, _, _ = select.select([listener, wake_r], [], [], max(timeout, 0.0) if timeout is not None else None)
+                ready, _, _ = select.select(watched, [], [], max(timeout, 0.0) if timeout is not None else None)
             except InterruptedError:
                 ready = []
+            if changes in ready and _source_changed(changes):
+                retiring = True
+                Path(path).unlink(missing_ok=True)
+                listener.close()
+                os.close(lock)  # a server of the new code may start now
+                lock = -1
+                continue
             if wake_r in ready:
                 try:
                     while os.read(wake_r, 512):
@@ -122,7 +142,7 @@ def serve(k: str) -> int:
                 except OSError:
                     conn = None
                 if conn is not None:
-                    pid = _start_worker(conn, [listener, wake_r, wake_w, lock, *workers.values()])
+                    pid = _start_worker(conn, [listener, wake_r, wake_w, lock, changes, *workers.values()])
                     if pid:
                         workers[pid] = conn
                     else:
@@ -131,12 +151,51 @@ def serve(k: str) -> int:
                 last = time.monotonic()
     finally:
         try:
-            if pidfile(k).read_text() == str(os.getpid()):
-                os.unlink(path)
-                pidfile(k).unlink()
+            if pidfile(k).read_text() == str(os.getpid()):  # not a newer server's by now
+                Path(path).unlink(missing_ok=True)
+                pidfile(k).unlink(missing_ok=True)
+            log = Path(wire.RUN_DIR) / f"server-{k}.log"
+            if log.exists() and log.stat().st_size == 0:
+                log.unlink()
         except OSError:
             pass
     return 0
+
+
+IN_MODIFY, IN_ATTRIB, IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x2, 0x4, 0x40, 0x80, 0x100, 0x200
+
+
+def _watch_sources() -> int:
+    """An inotify descriptor that becomes readable when a source file of the code changes (-1
+    where inotify is missing: then a server runs until it is idle, as before)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    if fd < 0:
+        return -1
+    mask = IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
+    for pkg in wire.CODE:
+        for d, dirs, _files in os.walk(os.path.join(wire.root(), pkg)):
+            dirs[:] = [x for x in dirs if x != "__pycache__"]
+            libc.inotify_add_watch(fd, os.fsencode(d), mask)
+    return fd
+
+
+def _source_changed(fd: int) -> bool:
+    """Whether the inotify events waiting on fd name a source file (not a byte-code cache)."""
+    changed = False
+    try:
+        while data := os.read(fd, 65536):
+            i = 0
+            while i + 16 <= len(data):
+                _wd, _mask, _cookie, n = struct.unpack_from("iIII", data, i)
+                name = data[i + 16 : i + 16 + n].split(b"\0", 1)[0]
+                changed |= name.endswith(b".py")
+                i += 16 + n
+    except BlockingIOError:
+        pass
+    return changed
 
 
 def _reap(workers: dict[int, socket.socket]) -> bool:
@@ -153,9 +212,10 @@ def _reap(workers: dict[int, socket.socket]) -> bool:
         conn = workers.pop(pid, None)
         if conn is None:
             continue
-        reply = {"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status) else {"exit": os.waitstatus_to_exitcode(status)}
+        kind, value = (wire.SIGNAL, os.WTERMSIG(status)) if os.WIFSIGNALED(status) else \
+            (wire.EXIT, os.waitstatus_to_exitcode(status))  # fmt: skip
         try:
-            wire.send_msg(conn, reply)
+            wire.send_reply(conn, kind, value)
         except OSError:
             pass
         conn.close()
@@ -171,18 +231,17 @@ def _request(conn: socket.socket) -> tuple[dict, list[int]] | None:
     for level, kind, payload in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-    if len(data) < 4:
+    head = wire.recv_exactly(conn, 4, data[:4]) if len(data) < 4 else data[:4]
+    if head is None:
         return None
-    n = struct.unpack(">I", data[:4])[0]
-    body = data[4:]
-    while len(body) < n:
-        more = conn.recv(n - len(body))
-        if not more:
-            return None
-        body += more
-    import json
-
-    return json.loads(body), list(fds)
+    n = struct.unpack(">I", head)[0]
+    body = wire.recv_exactly(conn, n, data[4:]) if n < (1 << 24) else None
+    req = wire.parse_request(body) if body is not None else None
+    if req is None:
+        for fd in fds:
+            os.close(fd)
+        return None
+    return req, list(fds)
 
 
 def _start_worker(conn: socket.socket, server_fds: list) -> int | None:
@@ -232,7 +291,7 @@ def _work(conn: socket.socket, req: dict, fds: list[int], server_fds) -> int:
     for fd in server_fds:
         if isinstance(fd, socket.socket):
             fd.close()
-        else:
+        elif fd >= 0:
             os.close(fd)
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
@@ -269,14 +328,13 @@ def _watch_client(conn: socket.socket) -> None:
     ended a command it ran itself."""
     while True:
         try:
-            msg = wire.recv_msg(conn)
-        except (OSError, ValueError):
-            msg = None
-        if msg is None:
+            sig = wire.recv_signal(conn)
+        except OSError:
+            sig = None
+        if sig is None:
             os.kill(os.getpid(), signal.SIGKILL)
             return
-        sig = msg.get("signal")
-        if isinstance(sig, int) and 0 < sig < 65:
+        if 0 < sig < 65:
             os.kill(os.getpid(), sig)
 
 
