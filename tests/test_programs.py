@@ -14,7 +14,6 @@ import re
 import signal
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 from helpers import WORKLOADS, ZAP_CMD, proc_state, wait_for
@@ -225,7 +224,7 @@ def test_a_zap_exec_terminal_is_refused_until_it_ends(zap):
     pid, fd = pty.fork()
     if pid == 0:  # the child: `zap exec -it` on a terminal of its own
         os.environ.update(zap.env)
-        os.execv(sys.executable, [*ZAP_CMD, "exec", "-it", "tt", "--", "sh"])
+        os.execv(ZAP_CMD[0], [*ZAP_CMD, "exec", "-it", "tt", "--", "sh"])
     try:
         wait_for(lambda: any(b"script" in Path(f"/proc/{h}/cmdline").read_bytes() for h in _pids_of(zap, "tt").values()),
                  what="the exec's terminal in the pod")  # fmt: skip

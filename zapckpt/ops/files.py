@@ -13,6 +13,7 @@ from typing import Iterator
 from catalog import queries
 from zapckpt.common.errors import NotFound, UsageError, ZapError
 from zapckpt.context import Context
+from zapckpt.pod.mounts import lstat_under
 
 
 def components(path: str) -> list[str]:
@@ -63,23 +64,7 @@ def open_in_snapshot(root: Path, path: str, directory: bool = False) -> int:
 
 def exists_in_snapshot(root: Path, path: str) -> bool:
     """Whether anything (of any type) is at path under root; no symlink followed on the way."""
-    parts = components(path)
-    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for name in parts[:-1]:
-            try:
-                nxt = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            except OSError:
-                return False
-            os.close(fd)
-            fd = nxt
-        try:
-            os.lstat(parts[-1], dir_fd=fd)
-            return True
-        except OSError:
-            return False
-    finally:
-        os.close(fd)
+    return lstat_under(root, "/".join(components(path))) is not None
 
 
 def dump(ctx: Context, ref: str, path: str, out) -> int:

@@ -75,6 +75,27 @@ def criu_path_in_volume(path: str, mount_path: str, system: bool, private_tmp: b
     return None if inner is None else in_volume("/" + inner, mount_path, system, private_tmp, volumes)
 
 
+def lstat_under(root: str | os.PathLike, rel: str) -> os.stat_result | None:
+    """lstat of rel under the directory root (None if nothing is there), no symlink followed on
+    the way: the pod made everything below its volume, and its snapshots."""
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        parts = [p for p in rel.split("/") if p]
+        for part in parts[:-1]:
+            try:
+                nxt = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError:
+                return None
+            os.close(fd)
+            fd = nxt
+        try:
+            return os.lstat(parts[-1], dir_fd=fd) if parts else os.fstat(fd)
+        except OSError:
+            return None
+    finally:
+        os.close(fd)
+
+
 def remove_in_volume(volume: str, rel: str) -> None:
     """Unlink the regular file rel inside the volume, if it is there; no symlink followed."""
     d = os.open(volume, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)

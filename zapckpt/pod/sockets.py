@@ -20,29 +20,9 @@ from catalog import Pod
 from zapckpt.common.errors import ZapError
 from zapckpt.criu.images import rename_unix_sockets, unix_sockets
 from zapckpt.net import unixdiag
-from zapckpt.pod.mounts import in_volume, pod_view
+from zapckpt.pod.mounts import in_volume, lstat_under, pod_view
 
 SEARCH_LIMIT = 200_000  # directory entries looked at before giving up on a moved socket
-
-
-def _lstat(root: Path, rel: str) -> os.stat_result | None:
-    """rel under root, no symlink followed on the way (the pod made them)."""
-    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        parts = [p for p in rel.split("/") if p]
-        for part in parts[:-1]:
-            try:
-                nxt = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            except OSError:
-                return None
-            os.close(fd)
-            fd = nxt
-        try:
-            return os.lstat(parts[-1], dir_fd=fd) if parts else os.fstat(fd)
-        except OSError:
-            return None
-    finally:
-        os.close(fd)
 
 
 def _find(root: Path, near: str, ino: int) -> str | None:
@@ -90,7 +70,7 @@ def follow_renamed(pod: Pod, images: Path, snapshot: Callable[[], Path], netns: 
         if inodes is None:
             inodes, root = unixdiag.file_inodes(netns), snapshot()
         file_ino = next((inodes[i][1] for i in socks if i in inodes), None)
-        st = _lstat(root, rel)
+        st = lstat_under(root, rel)
         if st is not None and stat.S_ISSOCK(st.st_mode) and (file_ino is None or st.st_ino == file_ino):
             continue  # where it was bound
         found = _find(root, os.path.dirname(rel), file_ino) if file_ino is not None else None
