@@ -50,7 +50,7 @@ def main() -> int:
     from zapckpt.ops.deinit import deinit
 
     ctx = Context()
-    init_pool(ctx.state, ctx.catalog, size="4G")
+    init_pool(ctx.state, ctx.catalog, ctx.host_id, size="4G")
     store = ChunkStore(home / "store")
     rows = []
     try:

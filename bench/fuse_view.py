@@ -97,7 +97,7 @@ def main() -> int:
     from zapckpt.ops.deinit import deinit
 
     ctx = Context()
-    init_pool(ctx.state, ctx.catalog, size=f"{int(args.gib) + 6}G")
+    init_pool(ctx.state, ctx.catalog, ctx.host_id, size=f"{int(args.gib) + 6}G")
     figures = []
     try:
         pods.run(ctx, "data", ["sleep", "1000000"], {}, None)

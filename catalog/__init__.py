@@ -1,4 +1,5 @@
-"""The SQLite catalog: typed SQLAlchemy models, Alembic migrations, and the queries zap uses.
+"""The catalog (SQLite embedded, PostgreSQL for a fleet): typed SQLAlchemy models, Alembic
+migrations, and every query zap makes: nothing outside this package reads or writes it.
 
 The models and the engine are imported on first use (PEP 562), so `catalog.fastread` can serve
 `zap ps` and `zap list` without importing SQLAlchemy at all."""
@@ -6,7 +7,8 @@ The models and the engine are imported on first use (PEP 562), so `catalog.fastr
 from importlib import import_module
 
 _WHERE = {"Catalog": ".db", **{n: ".models" for n in
-          ("Base", "Checkpoint", "Chunk", "ImageFile", "Intent", "Pack", "Pod", "Setting", "Tag", "Watch")}}  # fmt: skip
+          ("Base", "Checkpoint", "Chunk", "FLEET", "Host", "ImageFile", "Intent", "Pack", "Pod", "Setting", "Tag",
+           "VolumeStream", "Watch")}}  # fmt: skip
 
 
 def __getattr__(name: str):

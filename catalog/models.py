@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -14,14 +14,38 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# Sizes, offsets, generations, clock ticks: 64-bit in PostgreSQL (migration 0014), SQLite's
+# INTEGER (which a rowid primary key must be) everywhere else.
+Int64 = BigInteger().with_variant(Integer(), "sqlite")
+
+FLEET = 0  # Setting.host_id of a setting of the whole fleet
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
+class Host(Base):
+    """A state directory taking part in the catalog: the embedded SQLite catalog has one, a
+    PostgreSQL catalog one per machine of the fleet (catalog/hosts.py)."""
+
+    __tablename__ = "hosts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    # Kept in the state directory's config.json too: proves a state directory is this host.
+    token: Mapped[str] = mapped_column(String(32))
+    address: Mapped[Optional[str]] = mapped_column(String(64))
+    state_dir: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+
+
 class Setting(Base):
-    """Key/value settings of the state directory, e.g. where the pool lives."""
+    """Key/value settings of one host (where its pool lives, its bridge) or of the fleet
+    (host_id FLEET: the image store)."""
 
     __tablename__ = "settings"
+    host_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
 
@@ -30,7 +54,18 @@ class Pod(Base):
     __tablename__ = "pods"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Unique in the whole fleet: NAME@N means one checkpoint wherever it is read.
     name: Mapped[str] = mapped_column(String(63), unique=True)
+    # The host that runs it (hosts.id); only that host starts, stops, restores or checkpoints
+    # it. `zap host adopt` moves it to another host, which fences the old one out.
+    host_id: Mapped[Optional[int]] = mapped_column(Integer, index=True)
+    adopted_from: Mapped[Optional[str]] = mapped_column(String(63))  # the lost host's name
+    adopted_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    # What the lost host, if it comes back, still has to take down (ops/adopt.py retire): its
+    # copy's init as that machine knew it, its volume and network namespace.
+    retire_pending: Mapped[bool] = mapped_column(default=False, server_default="0")
+    adopted_pid: Mapped[Optional[int]] = mapped_column(Integer)
+    adopted_start: Mapped[Optional[int]] = mapped_column(Int64)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # Host path of the pod's own subvolume.
     volume: Mapped[str] = mapped_column(Text)
@@ -61,9 +96,9 @@ class Pod(Base):
     init: Mapped[bool] = mapped_column(default=True, server_default="0")
     # The inode of the pipe that is the running processes' stdout and stderr (pod/console.py);
     # None for pods whose console is still `.zap/console.log` in the volume (made before).
-    console_pipe: Mapped[Optional[int]] = mapped_column(Integer)
+    console_pipe: Mapped[Optional[int]] = mapped_column(Int64)
     # Resource limits (None: none): RAM in bytes, CPU time in CPUs (system/cgroups.py).
-    memory_limit: Mapped[Optional[int]] = mapped_column(Integer)
+    memory_limit: Mapped[Optional[int]] = mapped_column(Int64)
     cpus: Mapped[Optional[float]] = mapped_column()
     # What the supervisor does when the pod ends by itself (ops/restart.py): "no", "on-failure"
     # (at most restart_max times in a row, if set), "always"; restarts done since the last start.
@@ -83,7 +118,7 @@ class Pod(Base):
     # The highest checkpoint number ever given out: numbers are never reused.
     last_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     init_pid: Mapped[Optional[int]] = mapped_column(Integer)
-    init_starttime: Mapped[Optional[int]] = mapped_column(Integer)
+    init_starttime: Mapped[Optional[int]] = mapped_column(Int64)
     origin_checkpoint_id: Mapped[Optional[str]] = mapped_column(
         ForeignKey("checkpoints.id", ondelete="SET NULL", use_alter=True, name="fk_pods_origin")
     )
@@ -101,6 +136,7 @@ class Pod(Base):
     # Read only: the watches table is written through its own rows (ops/watch.py); the
     # database removes a pod's watch with the pod.
     watch: Mapped[Optional["Watch"]] = relationship(viewonly=True, uselist=False)
+    host: Mapped[Optional[Host]] = relationship(primaryjoin="foreign(Pod.host_id) == Host.id", viewonly=True)
 
 
 class Checkpoint(Base):
@@ -118,15 +154,21 @@ class Checkpoint(Base):
     # "manual", or "auto" for the ones zap takes itself (e.g. before a restore).
     kind: Mapped[str] = mapped_column(String(16), default="manual")
     backend: Mapped[str] = mapped_column(String(16))
+    # The host that took it: snapshot_path is a path on that host. Another host has its own
+    # copy, received from the store, at <its pool>/snapshots/<id> (zapckpt/store/volumes.py).
+    host_id: Mapped[Optional[int]] = mapped_column(Integer)
     snapshot_path: Mapped[str] = mapped_column(Text)
-    snapshot_generation: Mapped[Optional[int]] = mapped_column(Integer)
+    snapshot_generation: Mapped[Optional[int]] = mapped_column(Int64)
+    # Its volume as a btrfs send stream in the image store (volume_streams.id), None where the
+    # store keeps no volumes (a local store, NILFS2).
+    stream_id: Mapped[Optional[str]] = mapped_column(String(12), index=True)
     # How the CRIU image set is kept: None (files-only checkpoint of a pod that was not
     # running), "cas" (chunks in the content-addressed store, listed in image_files) or "dir"
     # (schema 0001: one zstd file per image under image_dir).
     image_format: Mapped[Optional[str]] = mapped_column(String(8))
     image_dir: Mapped[Optional[str]] = mapped_column(Text)
-    raw_bytes: Mapped[int] = mapped_column(Integer, default=0)
-    stored_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    raw_bytes: Mapped[int] = mapped_column(Int64, default=0)
+    stored_bytes: Mapped[int] = mapped_column(Int64, default=0)
     frozen_ms: Mapped[Optional[float]] = mapped_column()
     dump_ms: Mapped[Optional[float]] = mapped_column()
     fs_snapshot_ms: Mapped[Optional[float]] = mapped_column()
@@ -145,6 +187,7 @@ class Checkpoint(Base):
     parent: Mapped[Optional["Checkpoint"]] = relationship(remote_side=[id])
     # the database deletes a removed checkpoint's tags (ON DELETE CASCADE)
     tags: Mapped[list["Tag"]] = relationship(order_by="Tag.name", viewonly=True)
+    host: Mapped[Optional[Host]] = relationship(primaryjoin="foreign(Checkpoint.host_id) == Host.id", viewonly=True)
 
     @property
     def tag_names(self) -> list[str]:
@@ -175,9 +218,11 @@ class Pack(Base):
     """A file of zstd frames, one per chunk, appended by one ingest."""
 
     __tablename__ = "packs"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(Int64, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
-    size: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(Int64)
+    # sha256 of the file: a copy fetched from an object store is checked against it (None: older packs)
+    digest: Mapped[Optional[str]] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -185,12 +230,12 @@ class Chunk(Base):
     """A piece of image data, stored once: a page of a pages-*.img, or a whole small image."""
 
     __tablename__ = "chunks"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(Int64, primary_key=True)
     hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)  # sha256 of the raw data
-    pack_id: Mapped[int] = mapped_column(ForeignKey("packs.id"), index=True)
+    pack_id: Mapped[int] = mapped_column(Int64, ForeignKey("packs.id"), index=True)
     # The zstd frame that holds it (shared with the other new chunks of its group) and where
     # the chunk starts inside the decompressed frame.
-    offset: Mapped[int] = mapped_column(Integer)
+    offset: Mapped[int] = mapped_column(Int64)
     length: Mapped[int] = mapped_column(Integer)  # the frame's stored (compressed) bytes
     start: Mapped[int] = mapped_column(Integer, default=0)
     raw_length: Mapped[int] = mapped_column(Integer)
@@ -204,7 +249,7 @@ class ImageFile(Base):
     __tablename__ = "image_files"
     checkpoint_id: Mapped[str] = mapped_column(ForeignKey("checkpoints.id", ondelete="CASCADE"), primary_key=True)
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
-    raw_bytes: Mapped[int] = mapped_column(Integer)
+    raw_bytes: Mapped[int] = mapped_column(Int64)
     # zstd-compressed array of little-endian int64 chunk ids, in file order.
     chunk_ids: Mapped[bytes] = mapped_column(LargeBinary)
 
@@ -228,8 +273,8 @@ class Watch(Base):
     failed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # The pod at its last watched checkpoint: CPU time of its processes (clock ticks) and its
     # volume's generation. Both unchanged at a tick: nothing happened, nothing to record.
-    seen_cpu: Mapped[Optional[int]] = mapped_column(Integer)
-    seen_generation: Mapped[Optional[int]] = mapped_column(Integer)
+    seen_cpu: Mapped[Optional[int]] = mapped_column(Int64)
+    seen_generation: Mapped[Optional[int]] = mapped_column(Int64)
 
     pod: Mapped[Pod] = relationship()
 
@@ -244,8 +289,24 @@ class Intent(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     op: Mapped[str] = mapped_column(String(16))
     pod: Mapped[str] = mapped_column(String(63))
+    # The host it runs on: only that host settles it (its processes, pool and staging are there).
+    host_id: Mapped[Optional[int]] = mapped_column(Integer)
     # The zap process doing it: (pid, start time in clock ticks), so a reused pid is not it.
     owner_pid: Mapped[int] = mapped_column(Integer)
-    owner_start: Mapped[int] = mapped_column(Integer)
+    owner_start: Mapped[int] = mapped_column(Int64)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class VolumeStream(Base):
+    """A checkpoint's volume as a btrfs send stream in the image store (zstd-compressed object
+    `object`), incremental against its parent's snapshot when parent_id is set. A stream stays
+    while a checkpoint names it or another stream is incremental on it."""
+
+    __tablename__ = "volume_streams"
+    id: Mapped[str] = mapped_column(String(12), primary_key=True)  # the checkpoint it was sent from
+    object: Mapped[str] = mapped_column(Text)
+    parent_id: Mapped[Optional[str]] = mapped_column(String(12), index=True)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    digest: Mapped[str] = mapped_column(String(64))  # sha256 of the object, checked before a receive
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -5,26 +5,36 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
+from typing import Iterable
+
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from zapckpt.common.errors import NotFound, UsageError, unknown_pod
 
 from . import fastread
+from .sql import Cursor
 from .models import Checkpoint, Pod, Setting, Tag, Watch
 
 
-def get_setting(s: Session, key: str) -> str | None:
-    row = s.get(Setting, key)
+def get_setting(s: Session, host_id: int, key: str) -> str | None:
+    """A setting of one host (host_id) or of the fleet (models.FLEET)."""
+    row = s.get(Setting, (host_id, key))
     return row.value if row else None
 
 
-def set_setting(s: Session, key: str, value: str) -> None:
-    row = s.get(Setting, key)
+def set_setting(s: Session, host_id: int, key: str, value: str) -> None:
+    row = s.get(Setting, (host_id, key))
     if row:
         row.value = value
     else:
-        s.add(Setting(key=key, value=value))
+        s.add(Setting(host_id=host_id, key=key, value=value))
+
+
+def delete_setting(s: Session, host_id: int, key: str) -> None:
+    row = s.get(Setting, (host_id, key))
+    if row is not None:
+        s.delete(row)
 
 
 def criu_run_id(s: Session, checkpoint_id: str | None) -> str | None:
@@ -43,8 +53,59 @@ def get_pod(s: Session, name: str) -> Pod:
     return pod
 
 
-def list_pods(s: Session) -> list[Pod]:
-    return list(s.scalars(select(Pod).order_by(Pod.name)))
+def list_pods(s: Session, host_id: int | None = None) -> list[Pod]:
+    """Every pod of the fleet by name, or only those host_id runs."""
+    q = select(Pod).order_by(Pod.name)
+    if host_id is not None:
+        q = q.where(Pod.host_id == host_id)
+    return list(s.scalars(q))
+
+
+def add_pod(s: Session, pod: Pod) -> Pod:
+    s.add(pod)
+    s.flush()
+    return pod
+
+
+def delete_pod(s: Session, pod: Pod) -> None:
+    s.delete(pod)
+    s.flush()
+
+
+def hosts_with_setting(s: Session, key: str, value: str) -> set[int]:
+    return set(s.scalars(select(Setting.host_id).where(Setting.key == key, Setting.value == value)))
+
+
+def pod_addresses(s: Session, host_ids: Iterable[int]) -> set[str]:
+    q = select(Pod.address).where(Pod.host_id.in_(list(host_ids)), Pod.address.is_not(None))
+    return set(s.scalars(q))
+
+
+def pod_volumes(s: Session, host_id: int) -> set[str]:
+    return set(s.scalars(select(Pod.volume).where(Pod.host_id == host_id)))
+
+
+def pods_with_restart_policy(s: Session, host_id: int) -> list[str]:
+    return list(s.scalars(select(Pod.name).where(Pod.restart != "no", Pod.host_id == host_id).order_by(Pod.name)))
+
+
+def pods_adopted_from(s: Session, host_name: str) -> list[Pod]:
+    """Pods another host adopted from host_name whose copy there is still to be taken down."""
+    return list(s.scalars(select(Pod).where(Pod.adopted_from == host_name, Pod.retire_pending).order_by(Pod.name)))
+
+
+def pods_suspended_by(s: Session, checkpoint_id: str) -> list[str]:
+    """The pods `zap resume` would bring back from the checkpoint."""
+    return list(s.scalars(select(Pod.name).where(Pod.suspended_by == checkpoint_id).order_by(Pod.name)))
+
+
+def pods_with_head_in(s: Session, ids: Iterable[str]) -> list[Pod]:
+    return list(s.scalars(select(Pod).where(Pod.head_checkpoint_id.in_(list(ids)))))
+
+
+def branches_from(s: Session, ids: Iterable[str]) -> list[Pod]:
+    """Pods whose origin is one of these checkpoints, by name."""
+    return list(s.scalars(select(Pod).where(Pod.origin_checkpoint_id.in_(list(ids))).order_by(Pod.name)))
 
 
 def checkpoint_counts(s: Session) -> dict[int, int]:
@@ -59,6 +120,46 @@ def next_seq(s: Session, pod: Pod) -> int:
     return pod.last_seq
 
 
+def checkpoint_by_id(s: Session, checkpoint_id: str) -> Checkpoint | None:
+    return s.get(Checkpoint, checkpoint_id)
+
+
+def add_checkpoint(s: Session, ck: Checkpoint) -> Checkpoint:
+    s.add(ck)
+    s.flush()
+    return ck
+
+
+def delete_checkpoint(s: Session, ck: Checkpoint) -> None:
+    s.delete(ck)
+
+
+def all_checkpoints(s: Session) -> list[Checkpoint]:
+    return list(s.scalars(select(Checkpoint)))
+
+
+def checkpoint_parents(s: Session) -> dict[str, str | None]:
+    return dict(s.execute(select(Checkpoint.id, Checkpoint.parent_id)).all())
+
+
+def children_in(s: Session, ids: Iterable[str]) -> list[Checkpoint]:
+    """Checkpoints whose parent is one of these."""
+    return list(s.scalars(select(Checkpoint).where(Checkpoint.parent_id.in_(list(ids)))))
+
+
+def snapshot_paths(s: Session, host_id: int) -> set[str]:
+    """The snapshots of the checkpoints this host took (paths on it)."""
+    return set(s.scalars(select(Checkpoint.snapshot_path).where(Checkpoint.host_id == host_id)))
+
+
+def checkpoint_ids(s: Session) -> set[str]:
+    return set(s.scalars(select(Checkpoint.id)))
+
+
+def checkpoints_in_format(s: Session, image_format: str) -> list[Checkpoint]:
+    return list(s.scalars(select(Checkpoint).where(Checkpoint.image_format == image_format)))
+
+
 def list_checkpoints(s: Session, pod: Pod | None = None) -> list[Checkpoint]:
     q = select(Checkpoint).options(selectinload(Checkpoint.pod), selectinload(Checkpoint.parent))
     if pod is not None:
@@ -68,7 +169,12 @@ def list_checkpoints(s: Session, pod: Pod | None = None) -> list[Checkpoint]:
 
 def checkpoint_rows(s: Session, pod: Pod | None = None) -> list[tuple]:
     """fastread.checkpoint_rows through this session's own connection."""
-    return fastread.checkpoint_rows(s.connection().connection.cursor(), pod.id if pod is not None else None)
+    return fastread.checkpoint_rows(Cursor.of_session(s), pod.id if pod is not None else None)
+
+
+def checkpoint_row(s: Session, name: str, seq: int | str | None) -> tuple | None:
+    """fastread.checkpoint_row through this session's own connection."""
+    return fastread.checkpoint_row(Cursor.of_session(s), name, seq)
 
 
 # NAME@latest: the newest checkpoint that is not one of zap's own safety copies (kind "auto": the
@@ -185,6 +291,40 @@ def branch_names(s: Session, checkpoint_id: str, name: str | None = None) -> lis
     return list(s.scalars(q.order_by(Pod.name)))
 
 
-def watches(s: Session) -> list[tuple[str, Watch]]:
-    """(pod name, watch) of every watched pod."""
-    return [tuple(r) for r in s.execute(select(Pod.name, Watch).join(Watch, Watch.pod_id == Pod.id).order_by(Pod.name))]
+def watches(s: Session, host_id: int | None = None) -> list[tuple[str, Watch]]:
+    """(pod name, watch) of every watched pod (of host_id's pods only, if given)."""
+    q = select(Pod.name, Watch).join(Watch, Watch.pod_id == Pod.id).order_by(Pod.name)
+    if host_id is not None:
+        q = q.where(Pod.host_id == host_id)
+    return [tuple(r) for r in s.execute(q)]
+
+
+def get_watch(s: Session, pod: Pod) -> Watch | None:
+    return s.get(Watch, pod.id)
+
+
+def add_watch(s: Session, watch: Watch) -> Watch:
+    s.add(watch)
+    s.flush()
+    return watch
+
+
+def delete_watch(s: Session, watch: Watch) -> None:
+    s.delete(watch)
+
+
+# --- tags -------------------------------------------------------------------------------------
+def tag_of_pod(s: Session, pod_id: int, name: str) -> Tag | None:
+    return s.scalars(select(Tag).where(Tag.pod_id == pod_id, Tag.name == name)).one_or_none()
+
+
+def tags_of_checkpoint(s: Session, checkpoint_id: str) -> dict[str, Tag]:
+    return {t.name: t for t in s.scalars(select(Tag).where(Tag.checkpoint_id == checkpoint_id))}
+
+
+def add_tag(s: Session, pod_id: int, checkpoint_id: str, name: str) -> None:
+    s.add(Tag(pod_id=pod_id, checkpoint_id=checkpoint_id, name=name))
+
+
+def delete_tag(s: Session, tag: Tag) -> None:
+    s.delete(tag)

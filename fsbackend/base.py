@@ -149,6 +149,27 @@ class SnapshotBackend(abc.ABC):
         returns the read-only snapshot made there."""
         raise BackendError(f"the {self.name} backend cannot receive snapshots")
 
+    # --- volumes in a fleet's store: streams through pipes, incremental on a parent ---------------
+    def send_argv(self, snap: Path, parent: Path | None = None) -> list[str]:
+        """The command that writes snap's stream to its stdout (incremental on parent)."""
+        raise BackendError(f"the {self.name} backend cannot send snapshots")
+
+    def check_stream_dump(self, dump: str, name: str, parent_uuid: str | None) -> None:
+        """Refuse (BackendError) a stream other than one snapshot called name, full (parent_uuid
+        None) or incremental on the subvolume whose uuid is parent_uuid."""
+        raise BackendError(f"the {self.name} backend cannot receive snapshots")
+
+    def receive_argv(self, into: Path) -> list[str]:
+        """The command that receives a checked stream from its stdin into the directory into,
+        confined to it."""
+        raise BackendError(f"the {self.name} backend cannot receive snapshots")
+
+    def identity(self, path: Path) -> tuple[str | None, str | None, bool]:
+        """(uuid, received uuid, read-only) of a snapshot: an incremental stream names its
+        parent by the uuid it had where it was taken, which a received copy keeps as its
+        received uuid."""
+        raise BackendError(f"the {self.name} backend cannot receive snapshots")
+
     def branch_volume(self, snap: Path, dst: Path) -> None:
         """The volume of a new branch from a snapshot (default: a writable clone)."""
         self.clone(snap, dst)

@@ -96,6 +96,38 @@ class BtrfsBackend(SnapshotBackend):
     def send(self, snap: Path, out: Path) -> None:
         proc.run(["btrfs", "send", "-q", "-f", str(out), str(snap)])
 
+    def send_argv(self, snap: Path, parent: Path | None = None) -> list[str]:
+        return ["btrfs", "send", "-q", *(["-p", str(parent)] if parent is not None else []), str(snap)]
+
+    def check_stream_dump(self, dump: str, name: str, parent_uuid: str | None) -> None:
+        lines = [ln.split() for ln in dump.splitlines() if ln.strip()]
+        heads = [t for t in lines if t[0] in ("subvol", "snapshot")]
+        if len(heads) != 1 or lines[0] is not heads[0]:
+            raise BackendError("the volume stream is not one snapshot")
+        head = heads[0]
+        if head[1] != f"./{name}":
+            raise BackendError(f"the volume stream is of {head[1]!r}, not of {name!r}")
+        fields = dict(t.split("=", 1) for t in head[2:] if "=" in t)
+        if parent_uuid is None and head[0] != "subvol":
+            raise BackendError("the volume stream is incremental where a full one was expected")
+        if parent_uuid is not None and (head[0] != "snapshot" or fields.get("parent_uuid") != parent_uuid):
+            raise BackendError("the volume stream is not incremental on the snapshot it should follow")
+        if any(t[1] != f"./{name}" and not t[1].startswith(f"./{name}/") for t in lines if len(t) > 1):
+            raise BackendError("the volume stream reaches beyond its own snapshot")
+
+    def receive_argv(self, into: Path) -> list[str]:
+        # -C: chrooted into its destination, so no path in the stream reaches beyond it;
+        # -E 1: stop at the end of the first (only) subvolume.
+        return ["btrfs", "receive", "-q", "-C", "-E", "1", str(into)]
+
+    def identity(self, path: Path) -> tuple[str | None, str | None, bool]:
+        out = proc.run(["btrfs", "subvolume", "show", str(path)]).stdout
+        uuid = re.search(r"^\s*UUID:\s*(\S+)", out, re.M)
+        received = re.search(r"^\s*Received UUID:\s*(\S+)", out, re.M)
+        flags = re.search(r"^\s*Flags:\s*(.*)$", out, re.M)
+        rec = received.group(1) if received and received.group(1) != "-" else None
+        return (uuid.group(1) if uuid else None), rec, bool(flags and "readonly" in flags.group(1))
+
     def check_stream(self, stream: Path) -> None:
         try:
             out = proc.run(["btrfs", "receive", "--dump", "-f", str(stream)]).stdout

@@ -42,6 +42,8 @@ if [[ $FOR_TESTS -eq 1 ]]; then
     APT_PACKAGES+=(rsync
                    # real services the tests run inside pods
                    redis-server nginx mariadb-server-core mariadb-client-core haproxy
+                   # the fleet's shared catalog: the tests run a private PostgreSQL 15 cluster
+                   postgresql
                    # the VM suite (vagrant/run-vm-tests): qemu, the guest's initramfs tools, NILFS2
                    # tools, and Debian's own CRIU, which the Debian 12 guest uses
                    qemu-system-x86 busybox-static cpio kmod nilfs-tools criu)

@@ -14,18 +14,20 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from guest import GUEST
 from helpers import COUNTER, WORKLOADS, ZAP_CMD, counter_values, proc_state, wait_for
+from services import PostgreSQL, SeaweedFS
 
 
 # tests/vm and tests/vm_reboot need NILFS2, which this kernel lacks: tests/test_vm_runner.py runs them in a guest.
 collect_ignore = [] if os.environ.get("ZAP_IN_VM") else ["vm", "vm_reboot"]
 
 
-SYSTEM_FIXTURES = {"zap", "host_dir"}
+SYSTEM_FIXTURES = {"zap", "host_dir", "pg_server", "pg_url", "s3_server", "s3_store", "catalog_where", "fleet"}
 
 
 def pytest_configure(config):
@@ -83,8 +85,13 @@ def pytest_terminal_summary(terminalreporter):
     Path(path).write_text(json.dumps(doc, indent=1))
 
 
+_SERVICES: dict[str, object] = {}
+
+
 def pytest_sessionfinish(session):
     GUEST.stop()
+    for service in _SERVICES.values():
+        service.stop()
     # the zap servers the commands started (zapckpt/cli/forkserver.py; one per interpreter of
     # this checkout, the bench's console script's included): nothing of the run stays
     subprocess.run([*ZAP_CMD, "server", "--stop"], capture_output=True, env=dict(os.environ, ZAP_SERVER="0"))
@@ -202,4 +209,91 @@ def zap():
         left = _leftovers(home) + _net_leftovers(z.bridge, home)
         left += [f"pod process {p} ({proc_state(p)})" for p in pids if proc_state(p) not in (None, "Z")]
         shutil.rmtree(home, ignore_errors=True)
+        assert not left, f"left behind: {left}"
+
+
+# --- the shared services of a fleet: one server each per session, a database / bucket per test --
+@pytest.fixture(scope="session")
+def pg_server():
+    if "pg" not in _SERVICES:
+        _SERVICES["pg"] = PostgreSQL().start()
+    return _SERVICES["pg"]
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A new, empty PostgreSQL database of the session's cluster, as a libpq URL; dropped after."""
+    db = pg_server.new_database()
+    yield pg_server.url(db)
+    pg_server.drop_database(db)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    if "s3" not in _SERVICES:
+        _SERVICES["s3"] = SeaweedFS().start()
+    return _SERVICES["s3"]
+
+
+@pytest.fixture
+def s3_store(s3_server):
+    """(store URL, endpoint, credentials env) of a new bucket of the session's SeaweedFS; emptied and removed after."""
+    bucket = s3_server.new_bucket()
+    yield f"s3://{bucket}/zap", s3_server.endpoint, s3_server.env
+    s3_server.drop_bucket(bucket)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_where(request, tmp_path):
+    """Where a catalog test's catalog is: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "c.db"
+    return request.getfixturevalue("pg_url")
+
+
+class FleetHost(Zap):
+    """One host of a fleet on this machine: a state directory, pool and bridge of its own, the
+    session's PostgreSQL catalog and SeaweedFS store shared with the other hosts."""
+
+    def __init__(self, home: Path, name: str, store_env: dict):
+        super().__init__(home)
+        self.name = name
+        self.env.update(store_env)
+
+
+@pytest.fixture
+def fleet(pg_url, s3_store, pg_server, s3_server):
+    """Two hosts, a and b, sharing a catalog (a new PostgreSQL database) and an image store (a
+    new bucket). Afterwards both leave the fleet (`zap deinit --purge`), which must leave
+    nothing behind on this machine, in the catalog (no pod, checkpoint, chunk, pack or stream
+    row) or in the bucket (no pack or volume object)."""
+    url, endpoint, env = s3_store
+    hosts = []
+    for name in ("a", "b"):
+        home = Path(tempfile.mkdtemp(prefix=f"zapfleet-{name}-", dir="/tmp"))
+        hosts.append(FleetHost(home, name, env))
+    a, b = hosts
+    a("init", "--size", "2G", "--catalog", pg_url, "--host", "a", "--store", url, "--s3-endpoint", endpoint)
+    b("init", "--size", "2G", "--catalog", pg_url, "--host", "b")
+    try:
+        yield SimpleNamespace(a=a, b=b, catalog=pg_url, store=url, endpoint=endpoint, env=env, pg=pg_server, s3=s3_server,
+                              db=pg_url.split("/")[3].split("?")[0], bucket=url.split("/")[2])  # fmt: skip
+    finally:
+        left = []
+        for h in (b, a):
+            ps = h("ps", "--json", check=False)
+            pids = [p["pid"] for p in json.loads(ps.stdout)["pods"] if p["pid"]] if ps.returncode == 0 else []
+            out = h("deinit", "--purge", "--yes", check=False)
+            if out.returncode != 0:
+                left.append(f"host {h.name}: deinit --purge failed: {out.stderr.strip()}")
+            left += _leftovers(h.home) + _net_leftovers(h.bridge, h.home)
+            left += [f"pod process {p} ({proc_state(p)})" for p in pids if proc_state(p) not in (None, "Z")]
+            shutil.rmtree(h.home, ignore_errors=True)
+        db = pg_url.split("/")[3].split("?")[0]
+        for table in ("hosts", "pods", "checkpoints", "chunks", "packs", "image_files", "volume_streams", "intents"):
+            n = pg_server.psql(db, f"SELECT count(*) FROM {table}")
+            if n != "0":
+                left.append(f"catalog: {n} row(s) in {table}")
+        keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=url.split("/")[2]).get("Contents", [])]
+        left += [f"store object {k}" for k in keys if not k.endswith("zapckpt-store.json")]
         assert not left, f"left behind: {left}"

@@ -74,7 +74,7 @@ def catalog_db(zap) -> sqlite3.Connection:
 def store_index(zap, what):
     """what(ChunkIndex) on the test's catalog: the store's index as zap itself reads it."""
     from catalog import Catalog
-    from zapckpt.store.index import ChunkIndex
+    from catalog.chunks import ChunkIndex
 
     cat = Catalog(zap.home / "catalog.db")
     try:

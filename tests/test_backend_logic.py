@@ -47,10 +47,10 @@ def test_operations_consult_the_capability_they_need(cap, call, words):
 def test_a_backend_without_device_pools_refuses_them(tmp_path, monkeypatch):
     import zapckpt.system.pool as pool_mod
 
-    monkeypatch.setattr(pool_mod, "_read", lambda _catalog: (None, None, "btrfs"))  # a new state directory
+    monkeypatch.setattr(pool_mod, "_read", lambda _catalog, _host: (None, None, "btrfs"))  # a new state directory
     state = SimpleNamespace(ensure=lambda: None, locks=tmp_path)
     with pytest.raises(UsageError, match="--device goes with --backend nilfs"):
-        pool_mod.init_pool(state, _NoCatalog(), device="/dev/nonexistent")
+        pool_mod.init_pool(state, _NoCatalog(), 1, device="/dev/nonexistent")
     assert not get_backend("btrfs").capabilities.device_pool and get_backend("nilfs").capabilities.device_pool
 
 

@@ -63,9 +63,9 @@ def test_the_zap_command_imports_nothing_of_zap_before_it_must():
 # What a command may import of zap, at most: more means it pays for what it does not use.
 ALLOWED = {
     "logs": ("zapckpt.cli", "zapckpt.common", "zapckpt.pod.console", "zapckpt.pod.status", "zapckpt.system.procinfo",
-             "zapckpt.system.locks", "zapckpt.state", "catalog.fastread", "zapckpt.names"),
+             "zapckpt.system.locks", "zapckpt.state", "catalog.fastread", "catalog.sql", "catalog.urls", "zapckpt.names"),
     "show": ("zapckpt.cli", "zapckpt.common", "zapckpt.records", "zapckpt.pod.status", "zapckpt.system.procinfo",
-             "zapckpt.state", "catalog.fastread", "zapckpt.names"),
+             "zapckpt.state", "catalog.fastread", "catalog.sql", "catalog.urls", "zapckpt.names"),
 }
 
 

@@ -8,7 +8,7 @@ import os
 
 from catalog import Catalog
 from zapckpt.store.chunkstore import ChunkStore
-from zapckpt.store.index import ChunkIndex
+from catalog.chunks import ChunkIndex
 
 
 def _ingest(store, cat, stage, ck_id):
@@ -34,8 +34,8 @@ def test_a_mostly_used_pack_is_kept_until_asked_to_free_everything(tmp_path):
     with cat.session() as s:
         old = store.collect_garbage(s)  # min_unused 0: rewritten now
         assert len(old) == 1 and ChunkIndex(s).packs_with_garbage() == []
-    for p in old:
-        p.unlink()
+    store.unpublish(old)
+    assert not any(store.pack_path(n).exists() for n in old)
     with cat.session() as s:
         target = tmp_path / "out"
         store.materialize(s, "b", target)

@@ -75,18 +75,33 @@ static int served(int argc, char **argv)
 	return 1;
 }
 
-/* wire.key(): FNV-1a over the checkout and the virtualenv */
+/* wire.namespaces(): "NET:MNT", the inodes of the caller's network and mount namespaces */
+static void namespaces(char *out, size_t n)
+{
+	struct stat st;
+	unsigned long long net = 0, mnt = 0;
+
+	if (stat("/proc/self/ns/net", &st) == 0)
+		net = (unsigned long long)st.st_ino;
+	if (stat("/proc/self/ns/mnt", &st) == 0)
+		mnt = (unsigned long long)st.st_ino;
+	snprintf(out, n, "%llu:%llu", net, mnt);
+}
+
+/* wire.key(): FNV-1a over the checkout, the virtualenv and the namespaces, NUL between them */
 static void socket_path(char *out, size_t n)
 {
 	uint64_t h = 0xcbf29ce484222325ULL;
-	const char *parts[2] = { ZAP_ROOT, ZAP_PREFIX };
+	char ns[64];
+	const char *parts[3] = { ZAP_ROOT, ZAP_PREFIX, ns };
 	int p;
 
-	for (p = 0; p < 2; p++) {
+	namespaces(ns, sizeof ns);
+	for (p = 0; p < 3; p++) {
 		const unsigned char *c;
 		for (c = (const unsigned char *)parts[p]; *c; c++)
 			h = (h ^ *c) * 0x100000001b3ULL;
-		if (p == 0)
+		if (p < 2)
 			h = (h ^ 0) * 0x100000001b3ULL; /* the NUL between them */
 	}
 	snprintf(out, n, "/run/zapckpt/server-%016llx.sock", (unsigned long long)h);

@@ -28,3 +28,10 @@ def check_tag(tag: str) -> str:
         raise UsageError(f"invalid tag {tag!r}: use 1-63 characters a-z 0-9 _ . -, starting with a letter "
                          "(and not 'latest')")  # fmt: skip
     return tag
+
+
+def check_host_name(name: str) -> str:
+    """A host of a fleet: the same rules as a pod's name (it names directories and locks too)."""
+    if not NAME_RE.fullmatch(name or ""):
+        raise UsageError(f"invalid host name {name!r}: use 1-63 characters a-z 0-9 _ . -, starting with a letter or digit")
+    return name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from catalog.fastread import PodRow, iso, iso_text
+from catalog.fastread import PodRow, iso
 from zapckpt.pod.status import live_state
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ def checkpoint_record(ck: Checkpoint) -> dict:
         ck.id, ck.pod.name, ck.seq, parent.pod.name if parent else None, parent.seq if parent else None,
         ck.parent_id, iso(ck.created_at), ck.message, ck.kind, ck.image_format, ck.backend, ck.snapshot_path,
         ck.snapshot_generation, ck.raw_bytes, ck.stored_bytes, ck.frozen_ms, ck.dump_ms, ck.fs_snapshot_ms,
-        ck.total_ms, ck.predump_ms, ck.processes, ck.tag_names,
+        ck.total_ms, ck.predump_ms, ck.processes, ck.tag_names, ck.host.name if ck.host else None, ck.stream_id,
     )  # fmt: skip
 
 
@@ -31,12 +31,12 @@ def checkpoint_row_records(rows: list[tuple]) -> list[dict]:
     processes of all rows are parsed in one json.loads, not one call per row."""
     procs = json.loads("[" + ",".join(r[20] or "[]" for r in rows) + "]")
     tags = json.loads("[" + ",".join(r[21] or "[]" for r in rows) + "]")
-    return [_checkpoint_dict(*r[:6], iso_text(r[6]), *r[7:20], p, t) for r, p, t in zip(rows, procs, tags)]
+    return [_checkpoint_dict(*r[:20], p, t, *r[22:24]) for r, p, t in zip(rows, procs, tags)]
 
 
 def _checkpoint_dict(id, pod, seq, parent_pod, parent_seq, parent_id, created_at, message, kind, image_format,
                      backend, snapshot_path, snapshot_generation, raw_bytes, stored_bytes, frozen_ms, dump_ms,
-                     fs_snapshot_ms, total_ms, predump_ms, processes, tags) -> dict:  # fmt: skip
+                     fs_snapshot_ms, total_ms, predump_ms, processes, tags, host, stream) -> dict:  # fmt: skip
     return {
         "id": id,
         "ref": f"{pod}@{seq}",
@@ -57,19 +57,22 @@ def _checkpoint_dict(id, pod, seq, parent_pod, parent_seq, parent_id, created_at
         "incremental": predump_ms is not None,
         "processes": processes,
         "tags": tags,
+        "host": host,  # the host that took it: its snapshot is there
+        "volume_in_store": stream is not None,  # its volume is a send stream in the store: any host can use it
     }
 
 
-def pod_record(pod: Pod, n_checkpoints: int) -> dict:
-    return pod_row_record(PodRow.of(pod, n_checkpoints))
+def pod_record(pod: Pod, n_checkpoints: int, here: bool = True) -> dict:
+    return pod_row_record(PodRow.of(pod, n_checkpoints, pod.host.name if pod.host else None, here))
 
 
 def pod_row_record(row: PodRow) -> dict:
-    state = live_state(row)
+    # Another host's processes cannot be looked at from here: its state is what the catalog says.
+    state = live_state(row) if row.here else row.desired_state
     return {
         "name": row.name,
         "state": state,
-        "pid": row.init_pid if state in ("running", "paused", "frozen") else None,
+        "pid": row.init_pid if row.here and state in ("running", "paused", "frozen") else None,
         "path": row.mount_path,
         "volume": row.volume,
         "command": row.command,
@@ -93,4 +96,5 @@ def pod_row_record(row: PodRow) -> dict:
         "restart": {"policy": row.restart, "max": row.restart_max, "count": row.restart_count},
         "exit_code": row.exit_code if state in ("dead", "stopped") else None,
         "exited_at": row.exited_at if state in ("dead", "stopped") else None,
+        "host": row.host,
     }

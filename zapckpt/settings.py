@@ -19,7 +19,7 @@ def parse_size(text: str, what: str) -> int:
 def ghost_limit(ctx) -> int:
     """The largest unlinked-but-open file CRIU may copy into a checkpoint (default 64 MiB)."""
     with ctx.catalog.session() as s:
-        raw = queries.get_setting(s, "criu.ghost_limit")
+        raw = queries.get_setting(s, ctx.host_id, "criu.ghost_limit")
     return int(raw) if raw else DEFAULT_GHOST_LIMIT
 
 
@@ -29,17 +29,17 @@ DEFAULT_LOG_MAX = 16 << 20
 def log_max(ctx) -> int:
     """The size at which a pod's console log is rotated (one older file kept); 0: never."""
     with ctx.catalog.session() as s:
-        raw = queries.get_setting(s, "console.log_max")
+        raw = queries.get_setting(s, ctx.host_id, "console.log_max")
     return int(raw) if raw else DEFAULT_LOG_MAX
 
 
 def set_log_max(ctx, value: int) -> None:
     with ctx.catalog.session() as s:
-        queries.set_setting(s, "console.log_max", str(value))
+        queries.set_setting(s, ctx.host_id, "console.log_max", str(value))
         s.commit()
 
 
 def set_ghost_limit(ctx, value: int) -> None:
     with ctx.catalog.session() as s:
-        queries.set_setting(s, "criu.ghost_limit", str(value))
+        queries.set_setting(s, ctx.host_id, "criu.ghost_limit", str(value))
         s.commit()

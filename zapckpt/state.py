@@ -1,7 +1,8 @@
 """The state directory and what lives in it.
 
     $ZAP_HOME (default /var/lib/zapckpt)
-      catalog.db          SQLite catalog
+      config.json         this state directory's catalog URL (if not catalog.db) and host name
+      catalog.db          SQLite catalog (the embedded default)
       pool.img, pool/     the embedded loop-file btrfs pool and its mount point
       store/packs/        the image store (chunks in zstd frames; index in the catalog)
       logs/               CRIU logs of every dump and restore
@@ -16,11 +17,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_HOME = "/var/lib/zapckpt"
+CONFIG = "config.json"
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,40 @@ class StateDir:
     @property
     def catalog_db(self) -> Path:
         return self.root / "catalog.db"
+
+    def config(self) -> dict:
+        """What `zap init` wrote into config.json ({} if nothing): "catalog", "host", "token"."""
+        try:
+            with open(self.root / CONFIG) as f:
+                doc = json.load(f)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            from zapckpt.common.errors import ZapError
+
+            raise ZapError(f"cannot read {self.root / CONFIG}: {e}") from None
+        return doc if isinstance(doc, dict) else {}
+
+    def write_config(self, doc: dict) -> None:
+        """config.json replaced atomically, readable by root only (a catalog URL may hold a password)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".{CONFIG}.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with open(fd, "w") as f:
+            json.dump(doc, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.root / CONFIG)
+
+    def catalog_location(self) -> str | Path:
+        """Where the catalog is: ZAP_CATALOG, else config.json's "catalog", else catalog.db here."""
+        return os.environ.get("ZAP_CATALOG") or self.config().get("catalog") or self.catalog_db
+
+    def reader_args(self) -> tuple[str | Path, str | None]:
+        """(where the catalog is, this host's name) for catalog.fastread.open_current."""
+        cfg = self.config()
+        return os.environ.get("ZAP_CATALOG") or cfg.get("catalog") or self.catalog_db, cfg.get("host")
 
     @property
     def pool_image(self) -> Path:

@@ -80,7 +80,7 @@ def test_incremental_versus_full_frozen_window():
 
     assert incremental.dirty_tracking(criu_binary())
     ctx = Context()
-    init_pool(ctx.state, ctx.catalog, backend_name="nilfs", device="/dev/vda")
+    init_pool(ctx.state, ctx.catalog, ctx.host_id, backend_name="nilfs", device="/dev/vda")
     # The workload runs from a copy outside the host's /tmp (a clone may live there).
     work = Path(f"/run/zapbench-{os.getpid()}")
     work.mkdir()

@@ -19,7 +19,7 @@ def ctx():
     from zapckpt.ops.deinit import deinit
 
     c = Context()
-    init_pool(c.state, c.catalog, backend_name="nilfs", device=DEVICE)
+    init_pool(c.state, c.catalog, c.host_id, backend_name="nilfs", device=DEVICE)
     try:
         yield c
     finally:

@@ -19,7 +19,7 @@ import traceback
 from zapckpt import __version__
 from zapckpt.common.errors import UsageError, ZapError, one_line
 
-from . import checkpoints, continuous, guard, pods, reference, server, store, system, view
+from . import checkpoints, continuous, guard, hosts, pods, reference, server, store, system, view
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"zap {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for module in (system, pods, checkpoints, guard, store, continuous, view, reference, server):
+    for module in (system, hosts, pods, checkpoints, guard, store, continuous, view, reference, server):
         module.register(sub)
     for command in sub.choices.values():
         for action in command._actions:
@@ -89,17 +89,19 @@ def _settle_catalog(command: str) -> None:
     undone (ops/recovery.py), and image sets of an older zap are converted into the store
     (store/convert.py). Two indexed queries, without SQLAlchemy, when there is nothing to do."""
     from contextlib import closing
+    from pathlib import Path
 
     from catalog import fastread
     from zapckpt.state import StateDir
 
     state = StateDir.from_env()
-    if not state.catalog_db.exists():
+    where, host = state.reader_args()
+    if isinstance(where, Path) and not where.exists():
         return
-    conn = fastread.open_current(state.catalog_db)
+    conn = fastread.open_current(where, host)
     if conn is not None:  # the usual case
         with closing(conn):
-            if not fastread.has_intents(conn) and not fastread.has_old_image_sets(conn):
+            if not fastread.has_intents(conn) and not fastread.has_old_image_sets(conn) and not fastread.adopted_away(conn):
                 return
     _recover_interrupted(command, state)
     _convert_old_image_sets()
@@ -122,16 +124,19 @@ def _recover_interrupted(command: str, state) -> None:
 
     ctx = Context(state)
     try:
-        if not pending(ctx):
-            return
-        for d in recover(ctx):
-            print(f"zap: recovered: {d['op']} of {d['pod']} interrupted (started {d['started']}): {d['outcome']}",
-                  file=sys.stderr)  # fmt: skip
-    except Exception as e:  # noqa: BLE001 - a failed recovery must not lock the user out of deinit
-        from sqlalchemy.exc import OperationalError
+        if pending(ctx):
+            for d in recover(ctx):
+                print(f"zap: recovered: {d['op']} of {d['pod']} interrupted (started {d['started']}): {d['outcome']}",
+                      file=sys.stderr)  # fmt: skip
+        from zapckpt.ops.adopt import retire
 
-        if isinstance(e, OperationalError):
-            raise  # the catalog itself cannot be used (a full disk...): main says so in one line
+        for line in retire(ctx):  # a host that comes back after its pods were adopted
+            print(f"zap: {line}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - a failed recovery must not lock the user out of deinit
+        from catalog.errors import is_catalog_error
+
+        if is_catalog_error(e):
+            raise  # the catalog itself cannot be used (a full disk, unreachable): main says so in one line
         why = one_line(e) or e.__class__.__name__
         if command in _DESPITE_RECOVERY:
             print(f"zap: warning: interrupted operations could not be settled ({why}); `zap recover` retries",
@@ -139,6 +144,22 @@ def _recover_interrupted(command: str, state) -> None:
             return
         raise ZapError(f"interrupted operations could not be settled first ({why}); `zap recover` retries, "
                        f"`zap deinit` still works") from None
+
+
+def _catalog_failure(e: BaseException) -> str:
+    from catalog.errors import explain
+    from catalog.urls import parse
+    from zapckpt.state import StateDir
+
+    state = StateDir.from_env()
+    try:
+        where = state.catalog_location()
+        url = parse(str(where)) if not hasattr(where, "exists") else None
+    except Exception:  # noqa: BLE001 - a bad URL is reported where it is parsed
+        url = None
+    if url is None or url.embedded:
+        return explain(e, str(state.root), embedded=True)
+    return explain(e, url.redacted(), embedded=False)
 
 
 def _check_utf8(argv: list[str]) -> None:
@@ -152,7 +173,7 @@ def _check_utf8(argv: list[str]) -> None:
 # Commands that may work for seconds, with nothing to show meanwhile: a status line at a terminal
 # (common/progress.py). Not those that run the user's command on the terminal (exec, guard).
 _LONG_WORK = {"checkpoint", "restore", "branch", "export", "import", "stop", "rm", "rmckpt", "prune", "deinit",
-              "suspend", "resume", "verify", "start", "run", "create", "init"}  # fmt: skip
+              "suspend", "resume", "verify", "start", "run", "create", "init", "host"}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,14 +220,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zap: error: {one_line(e.strerror or e)}{where}", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - never a traceback for users, unless asked
-        from sqlalchemy.exc import OperationalError
+        from catalog.errors import is_catalog_error
 
-        if isinstance(e, OperationalError):  # SQLite's own words: "database or disk is full", ...
-            from zapckpt.state import StateDir
-
-            reason = one_line(e.orig) if e.orig is not None else "unknown"
-            print(f"zap: error: the catalog in {StateDir.from_env().root} cannot be written: {reason}"
-                  f" (a full disk? see `df {StateDir.from_env().root}`)", file=sys.stderr)  # fmt: skip
+        if is_catalog_error(e):  # the database's own words ("database or disk is full", libpq's), explained
+            print(f"zap: error: {_catalog_failure(e)}", file=sys.stderr)
+            if os.environ.get("ZAP_DEBUG"):
+                traceback.print_exc()
             return 1
         if os.environ.get("ZAP_DEBUG"):
             traceback.print_exc()

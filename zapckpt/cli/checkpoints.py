@@ -97,7 +97,7 @@ def cmd_checkpoint(args) -> int:
     limit = settings.parse_size(args.ghost_limit, "--ghost-limit") if args.ghost_limit else None
     ck = ckpt.checkpoint(ctx, args.name, args.message, args.stop, ghost_limit=limit, strict=args.strict)
     with ctx.catalog.session() as s:  # the record as `zap show` gives it, in one plain query
-        row = fastread.checkpoint_row(s.connection().connection.cursor(), args.name, ck.seq)
+        row = queries.checkpoint_row(s, args.name, ck.seq)
         rec = records.checkpoint_row_records([row])[0]
     for w in ck.warnings:
         warn(w)
@@ -114,14 +114,14 @@ def cmd_checkpoint(args) -> int:
 
 def cmd_list(args) -> int:
     # Straight from SQLite when the catalog is current: no SQLAlchemy import (see cmd_ps).
-    conn = fastread.open_current(state.StateDir.from_env().catalog_db)
+    conn = fastread.open_current(*state.StateDir.from_env().reader_args())
     if conn is not None:
         with closing(conn):
             try:
                 pod_id = fastread.pod_id(conn, args.name) if args.name else None
             except fastread.LookupFailed:
                 raise errors.unknown_pod(args.name) from None
-            recs = records.checkpoint_row_records(fastread.checkpoint_rows(conn.cursor(), pod_id))
+            recs = records.checkpoint_row_records(fastread.checkpoint_rows(conn, pod_id))
     else:
         ctx = context.Context()
         with ctx.catalog.session() as s:
@@ -182,7 +182,7 @@ def cmd_show(args) -> int:
 def _show_fast(ref: str) -> tuple[bool, dict | None]:
     """`zap show POD`, NAME@N and NAME@latest straight from SQLite, as `zap ps` does: scripts
     call show in loops, and SQLAlchemy's import alone is most of a show."""
-    conn = fastread.open_current(state.StateDir.from_env().catalog_db)
+    conn = fastread.open_current(*state.StateDir.from_env().reader_args())
     if conn is None:
         return False, None
     with closing(conn):
@@ -198,7 +198,7 @@ def _show_fast(ref: str) -> tuple[bool, dict | None]:
             seq = what
         else:
             return False, None
-        row = fastread.checkpoint_row(conn.cursor(), name, seq)
+        row = fastread.checkpoint_row(conn, name, seq)
         return False, (records.checkpoint_row_records([row])[0] if row is not None else None)
 
 

@@ -73,6 +73,9 @@ def register(sub) -> None:
                    "net=pod|none|host, origin=REF (repeatable: all must match)")  # fmt: skip
     p.add_argument("--format", metavar="TEMPLATE",
                    help="one line per pod from a template of JSON fields: '{name} {state} {pid}'")  # fmt: skip
+    p.add_argument("-a", "--all-hosts", action="store_true",
+                   help="the pods of every host of the fleet (a HOST column; another host's state is as its catalog "
+                   "says)")  # fmt: skip
     p.set_defaults(func=cmd_ps)
 
     p = sub.add_parser("logs", help="show a pod's console log")
@@ -175,15 +178,17 @@ def cmd_start(args) -> int:
 
 def cmd_ps(args) -> int:
     # Straight from SQLite when the catalog is current: `zap ps` answers without importing SQLAlchemy.
-    conn = fastread.open_current(state.StateDir.from_env().catalog_db)
+    conn = fastread.open_current(*state.StateDir.from_env().reader_args())
     if conn is not None:
         with closing(conn):
-            rows = fastread.pod_rows(conn)
+            rows = fastread.pod_rows(conn, all_hosts=args.all_hosts)
     else:  # a new or older catalog: the ORM path creates or migrates it
         ctx = context.Context()
         with ctx.catalog.session() as s:
             counts = queries.checkpoint_counts(s)
-            rows = [fastread.PodRow.of(p, counts.get(p.id, 0)) for p in queries.list_pods(s)]
+            me = ctx.host
+            rows = [fastread.PodRow.of(p, counts.get(p.id, 0), p.host.name if p.host else None, p.host_id in (None, me.id))
+                    for p in queries.list_pods(s, None if args.all_hosts else me.id)]  # fmt: skip
     recs = [r for r in map(records.pod_row_record, rows) if _matches(r, args.filter)]
     if args.format:
         for r in recs:
@@ -199,7 +204,12 @@ def cmd_ps(args) -> int:
              + (f" (exit {r['exit_code']})" if r["exit_code"] is not None else ""), r["pid"] or "-", r["address"] or r["net"],
              ",".join(map(publish.render, r["ports"])) or "-", _watch(r["watch"]), r["origin"] or "-", r["checkpoints"],
              r["path"]] for r in recs]  # fmt: skip
-    table(["NAME", "STATE", "PID", "ADDRESS", "PORTS", "WATCH", "ORIGIN", "CHECKPOINTS", "PATH"], rows)
+    head = ["NAME", "STATE", "PID", "ADDRESS", "PORTS", "WATCH", "ORIGIN", "CHECKPOINTS", "PATH"]
+    if args.all_hosts:
+        head.insert(1, "HOST")
+        for row, r in zip(rows, recs):
+            row.insert(1, r["host"] or "-")
+    table(head, rows)
     return 0
 
 

@@ -12,6 +12,8 @@ storage_pool = lazy("zapckpt.system.pool")
 settings = lazy("zapckpt.settings")
 deinit_op = lazy("zapckpt.ops.deinit")
 queries = lazy("catalog.queries")
+fleet = lazy("zapckpt.ops.fleet")
+state = lazy("zapckpt.state")
 
 
 def register(sub) -> None:
@@ -26,6 +28,17 @@ def register(sub) -> None:
     p.add_argument("--log-max", metavar="SIZE",
                    help="rotate a pod's console log at this size, keeping one older file (default 16M; 0: never); "
                    "pods started from now on")  # fmt: skip
+    f = p.add_argument_group("a fleet of hosts (docs/fleet.md)")
+    f.add_argument("--catalog", metavar="URL",
+                   help="the catalog shared by the fleet: postgresql://USER@HOST/DB (a libpq URL, ?host=/socket/dir "
+                   "too; the database must exist), or ZAP_CATALOG; default: catalog.db here (SQLite)")  # fmt: skip
+    f.add_argument("--host", metavar="NAME", help="this host's name in the catalog (default: the machine's host name)")
+    f.add_argument("--address", metavar="IP", help="this host's address, for `zap host ls` (default: its first one)")
+    f.add_argument("--store", metavar="s3://BUCKET/PREFIX",
+                   help="the fleet's image store, where packs and volumes go (credentials as boto3 and the AWS CLI "
+                   "read them); default: a directory of this host")  # fmt: skip
+    f.add_argument("--s3-endpoint", metavar="URL", help="the S3 service, if not AWS (http://HOST:PORT)")
+    f.add_argument("--cache-size", metavar="SIZE", help="this host's cache of the store's packs (default 4G)")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("deinit", help="stop all pods, unmount the pool and detach its loop device")
@@ -39,16 +52,25 @@ def register(sub) -> None:
 
 
 def cmd_init(args) -> int:
-    ctx = context.Context()
+    st = state.StateDir.from_env()
+    st.ensure()
+    address = args.address or (fleet.detect_address() if (args.catalog or args.host) else None)
+    fleet.join(st, args.catalog, args.host, address)
+    ctx = context.Context(st)
+    me = ctx.host  # registered in the catalog (a name another host holds is refused)
+    cache = settings.parse_size(args.cache_size, "--cache-size") if args.cache_size else None
+    store = fleet.configure_store(ctx, args.store, args.s3_endpoint, cache)
     if args.ghost_limit:
         settings.set_ghost_limit(ctx, settings.parse_size(args.ghost_limit, "--ghost-limit"))
     if args.log_max:
         settings.set_log_max(ctx, settings.parse_size(args.log_max, "--log-max"))
-    pool = storage_pool.init_pool(ctx.state, ctx.catalog, size=args.size, pool_dir=args.pool, backend_name=args.backend,
+    pool = storage_pool.init_pool(ctx.state, ctx.catalog, ctx.host_id, size=args.size, pool_dir=args.pool, backend_name=args.backend,
                      device=args.device)  # fmt: skip
     where = {"loop": f"loop file {ctx.state.pool_image}", "device": "device", "dir": "directory"}[pool.kind]
     print(f"pool ready: {pool.path} ({pool.backend.name}, {where})")
     print(f"state directory: {ctx.state.root}")
+    if not ctx.catalog.url.embedded or store:
+        print(f"host {me.name} of the catalog {ctx.catalog.url.redacted()}; image store {store or ctx.store.root}")
     return 0
 
 
@@ -60,7 +82,7 @@ def cmd_deinit(args) -> int:
         what = "every pod, checkpoint, the pool and the image store"
         try:
             with ctx.catalog.session() as s:
-                what = f"{len(queries.list_pods(s))} pod(s), {sum(queries.checkpoint_counts(s).values())} checkpoint(s)" \
+                what = f"{len(queries.list_pods(s, ctx.host_id))} pod(s), {sum(queries.checkpoint_counts(s).values())} checkpoint(s)" \
                        ", the pool and the image store"
         except Exception:  # noqa: BLE001 - a damaged catalog must not keep anyone from purging it
             pass

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -218,3 +219,78 @@ def _join(procs_files: Sequence[str]) -> None:
             os.write(fd, b"0")
         finally:
             os.close(fd)
+
+
+def _chain(argvs: Sequence[Sequence[str]], stdin, stdout):
+    """Start argv1 | argv2 | ...: (processes, their stderr files)."""
+    import tempfile
+
+    procs, errs = [], []
+    prev = stdin
+    try:
+        for i, argv in enumerate(argvs):
+            err = tempfile.TemporaryFile()
+            errs.append(err)
+            last = i == len(argvs) - 1
+            p = subprocess.Popen([str(a) for a in argv], stdin=prev, stdout=stdout if last else subprocess.PIPE,
+                                 stderr=err, close_fds=True, start_new_session=True)  # fmt: skip
+            if prev not in (None, subprocess.PIPE) and not isinstance(prev, int):
+                prev.close()  # the child has it now
+            procs.append(p)
+            prev = p.stdout if not last else None
+    except FileNotFoundError as e:
+        for p in procs:
+            _kill_one(p.pid)
+            p.wait()
+        raise ToolMissing(e.filename or str(argvs[len(procs)][0])) from None
+    return procs, errs
+
+
+def _finish(argvs, procs, errs, failed: bool) -> None:
+    for p in procs:
+        if failed:
+            _kill_one(p.pid)
+        p.wait()
+    try:
+        if not failed:
+            for argv, p, err in zip(argvs, procs, errs):
+                if p.returncode != 0:
+                    err.seek(0)
+                    raise CommandError(argv, p.returncode, err.read().decode(errors="replace"))
+    finally:
+        for err in errs:
+            err.close()
+
+
+@contextmanager
+def pipe_from(*argvs: Sequence[str]):
+    """Read, as a binary stream, what the pipeline argv1 | argv2 | ... writes; leaving the block
+    waits for it and raises CommandError for the first command that failed."""
+    procs, errs = _chain(argvs, subprocess.DEVNULL, subprocess.PIPE)
+    failed = True
+    try:
+        yield procs[-1].stdout
+        failed = False
+    finally:
+        procs[-1].stdout.close()
+        _finish(argvs, procs, errs, failed)
+
+
+@contextmanager
+def pipe_into(*argvs: Sequence[str]):
+    """Write, as a binary stream, into the pipeline argv1 | argv2 | ...; leaving the block
+    closes it, waits, and raises CommandError for the first command that failed."""
+    procs, errs = _chain([argvs[0]], subprocess.PIPE, subprocess.DEVNULL if len(argvs) == 1 else subprocess.PIPE)
+    if len(argvs) > 1:
+        more, more_errs = _chain(argvs[1:], procs[0].stdout, subprocess.DEVNULL)
+        procs, errs = procs + more, errs + more_errs
+    failed = True
+    try:
+        yield procs[0].stdin
+        failed = False
+    finally:
+        try:
+            procs[0].stdin.close()
+        except BrokenPipeError:
+            pass
+        _finish(argvs, procs, errs, failed)

@@ -38,9 +38,24 @@ def fnv1a64(data: bytes) -> int:
     return h
 
 
+def namespaces() -> bytes:
+    """The network and mount namespaces the caller is in: a command runs in its server's, so a
+    server serves only callers of the same ones (two hosts of a fleet on one machine each have a
+    network namespace of their own)."""
+    ids = []
+    for ns in ("net", "mnt"):
+        try:
+            ids.append(str(os.stat(f"/proc/self/ns/{ns}").st_ino))
+        except OSError:
+            ids.append("0")
+    return ":".join(ids).encode()
+
+
 def key(code_root: str | None = None, prefix: str | None = None) -> str:
-    """Names the server of a checkout and a virtualenv (client.c computes the same)."""
-    data = os.fsencode(code_root or root()) + b"\0" + os.fsencode(os.path.realpath(prefix or sys.prefix))
+    """Names the server of a checkout, a virtualenv and the caller's namespaces (client.c
+    computes the same)."""
+    data = (os.fsencode(code_root or root()) + b"\0" + os.fsencode(os.path.realpath(prefix or sys.prefix)) + b"\0"
+            + namespaces())  # fmt: skip
     return f"{fnv1a64(data):016x}"
 
 

@@ -46,17 +46,20 @@ class NetConfig:
     bridge: str
     subnet: ipaddress.IPv4Network
     tag: str  # distinguishes this state directory's namespaces from another's
+    host_id: int = 0  # the host (catalog/hosts.py) whose bridge this is
 
     @property
     def gateway(self) -> ipaddress.IPv4Address:
         return self.subnet.network_address + 1
 
 
-def config(s: Session, state_root: Path) -> NetConfig:
-    """The state directory's bridge and subnet: chosen once (ZAP_BRIDGE / ZAP_SUBNET or the
-    defaults) and kept in the catalog, so addresses never move."""
-    bridge = queries.get_setting(s, "net.bridge")
-    subnet = queries.get_setting(s, "net.subnet")
+def config(s: Session, host_id: int, state_root: Path) -> NetConfig:
+    """The host's bridge and subnet: chosen once (ZAP_BRIDGE / ZAP_SUBNET or the defaults) and
+    kept in the catalog, so addresses never move. Hosts of a fleet given the same subnet (each
+    in a network of its own, or one L2 network) share its addresses: a pod keeps its address
+    when another of them adopts it."""
+    bridge = queries.get_setting(s, host_id, "net.bridge")
+    subnet = queries.get_setting(s, host_id, "net.subnet")
     if bridge is None or subnet is None:
         bridge = os.environ.get("ZAP_BRIDGE") or DEFAULT_BRIDGE
         subnet = os.environ.get("ZAP_SUBNET") or DEFAULT_SUBNET
@@ -68,11 +71,11 @@ def config(s: Session, state_root: Path) -> NetConfig:
             raise UsageError(f"bad subnet {subnet!r} (ZAP_SUBNET): expected an IPv4 network like 10.89.0.0/24") from None
         if net.num_addresses < 8:
             raise UsageError(f"subnet {subnet} is too small (ZAP_SUBNET): at least a /29")
-        queries.set_setting(s, "net.bridge", bridge)
-        queries.set_setting(s, "net.subnet", str(net))
+        queries.set_setting(s, host_id, "net.bridge", bridge)
+        queries.set_setting(s, host_id, "net.subnet", str(net))
         s.commit()
     tag = hashlib.sha1(str(state_root).encode()).hexdigest()[:6]
-    return NetConfig(bridge, ipaddress.IPv4Network(subnet), tag)
+    return NetConfig(bridge, ipaddress.IPv4Network(subnet), tag, host_id)
 
 
 def netns_name(cfg: NetConfig, pod_name: str) -> str:
@@ -88,8 +91,14 @@ def host_ifname(cfg: NetConfig, pod_name: str) -> str:
     return "zv" + hashlib.blake2b(netns_name(cfg, pod_name).encode(), digest_size=6).hexdigest()
 
 
+def addresses_in_use(s: Session, cfg: NetConfig) -> set[str]:
+    """The addresses of the pods of every host on the same subnet (this one included)."""
+    same = queries.hosts_with_setting(s, "net.subnet", str(cfg.subnet)) | {cfg.host_id}
+    return queries.pod_addresses(s, same)
+
+
 def allocate_address(s: Session, cfg: NetConfig) -> str:
-    used = {p.address for p in queries.list_pods(s) if p.address}
+    used = addresses_in_use(s, cfg)
     for host in cfg.subnet.hosts():
         if host != cfg.gateway and str(host) not in used:
             return str(host)
@@ -115,7 +124,8 @@ def _ensure_bridge(cfg: NetConfig) -> None:
 
 def sync_nat(s: Session, cfg: NetConfig) -> None:
     """Rebuild zap's nftables table from every pod's published ports."""
-    published = [(p.address, spec) for p in queries.list_pods(s) if p.net == "pod" and p.address for spec in p.ports]
+    published = [(p.address, spec) for p in queries.list_pods(s, cfg.host_id) if p.net == "pod" and p.address
+                 for spec in p.ports]  # fmt: skip
     nftables.apply(cfg.bridge, str(cfg.subnet), published)
 
 

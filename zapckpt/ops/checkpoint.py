@@ -17,6 +17,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from catalog import Checkpoint, Pod, queries
+from catalog import volumes as stream_rows
 from zapckpt import settings
 from zapckpt.common.errors import UsageError, ZapError
 from zapckpt.common.progress import step
@@ -30,6 +31,7 @@ from zapckpt.pod import console, sockets
 from zapckpt.pod.lifecycle import live_state
 from zapckpt.pod.mounts import criu_path_in_volume, pod_root, remove_in_volume
 from zapckpt.store import imagesets as image_sets
+from zapckpt.store import volumes
 from zapckpt.system import faults, priority, procinfo, staging
 from zapckpt.system.signals import deferred_interrupts
 
@@ -64,15 +66,14 @@ def _hook_ms(times: Path) -> float | None:
     return (t1 - t0) * 1000
 
 
-def record(s: Session, pod: Pod, ck_id: str, message: str, kind: str, backend: str, snap, before_commit=None,
-            **fields) -> Checkpoint:  # fmt: skip
+def record(s: Session, host_id: int, pod: Pod, ck_id: str, message: str, kind: str, backend: str, snap,
+           before_commit=None, **fields) -> Checkpoint:  # fmt: skip
     """Write the catalog row (both halves exist by now) and move the pod's head to it."""
     ck = Checkpoint(
-        id=ck_id, pod=pod, seq=queries.next_seq(s, pod), parent_id=pod.head_checkpoint_id, message=message,
+        id=ck_id, pod=pod, host_id=host_id, seq=queries.next_seq(s, pod), parent_id=pod.head_checkpoint_id, message=message,
         kind=kind, backend=backend, snapshot_path=snap.path, snapshot_generation=snap.generation, **fields,
     )  # fmt: skip
-    s.add(ck)
-    s.flush()  # the row first: pods.head_checkpoint_id and image_files reference it
+    queries.add_checkpoint(s, ck)  # the row first: pods.head_checkpoint_id and image_files reference it
     pod.head_checkpoint_id = ck_id
     if before_commit:
         before_commit()
@@ -81,28 +82,59 @@ def record(s: Session, pod: Pod, ck_id: str, message: str, kind: str, backend: s
 
 
 def commit_pair(ctx: Context, s: Session, pod: Pod, ck_id: str, images: Path | None, message: str, kind: str,
-                info, t_start: float | None = None, **fields) -> Checkpoint:  # fmt: skip
+                info, t_start: float | None = None, rec: intents.Record | None = None, **fields) -> Checkpoint:  # fmt: skip
     """The one commit of a checkpoint (`checkpoint` and `import` both end here): the image set
-    into the store, the catalog row and the chunk index in one transaction, under the store's
-    lock; if any part fails, none of it stays (the new pack is discarded)."""
+    into the store (a remote store has the new pack before anything refers to it), the catalog
+    row and the chunk index in one transaction, under the store's lock; if any part fails, none
+    of it stays (the new pack is discarded, here and in the store). rec: the operation's intent
+    record, told the pack and stream before they go up, so that recovery removes them if this
+    zap dies, or if it cannot itself (the store out of reach): the record then stays."""
+    note = rec.note if rec is not None else None
     store = image_sets.store(ctx)
-    with store.lock():
+    with store.lock(), store.fetched({}):  # fetched: the new pack is kept from this host's cache eviction
         pending = store.ingest(s, images) if images is not None else None
         faults.point("checkpoint:ingested")
+        stream = None
         try:
+            if pending is not None and store.remote is not None and pending.new_chunks:
+                if note is not None:
+                    note(pack=pending.pack_name)
+                step("uploading the images")
+                pending.publish()
+                faults.point("checkpoint:uploaded")
+            stream = volumes.send(ctx, s, ck_id, Path(info.path), pod.head_checkpoint_id, note)
+            faults.point("checkpoint:volume-sent")
             if t_start is not None:
                 fields["total_ms"] = (time.perf_counter() - t_start) * 1000
+
+            def rows() -> None:
+                if pending:
+                    pending.commit(s, ck_id)
+                if stream:
+                    stream_rows.add(s, stream)
+
             return record(
-                s, pod, ck_id, message, kind, ctx.pool.backend.name, info,
-                image_format=image_sets.STORE_FORMAT if pending else None,
-                before_commit=(lambda: pending.commit(s, ck_id)) if pending else None,
+                s, ctx.host_id, pod, ck_id, message, kind, ctx.pool.backend.name, info,
+                image_format=image_sets.STORE_FORMAT if pending else None, before_commit=rows,
                 raw_bytes=pending.raw_bytes if pending else 0, stored_bytes=pending.stored_bytes if pending else 0,
-                **fields,
+                stream_id=stream["id"] if stream else None, **fields,
             )  # fmt: skip
         except BaseException:
-            if pending:
-                pending.discard()
+            cleaned = pending.discard() if pending else True
+            cleaned = _drop_stream(store, stream) and cleaned
+            if not cleaned and rec is not None:
+                rec.keep()  # the store is out of reach: recovery removes them once it answers
             raise
+
+
+def _drop_stream(store, stream: dict | None) -> bool:
+    """Remove an uncommitted checkpoint's volume stream from the store; False if it cannot now."""
+    if stream is not None and store.remote is not None:
+        try:
+            store.remote.delete([stream["object"]])
+        except ZapError:
+            return False
+    return True
 
 
 def take(
@@ -244,11 +276,11 @@ def _dump_and_commit(ctx: Context, s: Session, rec: intents.Record, pod: Pod, ck
             else:
                 predump_ms = None  # the dump fell back to every page (a retry)
             shutil.rmtree(pre, ignore_errors=True)
-            ck = commit_pair(ctx, s, pod, ck_id, images, message, kind, info, t_start=t_start,
+            ck = commit_pair(ctx, s, pod, ck_id, images, message, kind, info, t_start=t_start, rec=rec,
                              frozen_ms=stats.frozen_ms, dump_ms=dump_ms, fs_snapshot_ms=fs_ms, processes=processes,
                              stopped=stop, criu_run_id=run_id, predump_ms=predump_ms)  # fmt: skip
     except BaseException:
-        s.rollback()
+        _rollback(s)
         # Undone by what was really made (on NILFS2 a checkpoint of mkcp's, not `snap`).
         if info is not None:
             backend.delete_volume(Path(info.path))
@@ -259,6 +291,15 @@ def _dump_and_commit(ctx: Context, s: Session, rec: intents.Record, pod: Pod, ck
             procinfo.signal_all(procinfo.pids_in_pidns(pod.init_pid), signal.SIGCONT)
         raise
     return ck
+
+
+def _rollback(s: Session) -> None:
+    """Roll the session back, even where the catalog itself is what failed (its connection
+    lost): what the operation made is undone all the same."""
+    try:
+        s.rollback()
+    except Exception:  # noqa: BLE001 - the transaction is gone with its connection
+        pass
 
 
 def _drop_link_remaps(pod: Pod, images: Path) -> None:
@@ -299,11 +340,18 @@ def snapshot_only(ctx: Context, s: Session, pod: Pod, message: str, kind: str = 
     t0 = time.perf_counter()
     info = pool.backend.snapshot(Path(pod.volume), snap)
     fs_ms = (time.perf_counter() - t0) * 1000
+    stream = None
     try:
-        ck = record(s, pod, ck_id, message, kind, pool.backend.name, info, image_format=None,
-                     fs_snapshot_ms=fs_ms, total_ms=fs_ms, processes=[])  # fmt: skip
+        # the store's lock until the row is in: a sweep of the store must not take the new stream for garbage
+        with ctx.store.lock() if volumes.wanted(ctx) else nullcontext():
+            stream = volumes.send(ctx, s, ck_id, Path(info.path), pod.head_checkpoint_id)
+            ck = record(s, ctx.host_id, pod, ck_id, message, kind, pool.backend.name, info, image_format=None,
+                        fs_snapshot_ms=fs_ms, total_ms=(time.perf_counter() - t0) * 1000, processes=[],
+                        stream_id=stream["id"] if stream else None,
+                        before_commit=(lambda: stream_rows.add(s, stream)) if stream else None)  # fmt: skip
     except BaseException:
-        s.rollback()
+        _rollback(s)
+        _drop_stream(ctx.store, stream)
         pool.backend.delete_volume(snap)
         raise
     return ck

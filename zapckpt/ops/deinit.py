@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from catalog import queries
+from catalog import hosts, queries
 from zapckpt.common.errors import ZapError
 from zapckpt.common.progress import step
 from zapckpt.context import Context
@@ -29,15 +29,29 @@ def _detach_loops_of(image: Path) -> None:
             proc.run(["losetup", "-d", dev], check=False)
 
 
+def _leave_fleet(ctx: Context) -> None:
+    """--purge of a host of a shared catalog: its pods and their checkpoints go from the
+    catalog and the store (as `zap rm --force` each), then the host itself. Other hosts' pods,
+    and the checkpoints and streams they still need, stay."""
+    from zapckpt.ops.remove import rm
+
+    with ctx.catalog.session() as s:
+        mine = [p.name for p in queries.list_pods(s, ctx.host_id)]
+    for name in mine:
+        step(f"removing pod {name} from the fleet's catalog")
+        rm(ctx, name, force=True)
+
+
 def deinit(ctx: Context, purge: bool, stop_timeout: float = 3.0) -> list[str]:
     stopped = []
     # The watch supervisor first (a tick in progress finishes): it would mount the pool again.
     # Its watches stay: the next `zap watch --list` or `zap resume` starts it again.
     watch.stop_supervisor(ctx)
-    pool = existing_pool(ctx.state, ctx.catalog)
-    if ctx.state.catalog_db.exists():
+    known = ctx.catalog.exists()
+    pool = existing_pool(ctx.state, ctx.catalog, ctx.host_id) if known else None
+    if known:
         with ctx.catalog.session() as s:
-            for pod in queries.list_pods(s):
+            for pod in queries.list_pods(s, ctx.host_id):
                 if procinfo.is_alive(pod.init_pid, pod.init_starttime):
                     stop_processes(pod, stop_timeout)
                     pod.desired_state = "stopped"
@@ -47,6 +61,8 @@ def deinit(ctx: Context, purge: bool, stop_timeout: float = 3.0) -> list[str]:
                 if purge and pod.net_locked_by:
                     # nothing will ever restore these: a --net host pod's lock lives in the host's namespace
                     podnet.release_locks(ctx.net, pod, queries.criu_run_id(s, pod.net_locked_by))
+    if purge and known and not ctx.catalog.url.embedded:
+        _leave_fleet(ctx)
     if pool is not None:
         if purge and pool.kind == "dir":
             # Our subvolumes inside a user-provided btrfs directory belong to this state.
@@ -55,11 +71,14 @@ def deinit(ctx: Context, purge: bool, stop_timeout: float = 3.0) -> list[str]:
                     for child in parent.iterdir():
                         pool.backend.delete_volume(child)
                     parent.rmdir()
-        unmount_pool(ctx.state, pool, ctx.catalog)
+        unmount_pool(ctx.state, pool, ctx.catalog, ctx.host_id)
     _detach_loops_of(ctx.state.pool_image)
-    if ctx.state.catalog_db.exists():
+    if known:
         podnet.teardown(ctx.net)  # namespaces, the bridge, zap's nftables table
     shutil.rmtree(ctx.state.staging, ignore_errors=True)
+    if purge and known and not ctx.catalog.url.embedded:
+        with ctx.catalog.session() as s:
+            hosts.forget(s, ctx.host)  # last: its settings said what to unmount
     if purge:
         ctx.close()
         if os.path.ismount(ctx.state.default_pool_mount):

@@ -16,6 +16,7 @@ from zapckpt.common.errors import UsageError, ZapError
 from zapckpt.context import Context
 from zapckpt.ops import intents
 from zapckpt.ops.files import open_in_snapshot
+from zapckpt.store import volumes
 from zapckpt.system import faults
 
 
@@ -44,7 +45,7 @@ def diff(ctx: Context, ref_a: str, ref_b: str | None, with_trees=None) -> tuple[
         if a.pod_id != b.pod_id and not _lineage(a.pod) & _lineage(b.pod):
             raise UsageError(f"cannot compare {a.ref} with {b.ref}: checkpoints of unrelated pods (a branch can be "
                              f"compared with the pod it came from)")  # fmt: skip
-        paths = Path(a.snapshot_path), Path(b.snapshot_path)
+        paths = volumes.ensure_local(ctx, s, a), volumes.ensure_local(ctx, s, b)
     for name, p in zip(names, paths):
         if not p.is_dir():
             raise ZapError(f"checkpoint {name} is damaged: its snapshot {p} is missing")
@@ -59,7 +60,7 @@ def _diff_live(ctx: Context, ref: str, with_trees=None) -> tuple[str, str, objec
     backend = ctx.ensure_pool().backend
     with ctx.catalog.session() as s:
         ck = queries.resolve_ref(s, ref)
-        name, volume, snap_a = ck.pod.name, Path(ck.pod.volume), Path(ck.snapshot_path)
+        name, volume, snap_a = ck.pod.name, Path(ck.pod.volume), volumes.ensure_local(ctx, s, ck)
     if not snap_a.is_dir():
         raise ZapError(f"checkpoint {ck.ref} is damaged: its snapshot {snap_a} is missing")
     now = ctx.pool.snapshots / f"diff-{uuid.uuid4().hex[:12]}"

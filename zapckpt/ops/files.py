@@ -14,6 +14,7 @@ from catalog import queries
 from zapckpt.common.errors import NotFound, UsageError, ZapError
 from zapckpt.context import Context
 from zapckpt.pod.mounts import lstat_under
+from zapckpt.store import volumes
 
 
 def components(path: str) -> list[str]:
@@ -72,7 +73,7 @@ def dump(ctx: Context, ref: str, path: str, out) -> int:
     archive of what is in it (as restic's dump does); returns the bytes written."""
     with ctx.catalog.session() as s:
         ck = queries.resolve_ref(s, ref)
-        snap, rel = Path(ck.snapshot_path), _relative(ck.pod, path)
+        snap, rel = volumes.ensure_local(ctx, s, ck), _relative(ck.pod, path)
     ctx.pool.backend.ensure_browsable(snap)
     fd = open_in_snapshot(snap, rel, directory=True)
     if stat.S_ISDIR(os.fstat(fd).st_mode):
@@ -120,7 +121,7 @@ def find(ctx: Context, name: str, pattern: str) -> Iterator[dict]:
     the pod, oldest first."""
     with ctx.catalog.session() as s:
         pod = queries.get_pod(s, name)
-        cks = [(c.ref, Path(c.snapshot_path)) for c in sorted(pod.checkpoints, key=lambda c: c.seq)]
+        cks = [(c.ref, volumes.ensure_local(ctx, s, c)) for c in sorted(pod.checkpoints, key=lambda c: c.seq)]
     backend = ctx.pool.backend
     for ref, snap in cks:
         backend.ensure_browsable(snap)
@@ -171,7 +172,7 @@ def restore_files(ctx: Context, ref: str, paths: list[str]) -> tuple[str, list[t
     with ctx.pod_lock(name), ctx.catalog.session() as s:
         ck = queries.resolve_ref(s, ref)
         pod = ck.pod
-        snap, volume = Path(ck.snapshot_path), Path(pod.volume)
+        snap, volume = volumes.ensure_local(ctx, s, ck), Path(pod.volume)
         rels = [_relative(pod, p) for p in paths]
         ctx.ensure_pool().backend.ensure_browsable(snap)
         for rel in rels:  # bad paths and symlinked directories refused before anything changes

@@ -15,21 +15,26 @@ import uuid
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from catalog import Intent
+from catalog import intents as rows
 from zapckpt.system import procinfo
 
 
 class Record:
     def __init__(self, ctx, op: str, pod: str, data: dict[str, Any]):
         self.ctx, self.id, self.op, self.pod, self.data = ctx, uuid.uuid4().hex, op, pod, dict(data)
+        self.kept = False
+
+    def keep(self) -> None:
+        """The operation failed and could not undo all it made (the store out of reach): the
+        record stays, for recovery to finish the undoing once this zap has exited."""
+        self.kept = True
 
     def note(self, **data: Any) -> None:
         """Add to the record, durably, before acting on it (the operation's own session must
         have nothing uncommitted: see recorded)."""
         self.data.update(data)
         with self.ctx.catalog.session() as s:
-            row = s.get(Intent, self.id)
-            row.data = dict(self.data)
+            rows.set_data(s, self.id, self.data)
 
 
 @contextmanager
@@ -53,24 +58,32 @@ def recorded(ctx, op: str, pod: str, session=None, **data: Any) -> Iterator[Reco
     operation failed without doing so, before the record goes."""
     rec = Record(ctx, op, pod, data)
     me = os.getpid()
+    host_id = ctx.host_id
     if session is not None:
         session.commit()
     with operations_lock(ctx):
         with ctx.catalog.session() as s:
-            s.add(Intent(id=rec.id, op=op, pod=pod, owner_pid=me, owner_start=procinfo.starttime(me) or 0,
-                         data=rec.data))  # fmt: skip
+            rows.add(s, rec.id, op, pod, host_id, me, procinfo.starttime(me) or 0, rec.data)
+        ok = False
         try:
             yield rec
+            ok = True
         except BaseException:
             if session is not None:
-                session.rollback()
+                try:
+                    session.rollback()
+                except Exception:  # noqa: BLE001 - its connection is gone (the catalog failed): nothing to roll back
+                    pass
             raise
         finally:
-            with ctx.catalog.session() as s:
-                row = s.get(Intent, rec.id)
-                if row is not None:
-                    s.delete(row)
+            if not rec.kept:
+                try:
+                    with ctx.catalog.session() as s:
+                        rows.remove(s, rec.id)
+                except Exception:  # noqa: BLE001 - the catalog is what failed: recovery settles the record later
+                    if ok:
+                        raise
 
 
-def owner_alive(row: Intent) -> bool:
+def owner_alive(row) -> bool:
     return procinfo.is_alive(row.owner_pid, row.owner_start)

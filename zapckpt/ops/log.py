@@ -3,10 +3,9 @@ checkpoint hanging under it (recursively)."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from catalog import Checkpoint, Pod
+from catalog import Checkpoint, Pod, queries
 from catalog.fastread import iso
 from catalog.queries import list_checkpoints
 from zapckpt.pod.lifecycle import live_state
@@ -37,7 +36,7 @@ def _render_pod(s: Session, pod: Pod, lines: list[str], prefix: str, roots_paren
         key = c.parent_id if c.parent_id in ids else None
         children.setdefault(key, []).append(c)
     branches: dict[str, list[Pod]] = {}
-    for b in s.scalars(select(Pod).where(Pod.origin_checkpoint_id.in_(ids)).order_by(Pod.name)):
+    for b in queries.branches_from(s, ids):
         branches.setdefault(b.origin_checkpoint_id, []).append(b)
 
     def walk(parent: str | None, pre: str) -> None:

@@ -31,15 +31,14 @@ import signal
 import time
 from pathlib import Path
 
-from sqlalchemy import select
-
-from catalog import Checkpoint, Intent, Pod, queries
+from catalog import Pod, queries
+from catalog import intents as intent_rows
+from catalog.chunks import ChunkIndex
 from zapckpt.common.errors import ZapError
 from zapckpt.criu import runner as criu
 from zapckpt.net import podnet
 from zapckpt.ops.intents import operations_lock, owner_alive
 from zapckpt.store import imagesets as image_sets
-from zapckpt.store.index import ChunkIndex
 from zapckpt.system import procinfo, staging
 
 
@@ -92,11 +91,12 @@ def _checkpoint(ctx, s, d: dict) -> str:
     _wait_tools(d.get("stage"))
     backend = ctx.pool.backend
     pod = queries.find_pod(s, d["pod"])
-    ck = s.get(Checkpoint, d["ck_id"])
+    ck = queries.checkpoint_by_id(s, d["ck_id"])
     _remove_stage(d.get("stage"))
     if ck is None:
         if d.get("snapshot"):
             backend.delete_volume(Path(d["snapshot"]))  # tolerates one that was never made
+        _drop_uncommitted(ctx, s, d)
         if pod is not None:
             podnet.release_locks(ctx.net, pod)  # a dump that died half-way may have left its lock
         resumed = _resume(pod)
@@ -113,13 +113,22 @@ def _checkpoint(ctx, s, d: dict) -> str:
     return f"finished ({ck.ref} was committed)"
 
 
+def _drop_uncommitted(ctx, s, d: dict) -> None:
+    """The pack and volume stream an uncommitted checkpoint had put into a remote store."""
+    store = image_sets.store(ctx)
+    if d.get("pack") and d["pack"] not in ChunkIndex(s).pack_names():
+        store.unpublish([d["pack"]])
+    if d.get("stream") and store.remote is not None:
+        store.remote.delete([d["stream"]])
+
+
 def _restore(ctx, s, d: dict) -> str:
     from zapckpt.ops.restore import materialized, restore_processes
 
     _wait_tools(d.get("stage"))
     backend = ctx.pool.backend
     pod = queries.find_pod(s, d["pod"])
-    target = s.get(Checkpoint, d["ck_id"])
+    target = queries.checkpoint_by_id(s, d["ck_id"])
     if pod is None or target is None:
         _remove_stage(d.get("stage"))
         return "nothing to do (the pod or checkpoint is gone)"
@@ -153,7 +162,7 @@ def _restore(ctx, s, d: dict) -> str:
     if procinfo.is_alive(pod.init_pid, pod.init_starttime):
         _resume(pod)
         return "undone (the pod kept running as it was)"
-    saved = s.get(Checkpoint, d["saved_id"]) if d.get("saved_id") else None
+    saved = queries.checkpoint_by_id(s, d["saved_id"]) if d.get("saved_id") else None
     if saved is not None and saved.has_images:
         podnet.ensure(s, ctx.net, pod)
         with materialized(ctx, s, saved) as images:
@@ -176,10 +185,24 @@ def _branch(ctx, s, d: dict) -> str:
     return "undone (the half-made branch was removed)"
 
 
+def _adopt(ctx, s, d: dict) -> str:
+    _wait_tools(d.get("stage"))
+    restored = _restored_init(d.get("stage"))
+    _remove_stage(d.get("stage"))
+    pod = queries.find_pod(s, d["pod"])
+    if pod is not None and pod.host_id == ctx.host_id and pod.volume == d["volume"]:
+        return "finished (the adoption was committed)"
+    if restored:
+        procinfo.kill_pod_tree(restored[0])
+    podnet.remove(ctx.net, Pod(name=d["pod"], net=d.get("net", "host")))
+    ctx.pool.backend.delete_volume(Path(d["volume"]))
+    return "undone (the pod stays the lost host's; `zap host adopt` again)"
+
+
 def _remove(ctx, s, d: dict) -> str:
     """rmckpt/prune commit the rows first, then delete: finish the deleting."""
     backend = ctx.pool.backend
-    named = {c for (c,) in s.execute(select(Checkpoint.snapshot_path))}
+    named = queries.snapshot_paths(s, ctx.host_id)
     for snap in d.get("snapshots", []):
         if snap not in named:
             backend.delete_volume(Path(snap))
@@ -196,6 +219,7 @@ def _import(ctx, s, d: dict) -> str:
     shutil.rmtree(d["stage"], ignore_errors=True)
     if queries.find_pod(s, d["pod"]) is not None:
         return "finished (the import was committed)"
+    _drop_uncommitted(ctx, s, d)
     backend = ctx.pool.backend
     backend.delete_volume(Path(d["volume"]))
     recv = Path(d["recv"])
@@ -212,26 +236,25 @@ def _diff(ctx, s, d: dict) -> str:
 
 
 HANDLERS = {"checkpoint": _checkpoint, "restore": _restore, "branch": _branch, "import": _import, "remove": _remove,
-            "diff": _diff}  # fmt: skip
+            "diff": _diff, "adopt": _adopt}  # fmt: skip
 
 
 def recover(ctx) -> list[dict]:
     """Settle every interrupted operation; returns what was done, one entry each."""
     done = []
     with ctx.catalog.session() as s:
-        rows = [(r.id, r.pod) for r in s.scalars(select(Intent).order_by(Intent.created_at.desc()))
-                if not owner_alive(r)]  # fmt: skip
+        rows = [(r.id, r.pod) for r in intent_rows.of_host(s, ctx.host_id) if not owner_alive(r)]
     for rid, pod in rows:
-        with ctx.pod_lock(pod, wait=criu.timeout() + 30):
+        with ctx.pod_lock(pod, wait=criu.timeout() + 30, own=False):
             with ctx.catalog.session() as s:
-                row = s.get(Intent, rid)
+                row = intent_rows.get(s, rid)
                 if row is None or owner_alive(row):
                     continue  # settled by another command meanwhile
                 if row.op not in HANDLERS:
                     raise ZapError(f"intent record {row.id} names an unknown operation {row.op!r}")
                 outcome = HANDLERS[row.op](ctx, s, dict(row.data, pod=row.pod))
                 done.append({"op": row.op, "pod": row.pod, "started": row.created_at.isoformat(), "outcome": outcome})
-                s.delete(row)
+                intent_rows.remove(s, rid)
                 s.commit()
     if done:
         staging.remove_orphans(ctx.state)
@@ -241,7 +264,7 @@ def recover(ctx) -> list[dict]:
 def pending(ctx) -> bool:
     """Whether any intent record exists (cheap: one query)."""
     with ctx.catalog.session() as s:
-        return s.scalar(select(Intent.id).limit(1)) is not None
+        return intent_rows.pending(s, ctx.host_id)
 
 
 # --- what no catalog row names ---------------------------------------------------------------
@@ -253,13 +276,29 @@ def sweep(ctx, repair: bool) -> list[str]:
         return _sweep_locked(ctx, repair)
 
 
+def _remote_orphans(ctx, store) -> list[tuple[str, object]]:
+    """Objects of the fleet's store that no row names and no operation in flight (on any host)
+    is about to name: looked at with the store to ourselves, so none is being added meanwhile."""
+    from catalog import volumes as stream_rows
+    from zapckpt.store.objects import PACKS, VOLUMES, pack_key
+
+    with store.lock(exclusive=True), ctx.catalog.session() as s:
+        named = {pack_key(p) for p in ChunkIndex(s).pack_names()} | set(stream_rows.objects(s))
+        for _op, data in intent_rows.all_data(s):
+            named |= {pack_key(data["pack"])} if data.get("pack") else set()
+            named |= {data["stream"]} if data.get("stream") else set()
+        objects = [n for under in (PACKS, VOLUMES) for n, _size, _t in store.remote.list(under)]
+    return [(f"object {store.remote.url.text}/{n}", ("object", n)) for n in sorted(objects) if n not in named]
+
+
 def _sweep_locked(ctx, repair: bool) -> list[str]:
     found: list[tuple[str, object]] = []
     pool = ctx.pool
     backend = pool.backend
     with ctx.catalog.session() as s:
-        snaps = {c for (c,) in s.execute(select(Checkpoint.snapshot_path))}
-        vols = {v for (v,) in s.execute(select(Pod.volume))}
+        # this host's snapshots, and its copies of other hosts' checkpoints (store/volumes.py)
+        snaps = queries.snapshot_paths(s, ctx.host_id) | {str(pool.snapshots / i) for i in queries.checkpoint_ids(s)}
+        vols = queries.pod_volumes(s, ctx.host_id)
         packs = ChunkIndex(s).pack_names()
     if backend.capabilities.snapshot_dirs:
         for d in sorted(pool.snapshots.iterdir()) if pool.snapshots.is_dir() else []:
@@ -279,12 +318,17 @@ def _sweep_locked(ctx, repair: bool) -> list[str]:
             for f in sorted(store.packs.iterdir()):
                 if f.name not in packs:
                     found.append((f"pack {f}", ("file", f)))
+    if store.remote is not None:
+        found += _remote_orphans(ctx, store)
     for d in staging.orphans(ctx.state):
         found.append((f"staging {d}", ("tree", d)))
     for d in sorted(ctx.state.root.glob(".import-*")) + sorted(ctx.state.root.glob(".export-*")):
         found.append((f"partial transfer {d}", ("tree", d)))
     if repair:
         for _, (kind, path) in found:
+            if kind == "object":
+                store.remote.delete([path])
+                continue
             if kind == "volume":
                 backend.delete_volume(path)
             elif kind == "imported":

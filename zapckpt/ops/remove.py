@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from catalog import Checkpoint, Pod, queries
+from catalog import Checkpoint, queries
+from catalog import volumes as stream_rows
 from zapckpt.common.errors import UsageError
 from zapckpt.common.progress import step
 from zapckpt.context import Context
@@ -25,7 +25,8 @@ from zapckpt.pod import console
 from zapckpt.pod.lifecycle import live_state, stop_processes
 from zapckpt.store import convert
 from zapckpt.store import imagesets as images
-from zapckpt.store.index import ChunkIndex
+from zapckpt.store import volumes
+from catalog.chunks import ChunkIndex
 from zapckpt.system import cgroups, faults
 
 
@@ -35,12 +36,12 @@ def _aware(t: datetime) -> datetime:
 
 def needed_by(s: Session, ck: Checkpoint) -> list[str]:
     """Why ck must stay: the pods (branches) whose origin it is."""
-    return [p.name for p in s.scalars(select(Pod).where(Pod.origin_checkpoint_id == ck.id))]
+    return queries.branch_names(s, ck.id)
 
 
 def suspended_by(s: Session, ck: Checkpoint) -> list[str]:
     """The pods `zap resume` would bring back from ck."""
-    return [p.name for p in s.scalars(select(Pod).where(Pod.suspended_by == ck.id))]
+    return queries.pods_suspended_by(s, ck.id)
 
 
 def remove_checkpoints(ctx, s: Session, cks: list[Checkpoint], min_unused: float = 0.0) -> None:
@@ -49,7 +50,7 @@ def remove_checkpoints(ctx, s: Session, cks: list[Checkpoint], min_unused: float
     if not cks:
         return
     gone = {c.id for c in cks}
-    parent_of = {c.id: c.parent_id for c in s.scalars(select(Checkpoint))}
+    parent_of = queries.checkpoint_parents(s)
 
     def survivor(cid: str | None) -> str | None:
         while cid is not None and cid in gone:
@@ -57,25 +58,29 @@ def remove_checkpoints(ctx, s: Session, cks: list[Checkpoint], min_unused: float
         return cid
 
     store = images.store(ctx)
-    snapshots = [Path(ck.snapshot_path) for ck in cks]
+    # this host's snapshots of them: its own, or its copies of other hosts' (store/volumes.py);
+    # another host's own are that host's to sweep
+    snapshots = [volumes.local_snapshot(ctx, ck) for ck in cks]
     # The rows go first (one commit); the record lets recovery finish the deleting after a crash.
     with intents.recorded(ctx, "remove", cks[0].pod.name, session=s, snapshots=[str(p) for p in snapshots]):
-        with store.lock():
-            for child in s.scalars(select(Checkpoint).where(Checkpoint.parent_id.in_(gone))):
+        with store.lock(exclusive=True):
+            for child in queries.children_in(s, gone):
                 if child.id not in gone:
                     child.parent_id = survivor(child.parent_id)
-            for pod in s.scalars(select(Pod).where(Pod.head_checkpoint_id.in_(gone))):
+            for pod in queries.pods_with_head_in(s, gone):
                 pod.head_checkpoint_id = survivor(pod.head_checkpoint_id)
             for ck in cks:
                 if images.in_store(ck):
                     store.release(s, ck.id)
-                s.delete(ck)
+                queries.delete_checkpoint(s, ck)
             s.flush()
             old_packs = store.collect_garbage(s, min_unused)
+            old_streams = stream_rows.collect(s)
             s.commit()
         faults.point("remove:committed")
-        for p in old_packs:
-            p.unlink(missing_ok=True)
+        store.unpublish(old_packs)
+        if old_streams and store.remote is not None:
+            store.remote.delete(old_streams)
         backend = ctx.pool.backend
         for snap in snapshots:
             backend.delete_volume(snap)
@@ -177,8 +182,7 @@ def rm(ctx: Context, name: str, force: bool) -> list[str]:
             pool.backend.delete_volume(Path(pod.volume))
             podnet.remove(ctx.net, pod)
             cgroups.remove(ctx.state.root, name)
-            s.delete(pod)
-            s.flush()
+            queries.delete_pod(s, pod)
             console.wait_for_loggers(ctx.state.console_log(name))
             console.remove_logs(ctx.state.console_log(name))  # a new pod of that name starts a new log
             if pod.ports:

@@ -22,9 +22,7 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 
-from sqlalchemy import select
-
-from catalog import Pod, queries
+from catalog import queries
 from zapckpt.common.errors import Busy, UsageError, ZapError, one_line
 from zapckpt.context import Context
 from zapckpt.pod import lifecycle
@@ -63,7 +61,7 @@ def policy_of(ctx: Context, name: str | None = None, ref: str | None = None) -> 
 def with_policies(ctx: Context) -> list[str]:
     """The pods with a restart policy: while there are any, the supervisor runs."""
     with ctx.catalog.session() as s:
-        return list(s.scalars(select(Pod.name).where(Pod.restart != "no").order_by(Pod.name)))
+        return queries.pods_with_restart_policy(s, ctx.host_id)
 
 
 def inits(ctx: Context) -> tuple[dict[int, str], dict[int, str]]:
@@ -71,7 +69,7 @@ def inits(ctx: Context) -> tuple[dict[int, str], dict[int, str]]:
     the pods whose init has ended without its status recorded yet."""
     running, ended = {}, {}
     with ctx.catalog.session() as s:
-        for p in queries.list_pods(s):
+        for p in queries.list_pods(s, ctx.host_id):
             if not p.init_pid:
                 continue
             if procinfo.is_alive(p.init_pid, p.init_starttime):

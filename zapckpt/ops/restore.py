@@ -26,19 +26,23 @@ from zapckpt.pod import console
 from zapckpt.pod.lifecycle import check_ports_free, live_state, write_network_files
 from zapckpt.pod.mounts import pod_root, restore_argv
 from zapckpt.store import imagesets as image_sets
+from zapckpt.store import volumes
 from zapckpt.system import cgroups, faults, procinfo, staging
 from zapckpt.system.signals import deferred_interrupts
 
 
-def _check_snapshot(ctx: Context, ck: Checkpoint) -> None:
-    """Refuse before touching anything if the files cannot be brought back (the images are
-    checked by reassembling them, which restore and branch do before changing anything)."""
+def _check_snapshot(ctx: Context, s: Session, ck: Checkpoint) -> Path:
+    """The checkpoint's snapshot on this host (received from the fleet's store if it was taken
+    elsewhere); refuse before touching anything if the files cannot be brought back (the images
+    are checked by reassembling them, which restore and branch do before changing anything)."""
+    snap = volumes.ensure_local(ctx, s, ck)
     try:
-        ctx.pool.backend.ensure_browsable(Path(ck.snapshot_path))
+        ctx.pool.backend.ensure_browsable(snap)
     except ZapError:
         pass  # reported as missing just below
-    if not Path(ck.snapshot_path).is_dir():
-        raise ZapError(f"checkpoint {ck.ref} is damaged: its snapshot {ck.snapshot_path} is missing")
+    if not snap.is_dir():
+        raise ZapError(f"checkpoint {ck.ref} is damaged: its snapshot {snap} is missing")
+    return snap
 
 
 @contextmanager
@@ -118,12 +122,12 @@ def restore(ctx: Context, ref: str, saved_message: str | None = None) -> tuple[C
         with ctx.catalog.session() as s:
             ck = queries.resolve_ref(s, ref)
             pod = ck.pod
-            _check_snapshot(ctx, ck)
+            snap = _check_snapshot(ctx, s, ck)
             with materialized(ctx, s, ck) as images, deferred_interrupts():
-                return ck, _restore_locked(ctx, s, pod, ck, images, saved_message)
+                return ck, _restore_locked(ctx, s, pod, ck, snap, images, saved_message)
 
 
-def _restore_locked(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images: Path | None,
+def _restore_locked(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, snap: Path, images: Path | None,
                     saved_message: str | None) -> Checkpoint | None:  # fmt: skip
     if live_state(pod) == "paused":
         # Its state would be kept as files only: the paused processes cannot be dumped as they are.
@@ -146,10 +150,10 @@ def _restore_locked(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images: 
     with intents.recorded(ctx, "restore", pod.name, session=s, ck_id=ck.id, saved_id=saved_id, new=str(new),
                           old=str(old), resume=resume, stage=str(images.parent) if images else None,
                           relock=relock):  # fmt: skip
-        return _swap_and_restore(ctx, s, pod, ck, images, saved_message, resume, saved_id, volume, new, old)
+        return _swap_and_restore(ctx, s, pod, ck, snap, images, saved_message, resume, saved_id, volume, new, old)
 
 
-def _swap_and_restore(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images: Path | None,
+def _swap_and_restore(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, snap: Path, images: Path | None,
                       saved_message: str | None, resume: bool, saved_id: str, volume: Path, new: Path,
                       old: Path) -> Checkpoint | None:  # fmt: skip
     backend = ctx.pool.backend
@@ -173,7 +177,7 @@ def _swap_and_restore(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, images
     for leftover in (new, old):
         backend.delete_volume(leftover)
     step("putting the files back")
-    backend.clone(Path(ck.snapshot_path), new)
+    backend.clone(snap, new)
     backend.rename_volume(volume, old)
     backend.rename_volume(new, volume)
     faults.point("restore:swapped")
@@ -235,14 +239,14 @@ def branch(ctx: Context, ref: str, new_name: str, start: bool = True, ports: lis
         src_name = queries.resolve_ref(s, ref).pod.name
         if queries.find_pod(s, new_name):
             raise AlreadyExists(f"pod {new_name!r} already exists")
-    # The source pod's lock too: rmckpt and prune (which take it) cannot remove the checkpoint
-    # while its snapshot and images are being read.
-    with ctx.pod_lock(src_name), ctx.pod_lock(new_name):
+    # The source pod's lock too (across the fleet: it may be another host's): rmckpt and prune
+    # (which take it) cannot remove the checkpoint while its snapshot and images are being read.
+    with ctx.pod_lock(src_name, own=False), ctx.pod_lock(new_name):
         with ctx.catalog.session() as s:
             ck = queries.resolve_ref(s, ref)
             if queries.find_pod(s, new_name):
                 raise AlreadyExists(f"pod {new_name!r} already exists")
-            _check_snapshot(ctx, ck)
+            snap = _check_snapshot(ctx, s, ck)
             src = ck.pod
             volume = pool.volume_of(new_name)
             if ports and src.net != "pod":
@@ -251,22 +255,23 @@ def branch(ctx: Context, ref: str, new_name: str, start: bool = True, ports: lis
                 name=new_name, volume=str(volume), mount_path=src.mount_path, command=src.command,
                 env=src.env, cwd=src.cwd, rootfs=src.rootfs, desired_state="stopped", origin_checkpoint_id=ck.id,
                 head_checkpoint_id=ck.id, net=src.net, ports=ports or [], volumes=src.volumes or [], private_tmp=src.private_tmp, init=src.init,
-                host_writable=src.host_writable,
+                host_writable=src.host_writable, host_id=ctx.host_id,
                 memory_limit=src.memory_limit, cpus=src.cpus, restart=src.restart, restart_max=src.restart_max,
             )  # fmt: skip
             if src.net == "pod":
-                check_ports_free(s, new_name, pod.ports)
+                check_ports_free(s, new_name, pod.ports, ctx.host_id)
                 pod.address = podnet.allocate_address(s, ctx.net)
             # Images first: a damaged set fails here, before the volume exists.
             with materialized(ctx, s, ck) if start else nullcontext(None) as images:
-                if images is not None and src.net == "host" and live_state(src) == "running":
+                here = src.host_id in (None, ctx.host_id)  # another host's ports are that machine's
+                if images is not None and src.net == "host" and here and live_state(src) == "running":
                     if ports_held := listening_ports(images):
                         raise UsageError(
                             f"{ck.ref} listens on {', '.join(ports_held)} in the host's network (--net host), where "
                             f"{src.name!r} still holds them: stop {src.name!r} first, or run it with --net pod")  # fmt: skip
                 with intents.recorded(ctx, "branch", new_name, session=s, volume=str(volume), net=src.net,
                                       stage=str(images.parent) if images is not None else None):  # fmt: skip
-                    pool.backend.branch_volume(Path(ck.snapshot_path), volume)
+                    pool.backend.branch_volume(snap, volume)
                     try:
                         podnet.ensure(None, ctx.net, pod)
                         podnet.add_origin_alias(ctx.net, pod, src.address)
@@ -282,7 +287,7 @@ def branch(ctx: Context, ref: str, new_name: str, start: bool = True, ports: lis
                                 proc.run(["nsenter", "-t", str(pod.init_pid), "-u", "--", "hostname", new_name], check=False)
                             pod.desired_state = "running"
                             pod.restore_warnings = exited_warning(ck, pod.init_pid)
-                        s.add(pod)
+                        queries.add_pod(s, pod)
                         s.commit()
                         if pod.ports:
                             podnet.sync_nat(s, ctx.net)

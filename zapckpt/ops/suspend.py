@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from catalog import queries
+from catalog import hosts, queries
 from zapckpt.common.errors import UsageError, ZapError, one_line
 from zapckpt.context import Context
 from zapckpt.ops import checkpoint as ckpt
@@ -35,20 +35,23 @@ def _names(ctx: Context, names: list[str], all_: bool, which, why_not, named_ok=
         raise UsageError("name the pods, or give --all")
     with ctx.catalog.session() as s:
         if all_:
-            return [p.name for p in queries.list_pods(s) if which(p)]
+            return [p.name for p in queries.list_pods(s, ctx.host_id) if which(p)]
         for n in names:
             pod = queries.get_pod(s, n)
+            if (fenced := hosts.fenced(s, pod, ctx.host)) is not None:
+                raise fenced
             if not (named_ok or which)(pod):
                 raise UsageError(why_not(pod))
         return list(dict.fromkeys(names))
 
 
 def suspend(ctx: Context, names: list[str], all_: bool) -> list[Outcome]:
-    ctx.ensure_pool()
     out = []
     running = lambda p: live_state(p) == "running"  # noqa: E731
     why = lambda p: f"pod {p.name!r} is not running ({live_state(p)}): nothing to suspend"  # noqa: E731
-    for name in _names(ctx, names, all_, running, why, named_ok=lambda p: running(p) or p.suspended_by is not None):
+    todo = _names(ctx, names, all_, running, why, named_ok=lambda p: running(p) or p.suspended_by is not None)
+    ctx.ensure_pool()
+    for name in todo:
         try:
             with ctx.pod_lock(name), ctx.catalog.session() as s:
                 pod = queries.get_pod(s, name)
@@ -68,10 +71,11 @@ def suspend(ctx: Context, names: list[str], all_: bool) -> list[Outcome]:
 
 
 def resume(ctx: Context, names: list[str], all_: bool) -> list[Outcome]:
-    ctx.ensure_pool()  # after a reboot: mounted again first
     out = []
     why = lambda p: f"pod {p.name!r} is not suspended (`zap start {p.name}` runs it, `zap restore` brings back a checkpoint)"  # noqa: E731
-    for name in _names(ctx, names, all_, lambda p: p.suspended_by is not None, why):
+    todo = _names(ctx, names, all_, lambda p: p.suspended_by is not None, why)
+    ctx.ensure_pool()  # after a reboot: mounted again first
+    for name in todo:
         try:
             with ctx.catalog.session() as s:
                 pod = queries.get_pod(s, name)

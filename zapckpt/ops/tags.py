@@ -5,9 +5,7 @@ moves it from another one. Tags are catalog rows only: nothing of the checkpoint
 
 from __future__ import annotations
 
-from sqlalchemy import select
-
-from catalog import Checkpoint, Tag, queries
+from catalog import queries
 from zapckpt.common.errors import AlreadyExists, NotFound
 from zapckpt.context import Context
 from zapckpt.names import check_tag
@@ -21,18 +19,18 @@ def tag(ctx: Context, ref: str, names: list[str], force: bool = False) -> tuple[
     with ctx.catalog.session() as s:
         ck = queries.resolve_ref(s, ref)
         for name in dict.fromkeys(names):
-            have = s.scalars(select(Tag).where(Tag.pod_id == ck.pod_id, Tag.name == name)).one_or_none()
+            have = queries.tag_of_pod(s, ck.pod_id, name)
             if have is not None and have.checkpoint_id == ck.id:
                 continue
             if have is not None:
-                other = s.get(Checkpoint, have.checkpoint_id)
+                other = queries.checkpoint_by_id(s, have.checkpoint_id)
                 if not force:
                     raise AlreadyExists(f"{ck.pod.name}@{name} is {other.ref} already: `zap untag {other.ref} {name}`, "
                                         f"or --force to move it")  # fmt: skip
                 have.checkpoint_id = ck.id
                 moved.append(f"{name} (from {other.ref})")
             else:
-                s.add(Tag(pod_id=ck.pod_id, checkpoint_id=ck.id, name=name))
+                queries.add_tag(s, ck.pod_id, ck.id, name)
         return ck.ref, moved
 
 
@@ -41,12 +39,12 @@ def untag(ctx: Context, ref: str, names: list[str]) -> tuple[str, list[str]]:
     tags removed. A name the checkpoint does not carry is an error, and nothing is removed."""
     with ctx.catalog.session() as s:
         ck = queries.resolve_ref(s, ref)
-        have = {t.name: t for t in s.scalars(select(Tag).where(Tag.checkpoint_id == ck.id))}
+        have = queries.tags_of_checkpoint(s, ck.id)
         missing = [n for n in names if n not in have]
         if missing:
             raise NotFound(f"{ck.ref} is not tagged {', '.join(map(repr, missing))} (its tags: "
                            f"{', '.join(sorted(have)) or 'none'})")  # fmt: skip
         gone = sorted(set(names) if names else set(have))
         for n in gone:
-            s.delete(have[n])
+            queries.delete_tag(s, have[n])
         return ck.ref, gone

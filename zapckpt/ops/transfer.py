@@ -32,6 +32,7 @@ from zapckpt.ops import intents
 from zapckpt.ops.checkpoint import commit_pair
 from zapckpt.records import checkpoint_record
 from zapckpt.store import imagesets as image_sets
+from zapckpt.store import volumes
 from zapckpt.system import faults, staging
 
 FORMAT = "zapckpt-export"
@@ -76,7 +77,8 @@ def export(ctx: Context, ref: str, dest: str, stream=None) -> tuple[Path | None,
                     "init": pod.init, "host_writable": pod.host_writable},
         }  # fmt: skip
         ctx.ensure_pool()  # snapshots must be mounted
-        if not Path(ck.snapshot_path).is_dir():
+        snap = volumes.ensure_local(ctx, s, ck)
+        if not snap.is_dir():
             raise TransferError(f"checkpoint {ck.ref} is damaged: its snapshot is missing")
         # A new file of our own (0600: it holds the pod's memory), renamed over `out` when whole.
         if to_stream:
@@ -96,7 +98,7 @@ def export(ctx: Context, ref: str, dest: str, stream=None) -> tuple[Path | None,
                 step("assembling the images")
                 image_sets.materialize(ctx, s, ck, images)
             step("reading the snapshot (btrfs send)")
-            ctx.pool.backend.send(Path(ck.snapshot_path), send)
+            ctx.pool.backend.send(snap, send)
             step("compressing and writing")
             with fo, zstandard.ZstdCompressor(level=3, threads=-1, write_checksum=True).stream_writer(fo) as zw:
                 with tarfile.open(fileobj=zw, mode="w|") as tar:
@@ -356,9 +358,9 @@ def import_(ctx: Context, file: str, name: str | None, stream=None) -> Checkpoin
                 pod = Pod(name=new_name, volume=str(volume), mount_path=mount_path, command=meta["command"],
                           env=meta["env"], cwd=cwd, rootfs=meta["rootfs"], desired_state="stopped", net=net,
                           private_tmp=meta["private_tmp"], init=meta["init"], host_writable=meta["host_writable"],
-                          address=podnet.allocate_address(s, ctx.net) if net == "pod" else None)  # fmt: skip
-                s.add(pod)
-                s.flush()
+                          address=podnet.allocate_address(s, ctx.net) if net == "pod" else None,
+                          host_id=ctx.host_id)  # fmt: skip
+                queries.add_pod(s, pod)
                 info = pool.backend.describe(snap)
                 msg = meta["message"]
                 note = f"imported from {meta['ref']}"

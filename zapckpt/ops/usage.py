@@ -8,7 +8,7 @@ import os
 from catalog import queries
 from zapckpt.context import Context
 from zapckpt.store import imagesets as image_sets
-from zapckpt.store.index import ChunkIndex
+from catalog.chunks import ChunkIndex
 
 
 def df(ctx: Context) -> dict:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 
-from sqlalchemy import select
-
-from catalog import Checkpoint, queries
+from catalog import queries
+from catalog import volumes as stream_rows
 from zapckpt.common.errors import ZapError
 from zapckpt.context import Context
 from zapckpt.store import convert
 from zapckpt.store import imagesets as image_sets
-from zapckpt.store.index import ChunkIndex
+from zapckpt.store import volumes
+from zapckpt.store.objects import pack_key
+from catalog.chunks import ChunkIndex
 
 
 def verify(ctx: Context, ref: str | None) -> dict:
@@ -21,7 +21,7 @@ def verify(ctx: Context, ref: str | None) -> dict:
     with ctx.catalog.session() as s:
         store = image_sets.store(ctx)
         index = ChunkIndex(s)
-        targets = [queries.resolve_ref(s, ref)] if ref else list(s.scalars(select(Checkpoint)))
+        targets = [queries.resolve_ref(s, ref)] if ref else queries.all_checkpoints(s)
         damage = []
         with store.lock():
             per_ck = {}
@@ -33,14 +33,17 @@ def verify(ctx: Context, ref: str | None) -> dict:
                         damage.append({"what": f"chunk list of {ck.ref} ({e})", "affects": [ck.ref]})
                 elif ck.image_format == convert.OLD_FORMAT:
                     damage.append({"what": f"{ck.ref}: {convert.unconverted(ck)}", "affects": [ck.ref]})
-                if not Path(ck.snapshot_path).is_dir():
-                    damage.append({"what": f"snapshot {ck.snapshot_path} is missing", "affects": [ck.ref]})
+                snap = volumes.local_snapshot(ctx, ck)
+                if ck.host_id in (None, ctx.host_id) and not snap.is_dir():
+                    damage.append({"what": f"snapshot {snap} is missing", "affects": [ck.ref]})
             wanted = set().union(*per_ck.values()) if per_ck else set()
             bad = store.verify_chunks(s, wanted)
+            if store.remote is not None:
+                damage += _remote_damage(ctx, s, store, index, targets, wanted, bad)
             if bad:
                 # Damage can hit checkpoints beyond the ones asked about: name them all.
                 users: dict[int, list[str]] = defaultdict(list)
-                all_cks = {c.id: c for c in s.scalars(select(Checkpoint))}
+                all_cks = {c.id: c for c in queries.all_checkpoints(s)}
                 for cid, ck in all_cks.items():
                     if image_sets.in_store(ck):
                         try:
@@ -71,3 +74,31 @@ def verify(ctx: Context, ref: str | None) -> dict:
                for ck in sorted(targets, key=lambda c: (c.pod.name, c.seq))]  # fmt: skip
     return {"ok": not damage, "checkpoints_checked": len(targets), "chunks_checked": len(wanted), "damage": damage,
             "checkpoints": per}  # fmt: skip
+
+
+def _remote_damage(ctx: Context, s, store, index, targets, wanted: set[int], bad: dict) -> list[dict]:
+    """What the fleet's store lacks (an object deleted behind zap's back, even where this host
+    still has a copy): the packs' chunks count as damaged (reported with the rest, per pack),
+    a missing or shortened volume stream damages every checkpoint whose files need it."""
+    objects = {name: size for name, size, _t in store.remote.list("")}
+    sizes = index.pack_sizes()
+    for pack, cids in index.chunks_by_pack(wanted).items():
+        size = objects.get(pack_key(pack))
+        if size is None or size != sizes.get(pack):
+            why = "missing from the image store" if size is None else "shortened in the image store"
+            for cid in cids:
+                bad.setdefault(cid, (pack, why))
+    out = []
+    streams = stream_rows.objects(s)
+    broken = {r.id for name, r in streams.items() if objects.get(name) != r.bytes}
+    for ck in targets:
+        sid, chain = ck.stream_id, []
+        while sid is not None and (row := stream_rows.get(s, sid)) is not None:
+            chain.append(row)
+            sid = row.parent_id
+        for row in chain:
+            if row.id in broken:
+                what = "missing from" if row.object not in objects else "shortened in"
+                out.append({"what": f"volume stream {row.object} is {what} the image store", "affects": [ck.ref]})
+                break
+    return out

@@ -72,10 +72,9 @@ def watch(ctx: Context, name: str, every: float, keep_last: int | None, keep_hou
         raise UsageError("keep counts of a watch must be at least 1 (a watch that keeps nothing records nothing)")
     with ctx.pod_lock(name), ctx.catalog.session() as s:
         pod = queries.get_pod(s, name)
-        w = s.get(Watch, pod.id)
+        w = queries.get_watch(s, pod)
         if w is None:
-            w = Watch(pod_id=pod.id)
-            s.add(w)
+            w = queries.add_watch(s, Watch(pod_id=pod.id, every_s=every))
         w.every_s, w.keep_last, w.keep_hourly, w.keep_daily = every, keep_last, keep_hourly, keep_daily
         s.flush()
         rec = _record(pod.name, w)
@@ -87,10 +86,10 @@ def watch(ctx: Context, name: str, every: float, keep_last: int | None, keep_hou
 def unwatch(ctx: Context, name: str) -> None:
     with ctx.catalog.session() as s:
         pod = queries.get_pod(s, name)
-        w = s.get(Watch, pod.id)
+        w = queries.get_watch(s, pod)
         if w is None:
             raise NotFound(f"pod {name!r} is not watched (see `zap watch --list`)")
-        s.delete(w)
+        queries.delete_watch(s, w)
     # The supervisor looks at the catalog again at once, and exits if no watch is left. A tick
     # of this pod that is already running finishes.
     _wake(ctx)
@@ -98,7 +97,7 @@ def unwatch(ctx: Context, name: str) -> None:
 
 def list_watches(ctx: Context) -> list[dict]:
     with ctx.catalog.session() as s:
-        return [_record(name, w) for name, w in queries.watches(s)]
+        return [_record(name, w) for name, w in queries.watches(s, ctx.host_id)]
 
 
 def _record(name: str, w: Watch) -> dict:
@@ -299,7 +298,7 @@ def _schedule(ctx: Context) -> dict[str, float]:
     """pod name -> when (epoch seconds) its next tick is due; the first one right away."""
     with ctx.catalog.session() as s:
         out = {}
-        for name, w in queries.watches(s):
+        for name, w in queries.watches(s, ctx.host_id):
             last = w.last_at.replace(tzinfo=timezone.utc).timestamp() if w.last_at else None
             out[name] = last + w.every_s if last is not None else 0.0
         return out
@@ -312,7 +311,7 @@ def tick(ctx: Context, name: str, scheduled: float | None = None) -> str:
     try:
         with ctx.catalog.session() as s:
             pod = queries.find_pod(s, name)
-            w = s.get(Watch, pod.id) if pod is not None else None
+            w = queries.get_watch(s, pod) if pod is not None else None
             if w is None:
                 return "no longer watched"
             state = live_state(pod)
@@ -377,7 +376,7 @@ def _keep(ctx: Context, name: str, policy: tuple) -> list[str]:
 def _note(ctx: Context, name: str, started: float, result: str, ok: bool, outcome: str, seen) -> None:
     with ctx.catalog.session() as s:
         pod = queries.find_pod(s, name)
-        w = s.get(Watch, pod.id) if pod is not None else None
+        w = queries.get_watch(s, pod) if pod is not None else None
         if w is None:
             return
         w.last_at = datetime.fromtimestamp(started, timezone.utc)

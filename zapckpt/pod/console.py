@@ -216,7 +216,7 @@ class _PodState:
     def row(self):
         from contextlib import closing
 
-        conn = self.fastread.open_current(self.state.catalog_db)
+        conn = self.fastread.open_current(*self.state.reader_args())
         if conn is None:
             return None
         with closing(conn):

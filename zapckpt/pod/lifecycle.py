@@ -222,12 +222,12 @@ def run(ctx: Context, name: str, command: list[str], env: dict[str, str], cwd: s
             cwd=_resolve_cwd(seen_from, cwd), desired_state="running" if start else "stopped", rootfs=rootfs,
             net=net, ports=ports or [], volumes=volumes or [],
             private_tmp=private_tmp, init=init, memory_limit=limits.memory, cpus=limits.cpus,
-            restart=restart[0], restart_max=restart[1], host_writable=host_writable,
+            restart=restart[0], restart_max=restart[1], host_writable=host_writable, host_id=ctx.host_id,
         )  # fmt: skip
         try:
             if net == "pod":
                 with ctx.catalog.session() as s:
-                    check_ports_free(s, name, pod.ports)
+                    check_ports_free(s, name, pod.ports, ctx.host_id)
                     pod.address = podnet.allocate_address(s, ctx.net)
             podnet.ensure(None, ctx.net, pod)  # the NAT table follows once the pod is recorded
             if rootfs:
@@ -246,16 +246,16 @@ def run(ctx: Context, name: str, command: list[str], env: dict[str, str], cwd: s
             pool.backend.delete_volume(volume)
             raise
         with ctx.catalog.session() as s:
-            s.add(pod)
+            queries.add_pod(s, pod)
             if pod.net == "pod":
-                s.flush()
                 podnet.sync_nat(s, ctx.net)  # its published ports, and the outbound NAT
         return pod
 
 
-def check_ports_free(s, name: str, ports: list[dict]) -> None:
+def check_ports_free(s, name: str, ports: list[dict], host_id: int) -> None:
+    """Host ports are one machine's: only the pods of this host can hold them."""
     taken = {(p["host_ip"], p["host_port"], p["proto"]): other.name
-             for other in queries.list_pods(s) if other.name != name for p in other.ports}  # fmt: skip
+             for other in queries.list_pods(s, host_id) if other.name != name for p in other.ports}  # fmt: skip
     for p in ports:
         for (ip, port, proto), owner in taken.items():
             if port == p["host_port"] and proto == p["proto"] and (ip is None or p["host_ip"] is None or ip == p["host_ip"]):
@@ -289,8 +289,8 @@ def write_network_files(pod: Pod) -> None:
 def start(ctx: Context, name: str, command: list[str] | None = None) -> Pod:
     """Run the pod's command afresh in its current volume (as `podman start` does); command: a
     new one, kept from now on (a pod created without one gets it so)."""
-    ctx.ensure_pool()  # mounted again after a reboot or `zap deinit`: the volume is on it
-    with ctx.pod_lock(name):
+    with ctx.pod_lock(name):  # (refused first for a pod another host runs or adopted)
+        ctx.ensure_pool()  # mounted again after a reboot or `zap deinit`: the volume is on it
         with ctx.catalog.session() as s:
             pod = queries.get_pod(s, name)
             if live_state(pod) in ("running", "paused", "frozen"):

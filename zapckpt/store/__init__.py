@@ -7,8 +7,8 @@ repeated checkpoints are made cheap here. The pieces, each in its own module:
                   every other image is one chunk. A chunk is named by its sha256.
   packs.py        pack files: new chunks compressed in groups (one zstd frame with checksum per
                   GROUP chunks) on worker threads, written and fsynced; frames read back.
-  index.py        the chunks, packs and image_files tables: the only code that touches them.
-                  A chunk's place is a ChunkLocation (pack, frame, where in the frame).
+  catalog/chunks.py  the index: the chunks, packs and image_files tables (every catalog
+                  read and write is in catalog/). A chunk's place is a ChunkLocation.
   ingest.py       staging directory -> new pack + index rows (committed by the caller).
   materialize.py  index rows + packs -> the image set again (or one file, for the view).
   gc.py           freeing unreferenced chunks (rewriting their packs) and verifying chunks.
@@ -20,11 +20,7 @@ Packs are written and fsynced before the catalog transaction that references the
 docs/image-store.md explains the choice of one page per chunk.
 """
 
-from zapckpt.common.errors import ZapError
+from catalog.chunks import StoreError  # noqa: F401 - the store's error, raised by its index too
 
 # checkpoints.image_format of an image set in the store (None: a files-only checkpoint).
 STORE_FORMAT = "cas"
-
-
-class StoreError(ZapError):
-    pass

@@ -1,5 +1,6 @@
-"""The image store of one state directory: where its files are and its lock (layout.py), and
-the store's operations (each implemented in its own module, see zapckpt/store/__init__.py)."""
+"""The image store of one host: where its files are, its lock and its remote store if any
+(layout.py), and the store's operations (each implemented in its own module, see
+zapckpt/store/__init__.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from catalog.chunks import ChunkIndex
 from zapckpt.store import gc
-from zapckpt.store.index import ChunkIndex
 from zapckpt.store.ingest import PendingIngest, ingest
 from zapckpt.store.layout import StoreLayout
 from zapckpt.store.materialize import ImageReader, materialize
@@ -28,7 +29,7 @@ class ChunkStore(StoreLayout):
     def release(self, s: Session, checkpoint_id: str) -> None:
         ChunkIndex(s).release(checkpoint_id)
 
-    def collect_garbage(self, s: Session, min_unused: float = 0.0) -> list[Path]:
+    def collect_garbage(self, s: Session, min_unused: float = 0.0) -> list[str]:
         return gc.collect_garbage(self, s, min_unused)
 
     def verify_chunks(self, s: Session, ids: set[int]) -> dict[int, tuple[str | None, str]]:

@@ -15,9 +15,8 @@ import shutil
 from pathlib import Path
 
 import zstandard
-from sqlalchemy import select
 
-from catalog import Checkpoint
+from catalog import Checkpoint, queries
 from zapckpt.store import STORE_FORMAT, StoreError
 from zapckpt.store.chunkstore import ChunkStore
 from zapckpt.system import staging
@@ -45,7 +44,7 @@ def _decompress(old: Path, target: Path) -> None:
 
 
 def pending(s) -> list[Checkpoint]:
-    return list(s.scalars(select(Checkpoint).where(Checkpoint.image_format == OLD_FORMAT)))
+    return queries.checkpoints_in_format(s, OLD_FORMAT)
 
 
 def convert_old_image_sets(ctx) -> tuple[list[str], list[str]]:

@@ -6,22 +6,22 @@ re-hashes chunks."""
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
+from catalog.chunks import ChunkIndex
 from zapckpt.store import StoreError
-from zapckpt.store.index import ChunkIndex
 from zapckpt.store.packs import FrameReader, copy_frames, fsync_dir, new_pack_name
 
 if TYPE_CHECKING:
     from zapckpt.store.layout import StoreLayout
 
 
-def collect_garbage(store: StoreLayout, s: Session, min_unused: float = 0.0) -> list[Path]:
-    """Forget unreferenced chunks and rewrite the packs that held them. Returns the old pack
-    files, to delete once the caller's transaction has committed.
+def collect_garbage(store: StoreLayout, s: Session, min_unused: float = 0.0) -> list[str]:
+    """Forget unreferenced chunks and rewrite the packs that held them (a rewritten pack goes to
+    a remote store before the caller commits). Returns the old packs' names, for the caller to
+    delete (store.unpublish) once its transaction has committed.
 
     With min_unused (restic's --max-unused, the other way round), a pack is rewritten only once
     at least that fraction of it is unused; a pack still mostly in use is left as it is, its
@@ -29,7 +29,7 @@ def collect_garbage(store: StoreLayout, s: Session, min_unused: float = 0.0) -> 
     oldest pack of a continuously recorded pod after every pruned checkpoint would otherwise
     copy most of the store each time."""
     index = ChunkIndex(s)
-    old_files = []
+    old: list[str] = []
     for pack_id, pname, psize in index.packs_with_garbage():
         live = index.live_chunks(pack_id)
         live_bytes = sum(ln for _off, ln in {(off, ln) for _c, off, ln in live})
@@ -40,16 +40,18 @@ def collect_garbage(store: StoreLayout, s: Session, min_unused: float = 0.0) -> 
             new_name = new_pack_name()
             new_path = store.pack_path(new_name)
             try:
-                where = copy_frames(store.pack_path(pname), new_path, [(off, ln) for _cid, off, ln in live])
+                with store.fetched(index.pack_digests([pname])):
+                    where, digest = copy_frames(store.pack_path(pname), new_path, [(off, ln) for _cid, off, ln in live])
                 fsync_dir(store.packs)
-            except OSError as e:
+                store.publish(new_name)
+            except (OSError, StoreError) as e:
                 new_path.unlink(missing_ok=True)
-                raise StoreError(f"cannot rewrite pack {pname}: {e.strerror or e}") from None
-            index.pack_rewritten(pack_id, new_name, live_bytes, [(where[off], cid) for cid, off, _ln in live])
+                raise StoreError(f"cannot rewrite pack {pname}: {getattr(e, 'strerror', None) or e}") from None
+            index.pack_rewritten(pack_id, new_name, live_bytes, [(where[off], cid) for cid, off, _ln in live], digest)
         else:
             index.forget_pack(pack_id)
-        old_files.append(store.pack_path(pname))
-    return old_files
+        old.append(pname)
+    return old
 
 
 def verify_chunks(store: StoreLayout, s: Session, ids: set[int]) -> dict[int, tuple[str | None, str]]:
@@ -65,12 +67,22 @@ def verify_chunks(store: StoreLayout, s: Session, ids: set[int]) -> dict[int, tu
             bad[cid] = (None, "missing from the index")
         else:
             by_pack.setdefault(loc[cid].pack, []).append(cid)
+    digests = index.pack_digests(by_pack)
     for pack, cids in by_pack.items():
-        if not store.pack_path(pack).is_file():
+        reader = FrameReader(store.pack_path)
+        try:
+            with store.fetched({pack: digests.get(pack)}):  # a remote store's pack: fetched and checked
+                if store.pack_path(pack).is_file():
+                    reader.open(pack)  # mapped: an eviction later does not pull it away
+        except StoreError as e:
+            why = "missing from the image store" if "missing from the image store" in str(e) else str(e)
+            for cid in cids:
+                bad[cid] = (pack, why)
+            continue
+        if pack not in reader.maps:
             for cid in cids:
                 bad[cid] = (pack, "the pack is missing")
             continue
-        reader = FrameReader(store.pack_path)
         cached: tuple = (None, None)
         try:
             for cid in sorted(cids, key=lambda c: loc[c].offset):

@@ -23,7 +23,7 @@ def in_store(ck: Checkpoint) -> bool:
 
 
 def store(ctx) -> ChunkStore:
-    return ChunkStore(ctx.state.root / "store")
+    return ctx.store
 
 
 def materialize(ctx, s: Session, ck: Checkpoint, target: Path) -> None:

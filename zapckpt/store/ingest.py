@@ -1,6 +1,7 @@
 """Ingest: an image set in a staging directory becomes a new pack plus index rows. The pack is
-written and fsynced first; the rows go into the caller's catalog transaction (commit()), so a
-checkpoint row and its chunks become durable together, or not at all."""
+written and fsynced first (and, for a remote store, uploaded: publish()); the rows go into the
+caller's catalog transaction (commit()), so a checkpoint row and its chunks become durable
+together, or not at all (discard() removes the pack, here and in the store)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from zapckpt.store import StoreError
 from zapckpt.store.chunking import chunk_hash, pieces, stored_images
-from zapckpt.store.index import ChunkIndex, NewChunk
+from catalog.chunks import ChunkIndex, NewChunk
 from zapckpt.store.packs import PackWriter, fsync_dir, new_pack_name
 
 if TYPE_CHECKING:
@@ -31,23 +32,38 @@ class PendingIngest:
     files: list[tuple[str, int, list]] = field(default_factory=list)  # name, raw bytes, [id or new hash]
     raw_bytes: int = 0
     stored_bytes: int = 0  # the new frames: what this image set added to the store
+    digest: str | None = None  # sha256 of the new pack
+    published: bool = False
+
+    def publish(self) -> None:
+        """The new pack into a remote store (nothing for a local one): before the commit."""
+        if self.new_chunks:
+            self.store.publish(self.pack_name)
+            self.published = True
 
     def commit(self, s: Session, checkpoint_id: str) -> None:
         """Index the new chunks and the checkpoint's files; the caller's transaction commits."""
         index = ChunkIndex(s)
-        new_ids = index.add_pack(self.pack_name, self.pack_size, self.new_chunks)
+        new_ids = index.add_pack(self.pack_name, self.pack_size, self.new_chunks, self.digest)
         index.add_files(checkpoint_id, [(name, raw, [r if isinstance(r, int) else new_ids[r] for r in refs])
                                         for name, raw, refs in self.files])  # fmt: skip
 
-    def discard(self) -> None:
+    def discard(self) -> bool:
+        """Remove the new pack, here and in the store; False if the store cannot be reached now."""
         self.store.pack_path(self.pack_name).unlink(missing_ok=True)
+        if self.published:
+            try:
+                self.store.unpublish([self.pack_name])
+            except StoreError:
+                return False
+        return True
 
 
 def ingest(store: StoreLayout, s: Session, staging: Path) -> PendingIngest:
     """Chunk, deduplicate and compress the image set in staging into a new, fsynced pack. Call
     with the store lock held, and commit the result in the same lock."""
     store.packs.mkdir(parents=True, exist_ok=True)
-    known = ChunkIndex(s).known_hashes()
+    index = ChunkIndex(s)
     name = new_pack_name()
     path = store.pack_path(name)
     pending = PendingIngest(store, name, 0, [])
@@ -63,7 +79,8 @@ def ingest(store: StoreLayout, s: Session, staging: Path) -> PendingIngest:
                 # CPU an ingest cost (bench/overhead.py), and most pages are known.
                 views = list(pieces(img, data))
                 hashes = [chunk_hash(v).digest() for v in views]
-                ids = list(map(known.get, hashes))
+                # Only these hashes are looked up: the cost does not grow with the store.
+                ids = list(map(index.lookup(hashes).get, hashes))
                 refs = [h if cid is None else cid for h, cid in zip(hashes, ids)]
                 for i, cid in enumerate(ids):
                     if cid is None and hashes[i] not in seen:
@@ -73,6 +90,7 @@ def ingest(store: StoreLayout, s: Session, staging: Path) -> PendingIngest:
                 pending.raw_bytes += size
             pending.new_chunks = pack.finish()
             pending.pack_size = pending.stored_bytes = pack.size
+            pending.digest = pack.digest
         if not pending.new_chunks:
             path.unlink()
         fsync_dir(store.packs)

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
+from catalog.chunks import ChunkIndex, ChunkLocation
 from zapckpt.store import StoreError
-from zapckpt.store.index import ChunkIndex, ChunkLocation
 from zapckpt.store.packs import WORKERS, FrameReader, write_all
 
 if TYPE_CHECKING:
@@ -32,6 +32,10 @@ def materialize(store: StoreLayout, s: Session, checkpoint_id: str, target: Path
     files = index.files(checkpoint_id)
     loc = index.locations({i for _, _, ids in files for i in ids})
     frames = FrameReader(store.pack_path)
+    packs = {c.pack for c in loc.values()}
+    with store.fetched(index.pack_digests(packs)):  # a remote store's packs: here, checked, mapped
+        for pack in sorted(packs):
+            frames.open(pack)
     total = 0
     try:
         with ThreadPoolExecutor(WORKERS) as workers, ThreadPoolExecutor(1) as writer:
@@ -141,8 +145,10 @@ class ImageReader:
         if pos != size:
             raise StoreError(f"{name}: its chunks add up to {pos} bytes, not {size}")
         self.frames = FrameReader(store.pack_path)
-        for pack in {c.pack for c in self.where}:
-            self.frames.open(pack)
+        packs = {c.pack for c in self.where}
+        with store.fetched(index.pack_digests(packs)):
+            for pack in packs:
+                self.frames.open(pack)
         self.cache: OrderedDict = OrderedDict()
         self.lock = threading.Lock()
 

@@ -5,6 +5,7 @@ are written once, fsynced, and only ever replaced whole (gc.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
 import threading
@@ -15,8 +16,8 @@ from pathlib import Path
 
 import zstandard
 
+from catalog.chunks import NewChunk
 from zapckpt.store import StoreError
-from zapckpt.store.index import NewChunk
 
 GROUP = 64  # new chunks per zstd frame (256 KiB of pages)
 WORKERS = 2  # compressing (and, reading, decompressing) threads
@@ -54,6 +55,7 @@ class PackWriter:
     def __init__(self, path: Path):
         self.path = path
         self.size = 0
+        self._sha = hashlib.sha256()
         self.chunks: list[NewChunk] = []
         self._file = open(path, "wb", buffering=WRITE_BUFFER)
         self._workers = ThreadPoolExecutor(WORKERS)
@@ -74,6 +76,7 @@ class PackWriter:
             fut, members = self._in_flight.popleft()
             frame = fut.result()
             self._file.write(frame)
+            self._sha.update(frame)
             self.chunks.extend(NewChunk(h, self.size, len(frame), start, n) for h, start, n in members)
             self.size += len(frame)
 
@@ -96,6 +99,11 @@ class PackWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
         return self.chunks
+
+    @property
+    def digest(self) -> str:
+        """sha256 of what was written (after finish: of the whole pack)."""
+        return self._sha.hexdigest()
 
     def close(self) -> None:
         self._workers.shutdown(cancel_futures=True)
@@ -145,17 +153,20 @@ class FrameReader:
         self.maps.clear()
 
 
-def copy_frames(src: Path, dst: Path, frames: list[tuple[int, int]]) -> dict[int, int]:
+def copy_frames(src: Path, dst: Path, frames: list[tuple[int, int]]) -> tuple[dict[int, int], str]:
     """Copy the frames (offset, length) of pack src, in order and each once, into a new pack
-    dst (fsynced); returns old offset -> new offset."""
+    dst (fsynced); returns old offset -> new offset, and the new pack's sha256."""
     where: dict[int, int] = {}
     offset = 0
+    sha = hashlib.sha256()
     with open(src, "rb") as s, open(dst, "wb") as d:
         for off, ln in frames:
             if off not in where:
-                d.write(os.pread(s.fileno(), ln, off))
+                frame = os.pread(s.fileno(), ln, off)
+                d.write(frame)
+                sha.update(frame)
                 where[off] = offset
                 offset += ln
         d.flush()
         os.fsync(d.fileno())
-    return where
+    return where, sha.hexdigest()

@@ -19,8 +19,8 @@ def default_wait() -> float:
 
 
 @contextmanager
-def locked(path: Path, what: str, wait: float | None = None) -> Iterator[None]:
-    """Hold an exclusive lock on path; wait up to `wait` seconds, then fail clearly."""
+def locked(path: Path, what: str, wait: float | None = None, shared: bool = False) -> Iterator[None]:
+    """Hold an exclusive (or shared) lock on path; wait up to `wait` seconds, then fail clearly."""
     wait = default_wait() if wait is None else wait
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -28,7 +28,7 @@ def locked(path: Path, what: str, wait: float | None = None) -> Iterator[None]:
         deadline = time.monotonic() + wait
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:

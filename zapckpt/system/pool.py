@@ -44,16 +44,16 @@ def _is_mounted(path: Path) -> bool:
     return os.path.ismount(path)
 
 
-def _read(catalog: Catalog) -> tuple[str | None, str | None, str]:
+def _read(catalog: Catalog, host_id: int) -> tuple[str | None, str | None, str]:
     with catalog.session() as s:
         return (
-            queries.get_setting(s, "pool.kind"),
-            queries.get_setting(s, "pool.path"),
-            queries.get_setting(s, "pool.backend") or "btrfs",
+            queries.get_setting(s, host_id, "pool.kind"),
+            queries.get_setting(s, host_id, "pool.path"),
+            queries.get_setting(s, host_id, "pool.backend") or "btrfs",
         )
 
 
-def init_pool(state: StateDir, catalog: Catalog, size: str | None = None, pool_dir: str | None = None,
+def init_pool(state: StateDir, catalog: Catalog, host_id: int, size: str | None = None, pool_dir: str | None = None,
               backend_name: str | None = None, device: str | None = None) -> Pool:  # fmt: skip
     """Explicit `zap init`; a second call with the same settings just makes sure it is mounted."""
     if sum(x is not None for x in (size, pool_dir, device)) > 1:
@@ -64,7 +64,7 @@ def init_pool(state: StateDir, catalog: Catalog, size: str | None = None, pool_d
         raise UsageError(f"bad --size {size!r}: use a number with an optional K, M, G or T suffix")
     state.ensure()
     with locked(state.locks / ".pool.lock", "the pool"):
-        kind, path, known_backend = _read(catalog)
+        kind, path, known_backend = _read(catalog, host_id)
         if kind is not None and backend_name and backend_name != known_backend:
             raise UsageError(f"this state directory already uses a {known_backend} pool; run `zap deinit --purge` first")
         backend = get_backend(known_backend if kind is not None else backend_name or "btrfs")
@@ -73,10 +73,10 @@ def init_pool(state: StateDir, catalog: Catalog, size: str | None = None, pool_d
                 if not backend.capabilities.device_pool:
                     raise UsageError(f"--device goes with --backend nilfs (a {backend.name} pool is a loop file or --pool DIR)")
                 kind, path = "device", str(state.default_pool_mount)
-                _anchor(state, kind, Path(path), catalog)
+                _anchor(state, kind, Path(path), catalog, host_id)
                 backend.make_device_pool(Path(device), Path(path))
                 with catalog.session() as s:
-                    queries.set_setting(s, "pool.device", str(Path(device).absolute()))
+                    queries.set_setting(s, host_id, "pool.device", str(Path(device).absolute()))
             elif pool_dir:
                 p = Path(pool_dir).absolute()
                 backend.check_pool(p)
@@ -84,12 +84,12 @@ def init_pool(state: StateDir, catalog: Catalog, size: str | None = None, pool_d
             else:
                 kind, path = "loop", str(state.default_pool_mount)
                 if not state.pool_image.exists():
-                    _anchor(state, kind, Path(path), catalog)
+                    _anchor(state, kind, Path(path), catalog, host_id)
                     backend.make_loop_pool(state.pool_image, Path(path), size or DEFAULT_SIZE)
             with catalog.session() as s:
-                queries.set_setting(s, "pool.kind", kind)
-                queries.set_setting(s, "pool.path", path)
-                queries.set_setting(s, "pool.backend", backend.name)
+                queries.set_setting(s, host_id, "pool.kind", kind)
+                queries.set_setting(s, host_id, "pool.path", path)
+                queries.set_setting(s, host_id, "pool.backend", backend.name)
         elif pool_dir and Path(pool_dir).absolute() != Path(path):
             raise UsageError(f"this state directory already uses the pool at {path}; run `zap deinit --purge` first")
         elif size and kind == "loop" and state.pool_image.exists() and _bytes(size) != state.pool_image.stat().st_size:
@@ -97,7 +97,7 @@ def init_pool(state: StateDir, catalog: Catalog, size: str | None = None, pool_d
             raise UsageError(f"the pool exists already, {_human(have)}: --size applies when a pool is made "
                              f"(`zap deinit --purge` first, which deletes every pod and checkpoint)")  # fmt: skip
         pool = Pool(Path(path), kind, backend)
-        _mount(state, pool, catalog)
+        _mount(state, pool, catalog, host_id)
         return pool
 
 
@@ -118,7 +118,7 @@ def _human(n: int) -> str:
 ANCHOR = "pool.anchor"  # setting: zap made the state directory a shared mount of its own
 
 
-def _anchor(state: StateDir, kind: str, path: Path, catalog: Catalog) -> None:
+def _anchor(state: StateDir, kind: str, path: Path, catalog: Catalog, host_id: int) -> None:
     """A pool zap mounts goes on a shared mount (the state directory bound onto itself), so
     that its unmount reaches the pods' mount namespaces, which follow the host's unmounts
     (slave propagation), even where the host's root is private (no systemd): a pod must not pin
@@ -128,20 +128,20 @@ def _anchor(state: StateDir, kind: str, path: Path, catalog: Catalog) -> None:
     if mountinfo.find(state.root) is None:
         proc.run(["mount", "--bind", str(state.root), str(state.root)])
         with catalog.session() as s:
-            queries.set_setting(s, ANCHOR, "1")
+            queries.set_setting(s, host_id, ANCHOR, "1")
     proc.run(["mount", "--make-shared", str(state.root)])
 
 
-def _mount(state: StateDir, pool: Pool, catalog: Catalog) -> None:
+def _mount(state: StateDir, pool: Pool, catalog: Catalog, host_id: int) -> None:
     if pool.kind in ("loop", "device") and not _is_mounted(pool.path):
-        _anchor(state, pool.kind, pool.path, catalog)
+        _anchor(state, pool.kind, pool.path, catalog, host_id)
     if pool.kind == "loop" and not _is_mounted(pool.path):
         if not state.pool_image.exists():
             raise ZapError(f"pool image {state.pool_image} is missing; run `zap deinit --purge` and `zap init`")
         pool.backend.mount_loop_pool(state.pool_image, pool.path)
     elif pool.kind == "device" and not _is_mounted(pool.path):
         with catalog.session() as s:
-            device = queries.get_setting(s, "pool.device")
+            device = queries.get_setting(s, host_id, "pool.device")
         pool.backend.mount_device_pool(Path(device), pool.path)
     pool.backend.check_pool(pool.path)
     for d in (pool.pods, pool.snapshots):
@@ -149,36 +149,36 @@ def _mount(state: StateDir, pool: Pool, catalog: Catalog) -> None:
     pool.backend.after_mount(pool.path)
 
 
-def ensure_pool(state: StateDir, catalog: Catalog) -> Pool:
+def ensure_pool(state: StateDir, catalog: Catalog, host_id: int) -> Pool:
     """What every pool-using command calls: init on first use, re-mount after a reboot."""
-    kind, path, backend_name = _read(catalog) if state.catalog_db.exists() else (None, None, "btrfs")
+    kind, path, backend_name = _read(catalog, host_id) if catalog.exists() else (None, None, "btrfs")
     if kind is None:
-        return init_pool(state, catalog)
+        return init_pool(state, catalog, host_id)
     pool = Pool(Path(path), kind, get_backend(backend_name))
     if pool.kind in ("loop", "device") and not _is_mounted(pool.path):
         with locked(state.locks / ".pool.lock", "the pool"):
-            _mount(state, pool, catalog)
+            _mount(state, pool, catalog, host_id)
     return pool
 
 
-def existing_pool(state: StateDir, catalog: Catalog) -> Pool | None:
+def existing_pool(state: StateDir, catalog: Catalog, host_id: int) -> Pool | None:
     """The configured pool without creating or mounting anything (for deinit and doctor)."""
-    if not state.catalog_db.exists():
+    if not catalog.exists():
         return None
-    kind, path, backend_name = _read(catalog)
+    kind, path, backend_name = _read(catalog, host_id)
     if kind is None:
         return None
     return Pool(Path(path), kind, get_backend(backend_name))
 
 
-def unmount_pool(state: StateDir, pool: Pool, catalog: Catalog) -> None:
+def unmount_pool(state: StateDir, pool: Pool, catalog: Catalog, host_id: int) -> None:
     if pool.kind in ("loop", "device") and _is_mounted(pool.path):
         try:
             pool.backend.unmount_pool(pool.path)
         except proc.CommandError as e:
             raise ZapError(f"cannot unmount the pool at {pool.path}: {e.reason()}") from None
     with catalog.session() as s:
-        ours = queries.get_setting(s, ANCHOR) == "1"
+        ours = queries.get_setting(s, host_id, ANCHOR) == "1"
     if ours and mountinfo.find(state.root) is not None:
         try:
             # Lazily: this very process (and a view's server) may hold the catalog open through it.

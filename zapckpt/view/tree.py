@@ -29,11 +29,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from catalog import Checkpoint, queries
+from catalog.chunks import ChunkIndex
 from zapckpt.common.errors import AlreadyExists, NotFound, UsageError, ZapError
 from zapckpt.records import checkpoint_record, pod_record
 from zapckpt.store import StoreError
 from zapckpt.store import imagesets as image_sets
-from zapckpt.store.index import ChunkIndex
+from zapckpt.store import volumes
 
 from .nodes import Attr, Node, Root, ViewError
 
@@ -122,7 +123,8 @@ class HistoryTree:
 
     # --- what the nodes read: the catalog ------------------------------------------------------
     def _remember(self, ck: Checkpoint) -> CkInfo:
-        info = CkInfo(ck.id, ck.pod.name, ck.seq, _ns(ck.created_at), ck.snapshot_path, ck.has_images,
+        # this host's snapshot of it (a checkpoint of another host shows here once received)
+        info = CkInfo(ck.id, ck.pod.name, ck.seq, _ns(ck.created_at), str(volumes.local_snapshot(self.ctx, ck)), ck.has_images,
                       tuple(ck.processes or ()))  # fmt: skip
         with self._lock:
             self._cks[info.id] = info
@@ -136,7 +138,7 @@ class HistoryTree:
         if info is not None:
             return info
         with self.ctx.catalog.session() as s:
-            ck = s.get(Checkpoint, ck_id)
+            ck = queries.checkpoint_by_id(s, ck_id)
             if ck is None:
                 raise ViewError(errno.ENOENT, f"checkpoint {ck_id} no longer exists")
             return self._remember(ck)
@@ -210,7 +212,7 @@ class HistoryTree:
 
     def checkpoint_json(self, ck_id: str) -> bytes:
         with self.ctx.catalog.session() as s:
-            ck = s.get(Checkpoint, ck_id)
+            ck = queries.checkpoint_by_id(s, ck_id)
             if ck is None:
                 raise ViewError(errno.ENOENT)
             return _json(checkpoint_record(ck))

@@ -19,7 +19,12 @@ def upgrade() -> None:
         sa.Column("value", sa.Text(), nullable=False),
     )
     # pods and checkpoints reference each other; SQLite resolves foreign keys at use, not at
-    # CREATE time, so plain creation order works.
+    # CREATE time, so plain creation order works there; PostgreSQL gets the two after both tables.
+    inline = op.get_bind().dialect.name == "sqlite"
+
+    def later_fk(name: str):
+        return [sa.ForeignKey("checkpoints.id", ondelete="SET NULL", name=name)] if inline else []
+
     op.create_table(
         "pods",
         sa.Column("id", sa.Integer(), primary_key=True),
@@ -33,18 +38,8 @@ def upgrade() -> None:
         sa.Column("desired_state", sa.String(16), nullable=False),
         sa.Column("init_pid", sa.Integer(), nullable=True),
         sa.Column("init_starttime", sa.Integer(), nullable=True),
-        sa.Column(
-            "origin_checkpoint_id",
-            sa.String(12),
-            sa.ForeignKey("checkpoints.id", ondelete="SET NULL", name="fk_pods_origin"),
-            nullable=True,
-        ),
-        sa.Column(
-            "head_checkpoint_id",
-            sa.String(12),
-            sa.ForeignKey("checkpoints.id", ondelete="SET NULL", name="fk_pods_head"),
-            nullable=True,
-        ),
+        sa.Column("origin_checkpoint_id", sa.String(12), *later_fk("fk_pods_origin"), nullable=True),
+        sa.Column("head_checkpoint_id", sa.String(12), *later_fk("fk_pods_head"), nullable=True),
     )
     op.create_table(
         "checkpoints",
@@ -72,6 +67,9 @@ def upgrade() -> None:
     )
     op.create_index("ix_checkpoints_pod_id", "checkpoints", ["pod_id"])
     op.create_index("ix_checkpoints_parent_id", "checkpoints", ["parent_id"])
+    if not inline:
+        for name, col in (("fk_pods_origin", "origin_checkpoint_id"), ("fk_pods_head", "head_checkpoint_id")):
+            op.create_foreign_key(name, "pods", "checkpoints", [col], ["id"], ondelete="SET NULL")
 
 
 def downgrade() -> None:

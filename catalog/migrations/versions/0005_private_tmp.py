@@ -19,7 +19,7 @@ depends_on = None
 def upgrade() -> None:
     # A plain ALTER TABLE ADD COLUMN: a batch copy of `pods` would drop the table, and with
     # foreign keys on, SQLite would delete the pods' checkpoints with it.
-    op.add_column("pods", sa.Column("private_tmp", sa.Boolean(), nullable=False, server_default=sa.text("0")))
+    op.add_column("pods", sa.Column("private_tmp", sa.Boolean(), nullable=False, server_default=sa.false()))
 
 
 def downgrade() -> None:

@@ -18,7 +18,7 @@ depends_on = None
 
 def upgrade() -> None:
     # A plain ALTER TABLE ADD COLUMN (see 0005: a batch copy would drop the pods' checkpoints).
-    op.add_column("pods", sa.Column("host_writable", sa.Boolean(), nullable=False, server_default=sa.text("1")))
+    op.add_column("pods", sa.Column("host_writable", sa.Boolean(), nullable=False, server_default=sa.true()))
 
 
 def downgrade() -> None:

@@ -1,0 +1,253 @@
+"""The image store's index: the chunks, packs and image_files tables. This module is the only
+code that reads or writes them; the store (zapckpt/store/) works with ChunkLocation and the
+methods below. Plain SQL on the session's own connection, for SQLite and PostgreSQL alike: an
+ingest adds thousands of rows and a restore reads as many, which the ORM would make several times
+slower.
+
+What an ingest costs does not grow with the store: it looks up only the hashes of the image set
+at hand (batched, through the unique index on chunks.hash), never the whole table."""
+
+from __future__ import annotations
+
+from array import array
+from collections import Counter
+from typing import Iterable, NamedTuple
+
+import zstandard
+
+from zapckpt.common.errors import ZapError
+
+from .sql import Cursor, batches, marks
+
+LOOKUP_BATCH = 500  # hashes per query: few round trips, statements the planner handles well
+
+
+class StoreError(ZapError):
+    """The store cannot give back what the index says it holds (zapckpt.store raises it too)."""
+
+
+class ChunkLocation(NamedTuple):
+    """Where one chunk is: a frame (a zstd frame at offset/length in a pack file) and the
+    chunk's place inside that frame once decompressed."""
+
+    pack_id: int
+    pack: str  # the pack file's name
+    offset: int  # of the frame in the pack
+    length: int  # of the frame (compressed)
+    start: int  # of the chunk in the decompressed frame
+    raw_length: int  # of the chunk
+
+
+class NewChunk(NamedTuple):
+    """A chunk just written to a new pack, not yet indexed."""
+
+    hash: bytes
+    offset: int
+    length: int
+    start: int
+    raw_length: int
+
+
+def encode_ids(ids: list[int]) -> bytes:
+    """A checkpoint file's chunk ids, in order, as stored in image_files.chunk_ids."""
+    return zstandard.ZstdCompressor(level=3).compress(array("q", ids).tobytes())
+
+
+def decode_ids(blob: bytes) -> array:
+    a = array("q")
+    try:
+        a.frombytes(zstandard.ZstdDecompressor().decompress(bytes(blob)))
+    except zstandard.ZstdError as e:
+        raise StoreError(f"chunk list damaged ({e})") from None
+    return a
+
+
+class ChunkIndex:
+    def __init__(self, s):
+        self.cur = Cursor.of_session(s)
+        self.pg = self.cur.pg
+
+    # --- ingest ------------------------------------------------------------------------------
+    def lookup(self, hashes: Iterable[bytes]) -> dict[bytes, int]:
+        """The ids of those of hashes that are stored already."""
+        wanted = list(dict.fromkeys(hashes))
+        found: dict[bytes, int] = {}
+        for part in batches(wanted, LOOKUP_BATCH):
+            for h, cid in self.cur.execute(f"SELECT hash, id FROM chunks WHERE hash IN ({marks(len(part))})", part):
+                found[bytes(h)] = cid
+        return found
+
+    def add_pack(self, name: str, size: int, chunks: list[NewChunk], digest: str | None = None) -> dict[bytes, int]:
+        """Index a new pack and its chunks (reference count 0); returns the id of each hash. A
+        chunk another host indexed meanwhile (same hash) keeps its row: its frame in this pack
+        is then dead weight that the pack's next rewrite drops."""
+        if not chunks:
+            return {}
+        cur = self.cur
+        pack_id = cur.scalar("INSERT INTO packs (name, size, digest, created_at) VALUES (?, ?, ?, CURRENT_TIMESTAMP)"
+                             " RETURNING id", (name, size, digest))  # fmt: skip
+        if not self.pg:
+            # One writer at a time (SQLite, under the store's exclusive lock): ids given here.
+            base = cur.scalar("SELECT COALESCE(MAX(id), 0) FROM chunks") + 1
+            cur.executemany(
+                'INSERT INTO chunks (id, hash, pack_id, "offset", length, start, raw_length, refcount) VALUES (?,?,?,?,?,?,?,0)',
+                [(base + i, c.hash, pack_id, c.offset, c.length, c.start, c.raw_length) for i, c in enumerate(chunks)],
+            )
+            return {c.hash: base + i for i, c in enumerate(chunks)}
+        cur.executemany(
+            'INSERT INTO chunks (hash, pack_id, "offset", length, start, raw_length, refcount) VALUES (?,?,?,?,?,?,0)'
+            " ON CONFLICT (hash) DO NOTHING",
+            [(c.hash, pack_id, c.offset, c.length, c.start, c.raw_length) for c in chunks],
+        )
+        ids = self.lookup(c.hash for c in chunks)
+        missing = [c.hash for c in chunks if c.hash not in ids]
+        if missing:
+            raise StoreError(f"{len(missing)} new chunk(s) of pack {name} were not indexed")
+        return ids
+
+    def add_files(self, checkpoint_id: str, files: list[tuple[str, int, list[int]]]) -> None:
+        """A checkpoint's image files (name, size, chunk ids in order), counting the references."""
+        counts: Counter = Counter()
+        rows = []
+        for name, raw, ids in files:
+            counts.update(ids)
+            rows.append((checkpoint_id, name, raw, encode_ids(ids)))
+        self.cur.executemany("INSERT INTO image_files (checkpoint_id, name, raw_bytes, chunk_ids) VALUES (?,?,?,?)", rows)
+        self.cur.executemany("UPDATE chunks SET refcount = refcount + ? WHERE id = ?",
+                             sorted(((n, i) for i, n in counts.items()), key=lambda r: r[1]))  # fmt: skip
+
+    # --- reading -----------------------------------------------------------------------------
+    def files(self, checkpoint_id: str) -> list[tuple[str, int, array]]:
+        """(name, size, chunk ids) of each image file of a checkpoint."""
+        rows = self.cur.execute(
+            "SELECT name, raw_bytes, chunk_ids FROM image_files WHERE checkpoint_id = ? ORDER BY name", (checkpoint_id,)
+        ).fetchall()
+        if not rows:
+            raise StoreError("its image set is missing from the catalog")
+        return [(n, raw, decode_ids(blob)) for n, raw, blob in rows]
+
+    def file(self, checkpoint_id: str, name: str) -> tuple[int, array]:
+        row = self.cur.execute(
+            "SELECT raw_bytes, chunk_ids FROM image_files WHERE checkpoint_id = ? AND name = ?", (checkpoint_id, name)
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"{name} is not in the image set")
+        return row[0], decode_ids(row[1])
+
+    def sizes(self, checkpoint_id: str) -> list[tuple[str, int]]:
+        """(name, size) of a checkpoint's image files; none for a files-only checkpoint."""
+        return [tuple(r) for r in self.cur.execute(
+            "SELECT name, raw_bytes FROM image_files WHERE checkpoint_id = ? ORDER BY name", (checkpoint_id,))]  # fmt: skip
+
+    def chunk_ids(self, checkpoint_id: str) -> set[int]:
+        ids: set[int] = set()
+        for _n, _r, chunk_ids in self.files(checkpoint_id):
+            ids.update(chunk_ids)
+        return ids
+
+    def locations(self, ids: Iterable[int]) -> dict[int, ChunkLocation]:
+        out: dict[int, ChunkLocation] = {}
+        wanted = sorted(set(ids))
+        for part in batches(wanted, LOOKUP_BATCH):
+            for r in self.cur.execute(
+                f'SELECT c.id, c.pack_id, p.name, c."offset", c.length, c.start, c.raw_length FROM chunks c '
+                f"JOIN packs p ON p.id = c.pack_id WHERE c.id IN ({marks(len(part))})", part
+            ):  # fmt: skip
+                out[r[0]] = ChunkLocation(*r[1:])
+        return out
+
+    def hashes(self, ids: Iterable[int]) -> dict[int, bytes]:
+        out = {}
+        wanted = sorted(set(ids))
+        for part in batches(wanted, LOOKUP_BATCH):
+            for cid, h in self.cur.execute(f"SELECT id, hash FROM chunks WHERE id IN ({marks(len(part))})", part):
+                out[cid] = bytes(h)
+        return out
+
+    def pack_names(self) -> set[str]:
+        return {n for (n,) in self.cur.execute("SELECT name FROM packs")}
+
+    def pack_digests(self, names: Iterable[str] | None = None) -> dict[str, str | None]:
+        """name -> sha256 of the packs named (all packs without names)."""
+        if names is None:
+            return dict(self.cur.execute("SELECT name, digest FROM packs").fetchall())
+        out: dict[str, str | None] = {}
+        for part in batches(sorted(set(names)), LOOKUP_BATCH):
+            out.update(self.cur.execute(f"SELECT name, digest FROM packs WHERE name IN ({marks(len(part))})", part))
+        return out
+
+    def pack_sizes(self) -> dict[str, int]:
+        return dict(self.cur.execute("SELECT name, size FROM packs").fetchall())
+
+    def chunks_by_pack(self, ids: Iterable[int]) -> dict[str, list[int]]:
+        """The chunks among ids by the pack that holds each."""
+        out: dict[str, list[int]] = {}
+        for cid, loc in self.locations(ids).items():
+            out.setdefault(loc.pack, []).append(cid)
+        return out
+
+    def packs_of(self, ids: Iterable[int]) -> set[str]:
+        """The names of the packs that hold these chunks."""
+        out: set[str] = set()
+        for part in batches(sorted(set(ids)), LOOKUP_BATCH):
+            out.update(n for (n,) in self.cur.execute(
+                f"SELECT DISTINCT p.name FROM chunks c JOIN packs p ON p.id = c.pack_id WHERE c.id IN ({marks(len(part))})",
+                part))  # fmt: skip
+        return out
+
+    # --- releasing and collecting -------------------------------------------------------------
+    def release(self, checkpoint_id: str) -> None:
+        """Drop a checkpoint's references and its image_files rows."""
+        counts: Counter = Counter()
+        for (blob,) in self.cur.execute("SELECT chunk_ids FROM image_files WHERE checkpoint_id = ?", (checkpoint_id,)):
+            counts.update(decode_ids(blob))
+        self.cur.executemany("UPDATE chunks SET refcount = refcount - ? WHERE id = ?",
+                             sorted(((n, i) for i, n in counts.items()), key=lambda r: r[1]))  # fmt: skip
+        self.cur.execute("DELETE FROM image_files WHERE checkpoint_id = ?", (checkpoint_id,))
+
+    def packs_with_garbage(self) -> list[tuple[int, str, int]]:
+        """(id, name, size) of every pack holding at least one unreferenced chunk."""
+        return [tuple(r) for r in self.cur.execute(
+            "SELECT id, name, size FROM packs WHERE id IN (SELECT DISTINCT pack_id FROM chunks WHERE refcount <= 0)"
+        )]  # fmt: skip
+
+    def live_chunks(self, pack_id: int) -> list[tuple[int, int, int]]:
+        """(chunk id, frame offset, frame length) of a pack's referenced chunks, in pack order."""
+        return [tuple(r) for r in self.cur.execute(
+            'SELECT id, "offset", length FROM chunks WHERE pack_id = ? AND refcount > 0 ORDER BY "offset"', (pack_id,)
+        )]  # fmt: skip
+
+    def forget_garbage(self, pack_id: int) -> None:
+        self.cur.execute("DELETE FROM chunks WHERE pack_id = ? AND refcount <= 0", (pack_id,))
+
+    def pack_rewritten(self, pack_id: int, new_name: str, size: int, moved: list[tuple[int, int]],
+                       digest: str | None = None) -> None:  # fmt: skip
+        """The pack's live chunks now sit in new_name: [(new frame offset, chunk id)]."""
+        self.cur.execute("UPDATE packs SET name = ?, size = ?, digest = ? WHERE id = ?", (new_name, size, digest, pack_id))
+        self.cur.executemany('UPDATE chunks SET "offset" = ? WHERE id = ?', moved)
+
+    def forget_pack(self, pack_id: int) -> None:
+        self.cur.execute("DELETE FROM packs WHERE id = ?", (pack_id,))
+
+    # --- accounting ---------------------------------------------------------------------------
+    def usage(self) -> dict:
+        cur = self.cur
+        raw_live, n = cur.execute("SELECT COALESCE(SUM(raw_length),0), COUNT(*) FROM chunks WHERE refcount > 0").fetchone()
+        (live,) = cur.execute(
+            'SELECT COALESCE(SUM(length),0) FROM (SELECT DISTINCT pack_id, "offset", length FROM chunks WHERE refcount > 0) f'
+        ).fetchone()
+        packs = cur.execute("SELECT COALESCE(SUM(size),0), COUNT(*) FROM packs").fetchone()
+        return {"chunks": int(n), "chunk_bytes": int(live), "chunk_raw_bytes": int(raw_live), "pack_bytes": int(packs[0]),
+                "packs": int(packs[1])}  # fmt: skip
+
+    def frames(self) -> dict[int, tuple[int, int, int]]:
+        """chunk id -> (pack id, frame offset, frame length), for sharing accounting (df)."""
+        return {i: (p, o, ln) for i, p, o, ln in self.cur.execute('SELECT id, pack_id, "offset", length FROM chunks')}
+
+    def recount(self) -> list[tuple[int, int, int]]:
+        """[(chunk id, stored count, actual references)] wherever they differ."""
+        actual: Counter = Counter()
+        for (blob,) in self.cur.execute("SELECT chunk_ids FROM image_files"):
+            actual.update(decode_ids(blob))
+        return [(cid, stored, actual.get(cid, 0)) for cid, stored in self.cur.execute("SELECT id, refcount FROM chunks")
+                if stored != actual.get(cid, 0)]  # fmt: skip
