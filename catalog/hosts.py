@@ -71,7 +71,7 @@ def register(s: Session, name: str | None, token: str | None, state_dir: str, em
     if not embedded and queries.get_setting(s, FLEET, "store.url") is None:
         other = s.scalars(select(Host).order_by(Host.id).limit(1)).first()
         if other is not None:
-            raise UsageError(f"this catalog's images are kept on host {other.name!r}'s own disk, where no other host "
+            raise UsageError(f"this catalog's images are kept on the disk of host {other.name!r}, where no other host "
                              f"can read them: give the fleet a shared store first (`zap init --store s3://BUCKET/PREFIX` "
                              f"on {other.name!r})")  # fmt: skip
     host = Host(name=wanted, token=token or new_token, state_dir=state_dir, last_seen=now())
@@ -108,6 +108,12 @@ def touch(s: Session, host: Host, address: str | None = None) -> None:
         host.last_seen = t
     if address and host.address != address:
         host.address = address
+
+
+def seen(s: Session, host_id: int) -> None:
+    """touch() by id (the watch supervisor, between its passes)."""
+    s.execute(update(Host).where(Host.id == host_id, (Host.last_seen.is_(None)) | (Host.last_seen < now() - TOUCH_EVERY))
+              .values(last_seen=now()))  # fmt: skip
 
 
 def listing(s: Session) -> list[tuple[Host, int]]:

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,14 +21,15 @@ import pytest
 
 from guest import GUEST
 from helpers import COUNTER, WORKLOADS, ZAP_CMD, counter_values, proc_state, wait_for
-from services import PostgreSQL, SeaweedFS
+from services import Cuttable, PostgreSQL, SeaweedFS
 
 
 # tests/vm and tests/vm_reboot need NILFS2, which this kernel lacks: tests/test_vm_runner.py runs them in a guest.
 collect_ignore = [] if os.environ.get("ZAP_IN_VM") else ["vm", "vm_reboot"]
 
 
-SYSTEM_FIXTURES = {"zap", "host_dir", "pg_server", "pg_url", "s3_server", "s3_store", "catalog_where", "fleet"}
+SYSTEM_FIXTURES = {"zap", "host_dir", "pg_server", "pg_url", "s3_server", "s3_store", "catalog_where", "fleet",
+                   "cut_fleet"}
 
 
 def pytest_configure(config):
@@ -131,9 +133,9 @@ class Zap:
     def json(self, *args: str):
         return json.loads(self(*args, "--json").stdout)
 
-    def fails(self, *args: str, code: int) -> str:
+    def fails(self, *args: str, code: int, env: dict | None = None) -> str:
         """Run a command that must fail with `code` and one clear line, never a traceback."""
-        cp = self(*args, check=False)
+        cp = self(*args, check=False, env=env)
         assert cp.returncode == code, f"zap {' '.join(args)}: exit {cp.returncode}, stderr={cp.stderr!r}"
         lines = cp.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("zap: error: "), cp.stderr
@@ -261,23 +263,22 @@ class FleetHost(Zap):
         self.env.update(store_env)
 
 
-@pytest.fixture
-def fleet(pg_url, s3_store, pg_server, s3_server):
-    """Two hosts, a and b, sharing a catalog (a new PostgreSQL database) and an image store (a
-    new bucket). Afterwards both leave the fleet (`zap deinit --purge`), which must leave
-    nothing behind on this machine, in the catalog (no pod, checkpoint, chunk, pack or stream
-    row) or in the bucket (no pack or volume object)."""
-    url, endpoint, env = s3_store
+@contextmanager
+def _fleet(pg_url, s3_store, pg_server, s3_server, catalog=None, endpoint=None):
+    url, real_endpoint, env = s3_store
+    catalog = catalog or pg_url
+    endpoint = endpoint or real_endpoint
     hosts = []
     for name in ("a", "b"):
         home = Path(tempfile.mkdtemp(prefix=f"zapfleet-{name}-", dir="/tmp"))
         hosts.append(FleetHost(home, name, env))
     a, b = hosts
-    a("init", "--size", "2G", "--catalog", pg_url, "--host", "a", "--store", url, "--s3-endpoint", endpoint)
-    b("init", "--size", "2G", "--catalog", pg_url, "--host", "b")
+    db = pg_url.split("/")[3].split("?")[0]
     try:
-        yield SimpleNamespace(a=a, b=b, catalog=pg_url, store=url, endpoint=endpoint, env=env, pg=pg_server, s3=s3_server,
-                              db=pg_url.split("/")[3].split("?")[0], bucket=url.split("/")[2])  # fmt: skip
+        a("init", "--size", "2G", "--catalog", catalog, "--host", "a", "--store", url, "--s3-endpoint", endpoint)
+        b("init", "--size", "2G", "--catalog", catalog, "--host", "b")
+        yield SimpleNamespace(a=a, b=b, catalog=catalog, store=url, endpoint=endpoint, env=env, pg=pg_server, s3=s3_server,
+                              db=db, bucket=url.split("/")[2])  # fmt: skip
     finally:
         left = []
         for h in (b, a):
@@ -289,7 +290,6 @@ def fleet(pg_url, s3_store, pg_server, s3_server):
             left += _leftovers(h.home) + _net_leftovers(h.bridge, h.home)
             left += [f"pod process {p} ({proc_state(p)})" for p in pids if proc_state(p) not in (None, "Z")]
             shutil.rmtree(h.home, ignore_errors=True)
-        db = pg_url.split("/")[3].split("?")[0]
         for table in ("hosts", "pods", "checkpoints", "chunks", "packs", "image_files", "volume_streams", "intents"):
             n = pg_server.psql(db, f"SELECT count(*) FROM {table}")
             if n != "0":
@@ -297,3 +297,37 @@ def fleet(pg_url, s3_store, pg_server, s3_server):
         keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=url.split("/")[2]).get("Contents", [])]
         left += [f"store object {k}" for k in keys if not k.endswith("zapckpt-store.json")]
         assert not left, f"left behind: {left}"
+
+
+@pytest.fixture
+def fleet(pg_url, s3_store, pg_server, s3_server):
+    """Two hosts, a and b, sharing a catalog (a new PostgreSQL database) and an image store (a
+    new bucket). Afterwards both leave the fleet (`zap deinit --purge`), which must leave
+    nothing behind on this machine, in the catalog (no pod, checkpoint, chunk, pack or stream
+    row) or in the bucket (no pack or volume object)."""
+    with _fleet(pg_url, s3_store, pg_server, s3_server) as f:
+        yield f
+
+
+@pytest.fixture
+def cut_fleet(pg_url, s3_store, pg_server, s3_server, tmp_path):
+    """The same fleet, talking to its catalog and its store through links the test can cut
+    (services.Cuttable): f.catalog_link, f.store_link. Both are mended before it is taken down."""
+    sock_dir = tmp_path / "pg"
+    sock_dir.mkdir()
+    pg_link = Cuttable(str(pg_server.sock / ".s.PGSQL.5432"), listen=str(sock_dir / ".s.PGSQL.5432"))
+    host, port = s3_store[1].rsplit("/", 1)[1].split(":")
+    s3_link = Cuttable((host, int(port)))
+    catalog = pg_url.split("?")[0] + f"?host={sock_dir}"
+    try:
+        with _fleet(pg_url, s3_store, pg_server, s3_server, catalog=catalog,
+                    endpoint=f"http://127.0.0.1:{s3_link.address[1]}") as f:  # fmt: skip
+            f.catalog_link, f.store_link = pg_link, s3_link
+            try:
+                yield f
+            finally:
+                pg_link.mend()
+                s3_link.mend()
+    finally:
+        pg_link.close()
+        s3_link.close()

@@ -167,17 +167,22 @@ def cmd_verify(args) -> int:
 def cmd_recover(args) -> int:
     from zapckpt.ops import recovery
 
+    from zapckpt.ops.adopt import retire
+
     ctx = context.Context()
     done = recovery.recover(ctx)
+    retired = retire(ctx)
     removed = recovery.sweep(ctx, repair=True)
     if args.json:
-        emit_json({"operations": done, "removed": removed})
+        emit_json({"operations": done, "retired": retired, "removed": removed})
         return 0
     for d in done:
         print(f"{d['op']} of {d['pod']} (started {d['started']}): {d['outcome']}")
+    for line in retired:
+        print(line)
     for what in removed:
         print(f"removed unrecorded {what}")
-    if not done and not removed:
+    if not done and not removed and not retired:
         print("nothing to recover")
     return 0
 

@@ -10,10 +10,11 @@ import uuid
 
 from catalog import FLEET, Catalog, hosts, queries
 from catalog.chunks import ChunkIndex
+from catalog.errors import explain, is_catalog_error
 from catalog.fastread import iso
 from catalog.urls import parse
 from zapckpt.common import proc
-from zapckpt.common.errors import UsageError
+from zapckpt.common.errors import UsageError, ZapError
 from zapckpt.common.progress import step
 from zapckpt.context import Context
 from zapckpt.names import check_host_name
@@ -44,6 +45,10 @@ def join(state: StateDir, catalog: str | None, host: str | None, address: str | 
             cat = Catalog(url)
             try:
                 cat.migrate()  # the tables, made (or brought up to date) once for every host
+            except Exception as e:  # noqa: BLE001 - the database's words, explained for this URL
+                if not is_catalog_error(e):
+                    raise
+                raise ZapError(explain(e, url.redacted(), embedded=False)) from None
             finally:
                 cat.dispose()
             changed["catalog"] = catalog

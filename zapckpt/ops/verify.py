@@ -88,17 +88,15 @@ def _remote_damage(ctx: Context, s, store, index, targets, wanted: set[int], bad
             why = "missing from the image store" if size is None else "shortened in the image store"
             for cid in cids:
                 bad.setdefault(cid, (pack, why))
-    out = []
     streams = stream_rows.objects(s)
     broken = {r.id for name, r in streams.items() if objects.get(name) != r.bytes}
-    for ck in targets:
-        sid, chain = ck.stream_id, []
+    hit: dict[str, list[str]] = defaultdict(list)  # the first broken stream of each checkpoint's chain
+    for ck in sorted(targets, key=lambda c: (c.pod.name, c.seq)):
+        sid = ck.stream_id
         while sid is not None and (row := stream_rows.get(s, sid)) is not None:
-            chain.append(row)
-            sid = row.parent_id
-        for row in chain:
             if row.id in broken:
-                what = "missing from" if row.object not in objects else "shortened in"
-                out.append({"what": f"volume stream {row.object} is {what} the image store", "affects": [ck.ref]})
+                hit[row.object].append(ck.ref)
                 break
-    return out
+            sid = row.parent_id
+    return [{"what": f"volume stream {name} is {'missing from' if name not in objects else 'shortened in'} the "
+                     f"image store", "affects": refs} for name, refs in sorted(hit.items())]  # fmt: skip

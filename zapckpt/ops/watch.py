@@ -30,12 +30,13 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from catalog import Checkpoint, Watch, queries
+from catalog import Checkpoint, Watch, hosts, queries
 from zapckpt.common import proc
 from zapckpt.common.errors import Busy, NotFound, UsageError, ZapError, one_line
 from zapckpt.context import Context
 from zapckpt.ops import checkpoint as ckpt
 from zapckpt.ops import restart
+from zapckpt.ops.adopt import retire
 from zapckpt.ops.remove import plan_prune, remove_checkpoints
 from zapckpt.pod.status import live_state
 from zapckpt.system import exits, priority, procinfo
@@ -239,6 +240,7 @@ def serve(ctx: Context) -> int:
                 say("no watch or restart policy left: supervisor exits")
                 break
             known = _settle_exits(ctx, listener, known, pending, policies, last_restart, say)
+            _fleet_duties(ctx, say)
             now = time.time()
             ran = False
             for name, at in sorted(due.items(), key=lambda kv: kv[1]):
@@ -259,6 +261,22 @@ def serve(ctx: Context) -> int:
         log.close()
         os.close(lock)
     return 0
+
+
+def _fleet_duties(ctx: Context, say) -> None:
+    """A host of a shared catalog: seen alive (`zap host ls`), and any of its pods another host
+    adopted while it was cut off taken down here at once (ops/adopt.py)."""
+    if ctx.catalog.url.embedded:
+        return
+    try:
+        with ctx.catalog.session() as s:
+            hosts.seen(s, ctx.host_id)
+        for line in retire(ctx):
+            say(line)
+    except ZapError as e:
+        say(f"fleet: {one_line(e)}")
+    except Exception as e:  # noqa: BLE001 - the catalog out of reach: tried again at the next pass
+        say(f"fleet: the catalog cannot be reached ({type(e).__name__}); trying again")
 
 
 def _settle_exits(ctx: Context, listener, known: dict[int, str], pending: dict, policies: list[str],
