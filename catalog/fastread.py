@@ -251,7 +251,7 @@ def iso_text(stored: str) -> str:
 CHECKPOINT_ROW = ("id", "pod", "seq", "parent_pod", "parent_seq", "parent_id", "created_at", "message", "kind",
                   "image_format", "backend", "snapshot_path", "snapshot_generation", "raw_bytes", "stored_bytes",
                   "frozen_ms", "dump_ms", "fs_snapshot_ms", "total_ms", "predump_ms", "processes", "tags", "host",
-                  "stream")  # fmt: skip
+                  "stream", "upload_ms")  # fmt: skip
 
 _TAGS = {
     # the tags of each checkpoint as one JSON array, sorted: one pass over the (small) tags table
@@ -266,7 +266,8 @@ def _checkpoint_sql(dialect: str) -> str:
     return (
         "SELECT c.id, p.name, c.seq, pp.name, par.seq, c.parent_id, c.created_at, c.message, c.kind, c.image_format,"
         " c.backend, c.snapshot_path, c.snapshot_generation, c.raw_bytes, c.stored_bytes, c.frozen_ms, c.dump_ms,"
-        f" c.fs_snapshot_ms, c.total_ms, c.predump_ms, {processes}, coalesce(tg.names, '[]'), ch.name, c.stream_id"
+        f" c.fs_snapshot_ms, c.total_ms, c.predump_ms, {processes}, coalesce(tg.names, '[]'), ch.name, c.stream_id,"
+        " c.upload_ms"
         " FROM checkpoints c JOIN pods p ON p.id = c.pod_id"
         " LEFT JOIN checkpoints par ON par.id = c.parent_id LEFT JOIN pods pp ON pp.id = par.pod_id"
         " LEFT JOIN hosts ch ON ch.id = c.host_id"

@@ -176,6 +176,8 @@ class Checkpoint(Base):
     # An incremental dump: how long the pre-dump before it stopped the pod (CRIU's frozen time),
     # the frozen window then writing only the pages written since. None: a full dump.
     predump_ms: Mapped[Optional[float]] = mapped_column()
+    # The pack and the volume stream going up to the fleet's store (None: a local store).
+    upload_ms: Mapped[Optional[float]] = mapped_column()
     # The checkpoint ended the pod (`--stop`): its external connections were kept locked.
     stopped: Mapped[bool] = mapped_column(default=False, server_default="0")
     # The CRIU dump's run id: its network-lock table is `inet CRIU-<id>`.

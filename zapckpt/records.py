@@ -23,6 +23,7 @@ def checkpoint_record(ck: Checkpoint) -> dict:
         ck.parent_id, iso(ck.created_at), ck.message, ck.kind, ck.image_format, ck.backend, ck.snapshot_path,
         ck.snapshot_generation, ck.raw_bytes, ck.stored_bytes, ck.frozen_ms, ck.dump_ms, ck.fs_snapshot_ms,
         ck.total_ms, ck.predump_ms, ck.processes, ck.tag_names, ck.host.name if ck.host else None, ck.stream_id,
+        ck.upload_ms,
     )  # fmt: skip
 
 
@@ -31,12 +32,12 @@ def checkpoint_row_records(rows: list[tuple]) -> list[dict]:
     processes of all rows are parsed in one json.loads, not one call per row."""
     procs = json.loads("[" + ",".join(r[20] or "[]" for r in rows) + "]")
     tags = json.loads("[" + ",".join(r[21] or "[]" for r in rows) + "]")
-    return [_checkpoint_dict(*r[:20], p, t, *r[22:24]) for r, p, t in zip(rows, procs, tags)]
+    return [_checkpoint_dict(*r[:20], p, t, *r[22:25]) for r, p, t in zip(rows, procs, tags)]
 
 
 def _checkpoint_dict(id, pod, seq, parent_pod, parent_seq, parent_id, created_at, message, kind, image_format,
                      backend, snapshot_path, snapshot_generation, raw_bytes, stored_bytes, frozen_ms, dump_ms,
-                     fs_snapshot_ms, total_ms, predump_ms, processes, tags, host, stream) -> dict:  # fmt: skip
+                     fs_snapshot_ms, total_ms, predump_ms, processes, tags, host, stream, upload_ms) -> dict:  # fmt: skip
     return {
         "id": id,
         "ref": f"{pod}@{seq}",
@@ -53,7 +54,7 @@ def _checkpoint_dict(id, pod, seq, parent_pod, parent_seq, parent_id, created_at
         "raw_bytes": raw_bytes,
         "stored_bytes": stored_bytes,
         "timings_ms": {"frozen": frozen_ms, "dump": dump_ms, "fs_snapshot": fs_snapshot_ms, "total": total_ms,
-                       "predump": predump_ms},
+                       "predump": predump_ms, "upload": upload_ms},
         "incremental": predump_ms is not None,
         "processes": processes,
         "tags": tags,

@@ -136,7 +136,13 @@ def cmd_list(args) -> int:
          ms(r["timings_ms"]["frozen"])]
         for r in recs
     ]  # fmt: skip
-    table(["REF", "TIME (UTC)", "TAGS", "MESSAGE", "PARENT", "RAW", "STORED", "FROZEN_MS"], rows)
+    head = ["REF", "TIME (UTC)", "TAGS", "MESSAGE", "PARENT", "RAW", "STORED", "FROZEN_MS"]
+    if any(r["volume_in_store"] for r in recs) or len({r["host"] for r in recs}) > 1:
+        # a fleet's: which host took each, and whether any host can use it (its volume in the store)
+        head += ["HOST", "VOLUME"]
+        for row, r in zip(rows, recs):
+            row += [r["host"] or "-", "in store" if r["volume_in_store"] else "on host"]
+    table(head, rows)
     return 0
 
 

@@ -34,6 +34,7 @@ def pod_text(r: dict) -> str:
     net = r["net"] + (f", address {r['address']}" if r["address"] else "")
     pairs = [
         ("pod", r["name"]),
+        ("host", r["host"] or "-"),
         ("state", state),
         ("command", shlex.join(r["command"]) if r["command"] else "-"),
         ("pid 1", "a small init (catatonit), the command its child" if r["init"] else "the command itself"),
@@ -63,6 +64,15 @@ def _limits(lim: dict) -> str:
     return ", ".join(parts) or "none"
 
 
+def _where(r: dict) -> str:
+    """Where the checkpoint's parts are, so a user knows which hosts can use it."""
+    taken = f"taken on host {r['host']}" if r["host"] else "taken here"
+    images = "its images in the image store" if r["has_processes"] else "files only"
+    if r["volume_in_store"]:
+        return f"{taken}; {images}; its volume in the fleet's store too: any host can restore or branch it"
+    return f"{taken}; {images}; its volume only on that host"
+
+
 def checkpoint_text(r: dict) -> str:
     t, snap = r["timings_ms"], r["snapshot"]
     if r["has_processes"]:
@@ -78,8 +88,9 @@ def checkpoint_text(r: dict) -> str:
         ("parent", r["parent"] or "-"),
         ("processes", procs),
         ("snapshot", f"{snap['path']} ({snap['backend']}" + (f", generation {snap['generation']})" if snap["generation"] else ")")),
+        ("where", _where(r)),
         ("timings", f"frozen {_ms(t['frozen'])}, dump {_ms(t['dump'])}, fs snapshot {_ms(t['fs_snapshot'])}, "
-                    f"total {_ms(t['total'])}"),
+                    + (f"upload {_ms(t['upload'])}, " if t.get("upload") is not None else "") + f"total {_ms(t['total'])}"),
         ("dump", f"incremental (a pre-dump stopped the pod {_ms(t['predump'])} first)" if r["incremental"]
                  else "full" if r["has_processes"] else "-"),
     ]  # fmt: skip

@@ -95,6 +95,7 @@ def commit_pair(ctx: Context, s: Session, pod: Pod, ck_id: str, images: Path | N
         pending = store.ingest(s, images) if images is not None else None
         faults.point("checkpoint:ingested")
         stream = None
+        t_up = time.perf_counter()
         try:
             if pending is not None and store.remote is not None and pending.new_chunks:
                 if note is not None:
@@ -104,6 +105,8 @@ def commit_pair(ctx: Context, s: Session, pod: Pod, ck_id: str, images: Path | N
                 faults.point("checkpoint:uploaded")
             stream = volumes.send(ctx, s, ck_id, Path(info.path), pod.head_checkpoint_id, note)
             faults.point("checkpoint:volume-sent")
+            if store.remote is not None:
+                fields["upload_ms"] = (time.perf_counter() - t_up) * 1000
             if t_start is not None:
                 fields["total_ms"] = (time.perf_counter() - t_start) * 1000
 

@@ -56,6 +56,8 @@ def upgrade() -> None:
     op.add_column("pods", sa.Column("adopted_start", sa.BigInteger(), nullable=True))
     op.add_column("checkpoints", sa.Column("host_id", sa.Integer(), nullable=True))
     op.add_column("checkpoints", sa.Column("stream_id", sa.String(12), nullable=True))
+    # how long its pack and volume stream took to go up to a remote store (after the thaw)
+    op.add_column("checkpoints", sa.Column("upload_ms", sa.Float(), nullable=True))
     op.add_column("intents", sa.Column("host_id", sa.Integer(), nullable=True))
     # sha256 of a pack file: a copy fetched from an object store is checked against it
     op.add_column("packs", sa.Column("digest", sa.String(64), nullable=True))
@@ -116,6 +118,7 @@ def downgrade() -> None:
     with op.batch_alter_table("packs") as batch:
         batch.drop_column("digest")
     with op.batch_alter_table("checkpoints") as batch:
+        batch.drop_column("upload_ms")
         batch.drop_column("stream_id")
         batch.drop_column("host_id")
     with op.batch_alter_table("pods") as batch:
