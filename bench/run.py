@@ -40,6 +40,8 @@ SUITE = {
     "network": ("network.py", ["--runs", "5"], ["--runs", "2"]),
     "startup": ("startup.py", ["--runs", "30"], ["--runs", "5"]),
     "pod_memory": ("pod_memory.py", ["--pods", "1,50"], ["--pods", "1,5"]),
+    "fleet": ("fleet.py", ["--runs", "5", "--chunks", "1000000", "--upload-mib", "256"],
+              ["--runs", "2", "--chunks", "20000", "--upload-mib", "32"]),
 }  # fmt: skip
 
 

@@ -178,6 +178,8 @@ def take(
     # dumped, at worst a packet is retransmitted), always when the pod stops (its closing
     # sockets must send nothing), and always in the host's namespace (not ours to judge).
     network_lock = stop or pod.net == "host" or procinfo.has_tcp_connections(pod.init_pid)
+    if ctx.store.remote is not None:
+        ctx.store.remote.warm()  # boto3 set up before the freeze, not after the thaw
     with staging.stage(ctx.state, f"dump-{ck_id}") as stage, intents.recorded(
         ctx, "checkpoint", pod.name, session=s, ck_id=ck_id, snapshot=str(snap), stage=str(stage), stop=stop,
         release=release_connections,
