@@ -52,7 +52,7 @@ def assert_recovered(zap, running: dict[str, int]) -> dict:
     """Recovery settles everything; then the invariants. running: pod -> copies expected (0/1)."""
     rec = zap.json("recover")
     again = zap.json("recover")
-    assert again == {"operations": [], "removed": []}, again
+    assert again == {"operations": [], "retired": [], "removed": []}, again
     for name, copies in running.items():
         pod = zap.pod(name)
         assert pod["state"] == ("running" if copies else "stopped"), (name, pod["state"], rec)

@@ -160,6 +160,9 @@ def test_two_hosts_share_the_history_adopt_a_lost_hosts_redis_and_fence_it(fleet
     assert aof_state(Path(rd["volume"])) == {**first, **second}
     b("checkpoint", "rd")  # it goes on as B's
     assert b.json("show", "rd@3")["host"] == "b"
+    b("restore", "rd@1")  # taken on the lost host: from the store (and b's copy of its volume)
+    wait_for(lambda: _answers(rd["address"]) if b.pod("rd")["address"] == rd["address"] else False, what="rd@1")
+    assert memory_state(rd["address"]) == first == aof_state(Path(rd["volume"]))
 
     # A's state directory comes back: it never runs rd again, and says so
     cp = a("ps", check=False)
@@ -416,6 +419,19 @@ def test_the_catalog_lost_during_a_checkpoint(cut_fleet, tmp_path):
     _store_matches_catalog(f)
     assert a("checkpoint", "c").stdout.strip() == "c@2"
     _store_matches_catalog(f)
+    # lost during a restore, before anything changed: refused, the pod as it was
+    tmp2 = tmp_path / "2"
+    tmp2.mkdir()
+    p = _stopped_at(a, "restore:images", tmp2, "restore", "c@1")
+    f.catalog_link.cut()
+    rc, err = _release(p, "restore:images", tmp2)
+    assert rc == 1 and "cannot reach the catalog" in err, err
+    before = _n(vol)
+    wait_for(lambda: _n(vol) > before + 5, what="c to go on counting")  # never restored, never stopped
+    f.catalog_link.mend()
+    a("ps")  # anything it left to settle
+    assert a.pod("c")["state"] == "running" and a.json("show", "c")["head"] == "c@2"
+    assert [c["ref"] for c in a.json("list")["checkpoints"]] == ["c@1", "c@2"]
 
 
 def test_a_host_cut_off_while_its_pod_was_adopted_stops_its_copy(fleet):

@@ -156,3 +156,41 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     targets = _imports(f, "zapckpt.system.pool")
     assert {"zapckpt.ops.checkpoint", "zapckpt.cli.main", "zapckpt.view.tree", "zapckpt.cli"} <= targets
     assert RANK[_unit("zapckpt.ops.checkpoint")] > RANK[_unit("zapckpt.system.pool")]
+
+
+# What reads or writes the catalog: a query built (select, insert...), a session asked for rows
+# or told to add or delete one, a raw database connection. Only catalog/ does any of it;
+# everything else calls its functions (restic's repository layer). Session *type* imports, and
+# commit/rollback/flush (an operation decides when its work is durable), are not queries.
+_QUERY_NAMES = {"select", "insert", "update", "delete", "text", "func", "and_", "or_"}
+_SESSION_CALLS = {"add", "add_all", "get", "delete", "scalars", "scalar", "execute", "query", "merge", "connection"}
+_ALLOWED_OUTSIDE = {"zapckpt.cli.forkserver"}  # warms SQLAlchemy's dialect before it forks: no query
+
+
+def _catalog_access(path: Path) -> list[str]:
+    found = []
+    for n in ast.walk(ast.parse(path.read_text())):
+        if isinstance(n, ast.ImportFrom) and (n.module or "").split(".")[0] == "sqlalchemy":
+            found += [f"imports {a.name} from {n.module}" for a in n.names if a.name in _QUERY_NAMES]
+        if isinstance(n, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in n.names] if isinstance(n, ast.Import) else [n.module or ""]
+            found += [f"imports {m}" for m in names if m.split(".")[0] in ("sqlite3", "psycopg")]
+        if (isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in _SESSION_CALLS
+                and isinstance(n.func.value, ast.Name) and n.func.value.id in ("s", "session")):
+            found.append(f"calls {n.func.value.id}.{n.func.attr}() at line {n.lineno}")  # fmt: skip
+    return found
+
+
+def test_only_the_catalog_reads_and_writes_the_catalog():
+    wrong = []
+    for path, module in _modules():
+        if module.split(".")[0] == "catalog" or module in _ALLOWED_OUTSIDE:
+            continue
+        wrong += [f"{module} {what}" for what in _catalog_access(path)]
+    assert not wrong, "catalog access outside catalog/ (add a function to catalog/):\n" + "\n".join(wrong)
+
+
+def test_the_catalog_access_check_sees_a_query(tmp_path):
+    f = tmp_path / "x.py"
+    f.write_text("from sqlalchemy import select\nimport sqlite3\ndef f(s):\n    return s.scalars(select(X))\n")
+    assert len(_catalog_access(f)) == 3

@@ -124,6 +124,7 @@ def restore(ctx: Context, ref: str, saved_message: str | None = None) -> tuple[C
             pod = ck.pod
             snap = _check_snapshot(ctx, s, ck)
             with materialized(ctx, s, ck) as images, deferred_interrupts():
+                faults.point("restore:images")  # all it needs is here; nothing changed yet
                 return ck, _restore_locked(ctx, s, pod, ck, snap, images, saved_message)
 
 
