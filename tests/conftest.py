@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ import pytest
 
 from guest import GUEST
 from helpers import COUNTER, WORKLOADS, ZAP_CMD, counter_values, proc_state, wait_for
-from services import Cuttable, PostgreSQL, SeaweedFS
+from services import Cuttable, PostgreSQL, SeaweedFS, in_netns
 
 
 # tests/vm and tests/vm_reboot need NILFS2, which this kernel lacks: tests/test_vm_runner.py runs them in a guest.
@@ -120,10 +121,11 @@ class Zap:
         self.env = dict(os.environ, ZAP_HOME=str(home), ZAP_LOCK_TIMEOUT="60", ZAP_BRIDGE=self.bridge,
                         ZAP_SUBNET=self.subnet)  # fmt: skip
         self.env.pop("ZAP_DEBUG", None)
+        self.cmd = list(ZAP_CMD)  # how this host runs zap (a fleet host: inside its network namespace)
 
     def __call__(self, *args: str, check: bool = True, env: dict | None = None, timeout: float = 120):
         cp = subprocess.run(
-            [*ZAP_CMD, *map(str, args)],
+            [*self.cmd, *map(str, args)],
             capture_output=True, text=True, env=dict(self.env, **(env or {})), timeout=timeout,
         )  # fmt: skip
         if check and cp.returncode != 0:
@@ -154,12 +156,13 @@ class Zap:
         return self.pod(name)
 
 
-def _net_leftovers(bridge: str, home: Path) -> list[str]:
+def _net_leftovers(bridge: str, home: Path, inside: list[str] = []) -> list[str]:
+    """What zap left of its network: `inside` runs the commands in a host's network namespace."""
     found = []
     tag = hashlib.sha1(str(home).encode()).hexdigest()[:6]  # as zapckpt/net/podnet.py names them
-    if subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode == 0:
+    if subprocess.run([*inside, "ip", "link", "show", bridge], capture_output=True).returncode == 0:
         found.append(f"bridge {bridge}")
-    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    tables = subprocess.run([*inside, "nft", "list", "tables"], capture_output=True, text=True).stdout
     found += [f"nftables {ln}" for ln in tables.splitlines() if bridge in ln or "CRIU-" in ln]
     netns = Path("/run/netns")
     found += [f"netns {n.name}" for n in (netns.iterdir() if netns.is_dir() else []) if n.name.startswith(f"zap-{tag}-")]
@@ -254,42 +257,101 @@ def catalog_where(request, tmp_path):
 
 
 class FleetHost(Zap):
-    """One host of a fleet on this machine: a state directory, pool and bridge of its own, the
-    session's PostgreSQL catalog and SeaweedFS store shared with the other hosts."""
+    """One host of a fleet on this machine: a state directory, pool and bridge of its own, in a
+    network namespace of its own (so hosts may share a pod subnet, as machines on their own
+    networks do), the session's PostgreSQL catalog (over its Unix socket) and SeaweedFS store
+    (through a forwarder listening on the host's own loopback, at the store's port) shared with
+    the other hosts. Its zap commands run in its namespace (h.cmd); h.connect() reaches its pods."""
 
-    def __init__(self, home: Path, name: str, store_env: dict):
+    def __init__(self, home: Path, name: str, store_env: dict, subnet: str | None = None, own_network: bool = False):
         super().__init__(home)
         self.name = name
         self.env.update(store_env)
+        self.inside: list[str] = []
+        if subnet:
+            self.subnet = self.env["ZAP_SUBNET"] = subnet
+        if not own_network:  # a host that runs no pod (bad-input tests) stays in this network
+            return
+        self.netns = f"zh{os.urandom(3).hex()}-{name}"
+        subprocess.run(["ip", "netns", "add", self.netns], check=True)
+        subprocess.run(["ip", "-n", self.netns, "link", "set", "lo", "up"], check=True)
+        self.inside = ["nsenter", f"--net=/run/netns/{self.netns}", "--"]
+        self.cmd = [*self.inside, *ZAP_CMD]
+
+    def connect(self, address, timeout: float = 5):
+        """A TCP connection to (host, port) from inside this host's network."""
+        sock = in_netns(f"/run/netns/{self.netns}", socket.socket)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(address)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def take_down(self) -> list[str]:
+        """Its network namespace removed; what was still in it (besides lo) is returned."""
+        if not self.inside:
+            return []
+        left = []
+        links = subprocess.run([*self.inside, "ip", "-o", "link"], capture_output=True, text=True).stdout
+        left += [f"host {self.name}: link {ln.split(':')[1].strip()}" for ln in links.splitlines() if ": lo:" not in ln]
+        subprocess.run(["ip", "netns", "del", self.netns], check=False)
+        return left
+
+
+class _Links:
+    """The hosts' links to one service, cut and mended together."""
+
+    def __init__(self, links: list):
+        self.links = links
+
+    def cut(self) -> None:
+        for x in self.links:
+            x.cut()
+
+    def mend(self) -> None:
+        for x in self.links:
+            x.mend()
+
+    def close(self) -> None:
+        for x in self.links:
+            x.close()
 
 
 @contextmanager
-def _fleet(pg_url, s3_store, pg_server, s3_server, catalog=None, endpoint=None):
-    url, real_endpoint, env = s3_store
+def _fleet(pg_url, s3_store, pg_server, s3_server, catalog=None, shared_subnet=True):
+    url, endpoint, env = s3_store
     catalog = catalog or pg_url
-    endpoint = endpoint or real_endpoint
+    subnet = f"10.{200 + os.urandom(1)[0] % 50}.{os.urandom(1)[0]}.0/24" if shared_subnet else None
     hosts = []
-    for name in ("a", "b"):
-        home = Path(tempfile.mkdtemp(prefix=f"zapfleet-{name}-", dir="/tmp"))
-        hosts.append(FleetHost(home, name, env))
-    a, b = hosts
-    db = pg_url.split("/")[3].split("?")[0]
+    store_links = []
+    host, port = endpoint.rsplit("/", 1)[1].split(":")
     try:
+        for name in ("a", "b"):
+            home = Path(tempfile.mkdtemp(prefix=f"zapfleet-{name}-", dir="/tmp"))
+            hosts.append(FleetHost(home, name, env, subnet, own_network=True))
+            # the store at the same address from inside each host: one endpoint for the fleet
+            store_links.append(Cuttable((host, int(port)), listen=(host, int(port)), netns=f"/run/netns/{hosts[-1].netns}"))
+        a, b = hosts
+        db = pg_url.split("/")[3].split("?")[0]
         a("init", "--size", "2G", "--catalog", catalog, "--host", "a", "--store", url, "--s3-endpoint", endpoint)
         b("init", "--size", "2G", "--catalog", catalog, "--host", "b")
         yield SimpleNamespace(a=a, b=b, catalog=catalog, store=url, endpoint=endpoint, env=env, pg=pg_server, s3=s3_server,
-                              db=db, bucket=url.split("/")[2])  # fmt: skip
+                              db=db, bucket=url.split("/")[2], store_link=_Links(store_links))  # fmt: skip
     finally:
         left = []
-        for h in (b, a):
+        for h in reversed(hosts):
             ps = h("ps", "--json", check=False)
             pids = [p["pid"] for p in json.loads(ps.stdout)["pods"] if p["pid"]] if ps.returncode == 0 else []
             out = h("deinit", "--purge", "--yes", check=False)
             if out.returncode != 0:
                 left.append(f"host {h.name}: deinit --purge failed: {out.stderr.strip()}")
-            left += _leftovers(h.home) + _net_leftovers(h.bridge, h.home)
+            left += _leftovers(h.home) + _net_leftovers(h.bridge, h.home, h.inside)
             left += [f"pod process {p} ({proc_state(p)})" for p in pids if proc_state(p) not in (None, "Z")]
+            left += h.take_down()
             shutil.rmtree(h.home, ignore_errors=True)
+        _Links(store_links).close()
         for table in ("hosts", "pods", "checkpoints", "chunks", "packs", "image_files", "volume_streams", "intents"):
             n = pg_server.psql(db, f"SELECT count(*) FROM {table}")
             if n != "0":
@@ -301,33 +363,38 @@ def _fleet(pg_url, s3_store, pg_server, s3_server, catalog=None, endpoint=None):
 
 @pytest.fixture
 def fleet(pg_url, s3_store, pg_server, s3_server):
-    """Two hosts, a and b, sharing a catalog (a new PostgreSQL database) and an image store (a
-    new bucket). Afterwards both leave the fleet (`zap deinit --purge`), which must leave
-    nothing behind on this machine, in the catalog (no pod, checkpoint, chunk, pack or stream
-    row) or in the bucket (no pack or volume object)."""
+    """Two hosts, a and b, each in a network of its own with the same pod subnet, sharing a
+    catalog (a new PostgreSQL database) and an image store (a new bucket). Afterwards both leave
+    the fleet (`zap deinit --purge`), which must leave nothing behind on this machine, in the
+    catalog (no pod, checkpoint, chunk, pack or stream row) or in the bucket (no pack or volume
+    object)."""
     with _fleet(pg_url, s3_store, pg_server, s3_server) as f:
+        yield f
+
+
+@pytest.fixture
+def fleet_apart(pg_url, s3_store, pg_server, s3_server):
+    """The same, with a pod subnet of each host's own (addresses cannot move between them)."""
+    with _fleet(pg_url, s3_store, pg_server, s3_server, shared_subnet=False) as f:
         yield f
 
 
 @pytest.fixture
 def cut_fleet(pg_url, s3_store, pg_server, s3_server, tmp_path):
     """The same fleet, talking to its catalog and its store through links the test can cut
-    (services.Cuttable): f.catalog_link, f.store_link. Both are mended before it is taken down."""
+    (services.Cuttable): f.catalog_link, f.store_link (every host's). Both are mended before it
+    is taken down."""
     sock_dir = tmp_path / "pg"
     sock_dir.mkdir()
     pg_link = Cuttable(str(pg_server.sock / ".s.PGSQL.5432"), listen=str(sock_dir / ".s.PGSQL.5432"))
-    host, port = s3_store[1].rsplit("/", 1)[1].split(":")
-    s3_link = Cuttable((host, int(port)))
     catalog = pg_url.split("?")[0] + f"?host={sock_dir}"
     try:
-        with _fleet(pg_url, s3_store, pg_server, s3_server, catalog=catalog,
-                    endpoint=f"http://127.0.0.1:{s3_link.address[1]}") as f:  # fmt: skip
-            f.catalog_link, f.store_link = pg_link, s3_link
+        with _fleet(pg_url, s3_store, pg_server, s3_server, catalog=catalog) as f:
+            f.catalog_link = pg_link
             try:
                 yield f
             finally:
                 pg_link.mend()
-                s3_link.mend()
+                f.store_link.mend()
     finally:
         pg_link.close()
-        s3_link.close()

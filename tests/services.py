@@ -195,17 +195,46 @@ class SeaweedFS:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def in_netns(path: str, fn, *args):
+    """fn(*args) called in network namespace `path` (a file under /run/netns): in a thread of its
+    own, since setns moves only the calling thread. A socket made there stays in that namespace."""
+    import ctypes
+    import threading
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    out: list = []
+
+    def run():
+        with open(path) as f:
+            if libc.setns(f.fileno(), 0x40000000) != 0:  # CLONE_NEWNET
+                out.append(OSError(ctypes.get_errno(), f"setns {path}"))
+                return
+        try:
+            out.append((fn(*args),))
+        except BaseException as e:  # handed to the caller
+            out.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if isinstance(out[0], BaseException):
+        raise out[0]
+    return out[0][0]
+
+
 class Cuttable:
     """A forwarder the test can cut: zap talks to a service through it (TCP on loopback, or a
     Unix socket), and cut() drops every connection and refuses new ones, as a lost link or a
     dead server would look; mend() lets them through again. The service itself is untouched."""
 
-    def __init__(self, target, listen=None):
+    def __init__(self, target, listen=None, netns: str | None = None):
         import threading
 
         self.target = target  # ("127.0.0.1", port) or "/path/to/socket"
         self.unix = isinstance(target, str)
-        self.sock = socket.socket(socket.AF_UNIX if self.unix else socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_UNIX if self.unix else socket.AF_INET
+        # listening inside network namespace `netns` (a host's), connecting out from this one
+        self.sock = in_netns(netns, socket.socket, family, socket.SOCK_STREAM) if netns else socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(listen if listen is not None else ("127.0.0.1", 0))
         self.sock.listen(64)

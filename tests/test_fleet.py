@@ -1,11 +1,13 @@
-"""A fleet on this machine: two hosts (state directories with their own pools and bridges) sharing
-the session's PostgreSQL catalog and SeaweedFS store. Any host branches any checkpoint, a lost
+"""A fleet on this machine: two hosts (state directories with their own pools and bridges, each in
+a network namespace of its own with the same pod subnet) sharing the session's PostgreSQL catalog
+and SeaweedFS store. Any host branches any checkpoint, a lost
 host's pods are adopted from the shared state alone, and the lost host, come back, never runs
 them again. What the programs themselves know is the proof: Redis's memory against its own
 append-only file."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -24,9 +26,10 @@ REDIS = ["redis-server", "--port", "6379", "--bind", "0.0.0.0", "--protected-mod
          "--appendonly", "yes", "--appendfsync", "always", "--dir", "."]  # fmt: skip
 
 
-def redis(host: str, *words: str) -> object:
-    """One command over RESP; the reply decoded (bulk strings as str, arrays as lists)."""
-    with socket.create_connection((host, 6379), timeout=5) as c:
+def redis(h, address: str, *words: str) -> object:
+    """One command over RESP from inside host h's network; the reply decoded (bulk strings as
+    str, arrays as lists)."""
+    with h.connect((address, 6379)) as c:
         c.sendall(("*%d\r\n" % len(words) + "".join(f"${len(w.encode())}\r\n{w}\r\n" for w in words)).encode())
         f = c.makefile("rb")
         return _reply(f)
@@ -74,29 +77,29 @@ def aof_state(volume: Path) -> dict[str, str]:
     return data
 
 
-def memory_state(address: str) -> dict[str, str]:
-    keys = redis(address, "KEYS", "*")
-    return {k: redis(address, "GET", k) for k in keys}
+def memory_state(h, address: str) -> dict[str, str]:
+    keys = redis(h, address, "KEYS", "*")
+    return {k: redis(h, address, "GET", k) for k in keys}
 
 
-def write_keys(address: str, start: int, n: int) -> dict[str, str]:
+def write_keys(h, address: str, start: int, n: int) -> dict[str, str]:
     out = {}
     for i in range(start, start + n):
-        assert redis(address, "SET", f"k{i}", f"v{i}-{os.urandom(4).hex()}") == "OK"
-        out[f"k{i}"] = redis(address, "GET", f"k{i}")
+        assert redis(h, address, "SET", f"k{i}", f"v{i}-{os.urandom(4).hex()}") == "OK"
+        out[f"k{i}"] = redis(h, address, "GET", f"k{i}")
     return out
 
 
 def start_redis(h, name: str) -> dict:
     h("run", name, "--", *REDIS)
     pod = h.pod(name)
-    wait_for(lambda: _answers(pod["address"]), what=f"{name}'s redis to answer")
+    wait_for(lambda: _answers(h, pod["address"]), what=f"{name}'s redis to answer")
     return pod
 
 
-def _answers(address: str) -> bool:
+def _answers(h, address: str) -> bool:
     try:
-        return redis(address, "PING") == "PONG"
+        return redis(h, address, "PING") == "PONG"
     except OSError:
         return False
 
@@ -122,20 +125,23 @@ def test_two_hosts_share_the_history_adopt_a_lost_hosts_redis_and_fence_it(fleet
     hosts = {h["name"]: h for h in b.json("host", "ls")["hosts"]}
     assert set(hosts) == {"a", "b"} and hosts["b"]["this"] and not hosts["a"]["this"]
     pod = start_redis(a, "rd")
-    first = write_keys(pod["address"], 0, 50)
+    for h in (a, b):  # each host's bridge is in its own network, not this machine's
+        assert subprocess.run([*h.inside, "ip", "link", "show", a.bridge], capture_output=True).returncode == (0 if h is a else 1)
+    assert subprocess.run(["ip", "link", "show", a.bridge], capture_output=True).returncode != 0
+    first = write_keys(a, pod["address"], 0, 50)
     assert a("checkpoint", "rd").stdout.strip() == "rd@1"
     ck1 = a.json("show", "rd@1")
     assert ck1["host"] == "a" and ck1["volume_in_store"]
-    second = write_keys(pod["address"], 50, 30)  # after rd@1: not in it
+    second = write_keys(a, pod["address"], 50, 30)  # after rd@1: not in it
 
     # B branches A's checkpoint: files and memory from the shared store only
     b("branch", "rd@1", "rd-b")
     br = b.pod("rd-b")
     assert br["host"] == "b" and br["address"] != pod["address"]
-    wait_for(lambda: _answers(br["address"]), what="the branch's redis to answer")
-    assert memory_state(br["address"]) == first
+    wait_for(lambda: _answers(b, br["address"]), what="the branch's redis to answer")
+    assert memory_state(b, br["address"]) == first
     assert aof_state(Path(br["volume"])) == first  # its memory is what its own AOF says
-    assert memory_state(pod["address"]) == {**first, **second}  # the original runs on untouched
+    assert memory_state(a, pod["address"]) == {**first, **second}  # the original runs on untouched
     assert [p["name"] for p in b.json("ps")["pods"]] == ["rd-b"]
     everyone = {p["name"]: p["host"] for p in b.json("ps", "--all-hosts")["pods"]}
     assert everyone == {"rd": "a", "rd-b": "b"}
@@ -143,8 +149,8 @@ def test_two_hosts_share_the_history_adopt_a_lost_hosts_redis_and_fence_it(fleet
     assert "runs on host 'a'" in b.fails("stop", "rd", code=1)
 
     assert a("checkpoint", "rd").stdout.strip() == "rd@2"  # the newest: first and second
-    write_keys(pod["address"], 80, 10)  # lost with the host
-    follower = subprocess.Popen([*ZAP_CMD, "logs", "-f", "rd"], env=a.env, stdout=subprocess.DEVNULL,
+    write_keys(a, pod["address"], 80, 10)  # lost with the host
+    follower = subprocess.Popen([*a.cmd, "logs", "-f", "rd"], env=a.env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)  # a zap command of A's that dies with it
     lose(a)
     follower.kill()
@@ -152,17 +158,18 @@ def test_two_hosts_share_the_history_adopt_a_lost_hosts_redis_and_fence_it(fleet
 
     out = b.json("host", "adopt", "a")["adopted"]
     assert len(out) == 1 and out[0]["adopted"] and out[0]["from"] == "rd@2", out
-    assert not out[0]["address_kept"] and "new address" in out[0]["notes"][0]  # another subnet here
+    # the hosts share a pod subnet (each on a network of its own): the address stays
+    assert out[0]["address_kept"] and out[0]["address"] == pod["address"], out
     rd = b.pod("rd")
-    assert rd["host"] == "b" and rd["state"] == "running" and rd["address"] == out[0]["address"]
-    wait_for(lambda: _answers(rd["address"]), what="the adopted redis to answer")
-    assert memory_state(rd["address"]) == {**first, **second}
+    assert rd["host"] == "b" and rd["state"] == "running" and rd["address"] == pod["address"]
+    wait_for(lambda: _answers(b, rd["address"]), what="the adopted redis to answer")
+    assert memory_state(b, rd["address"]) == {**first, **second}
     assert aof_state(Path(rd["volume"])) == {**first, **second}
     b("checkpoint", "rd")  # it goes on as B's
     assert b.json("show", "rd@3")["host"] == "b"
     b("restore", "rd@1")  # taken on the lost host: from the store (and b's copy of its volume)
-    wait_for(lambda: _answers(rd["address"]) if b.pod("rd")["address"] == rd["address"] else False, what="rd@1")
-    assert memory_state(rd["address"]) == first == aof_state(Path(rd["volume"]))
+    wait_for(lambda: _answers(b, rd["address"]) if b.pod("rd")["address"] == rd["address"] else False, what="rd@1")
+    assert memory_state(b, rd["address"]) == first == aof_state(Path(rd["volume"]))
 
     # A's state directory comes back: it never runs rd again, and says so
     cp = a("ps", check=False)
@@ -332,7 +339,7 @@ def _runs_on(h, name: str, vol: Path) -> None:
 def _stopped_at(h, point: str, tmp: Path, *args: str) -> subprocess.Popen:
     """zap ARGS, started and held at fault point `point` (ZAP_FAULT=wait@point) until released."""
     env = dict(h.env, ZAP_FAULT=f"wait@{point}", ZAP_FAULT_DIR=str(tmp))
-    p = subprocess.Popen([*ZAP_CMD, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([*h.cmd, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: (tmp / f"{point}.reached").exists() or p.poll() is not None, what=f"zap {args[0]} at {point}")
     assert p.poll() is None, p.communicate()
     return p
@@ -434,16 +441,18 @@ def test_the_catalog_lost_during_a_checkpoint(cut_fleet, tmp_path):
     assert [c["ref"] for c in a.json("list")["checkpoints"]] == ["c@1", "c@2"]
 
 
-def test_a_host_cut_off_while_its_pod_was_adopted_stops_its_copy(fleet):
+def test_a_host_cut_off_while_its_pod_was_adopted_stops_its_copy(fleet_apart):
     """Not a lost disk but a partition: host a's pod went on running while b adopted it. The
     first zap command a runs afterwards takes a's copy down (its supervisor does too), so the
-    pod never runs twice for longer than a was cut off; a keeps its snapshots as copies."""
-    a, b = fleet.a, fleet.b
+    pod never runs twice for longer than a was cut off; a keeps its snapshots as copies. The
+    hosts have subnets of their own here: the adopted pod gets one of b's addresses."""
+    a, b = fleet_apart.a, fleet_apart.b
     vol_a = _counter(a, "c")
     a("checkpoint", "c")
     old_pid = a.pod("c")["pid"]
     out = b.json("host", "adopt", "a", "c")["adopted"]
-    assert out[0]["adopted"], out
+    assert out[0]["adopted"] and not out[0]["address_kept"] and "new address" in out[0]["notes"][0], out
+    assert ipaddress.ip_address(out[0]["address"]) in ipaddress.ip_network(b.subnet)
     vol_b = Path(b.pod("c")["volume"])
     wait_for(lambda: _n(vol_b) > 0, what="the adopted copy to count")
     assert proc_state(old_pid) not in (None, "Z")  # a's copy runs on: a knows nothing yet
