@@ -7,7 +7,7 @@ socket and loopback only, as the tests do: tests/services.py) and stopped at the
                                   already in the store, against the same with 10^4 (target ratio
                                   <= 1.2: the cost must not grow with the store). The extra chunks
                                   are index rows of a pack of their own; the checkpoints are real.
-  store_scale_checkpoint_16m_pg   the same on the PostgreSQL catalog (no target: reported)
+  store_scale_checkpoint_16m_pg   the same on the PostgreSQL catalog (the same target)
   fleet_upload_256m               a 256 MiB pod's first checkpoint into SeaweedFS: its pack and
                                   volume stream in MB/s of upload (timings_ms.upload), against
                                   boto3 uploading the same number of bytes as one object (target
@@ -66,6 +66,9 @@ def fill_chunks(home: Path, n: int, env: dict | None = None) -> None:
             chunks = [NewChunk(os.urandom(32), i * 4096, 4096, 0, 4096) for i in range(start, min(n, start + batch))]
             idx.add_pack(f"filler-{start}.pack", 4096 * len(chunks), chunks)
             s.commit()
+    # what autovacuum does after a store grew this much (bulk-loaded in seconds here, where a
+    # real one grows over months): without it a timing may catch the analysis mid-way
+    ctx.catalog.analyze("chunks")
     ctx.close()
 
 
@@ -120,7 +123,7 @@ def main() -> int:
                               "the same checkpoint with 10^4 chunks in the store", 1.2))  # fmt: skip
         small_pg, big_pg = scale(args.runs, args.chunks, lambda: pg.url(pg.new_database()), env)
         figures.append(figure(f"store_scale_checkpoint_16m_{e}_pg", "ms", big_pg, small_pg,
-                              "the same on PostgreSQL with 10^4 chunks in the store"))  # fmt: skip
+                              "the same on PostgreSQL with 10^4 chunks in the store", 1.2))  # fmt: skip
 
         # two hosts of one fleet
         url = pg.url(pg.new_database())

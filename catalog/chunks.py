@@ -17,9 +17,8 @@ import zstandard
 
 from zapckpt.common.errors import ZapError
 
-from .sql import Cursor, batches, marks
+from .sql import Cursor, batches
 
-LOOKUP_BATCH = 500  # hashes per query: few round trips, statements the planner handles well
 
 
 class StoreError(ZapError):
@@ -72,8 +71,9 @@ class ChunkIndex:
         """The ids of those of hashes that are stored already."""
         wanted = list(dict.fromkeys(hashes))
         found: dict[bytes, int] = {}
-        for part in batches(wanted, LOOKUP_BATCH):
-            for h, cid in self.cur.execute(f"SELECT hash, id FROM chunks WHERE hash IN ({marks(len(part))})", part):
+        for part in batches(wanted, self.cur.batch):
+            where, args = self.cur.among("hash", part)
+            for h, cid in self.cur.execute(f"SELECT hash, id FROM chunks WHERE {where}", args):
                 found[bytes(h)] = cid
         return found
 
@@ -148,10 +148,11 @@ class ChunkIndex:
     def locations(self, ids: Iterable[int]) -> dict[int, ChunkLocation]:
         out: dict[int, ChunkLocation] = {}
         wanted = sorted(set(ids))
-        for part in batches(wanted, LOOKUP_BATCH):
+        for part in batches(wanted, self.cur.batch):
+            where, args = self.cur.among("c.id", part)
             for r in self.cur.execute(
                 f'SELECT c.id, c.pack_id, p.name, c."offset", c.length, c.start, c.raw_length FROM chunks c '
-                f"JOIN packs p ON p.id = c.pack_id WHERE c.id IN ({marks(len(part))})", part
+                f"JOIN packs p ON p.id = c.pack_id WHERE {where}", args
             ):  # fmt: skip
                 out[r[0]] = ChunkLocation(*r[1:])
         return out
@@ -159,8 +160,9 @@ class ChunkIndex:
     def hashes(self, ids: Iterable[int]) -> dict[int, bytes]:
         out = {}
         wanted = sorted(set(ids))
-        for part in batches(wanted, LOOKUP_BATCH):
-            for cid, h in self.cur.execute(f"SELECT id, hash FROM chunks WHERE id IN ({marks(len(part))})", part):
+        for part in batches(wanted, self.cur.batch):
+            where, args = self.cur.among("id", part)
+            for cid, h in self.cur.execute(f"SELECT id, hash FROM chunks WHERE {where}", args):
                 out[cid] = bytes(h)
         return out
 
@@ -172,8 +174,9 @@ class ChunkIndex:
         if names is None:
             return dict(self.cur.execute("SELECT name, digest FROM packs").fetchall())
         out: dict[str, str | None] = {}
-        for part in batches(sorted(set(names)), LOOKUP_BATCH):
-            out.update(self.cur.execute(f"SELECT name, digest FROM packs WHERE name IN ({marks(len(part))})", part))
+        for part in batches(sorted(set(names)), self.cur.batch):
+            where, args = self.cur.among("name", part)
+            out.update(self.cur.execute(f"SELECT name, digest FROM packs WHERE {where}", args))
         return out
 
     def pack_sizes(self) -> dict[str, int]:
@@ -189,10 +192,10 @@ class ChunkIndex:
     def packs_of(self, ids: Iterable[int]) -> set[str]:
         """The names of the packs that hold these chunks."""
         out: set[str] = set()
-        for part in batches(sorted(set(ids)), LOOKUP_BATCH):
+        for part in batches(sorted(set(ids)), self.cur.batch):
+            where, args = self.cur.among("c.id", part)
             out.update(n for (n,) in self.cur.execute(
-                f"SELECT DISTINCT p.name FROM chunks c JOIN packs p ON p.id = c.pack_id WHERE c.id IN ({marks(len(part))})",
-                part))  # fmt: skip
+                f"SELECT DISTINCT p.name FROM chunks c JOIN packs p ON p.id = c.pack_id WHERE {where}", args))  # fmt: skip
         return out
 
     # --- releasing and collecting -------------------------------------------------------------

@@ -67,6 +67,18 @@ class Catalog:
     def dialect(self) -> str:
         return "sqlite" if self.url.embedded else "postgresql"
 
+    def analyze(self, *tables: str) -> None:
+        """Refresh the planner's statistics of `tables` (after a bulk load, as autovacuum would)."""
+        if self.dialect == "postgresql":  # VACUUM outside any transaction: a connection of its own
+            with connect_postgresql(self.url) as c:
+                c.autocommit = True
+                for t in tables:
+                    c.execute(f"VACUUM ANALYZE {t}")
+            return
+        with self.engine.connect() as c:
+            for t in tables:
+                c.execute(text(f"ANALYZE {t}"))
+
     def exists(self) -> bool:
         """Whether there is a catalog to read (a SQLite file; a PostgreSQL database always is)."""
         return self.path.exists() if self.path is not None else True

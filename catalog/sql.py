@@ -28,6 +28,19 @@ class Cursor:
             out = self._cache[text] = text.replace("%", "%%").replace("?", "%s")
         return out
 
+    def among(self, column: str, values: Sequence[Any]) -> tuple[str, list]:
+        """(`column IN (?, ...)`, its arguments) for SQLite; `column = ANY(?)` with one array
+        for PostgreSQL, where psycopg would otherwise parse every long statement anew."""
+        if self.pg:
+            return f"{column} = ANY(?)", [list(values)]
+        return f"{column} IN ({marks(len(values))})", list(values)
+
+    @property
+    def batch(self) -> int:
+        """How many values one `among` holds: few round trips, under SQLite's limit on a
+        statement's arguments; on PostgreSQL larger arrays (5,000) were slower at 10^6 chunks."""
+        return 500
+
     def execute(self, text: str, args: Sequence[Any] = ()) -> "Cursor":
         self.cur.execute(self.sql(text), tuple(args))
         return self

@@ -35,7 +35,9 @@ def _check_snapshot(ctx: Context, s: Session, ck: Checkpoint) -> Path:
     """The checkpoint's snapshot on this host (received from the fleet's store if it was taken
     elsewhere); refuse before touching anything if the files cannot be brought back (the images
     are checked by reassembling them, which restore and branch do before changing anything)."""
-    snap = volumes.ensure_local(ctx, s, ck)
+    # the packs come from the store (where they are not cached here) while the volume is received
+    with ctx.store.prefetching(image_sets.pack_digests(ctx, s, ck) if ck.has_images else {}):
+        snap = volumes.ensure_local(ctx, s, ck)
     try:
         ctx.pool.backend.ensure_browsable(snap)
     except ZapError:
@@ -116,6 +118,8 @@ def restore(ctx: Context, ref: str, saved_message: str | None = None) -> tuple[C
     """Roll the pod of `ref` back to it, files and processes; returns (ref, the saved state, or
     None where there was nothing to keep: a stopped pod whose files are ref's)."""
     pool = ctx.ensure_pool()  # mounted (after a reboot or deinit) before anything looks at snapshots
+    if ctx.store.remote is not None:  # the state it replaces goes up to the store: boto3 set up meanwhile
+        ctx.store.remote.warm(background=True)
     if not pool.backend.capabilities.in_place_rollback:
         raise UsageError(f"the {pool.backend.name} backend cannot roll a volume back in place; branch instead")
     with ctx.ref_lock(ref):
@@ -234,6 +238,8 @@ def branch(ctx: Context, ref: str, new_name: str, start: bool = True, ports: lis
     its own with its own address (`ports` published there). The original is untouched."""
     check_name(new_name)
     pool = ctx.ensure_pool()
+    if ctx.store.remote is not None:  # boto3's set-up while the catalog is read (if the store is needed)
+        ctx.store.remote.warm(background=True)
     if not pool.backend.capabilities.writable_clones:
         raise UsageError(f"the {pool.backend.name} backend cannot make writable copies of snapshots: no branches")
     with ctx.catalog.session() as s:

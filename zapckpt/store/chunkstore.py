@@ -22,6 +22,11 @@ class ChunkStore(StoreLayout):
     def materialize(self, s: Session, checkpoint_id: str, target: Path) -> int:
         return materialize(self, s, checkpoint_id, target)
 
+    def pack_digests(self, s: Session, checkpoint_id: str) -> dict[str, str | None]:
+        """The packs holding a checkpoint's chunks, with the sha256 of each."""
+        index = ChunkIndex(s)
+        return index.pack_digests(index.packs_of(index.chunk_ids(checkpoint_id)))
+
     def reader(self, s: Session, checkpoint_id: str, name: str) -> ImageReader:
         """Random access to one stored image file, without reassembling the whole set."""
         return ImageReader(self, s, checkpoint_id, name)

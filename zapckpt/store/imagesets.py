@@ -26,6 +26,16 @@ def store(ctx) -> ChunkStore:
     return ctx.store
 
 
+def pack_digests(ctx, s: Session, ck: Checkpoint) -> dict[str, str | None]:
+    """The packs ck's images need (none where the store is this host's alone: nothing to fetch)."""
+    if not in_store(ck) or store(ctx).remote is None:
+        return {}
+    try:
+        return store(ctx).pack_digests(s, ck.id)
+    except StoreError:
+        return {}  # damage is reported by materialize
+
+
 def materialize(ctx, s: Session, ck: Checkpoint, target: Path) -> None:
     try:
         if in_store(ck):

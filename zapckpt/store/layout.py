@@ -11,7 +11,6 @@ Two kinds of store:
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import time
 from contextlib import contextmanager
@@ -20,18 +19,11 @@ from typing import Iterable, Iterator
 
 from catalog import locks as fleet_locks
 from zapckpt.store import StoreError
-from zapckpt.store.objects import ObjectStore, pack_key
+from zapckpt.store.objects import DigestMismatch, ObjectStore, pack_key
 from zapckpt.system.locks import default_wait, locked
 
 DEFAULT_CACHE_MAX = 4 << 30
 
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 class StoreLayout:
@@ -86,6 +78,15 @@ class StoreLayout:
         if self.remote is None:
             yield
             return
+        fd = self._fetch(packs)
+        try:
+            yield
+        finally:
+            os.close(fd)
+        self.evict(keep=set(packs))
+
+    def _fetch(self, packs: dict[str, str | None]) -> int:
+        """Fetch what is missing; returns the cache lock's fd, held shared (no eviction meanwhile)."""
         self.packs.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / "cache.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -94,16 +95,39 @@ class StoreLayout:
             for name, digest in sorted(packs.items()):
                 path = self.pack_path(name)
                 if not path.exists():
-                    self.remote.get_file(pack_key(name), path)
-                    if digest is not None and file_digest(path) != digest:
-                        path.unlink(missing_ok=True)
+                    try:
+                        self.remote.get_file(pack_key(name), path, digest)
+                    except DigestMismatch:
                         raise StoreError(f"pack {name} in {self.remote.url.text} is not what was stored (its sha256 "
-                                         f"differs: changed behind zap's back)")  # fmt: skip
+                                         f"differs: changed behind zap's back)") from None  # fmt: skip
                 os.utime(path, (now, now))  # used: the last to be evicted
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @contextmanager
+    def prefetching(self, packs: dict[str, str | None]) -> Iterator[None]:
+        """Fetch the packs a remote store has in the background while the caller does other work
+        (a restore receives the volume meanwhile). Joined at the end; a failure is not raised
+        here: fetched() tries again and says what went wrong."""
+        if self.remote is None or not packs:
+            yield
+            return
+        import threading
+
+        def run():
+            try:
+                os.close(self._fetch(packs))
+            except BaseException:  # noqa: BLE001 - reported by fetched()
+                pass
+
+        t = threading.Thread(target=run, name="zap-prefetch", daemon=True)
+        t.start()
+        try:
             yield
         finally:
-            os.close(fd)
-        self.evict(keep=set(packs))
+            t.join()
 
     def evict(self, keep: set[str] = frozenset()) -> list[str]:
         """Least recently used copies go until the cache holds at most cache_max (never those in

@@ -13,6 +13,7 @@ failure is a StoreError of one line that says what it means and what to do.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -24,6 +25,10 @@ from zapckpt.common.errors import UsageError
 from zapckpt.store import StoreError
 
 MARKER = "zapckpt-store.json"
+
+
+class DigestMismatch(StoreError):
+    """An object is not what was stored."""
 PACKS, VOLUMES = "packs/", "volumes/"
 PART = 8 << 20  # multipart part size and threshold: boto3's own, parts going up in parallel
 CONCURRENCY = 10
@@ -113,19 +118,39 @@ def explain(e: BaseException, url: StoreURL, what: str) -> StoreError:
 
 class ObjectStore:
     def __init__(self, url: StoreURL):
+        import threading
+
         self.url = url
         self._c = None
+        self._making = threading.Lock()
+        self._warming = None
 
     @property
     def client(self):
         if self._c is None:
-            self._c = _client(self.url)
+            with self._making:
+                if self._c is None:
+                    self._c = _client(self.url)
         return self._c
 
-    def warm(self) -> None:
+    def warm(self, background: bool = False) -> None:
         """Make the client now (boto3's import and set-up take ~0.2 s): before a freeze, so that
-        the work after the thaw is the upload alone."""
-        self.client
+        the work after the thaw is the upload alone; or, in the background, while a restore
+        reads the catalog. A failure here is met again by the first real call."""
+        if not background:
+            self.client
+            return
+        if self._c is None and self._warming is None:
+            import threading
+
+            def run():
+                try:
+                    self.client
+                except Exception:  # noqa: BLE001 - said by the call that needs the client
+                    pass
+
+            self._warming = threading.Thread(target=run, name="zap-s3-client", daemon=True)
+            self._warming.start()
 
     def key(self, name: str) -> str:
         return self.url.prefix + name
@@ -170,16 +195,27 @@ class ObjectStore:
     def put_bytes(self, name: str, data: bytes) -> None:
         self._call(f"the upload of {name}", self.client.put_object, Bucket=self.url.bucket, Key=self.key(name), Body=data)
 
-    def get_file(self, name: str, path: Path) -> None:
-        """Download to path (0600), through a temporary name: a copy half-written is never seen."""
+    def get_file(self, name: str, path: Path, digest: str | None = None) -> None:
+        """Download to path (0600), through a temporary name: a copy half-written is never seen.
+        With digest, the copy must have that sha256, hashed as it arrives (one streamed GET
+        and no second read: twice as fast here as parallel ranged GETs and a hash afterwards)."""
         tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            h = hashlib.sha256()
             with open(fd, "wb") as f:
-                self._call(f"{name}", self.client.download_fileobj, self.url.bucket, self.key(name), f,
-                           Config=self._transfer())  # fmt: skip
+                body = self.open(name)
+                try:
+                    while block := self._call(f"{name}", body.read, 1 << 20):
+                        h.update(block)
+                        f.write(block)
+                finally:
+                    body.close()
                 f.flush()
                 os.fsync(f.fileno())
+            if digest is not None and h.hexdigest() != digest:
+                raise DigestMismatch(f"{name} in {self.url.text} is not what was stored (its sha256 differs: changed "
+                                     f"behind zap's back)")  # fmt: skip
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
