@@ -118,10 +118,10 @@ def restore(ctx: Context, ref: str, saved_message: str | None = None) -> tuple[C
     """Roll the pod of `ref` back to it, files and processes; returns (ref, the saved state, or
     None where there was nothing to keep: a stopped pod whose files are ref's)."""
     pool = ctx.ensure_pool()  # mounted (after a reboot or deinit) before anything looks at snapshots
-    if ctx.store.remote is not None:  # the state it replaces goes up to the store: boto3 set up meanwhile
-        ctx.store.remote.warm(background=True)
     if not pool.backend.capabilities.in_place_rollback:
         raise UsageError(f"the {pool.backend.name} backend cannot roll a volume back in place; branch instead")
+    if ctx.store.remote is not None:  # the state it replaces goes up to the store: boto3 set up meanwhile
+        ctx.store.remote.warm(background=True)
     with ctx.ref_lock(ref):
         with ctx.catalog.session() as s:
             ck = queries.resolve_ref(s, ref)
@@ -238,10 +238,10 @@ def branch(ctx: Context, ref: str, new_name: str, start: bool = True, ports: lis
     its own with its own address (`ports` published there). The original is untouched."""
     check_name(new_name)
     pool = ctx.ensure_pool()
-    if ctx.store.remote is not None:  # boto3's set-up while the catalog is read (if the store is needed)
-        ctx.store.remote.warm(background=True)
     if not pool.backend.capabilities.writable_clones:
         raise UsageError(f"the {pool.backend.name} backend cannot make writable copies of snapshots: no branches")
+    if ctx.store.remote is not None:  # boto3's set-up while the catalog is read (if the store is needed)
+        ctx.store.remote.warm(background=True)
     with ctx.catalog.session() as s:
         src_name = queries.resolve_ref(s, ref).pod.name
         if queries.find_pod(s, new_name):
