@@ -8,7 +8,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections import OrderedDict
+import stat
+import time
+from collections import OrderedDict, deque
 from itertools import count
 
 import pyfuse3
@@ -22,6 +24,8 @@ log = logging.getLogger("zapckpt.view")
 LONG = 24 * 3600.0  # past states never change
 SHORT = 1.0  # listings from the catalog: new checkpoints show up within a second
 LISTED_ENTRIES = 500_000  # directory entries of past states kept in memory (about 200 bytes each)
+AHEAD_ENTRIES = 5_000  # entries listed ahead of the kernel's asking, per opendir
+AHEAD_S = 0.05  # and at most this long
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
@@ -84,7 +88,8 @@ class HistoryOps(pyfuse3.Operations):
         e = pyfuse3.EntryAttributes()
         e.st_ino = a.ino
         e.generation = 0
-        e.entry_timeout = e.attr_timeout = LONG if node.immutable else SHORT
+        e.entry_timeout = LONG if node.immutable else SHORT
+        e.attr_timeout = LONG if node.immutable or node.stable_attr else SHORT
         e.st_mode = a.mode
         e.st_nlink = a.nlink
         e.st_uid, e.st_gid, e.st_rdev = a.uid, a.gid, a.rdev
@@ -137,16 +142,38 @@ class HistoryOps(pyfuse3.Operations):
         # Runs on a worker thread, so the trio loop only hands the entries to the kernel.
         return [(os.fsencode(n), c, self._entry(c, a)) for n, c, a in self.tree.listing(node)]
 
+    def _listing_ahead(self, node: Node) -> tuple[list, dict[int, list]]:
+        """node's listing, and those of the directories under it (breadth first, within a
+        budget) that the kernel is likely to open next: a worker thread's round trip costs
+        more here (~190 us) than listing a small directory, so one trip brings many (`find`)."""
+        entries = self._listing(node)
+        ahead: dict[int, list] = {}
+        budget, deadline = AHEAD_ENTRIES, time.monotonic() + AHEAD_S
+        queue = deque(c for _n, c, e in entries if c.cache_listing and stat.S_ISDIR(e.st_mode))
+        while queue and budget > 0 and time.monotonic() < deadline:
+            child = queue.popleft()
+            try:
+                sub = self._listing(child)
+            except (ViewError, OSError):
+                continue  # asked for by name later, it fails there with its own error
+            ahead[child.ino] = sub
+            budget -= len(sub)
+            queue.extend(c for _n, c, e in sub if c.cache_listing and stat.S_ISDIR(e.st_mode))
+        return entries, ahead
+
     async def opendir(self, inode, ctx):
         node = self._node(inode)
         # Listings of past states never change: kept (bounded) so a second `find` or `ls` does
         # not walk the snapshot again. Catalog listings are read fresh every time.
         cacheable = node.cache_listing
         entries = self.listings.get(inode) if cacheable else None
-        if entries is None:
+        if entries is None and cacheable:
+            entries, ahead = await self._run(self._listing_ahead, node)
+            self.listings.put(inode, entries)
+            for ino, sub in ahead.items():
+                self.listings.put(ino, sub)
+        elif entries is None:
             entries = await self._run(self._listing, node)
-            if cacheable:
-                self.listings.put(inode, entries)
         fh = next(self._fh)
         self.handles[fh] = _Dir(entries)
         return fh
@@ -187,13 +214,25 @@ class HistoryOps(pyfuse3.Operations):
             await self._run(h.close)
 
     # --- extended attributes ---------------------------------------------------------------------
+    # `ls -l` asks for two of them per entry: answered here where no I/O is needed, since a
+    # worker thread's round trip (~190 us on this machine) was most of what `ls -l` cost.
     async def listxattr(self, inode, ctx):
         node = self._node(inode)
-        return [os.fsencode(n) for n in await self._run(self.tree.xattrs, node)]
+        names = self._inline(self.tree.xattrs, node) if node.inline_xattrs else await self._run(self.tree.xattrs, node)
+        return [os.fsencode(n) for n in names]
 
     async def getxattr(self, inode, name, ctx):
         node = self._node(inode)
+        if node.inline_xattrs:
+            return self._inline(self.tree.getxattr, node, os.fsdecode(name))
         return await self._run(self.tree.getxattr, node, os.fsdecode(name))
+
+    @staticmethod
+    def _inline(fn, *args):
+        try:
+            return fn(*args)
+        except ViewError as e:
+            raise pyfuse3.FUSEError(e.errno) from None
 
     # --- the one write: mkdir in branches/ --------------------------------------------------------
     async def mkdir(self, parent_inode, name, mode, ctx):

@@ -70,6 +70,8 @@ class Node:
     immutable = False  # the kernel may keep its entry and attributes for long
     cache_listing = False  # its listing never changes (the adapter keeps it)
     cache_content = False  # its content never changes (the kernel keeps the pages)
+    stable_attr = False  # its attributes never change while it exists (its entry may go)
+    inline_xattrs = True  # its extended attributes are known without I/O (none, here)
 
     def __init__(self, key: str):
         self.ino = _ino(key)
@@ -320,8 +322,9 @@ class Tags(LinkDir):
 
 # --- checkpoints/<N>/ -------------------------------------------------------------------------
 class CheckpointDir(OfCheckpoint, Dir):
-    # Its contents never change, but the entry goes when the checkpoint is removed.
+    # Its contents and attributes never change, but the entry goes when the checkpoint is removed.
     __slots__ = ("pod", "ck")
+    stable_attr = True
 
     def __init__(self, pod: str, ck: str):
         super().__init__(f"ck:{ck}")
@@ -360,6 +363,7 @@ class SnapshotEntry(Node):
 
     __slots__ = ("ck", "path")
     immutable = cache_listing = cache_content = True
+    inline_xattrs = False  # the snapshot's file has its own: read on a worker thread
 
     def __init__(self, ck: str, path: str, ino: int):
         self.ck, self.path, self.ino = ck, path, ino
