@@ -286,7 +286,8 @@ def dump(init_pid: int, images: Path, hook: Path, log: Path, *, leave_stopped: b
 
 def restore(images: Path, pidfile: Path, prepare: list[str], proc_mount: str, netns: str | None, log: Path,
             limit: float | None = None, inherit: dict[int, int] | None = None,
-            join_cgroups: list[str] | None = None, leave_stopped: bool = False) -> int:  # fmt: skip
+            join_cgroups: list[str] | None = None, leave_stopped: bool = False,
+            extra: tuple[str, ...] = ()) -> int:  # fmt: skip
     """Restore the tree detached, in a fresh mount namespace made like the pod's own, inside
     the network namespace `netns` (None: the host's); returns the host pid of the restored init.
     prepare: the command that makes the pod's mounts there and then execs what follows it (the
@@ -299,7 +300,7 @@ def restore(images: Path, pidfile: Path, prepare: list[str], proc_mount: str, ne
     leave_stopped: the tasks are left stopped (SIGSTOP) for the caller to finish and resume."""
     criu = [criu_binary(), "restore", "-d", "-D", through_host_root(images), "-o", "restore.log",
             "--file-locks", "--pidfile", through_host_root(pidfile), "--manage-cgroups=ignore", *NET_OPTS,
-            *(["--leave-stopped"] if leave_stopped else [])]  # fmt: skip
+            *(["--leave-stopped"] if leave_stopped else []), *extra]  # fmt: skip
     for fd, inode in (inherit or {}).items():
         criu += ["--inherit-fd", f"fd[{fd}]:pipe:[{inode}]"]
     hook = images.parent / "restore-hook.sh"

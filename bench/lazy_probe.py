@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""A probe for issue 25, not a bench part: raw CRIU lazy restore (`criu lazy-pages` serving an
+uncompressed image set from tmpfs, `criu restore --lazy-pages`) against the eager restore of the
+same image set, of a real pod (tests/workloads/memhog.py) restored the way zap restores it. Each
+restored process hashes its memory again and the hash must equal the one it wrote before the
+checkpoint. Prints one line per run and the medians.
+
+    .venv/bin/python bench/lazy_probe.py [--mib 256] [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, pod_info, pod_program, wait_for, zap, zap_env  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+MEMHOG = ROOT / "tests" / "workloads" / "memhog.py"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mib", type=int, default=256)
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="zapbench-lazy-"))
+    stage = Path(tempfile.mkdtemp(prefix="zapbench-lazy-", dir="/dev/shm"))
+    os.environ.update(zap_env(home))
+    from zapckpt.context import Context
+    from zapckpt.criu import runner as criu
+    from zapckpt.pod.mounts import pod_root, restore_argv
+    from zapckpt.store import imagesets
+    from catalog import queries
+    from zapckpt.system import procinfo
+
+    results: dict[str, list] = {"eager": [], "lazy": []}
+    try:
+        zap(home, "init", "--size", "2G")
+        zap(home, "run", "m", "--env", f"MEMHOG_MIB={args.mib}", "--", "python3", str(pod_program(MEMHOG)))
+        info = pod_info(home, "m")
+        vol, mount_path = Path(info["volume"]), Path(info["path"])
+        wait_for(lambda: (vol / "memsum.start").exists(), what="memhog to hash its memory", timeout=120)
+        want = (vol / "memsum.start").read_text()
+        ref = json.loads(zap(home, "checkpoint", "m", "--json").stdout)["ref"]
+        zap(home, "stop", "m")
+        ctx = Context()
+        images = stage / "images"
+        with ctx.catalog.session() as s:
+            imagesets.materialize(ctx, s, queries.resolve_ref(s, ref), images)
+        ctx.close()
+        mounts = {"volume": str(vol), "mount_path": str(mount_path), "system": False, "volumes": [],
+                  "state_root": str(mount_path.parent.parent), "private_tmp": True}  # fmt: skip
+        for r in range(args.runs):
+            for mode in (("eager", "lazy") if r % 2 == 0 else ("lazy", "eager")):
+                (vol / "memsum").unlink(missing_ok=True)
+                daemon = None
+                log = stage / f"{mode}-{r}.log"
+                if mode == "lazy":
+                    for f in images.glob("lazy-pages*"):
+                        f.unlink()
+                    daemon = subprocess.Popen([criu.criu_binary(), "lazy-pages", "-D", criu.through_host_root(images),
+                                               "-o", "lazy-pages.log"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    wait_for(lambda: (images / "lazy-pages.socket").exists(), what="the lazy-pages daemon")
+                pidfile = stage / "pid"
+                pidfile.unlink(missing_ok=True)
+                t = time.perf_counter()
+                pid = criu.restore(images, pidfile, restore_argv(mounts), os.path.join(pod_root(str(mount_path)), "proc"),
+                                   None, log, extra=("--lazy-pages",) if mode == "lazy" else ())  # fmt: skip
+                returned = time.perf_counter() - t
+                (vol / "memsum.req").touch()
+                wait_for(lambda: (vol / "memsum").exists(), what="the restored memhog's hash", timeout=120)
+                hashed = time.perf_counter() - t
+                got = (vol / "memsum").read_text()
+                done = hashed
+                if daemon is not None:
+                    daemon.wait(timeout=120)
+                    done = time.perf_counter() - t
+                procinfo.kill_pod_tree(pid)
+                ok = got == want
+                results[mode].append((returned, hashed, done, ok))
+                print(f"{mode:5} run {r + 1}: restore returned {returned * 1000:.0f} ms, memory hashed at "
+                      f"{hashed * 1000:.0f} ms, all pages in at {done * 1000:.0f} ms, memory {'exact' if ok else 'WRONG'}",
+                      flush=True)  # fmt: skip
+        for mode, rows in results.items():
+            med = [statistics.median(x[i] for x in rows) * 1000 for i in range(3)]
+            print(f"{mode}: medians returned {med[0]:.0f} ms, hashed {med[1]:.0f} ms, complete {med[2]:.0f} ms; "
+                  f"exact {sum(x[3] for x in rows)}/{len(rows)}")
+    finally:
+        subprocess.run([sys.executable, "-m", "zapckpt", "deinit", "--purge", "--yes"], env=zap_env(home), capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
