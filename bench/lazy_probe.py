@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A probe for issue 25, not a bench part: raw CRIU lazy restore (`criu lazy-pages` serving an
-uncompressed image set from tmpfs, `criu restore --lazy-pages`) against the eager restore of the
-same image set, of a real pod (tests/workloads/memhog.py) restored the way zap restores it. Each
+uncompressed image set from tmpfs, `criu restore --lazy-pages`), and the same daemon reading the
+pages through the history view's `images/` (served from the chunk store, never reassembled),
+against the eager restore of the same image set, of a real pod (tests/workloads/memhog.py) restored the way zap restores it. Each
 restored process hashes its memory again and the hash must equal the one it wrote before the
 checkpoint. Prints one line per run and the medians.
 
@@ -43,7 +44,8 @@ def main() -> int:
     from catalog import queries
     from zapckpt.system import procinfo
 
-    results: dict[str, list] = {"eager": [], "lazy": []}
+    results: dict[str, list] = {"eager": [], "lazy": [], "lazy-view": []}
+    view = Path(tempfile.mkdtemp(prefix="zapbench-lazy-view-"))
     try:
         zap(home, "init", "--size", "2G")
         zap(home, "run", "m", "--env", f"MEMHOG_MIB={args.mib}", "--", "python3", str(pod_program(MEMHOG)))
@@ -58,24 +60,30 @@ def main() -> int:
         with ctx.catalog.session() as s:
             imagesets.materialize(ctx, s, queries.resolve_ref(s, ref), images)
         ctx.close()
+        zap(home, "mount", str(view))
+        view_images = view / "pods" / "m" / "checkpoints" / ref.split("@")[1] / "images"
+        assert (view_images / "inventory.img").exists(), sorted(os.listdir(view_images))
         mounts = {"volume": str(vol), "mount_path": str(mount_path), "system": False, "volumes": [],
                   "state_root": str(mount_path.parent.parent), "private_tmp": True}  # fmt: skip
         for r in range(args.runs):
-            for mode in (("eager", "lazy") if r % 2 == 0 else ("lazy", "eager")):
+            for mode in (("eager", "lazy", "lazy-view") if r % 2 == 0 else ("lazy-view", "lazy", "eager")):
                 (vol / "memsum").unlink(missing_ok=True)
                 daemon = None
                 log = stage / f"{mode}-{r}.log"
-                if mode == "lazy":
+                if mode != "eager":
                     for f in images.glob("lazy-pages*"):
                         f.unlink()
-                    daemon = subprocess.Popen([criu.criu_binary(), "lazy-pages", "-D", criu.through_host_root(images),
-                                               "-o", "lazy-pages.log"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    # its socket in the restore's work directory; its pages from -D
+                    pages = view_images if mode == "lazy-view" else images
+                    daemon = subprocess.Popen([criu.criu_binary(), "lazy-pages", "-D", criu.through_host_root(pages),
+                                               "-W", criu.through_host_root(images), "-o", "lazy-pages.log"],
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
                     wait_for(lambda: (images / "lazy-pages.socket").exists(), what="the lazy-pages daemon")
                 pidfile = stage / "pid"
                 pidfile.unlink(missing_ok=True)
                 t = time.perf_counter()
                 pid = criu.restore(images, pidfile, restore_argv(mounts), os.path.join(pod_root(str(mount_path)), "proc"),
-                                   None, log, extra=("--lazy-pages",) if mode == "lazy" else ())  # fmt: skip
+                                   None, log, extra=("--lazy-pages",) if mode != "eager" else ())  # fmt: skip
                 returned = time.perf_counter() - t
                 (vol / "memsum.req").touch()
                 wait_for(lambda: (vol / "memsum").exists(), what="the restored memhog's hash", timeout=120)
@@ -88,17 +96,22 @@ def main() -> int:
                 procinfo.kill_pod_tree(pid)
                 ok = got == want
                 results[mode].append((returned, hashed, done, ok))
-                print(f"{mode:5} run {r + 1}: restore returned {returned * 1000:.0f} ms, memory hashed at "
+                print(f"{mode:9} run {r + 1}: restore returned {returned * 1000:.0f} ms, memory hashed at "
                       f"{hashed * 1000:.0f} ms, all pages in at {done * 1000:.0f} ms, memory {'exact' if ok else 'WRONG'}",
                       flush=True)  # fmt: skip
         for mode, rows in results.items():
+            if not rows:
+                continue
             med = [statistics.median(x[i] for x in rows) * 1000 for i in range(3)]
             print(f"{mode}: medians returned {med[0]:.0f} ms, hashed {med[1]:.0f} ms, complete {med[2]:.0f} ms; "
                   f"exact {sum(x[3] for x in rows)}/{len(rows)}")
     finally:
+        subprocess.run([sys.executable, "-m", "zapckpt", "umount", str(view)], env=zap_env(home), capture_output=True)
         subprocess.run([sys.executable, "-m", "zapckpt", "deinit", "--purge", "--yes"], env=zap_env(home), capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(stage, ignore_errors=True)
+        if not os.path.ismount(view):
+            shutil.rmtree(view, ignore_errors=True)
     return 0
 
 
