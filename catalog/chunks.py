@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from array import array
 from collections import Counter
-from typing import Iterable, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 import zstandard
 
@@ -59,6 +59,22 @@ def decode_ids(blob: bytes) -> array:
     except zstandard.ZstdError as e:
         raise StoreError(f"chunk list damaged ({e})") from None
     return a
+
+
+RANGE_MIN = 64  # ids in a run worth a range query
+RANGE_GAP = 4  # a run is cut at a larger gap: at most 3 rows read and dropped per id wanted
+
+
+def _runs(ids: list[int]) -> Iterator[list[int]]:
+    """Sorted ids cut where the gap to the next exceeds RANGE_GAP."""
+    run: list[int] = []
+    for i in ids:
+        if run and i - run[-1] > RANGE_GAP:
+            yield run
+            run = []
+        run.append(i)
+    if run:
+        yield run
 
 
 class ChunkIndex:
@@ -148,12 +164,22 @@ class ChunkIndex:
     def locations(self, ids: Iterable[int]) -> dict[int, ChunkLocation]:
         out: dict[int, ChunkLocation] = {}
         wanted = sorted(set(ids))
-        for part in batches(wanted, self.cur.batch):
+        select = ('SELECT c.id, c.pack_id, p.name, c."offset", c.length, c.start, c.raw_length FROM chunks c '
+                  "JOIN packs p ON p.id = c.pack_id WHERE ")  # fmt: skip
+        # A checkpoint's chunks are mostly runs of consecutive ids (an ingest numbers its new
+        # chunks in order): a dense run is one range query, not a statement per 500 ids.
+        scattered: list[int] = []
+        for run in _runs(wanted):
+            if len(run) < RANGE_MIN:
+                scattered += run
+                continue
+            want = set(run)
+            for r in self.cur.execute(select + "c.id BETWEEN ? AND ?", (run[0], run[-1])):
+                if r[0] in want:
+                    out[r[0]] = ChunkLocation(*r[1:])
+        for part in batches(scattered, self.cur.batch):
             where, args = self.cur.among("c.id", part)
-            for r in self.cur.execute(
-                f'SELECT c.id, c.pack_id, p.name, c."offset", c.length, c.start, c.raw_length FROM chunks c '
-                f"JOIN packs p ON p.id = c.pack_id WHERE {where}", args
-            ):  # fmt: skip
+            for r in self.cur.execute(select + where, args):
                 out[r[0]] = ChunkLocation(*r[1:])
         return out
 

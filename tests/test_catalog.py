@@ -271,3 +271,27 @@ def test_keep_policy_and_tags(tmp_path):
         plan = plan_prune(s, cks, keep_last=1, keep_tags=("good",))
         assert kept(plan) == [1, 4] and plan[0].reasons == ["tagged good"]
         assert kept(plan_prune(s, cks, keep_last=1, keep_tagged=True)) == [1, 2, 4]
+
+
+def test_chunk_locations_of_dense_and_scattered_ids(catalog_where):
+    """Runs of consecutive ids are read as ranges, the rest in batches: either way exactly the
+    ids asked for come back, each with its own location, on both engines."""
+    import os
+
+    from catalog.chunks import ChunkIndex, NewChunk
+
+    cat = Catalog(catalog_where)
+    with cat.session() as s:
+        idx = ChunkIndex(s)
+        ids = idx.add_pack("p1.pack", 1 << 20, [NewChunk(os.urandom(32), i * 10, 10, 0, 4096) for i in range(3000)])
+        s.commit()
+        all_ids = sorted(ids.values())
+        dense = all_ids[100:1100]  # one run
+        gappy = all_ids[1200:2400:3]  # gaps of 2: still ranges, rows in between dropped
+        scattered = all_ids[2500::40] + [all_ids[0]]  # far apart: batches
+        wanted = set(dense) | set(gappy) | set(scattered)
+        got = idx.locations(wanted | {10**12})  # an id that does not exist is simply absent
+        assert set(got) == wanted
+        start = all_ids[0]
+        for cid, loc in got.items():
+            assert loc.pack == "p1.pack" and loc.offset == (cid - start) * 10, (cid, loc)
