@@ -161,36 +161,28 @@ class ChunkIndex:
             ids.update(chunk_ids)
         return ids
 
-    def locations(self, ids: Iterable[int]) -> dict[int, ChunkLocation]:
-        out: dict[int, ChunkLocation] = {}
-        wanted = sorted(set(ids))
-        select = ('SELECT c.id, c.pack_id, p.name, c."offset", c.length, c.start, c.raw_length FROM chunks c '
-                  "JOIN packs p ON p.id = c.pack_id WHERE ")  # fmt: skip
-        # A checkpoint's chunks are mostly runs of consecutive ids (an ingest numbers its new
-        # chunks in order): a dense run is one range query, not a statement per 500 ids.
+    def _by_id(self, select: str, ids: Iterable[int]) -> Iterator[tuple]:
+        """The rows of `select` (its first column c.id, of `chunks c`; ends in WHERE) for ids.
+        A checkpoint's chunks are mostly runs of consecutive ids (an ingest numbers its new
+        chunks in order): a dense run is one range query, not a statement per 500 ids."""
         scattered: list[int] = []
-        for run in _runs(wanted):
+        for run in _runs(sorted(set(ids))):
             if len(run) < RANGE_MIN:
                 scattered += run
                 continue
             want = set(run)
-            for r in self.cur.execute(select + "c.id BETWEEN ? AND ?", (run[0], run[-1])):
-                if r[0] in want:
-                    out[r[0]] = ChunkLocation(*r[1:])
+            yield from (r for r in self.cur.execute(select + " c.id BETWEEN ? AND ?", (run[0], run[-1])) if r[0] in want)
         for part in batches(scattered, self.cur.batch):
             where, args = self.cur.among("c.id", part)
-            for r in self.cur.execute(select + where, args):
-                out[r[0]] = ChunkLocation(*r[1:])
-        return out
+            yield from self.cur.execute(f"{select} {where}", args)
+
+    def locations(self, ids: Iterable[int]) -> dict[int, ChunkLocation]:
+        select = ('SELECT c.id, c.pack_id, p.name, c."offset", c.length, c.start, c.raw_length FROM chunks c '
+                  "JOIN packs p ON p.id = c.pack_id WHERE")  # fmt: skip
+        return {r[0]: ChunkLocation(*r[1:]) for r in self._by_id(select, ids)}
 
     def hashes(self, ids: Iterable[int]) -> dict[int, bytes]:
-        out = {}
-        wanted = sorted(set(ids))
-        for part in batches(wanted, self.cur.batch):
-            where, args = self.cur.among("id", part)
-            for cid, h in self.cur.execute(f"SELECT id, hash FROM chunks WHERE {where}", args):
-                out[cid] = bytes(h)
-        return out
+        return {cid: bytes(h) for cid, h in self._by_id("SELECT c.id, c.hash FROM chunks c WHERE", ids)}
 
     def pack_names(self) -> set[str]:
         return {n for (n,) in self.cur.execute("SELECT name FROM packs")}
@@ -217,7 +209,7 @@ class ChunkIndex:
 
     def packs_of(self, ids: Iterable[int]) -> set[str]:
         """The names of the packs that hold these chunks."""
-        out: set[str] = set()
+        out: set[str] = set()  # DISTINCT per batch: a few rows each, not one per chunk
         for part in batches(sorted(set(ids)), self.cur.batch):
             where, args = self.cur.among("c.id", part)
             out.update(n for (n,) in self.cur.execute(

@@ -13,14 +13,13 @@ import os
 import shutil
 import tempfile
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
 
 import pytest
 
-from helpers import ZAP_CMD, proc_state, wait_for
+from helpers import proc_state, wait_for
 
 REDIS = ["redis-server", "--port", "6379", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "",
          "--appendonly", "yes", "--appendfsync", "always", "--dir", "."]  # fmt: skip

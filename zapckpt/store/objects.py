@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -25,10 +26,6 @@ from zapckpt.common.errors import UsageError
 from zapckpt.store import StoreError
 
 MARKER = "zapckpt-store.json"
-
-
-class DigestMismatch(StoreError):
-    """An object is not what was stored."""
 PACKS, VOLUMES = "packs/", "volumes/"
 PART = 8 << 20  # multipart part size and threshold: boto3's own, parts going up in parallel
 CONCURRENCY = 10
@@ -44,6 +41,10 @@ class StoreURL:
     @property
     def text(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+
+class DigestMismatch(StoreError):
+    """An object is not what was stored (its sha256 is not the catalog's)."""
 
 
 def pack_key(name: str) -> str:
@@ -118,8 +119,6 @@ def explain(e: BaseException, url: StoreURL, what: str) -> StoreError:
 
 class ObjectStore:
     def __init__(self, url: StoreURL):
-        import threading
-
         self.url = url
         self._c = None
         self._making = threading.Lock()
@@ -141,7 +140,6 @@ class ObjectStore:
             self.client
             return
         if self._c is None and self._warming is None:
-            import threading
 
             def run():
                 try:
@@ -214,8 +212,8 @@ class ObjectStore:
                 f.flush()
                 os.fsync(f.fileno())
             if digest is not None and h.hexdigest() != digest:
-                raise DigestMismatch(f"{name} in {self.url.text} is not what was stored (its sha256 differs: changed "
-                                     f"behind zap's back)")  # fmt: skip
+                raise DigestMismatch(f"the object {name} in {self.url.text} is not what was stored (its sha256 "
+                                     f"differs: changed behind zap's back)")  # fmt: skip
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
