@@ -37,6 +37,67 @@ class ChunkLocation(NamedTuple):
     raw_length: int  # of the chunk
 
 
+class FrameRow(NamedTuple):
+    """A uniform frame: page-sized chunks only, chunk id base + i at i * PAGE in the
+    decompressed frame, for ids up to last."""
+
+    pack_id: int
+    pack: str
+    offset: int
+    length: int
+    base: int
+    last: int
+
+
+PAGE = 4096
+GROUP_SPAN = 63  # a uniform frame spans at most this many ids past its base (64 chunks a frame)
+CHUNK_IDS_LOCK = 0x7A6170636B696473  # PostgreSQL advisory lock: new chunk ids, one ingest at a time
+
+# A pack's frames from its chunk rows (an ingest computes them itself: _frames_of). Uniform: every
+# chunk a page at the place its id gives. SQLite gives ids one writer at a time, in pack order, so
+# an id inside a uniform frame's range (a dead chunk's, say) is never another frame's; PostgreSQL
+# ids of older catalogs may interleave between hosts, so there a frame is uniform only with no
+# hole in its ids (STRICT).
+def frames_of_pack_sql(pg: bool) -> str:
+    strict = (" AND COUNT(*) OVER w = MAX(c.id) OVER w - MIN(c.id) OVER w + 1 AND MIN(c.start) OVER w = 0"
+              if pg else "")  # fmt: skip
+    return (
+        'INSERT INTO frames (pack_id, "offset", length, base, last, uniform) '
+        'SELECT pack_id, "offset", MAX(length), CASE WHEN u THEN MIN(id - start / 4096) ELSE MIN(id) END, MAX(id), u '
+        'FROM (SELECT c.pack_id, c."offset", c.length, c.id, c.start, '
+        "(MIN(c.raw_length) OVER w = 4096 AND MAX(c.raw_length) OVER w = 4096 AND "
+        "MIN(c.id - c.start / 4096) OVER w = MAX(c.id - c.start / 4096) OVER w AND "
+        f"MIN(c.start % 4096) OVER w = 0 AND MAX(c.start % 4096) OVER w = 0{strict}) AS u "
+        'FROM chunks c WHERE c.pack_id = ? WINDOW w AS (PARTITION BY c.pack_id, c."offset")) f '
+        'GROUP BY pack_id, "offset", u'
+    )
+
+
+def _frames_of(rows: list[tuple[int, int, int, int, int]], strict: bool) -> list[tuple]:
+    """(offset, length, base, last, uniform) of each frame of a new pack, from its own chunk rows
+    (id, frame offset, frame length, start, raw length) in pack order; the rule of
+    frames_of_pack_sql."""
+    out = []
+    i = 0
+    while i < len(rows):
+        off, ln = rows[i][1], rows[i][2]
+        j = i
+        bases = set()
+        pages = True
+        while j < len(rows) and rows[j][1] == off:
+            cid, _o, _l, start, raw = rows[j]
+            pages = pages and raw == PAGE and start % PAGE == 0
+            bases.add(cid - start // PAGE)
+            j += 1
+        cids = [r[0] for r in rows[i:j]]
+        uniform = pages and len(bases) == 1
+        if strict:
+            uniform = uniform and rows[i][3] == 0 and max(cids) - min(cids) + 1 == len(cids)
+        out.append((off, ln, bases.pop() if uniform else min(cids), max(cids), uniform))
+        i = j
+    return out
+
+
 class NewChunk(NamedTuple):
     """A chunk just written to a new pack, not yet indexed."""
 
@@ -94,9 +155,9 @@ class ChunkIndex:
         return found
 
     def add_pack(self, name: str, size: int, chunks: list[NewChunk], digest: str | None = None) -> dict[bytes, int]:
-        """Index a new pack and its chunks (reference count 0); returns the id of each hash. A
-        chunk another host indexed meanwhile (same hash) keeps its row: its frame in this pack
-        is then dead weight that the pack's next rewrite drops."""
+        """Index a new pack, its chunks (reference count 0) and its frames; returns the id of
+        each hash. A chunk another host indexed meanwhile (same hash) keeps its row: its frame in
+        this pack is then dead weight that the pack's next rewrite drops."""
         if not chunks:
             return {}
         cur = self.cur
@@ -109,16 +170,25 @@ class ChunkIndex:
                 'INSERT INTO chunks (id, hash, pack_id, "offset", length, start, raw_length, refcount) VALUES (?,?,?,?,?,?,?,0)',
                 [(base + i, c.hash, pack_id, c.offset, c.length, c.start, c.raw_length) for i, c in enumerate(chunks)],
             )
-            return {c.hash: base + i for i, c in enumerate(chunks)}
-        cur.executemany(
-            'INSERT INTO chunks (hash, pack_id, "offset", length, start, raw_length, refcount) VALUES (?,?,?,?,?,?,0)'
-            " ON CONFLICT (hash) DO NOTHING",
-            [(c.hash, pack_id, c.offset, c.length, c.start, c.raw_length) for c in chunks],
-        )
-        ids = self.lookup(c.hash for c in chunks)
-        missing = [c.hash for c in chunks if c.hash not in ids]
-        if missing:
-            raise StoreError(f"{len(missing)} new chunk(s) of pack {name} were not indexed")
+            ids = {c.hash: base + i for i, c in enumerate(chunks)}
+            own = [(base + i, c.offset, c.length, c.start, c.raw_length) for i, c in enumerate(chunks)]
+        else:
+            # Hosts ingesting at once would interleave their ids: one at a time here (until the
+            # commit), so that a frame's chunks have consecutive ids (uniform frames below).
+            cur.execute("SELECT pg_advisory_xact_lock(?)", (CHUNK_IDS_LOCK,))
+            cur.executemany(
+                'INSERT INTO chunks (hash, pack_id, "offset", length, start, raw_length, refcount) VALUES (?,?,?,?,?,?,0)'
+                " ON CONFLICT (hash) DO NOTHING",
+                [(c.hash, pack_id, c.offset, c.length, c.start, c.raw_length) for c in chunks],
+            )
+            ids = self.lookup(c.hash for c in chunks)
+            missing = [c.hash for c in chunks if c.hash not in ids]
+            if missing:
+                raise StoreError(f"{len(missing)} new chunk(s) of pack {name} were not indexed")
+            own = [tuple(r) for r in cur.execute('SELECT id, "offset", length, start, raw_length FROM chunks '
+                                                  'WHERE pack_id = ? ORDER BY "offset", start', (pack_id,))]  # fmt: skip
+        cur.executemany('INSERT INTO frames (pack_id, "offset", length, base, last, uniform) VALUES (?,?,?,?,?,?)',
+                        [(pack_id, *f) for f in _frames_of(own, self.pg)])  # fmt: skip
         return ids
 
     def add_files(self, checkpoint_id: str, files: list[tuple[str, int, list[int]]]) -> None:
@@ -181,6 +251,18 @@ class ChunkIndex:
                   "JOIN packs p ON p.id = c.pack_id WHERE")  # fmt: skip
         return {r[0]: ChunkLocation(*r[1:]) for r in self._by_id(select, ids)}
 
+    def frames_near(self, runs: Iterable[tuple[int, int]]) -> list[FrameRow]:
+        """The uniform frames that may hold chunk ids in the runs [(first, last)] (those whose
+        base lies in [first - GROUP_SPAN, last]): where most of a checkpoint's pages are, one row
+        per 64 pages. Ids no uniform frame covers are looked up one by one (locations)."""
+        select = ('SELECT f.pack_id, p.name, f."offset", f.length, f.base, f.last FROM frames f '
+                  "JOIN packs p ON p.id = f.pack_id WHERE f.uniform AND f.base BETWEEN ? AND ?")  # fmt: skip
+        out: dict[tuple[int, int], FrameRow] = {}
+        for first, last in runs:
+            for r in self.cur.execute(select, (first - GROUP_SPAN, last)):
+                out[(r[0], r[2])] = FrameRow(*r)
+        return sorted(out.values(), key=lambda f: f.base)
+
     def hashes(self, ids: Iterable[int]) -> dict[int, bytes]:
         return {cid: bytes(h) for cid, h in self._by_id("SELECT c.id, c.hash FROM chunks c WHERE", ids)}
 
@@ -240,14 +322,23 @@ class ChunkIndex:
 
     def forget_garbage(self, pack_id: int) -> None:
         self.cur.execute("DELETE FROM chunks WHERE pack_id = ? AND refcount <= 0", (pack_id,))
+        self._reindex_frames(pack_id)
 
     def pack_rewritten(self, pack_id: int, new_name: str, size: int, moved: list[tuple[int, int]],
                        digest: str | None = None) -> None:  # fmt: skip
         """The pack's live chunks now sit in new_name: [(new frame offset, chunk id)]."""
         self.cur.execute("UPDATE packs SET name = ?, size = ?, digest = ? WHERE id = ?", (new_name, size, digest, pack_id))
         self.cur.executemany('UPDATE chunks SET "offset" = ? WHERE id = ?', moved)
+        self._reindex_frames(pack_id)
+
+    def _reindex_frames(self, pack_id: int) -> None:
+        """The pack's frames again from its chunk rows (after a garbage collection: frames moved,
+        dead chunks gone, so a frame's id range never covers an id that SQLite gives again)."""
+        self.cur.execute("DELETE FROM frames WHERE pack_id = ?", (pack_id,))
+        self.cur.execute(frames_of_pack_sql(self.pg), (pack_id,))
 
     def forget_pack(self, pack_id: int) -> None:
+        self.cur.execute("DELETE FROM frames WHERE pack_id = ?", (pack_id,))
         self.cur.execute("DELETE FROM packs WHERE id = ?", (pack_id,))
 
     # --- accounting ---------------------------------------------------------------------------

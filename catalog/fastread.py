@@ -17,7 +17,7 @@ from .sql import Cursor
 from .urls import CatalogURL, parse, sqlite_file
 
 # The newest migration in catalog/migrations/versions; a test keeps the two in step.
-SCHEMA_HEAD = "0014"
+SCHEMA_HEAD = "0015"
 BUSY_TIMEOUT_MS = 120_000  # writers wait for each other (a prune compacting packs) instead of failing
 
 
@@ -146,6 +146,8 @@ class PodRow:
     exit_code: int | None
     exited_at: str | None
     host_writable: bool  # a volume pod that may write the host's tree (--host-writable)
+    restoring: bool = False  # its memory still comes in (ops/restore.py)
+    note: str | None = None  # what zap did to it on its own (a restore undone after it was reported)
     host: str | None = None  # the host that runs it
     here: bool = True  # this host runs it: its processes can be looked at
 
@@ -160,7 +162,7 @@ class PodRow:
                    _watch(w.every_s, w.last_at and iso(w.last_at), w.last_result, w.last_ok)
                    if (w := pod.watch) is not None else None, pod.memory_limit, pod.cpus, pod.restart or "no",
                    pod.restart_max, pod.restart_count or 0, pod.exit_code, pod.exited_at and iso(pod.exited_at),
-                   bool(pod.host_writable), host, here)  # fmt: skip
+                   bool(pod.host_writable), bool(pod.restoring), pod.note, host, here)  # fmt: skip
 
 
 def _watch(every_s: float, last_at: str | None, last_result: str | None, last_ok: bool | None) -> dict:
@@ -189,7 +191,7 @@ _POD_SQL = (
     " op.name || '@' || o.seq, hp.name || '@' || h.seq,"
     " (SELECT count(*) FROM checkpoints c WHERE c.pod_id = p.id), p.suspended_by IS NOT NULL,"
     " w.pod_id, w.every_s, w.last_at, w.last_result, w.last_ok, p.memory_limit, p.cpus,"
-    " p.restart, p.restart_max, p.restart_count, p.exit_code, p.exited_at, p.host_writable, ph.name"
+    " p.restart, p.restart_max, p.restart_count, p.exit_code, p.exited_at, p.host_writable, p.restoring, p.note, ph.name"
     " FROM pods p LEFT JOIN watches w ON w.pod_id = p.id"
     " LEFT JOIN checkpoints o ON o.id = p.origin_checkpoint_id LEFT JOIN pods op ON op.id = o.pod_id"
     " LEFT JOIN checkpoints h ON h.id = p.head_checkpoint_id LEFT JOIN pods hp ON hp.id = h.pod_id"
@@ -218,9 +220,10 @@ def pod_rows(conn: Reader, name: str | None = None, all_hosts: bool = False) -> 
         r[11], r[12] = bool(r[11]), bool(r[12])
         watched, every, last_at, result, ok = r[22:27]
         watch = _watch(every, last_at and stored_time(last_at), result, None if ok is None else bool(ok)) if watched else None
-        host = r[35]
+        host = r[37]
         here = conn.host is None or host is None or host == conn.host
-        out.append(PodRow(*r[:21], bool(r[21]), watch, *r[27:33], r[33] and stored_time(r[33]), bool(r[34]), host, here))
+        out.append(PodRow(*r[:21], bool(r[21]), watch, *r[27:33], r[33] and stored_time(r[33]), bool(r[34]), bool(r[35]),
+                          r[36], host, here))  # fmt: skip
     return out
 
 

@@ -32,6 +32,12 @@ def set_data(s: Session, intent_id: str, data: dict[str, Any]) -> None:
         row.data = dict(data)
 
 
+def set_owner(s: Session, intent_id: str, owner_pid: int, owner_start: int) -> None:
+    row = s.get(Intent, intent_id)
+    if row is not None:
+        row.owner_pid, row.owner_start = owner_pid, owner_start
+
+
 def remove(s: Session, intent_id: str) -> None:
     row = s.get(Intent, intent_id)
     if row is not None:

@@ -108,6 +108,12 @@ class Pod(Base):
     # How its init (its command's status) ended last, as the supervisor saw it (None: not seen).
     exit_code: Mapped[Optional[int]] = mapped_column(Integer)
     exited_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    # Running while its memory still comes in, or the state a restore replaced is still being
+    # stored (ops/restore.py): `zap ps` says "restoring", and commands on the pod wait for it.
+    restoring: Mapped[bool] = mapped_column(default=False, server_default="0")
+    # What zap did to the pod on its own that its user must hear of (a restore undone after it
+    # was reported), until the pod is next restored or started.
+    note: Mapped[Optional[str]] = mapped_column(Text)
     # The --stop checkpoint whose CRIU network lock still holds the pod's external connections
     # (restoring exactly that checkpoint brings them back; anything else releases them).
     net_locked_by: Mapped[Optional[str]] = mapped_column(String(12))
@@ -184,6 +190,9 @@ class Checkpoint(Base):
     criu_run_id: Mapped[Optional[str]] = mapped_column(String(64))
     # One entry per dumped process: host pid, pid inside the pod, command line, cwd.
     processes: Mapped[list[Any]] = mapped_column(default=list)
+    # The pages a lazy restore of it saw faulted first (zstd-compressed (pid, address) pairs):
+    # the next lazy restore brings them in with the restore itself.
+    working_set: Mapped[Optional[bytes]] = mapped_column(LargeBinary, deferred=True)
 
     pod: Mapped[Pod] = relationship(back_populates="checkpoints", foreign_keys=[pod_id])
     parent: Mapped[Optional["Checkpoint"]] = relationship(remote_side=[id])
@@ -243,6 +252,19 @@ class Chunk(Base):
     raw_length: Mapped[int] = mapped_column(Integer)
     # How many chunk slots of all image_files rows name this chunk; 0 means garbage.
     refcount: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Frame(Base):
+    """One zstd frame of a pack (catalog/chunks.py): a uniform frame holds page-sized chunks,
+    chunk id base + i at i * 4096, so a restore finds a checkpoint's pages from these rows."""
+
+    __tablename__ = "frames"
+    pack_id: Mapped[int] = mapped_column(Int64, ForeignKey("packs.id"), primary_key=True)
+    offset: Mapped[int] = mapped_column(Int64, primary_key=True)
+    length: Mapped[int] = mapped_column(Integer)
+    base: Mapped[int] = mapped_column(Int64, index=True)
+    last: Mapped[int] = mapped_column(Int64)
+    uniform: Mapped[bool] = mapped_column()
 
 
 class ImageFile(Base):

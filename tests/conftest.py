@@ -147,6 +147,12 @@ class Zap:
     def pod(self, name: str) -> dict:
         return self.json("show", name)
 
+    def settled(self, name: str, timeout: float = 120) -> dict:
+        """The pod once a restore or branch of it is over (its memory all in: no longer
+        "restoring"); a lazy restore reports while its pages still come in."""
+        return wait_for(lambda: (p := self.pod(name))["state"] != "restoring" and p, timeout=timeout,
+                        what=f"{name} to finish restoring")  # fmt: skip
+
     def volume(self, name: str) -> Path:
         return Path(self.pod(name)["volume"])
 

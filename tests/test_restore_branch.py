@@ -27,7 +27,8 @@ def test_restore_in_place_and_undo(zap):
     out = zap("restore", "web@1")
     assert out.stdout.strip() == "restored web@1"
     assert "web@2" in out.stderr  # the replaced state is kept
-    pod = zap.pod("web")
+    assert zap.pod("web")["state"] in ("restoring", "running")  # its memory may still come in
+    pod = zap.settled("web")
     assert pod["state"] == "running" and pod["pid"] != old_pid and pod["head"] == "web@1"
     vol = zap.volume("web")
     assert (vol / "note.txt").read_text() == "before\n"
@@ -59,6 +60,7 @@ def test_branch_while_original_runs_two_at_once_and_branch_of_branch(zap):
     snap = _snapshot_values(zap, "orig@1")
     assert zap("branch", "orig@1", "fork-a").stdout.split()[0] == "fork-a"
     zap("branch", "orig@1", "fork-b")
+    zap.settled("fork-a"), zap.settled("fork-b")
     pods = {p["name"]: p for p in zap.json("ps")["pods"]}
     assert {n: p["state"] for n, p in pods.items()} == {"orig": "running", "fork-a": "running", "fork-b": "running"}
     assert pods["fork-a"]["origin"] == "orig@1" and pods["orig"]["pid"] == orig["pid"]

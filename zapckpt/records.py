@@ -70,10 +70,12 @@ def pod_record(pod: Pod, n_checkpoints: int, here: bool = True) -> dict:
 def pod_row_record(row: PodRow) -> dict:
     # Another host's processes cannot be looked at from here: its state is what the catalog says.
     state = live_state(row) if row.here else row.desired_state
+    if state == "running" and row.restoring:
+        state = "restoring"  # its memory still comes in, or the state it replaced is being stored
     return {
         "name": row.name,
         "state": state,
-        "pid": row.init_pid if row.here and state in ("running", "paused", "frozen") else None,
+        "pid": row.init_pid if row.here and state in ("running", "restoring", "paused", "frozen") else None,
         "path": row.mount_path,
         "volume": row.volume,
         "command": row.command,
@@ -98,4 +100,5 @@ def pod_row_record(row: PodRow) -> dict:
         "exit_code": row.exit_code if state in ("dead", "stopped") else None,
         "exited_at": row.exited_at if state in ("dead", "stopped") else None,
         "host": row.host,
+        "note": row.note,
     }

@@ -217,22 +217,23 @@ def cmd_restore(args) -> int:
         info(f"the files as they were are kept in {saved_ref} (`zap restore {saved_ref} --file PATH` undoes this)")
         return 0
     watch.supervise(ctx, restart.policy_of(ctx, ref=args.ref))
-    ck, saved = rst.restore(ctx, args.ref)
-    watch.notify(ctx)
-    with ctx.catalog.session() as s:
-        row = queries.resolve_ref(s, ck.id)
-        ref, pod, files_only = row.ref, row.pod.name, row.image_format is None
-        saved_ref = queries.resolve_ref(s, saved.id).ref if saved is not None else None
-    for w in getattr(ck, "restore_warnings", []):
-        warn(w)
-    print(f"restored {ref}")
-    if files_only:
-        warn(f"{ref} holds files only (the pod was not running when it was taken): the pod is stopped now; "
-             f"`zap start {pod}` runs its command on these files")  # fmt: skip
-    if saved_ref:
-        info(f"the state it replaced is kept as {saved_ref} (`zap restore {saved_ref}` undoes this)")
-    else:
-        info(f"nothing was replaced: the pod was stopped with its files as {ref} left them")
+
+    def report(o) -> None:
+        watch.notify(ctx)
+        for w in o.warnings:
+            warn(w)
+        print(f"restored {o.ref}")
+        if o.files_only:
+            warn(f"{o.ref} holds files only (the pod was not running when it was taken): the pod is stopped now; "
+                 f"`zap start {o.pod}` runs its command on these files")  # fmt: skip
+        if o.saved_ref:
+            info(f"the state it replaced is kept as {o.saved_ref} (`zap restore {o.saved_ref}` undoes this)")
+        else:
+            info(f"nothing was replaced: the pod was stopped with its files as {o.ref} left them")
+        if o.lazy:
+            info(f"{o.pod} runs; its memory is still coming in (`zap ps` says restoring until it is all in)")
+
+    rst.restore(ctx, args.ref, report=report)
     return 0
 
 
@@ -240,14 +241,17 @@ def cmd_branch(args) -> int:
     ctx = context.Context()
     if not args.no_start:
         watch.supervise(ctx, restart.policy_of(ctx, ref=args.ref))
-    pod = rst.branch(ctx, args.ref, args.new_name, start=not args.no_start, ports=publish.parse_all(args.publish))
-    watch.notify(ctx)
-    for w in getattr(pod, "restore_warnings", []):
-        warn(w)
-    print(f"{pod.name} {pod.mount_path}")
-    if not args.no_start and not pod.init_pid:
-        warn(f"{args.ref} holds files only (its pod was not running when it was taken): {pod.name} is stopped; "
-             f"`zap start {pod.name}` runs its command on these files")  # fmt: skip
+
+    def report(o) -> None:
+        watch.notify(ctx)
+        for w in o.warnings:
+            warn(w)
+        print(f"{o.pod} {o.mount_path}")
+        if not args.no_start and o.files_only:
+            warn(f"{args.ref} holds files only (its pod was not running when it was taken): {o.pod} is stopped; "
+                 f"`zap start {o.pod}` runs its command on these files")  # fmt: skip
+
+    rst.branch(ctx, args.ref, args.new_name, start=not args.no_start, ports=publish.parse_all(args.publish), report=report)
     return 0
 
 

@@ -319,6 +319,9 @@ def _work(conn: socket.socket, req: dict, fds: list[int], server_fds) -> int:
     sys.argv = ["zap", *req["argv"]]
     threading.Thread(target=_watch_client, args=(conn,), name="client", daemon=True).start()
     from zapckpt.cli import main
+    from zapckpt.system import detach
+
+    detach.forget_on_detach(conn.fileno())  # a command that goes on in the background lets the client go
 
     return main(req["argv"])
 

@@ -210,12 +210,15 @@ def cmd_ps(args) -> int:
         for row, r in zip(rows, recs):
             row.insert(1, r["host"] or "-")
     table(head, rows)
+    for r in recs:
+        if r["note"]:
+            warn(f"{r['name']}: {r['note']}")
     return 0
 
 
 FILTERS = ("name", "state", "net", "origin")
 # the values a filter can match (name and origin: any)
-FILTER_VALUES = {"state": ("running", "paused", "frozen", "stopped", "dead"), "net": ("pod", "none", "host")}
+FILTER_VALUES = {"state": ("running", "restoring", "paused", "frozen", "stopped", "dead"), "net": ("pod", "none", "host")}
 
 
 def _matches(rec: dict, filters: list[str]) -> bool:

@@ -55,6 +55,8 @@ def pod_text(r: dict) -> str:
         ("suspended", "yes (`zap resume` brings it back)" if r["suspended"] else "no"),
         ("created", _when(r["created_at"])),
     ]  # fmt: skip
+    if r.get("note"):
+        pairs.append(("note", r["note"]))
     return _lines(pairs)
 
 

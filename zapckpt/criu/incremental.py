@@ -47,22 +47,28 @@ def wanted(binary: str, cache: Path | None = None) -> bool:
     `zap checkpoint` does not pay `criu check` (~50 ms) every time."""
     if os.environ.get("ZAP_PREDUMP", "auto").lower() in ("off", "0", "no"):
         return False
+    return kept_for_boot(cache, "mem_dirty_track", binary, dirty_tracking)
+
+
+def kept_for_boot(cache: Path | None, name: str, binary: str, check) -> bool:
+    """check(binary), a property of this boot's kernel and this CRIU binary, kept in cache (a
+    directory) so that a command does not pay `criu check` each time."""
     if cache is None:
-        return dirty_tracking(binary)
+        return check(binary)
     try:
         st = os.stat(binary)
         key = "|".join([Path("/proc/sys/kernel/random/boot_id").read_text().strip(), os.path.realpath(binary),
                         str(st.st_ino), str(st.st_size), str(st.st_mtime_ns)])  # fmt: skip
     except OSError:
-        return dirty_tracking(binary)
-    path = cache / "mem_dirty_track.json"
+        return check(binary)
+    path = cache / f"{name}.json"
     try:
         kept = json.loads(path.read_text())
         if kept.get("key") == key and isinstance(kept.get("on"), bool):
             return kept["on"]
     except (OSError, ValueError, AttributeError):
         pass
-    on = dirty_tracking(binary)
+    on = check(binary)
     try:
         cache.mkdir(mode=0o700, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")

@@ -26,7 +26,8 @@ from zapckpt.common.progress import step
 from zapckpt.context import Context
 from zapckpt.net import podnet
 from zapckpt.ops import intents
-from zapckpt.ops.restore import exited_warning, materialized, restore_processes
+from zapckpt.ops.restore import exited_warning
+from zapckpt.ops.revive import prepared, restore_processes
 from zapckpt.pod import console
 from zapckpt.store import volumes
 from zapckpt.system import cgroups, faults, procinfo
@@ -81,7 +82,8 @@ def _adopt_one(ctx: Context, gone_id: int, lost: str, name: str, net_same: bool)
         pod.net_locked_by = pod.suspended_by = None
         pod.head_checkpoint_id = ck.id
         pod.restart_count = 0
-        with materialized(ctx, s, ck) as images, deferred_interrupts():
+        with prepared(ctx, s, ck, name) as prep, deferred_interrupts():
+            images = prep.images
             with intents.recorded(ctx, "adopt", name, session=s, volume=str(volume), net=pod.net,
                                   stage=str(images.parent) if images is not None else None):  # fmt: skip
                 pool.backend.branch_volume(snap, volume)
@@ -89,7 +91,9 @@ def _adopt_one(ctx: Context, gone_id: int, lost: str, name: str, net_same: bool)
                     podnet.ensure(None, ctx.net, pod)
                     if images is not None and old["running"] != "stopped":
                         faults.point("adopt:before-restore")
-                        pod.init_pid, pod.init_starttime = restore_processes(ctx, images, pod)
+                        run = restore_processes(ctx, prep, pod)
+                        pod.init_pid, pod.init_starttime = run.pid, run.start
+                        run.wait()  # every page in before the adoption is committed
                         podnet.abort_external(ctx.net, pod)
                         pod.desired_state = "running"
                     else:

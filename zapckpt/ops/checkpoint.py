@@ -11,7 +11,7 @@ import shutil
 import signal
 import time
 import uuid
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 from sqlalchemy.orm import Session
@@ -32,8 +32,14 @@ from zapckpt.pod.lifecycle import live_state
 from zapckpt.pod.mounts import criu_path_in_volume, pod_root, remove_in_volume
 from zapckpt.store import imagesets as image_sets
 from zapckpt.store import volumes
+from zapckpt.store.chunking import stored_images
 from zapckpt.system import faults, priority, procinfo, staging
 from zapckpt.system.signals import deferred_interrupts
+
+# checkpoints.image_format of an image set committed before it is stored: still in its staging
+# directory (image_dir), stored by store_staged (a restore's saved state, stored after the
+# restored pod runs).
+STAGED = "staged"
 
 HOOK = """#!/bin/bash
 # CRIU action script: runs in the frozen window; only post-dump does anything.
@@ -82,17 +88,22 @@ def record(s: Session, host_id: int, pod: Pod, ck_id: str, message: str, kind: s
 
 
 def commit_pair(ctx: Context, s: Session, pod: Pod, ck_id: str, images: Path | None, message: str, kind: str,
-                info, t_start: float | None = None, rec: intents.Record | None = None, **fields) -> Checkpoint:  # fmt: skip
+                info, t_start: float | None = None, rec: intents.Record | None = None, staged: bool = False,
+                **fields) -> Checkpoint:  # fmt: skip
     """The one commit of a checkpoint (`checkpoint` and `import` both end here): the image set
     into the store (a remote store has the new pack before anything refers to it), the catalog
     row and the chunk index in one transaction, under the store's lock; if any part fails, none
     of it stays (the new pack is discarded, here and in the store). rec: the operation's intent
     record, told the pack and stream before they go up, so that recovery removes them if this
-    zap dies, or if it cannot itself (the store out of reach): the record then stays."""
+    zap dies, or if it cannot itself (the store out of reach): the record then stays.
+    staged: the image set stays where it is, named by the row (image_format STAGED), for
+    store_staged to store later (a restore's saved state, stored once the restored pod runs)."""
     note = rec.note if rec is not None else None
     store = image_sets.store(ctx)
+    if staged:
+        fields.update(image_dir=str(images), raw_bytes=sum(p.stat().st_size for p in stored_images(images)))
     with store.lock(), store.fetched({}):  # fetched: the new pack is kept from this host's cache eviction
-        pending = store.ingest(s, images) if images is not None else None
+        pending = store.ingest(s, images) if images is not None and not staged else None
         faults.point("checkpoint:ingested")
         stream = None
         t_up = time.perf_counter()
@@ -116,10 +127,11 @@ def commit_pair(ctx: Context, s: Session, pod: Pod, ck_id: str, images: Path | N
                 if stream:
                     stream_rows.add(s, stream)
 
+            if pending is not None:
+                fields.update(raw_bytes=pending.raw_bytes, stored_bytes=pending.stored_bytes)
             return record(
                 s, ctx.host_id, pod, ck_id, message, kind, ctx.pool.backend.name, info,
-                image_format=image_sets.STORE_FORMAT if pending else None, before_commit=rows,
-                raw_bytes=pending.raw_bytes if pending else 0, stored_bytes=pending.stored_bytes if pending else 0,
+                image_format=STAGED if staged else image_sets.STORE_FORMAT if pending else None, before_commit=rows,
                 stream_id=stream["id"] if stream else None, **fields,
             )  # fmt: skip
         except BaseException:
@@ -127,6 +139,29 @@ def commit_pair(ctx: Context, s: Session, pod: Pod, ck_id: str, images: Path | N
             cleaned = _drop_stream(store, stream) and cleaned
             if not cleaned and rec is not None:
                 rec.keep()  # the store is out of reach: recovery removes them once it answers
+            raise
+
+
+def store_staged(ctx: Context, s: Session, ck: Checkpoint, rec: intents.Record | None = None) -> None:
+    """A checkpoint committed with its image set left in staging (commit_pair's staged) into the
+    store now; its row says so in the same transaction."""
+    images = Path(ck.image_dir)
+    store = image_sets.store(ctx)
+    with store.lock(), store.fetched({}):
+        pending = store.ingest(s, images)
+        try:
+            if store.remote is not None and pending.new_chunks:
+                if rec is not None:
+                    rec.note(pack=pending.pack_name)
+                pending.publish()
+            pending.commit(s, ck.id)
+            ck.image_format, ck.image_dir = image_sets.STORE_FORMAT, None
+            ck.raw_bytes, ck.stored_bytes = pending.raw_bytes, pending.stored_bytes
+            s.commit()
+        except BaseException:
+            _rollback(s)
+            if not pending.discard() and rec is not None:
+                rec.keep()
             raise
 
 
@@ -143,7 +178,7 @@ def _drop_stream(store, stream: dict | None) -> bool:
 def take(
     ctx: Context, s: Session, pod: Pod, message: str, *, stop: bool = False, kind: str = "manual",
     ghost_limit: int | None = None, release_connections: bool = False, strict: bool = False,
-    ck_id: str | None = None, background: bool = False,
+    ck_id: str | None = None, background: bool = False, keep: ExitStack | None = None,
 ) -> Checkpoint:
     """Checkpoint a running pod and commit it. The caller holds the pod's lock.
 
@@ -151,7 +186,9 @@ def take(
     CRIU's network lock, for a restore of exactly this checkpoint to bring back; with
     release_connections too (a rollback to another state), they are reset instead, so that
     clients reconnect at once. With background (the watch supervisor), the work after the thaw
-    (ingest, compression) runs at idle priority, so the pod keeps its cores."""
+    (ingest, compression) runs at idle priority, so the pod keeps its cores. With keep, the image
+    set is committed staged (commit_pair) and its staging directory held in keep, for
+    store_staged after the caller's work (a restore's saved state)."""
     t_start = time.perf_counter()
     if live_state(pod) != "running":
         raise UsageError(f"pod {pod.name!r} is not running ({live_state(pod)}): nothing to checkpoint")
@@ -180,13 +217,14 @@ def take(
     network_lock = stop or pod.net == "host" or procinfo.has_tcp_connections(pod.init_pid)
     if ctx.store.remote is not None:
         ctx.store.remote.warm()  # boto3 set up before the freeze, not after the thaw
-    with staging.stage(ctx.state, f"dump-{ck_id}") as stage, intents.recorded(
+    stage_cm = staging.stage(ctx.state, f"dump-{ck_id}")
+    with nullcontext(keep.enter_context(stage_cm)) if keep is not None else stage_cm as stage, intents.recorded(
         ctx, "checkpoint", pod.name, session=s, ck_id=ck_id, snapshot=str(snap), stage=str(stage), stop=stop,
         release=release_connections,
     ) as rec:  # fmt: skip
         notes: list[str] = []
         ck = _dump_and_commit(ctx, s, rec, pod, ck_id, snap, stage, message, kind, stop, ghost_limit, network_lock,
-                              processes, t_start, background, notes)  # fmt: skip
+                              processes, t_start, background, notes, staged=keep is not None)  # fmt: skip
         faults.point("checkpoint:committed")
         if stop:
             if release_connections:
@@ -215,7 +253,8 @@ def take(
 
 def _dump_and_commit(ctx: Context, s: Session, rec: intents.Record, pod: Pod, ck_id: str, snap: Path, stage: Path, message: str,
                      kind: str, stop: bool, ghost_limit: int | None, network_lock: bool, processes: list[dict],
-                     t_start: float, background: bool = False, notes: list[str] | None = None) -> Checkpoint:  # fmt: skip
+                     t_start: float, background: bool = False, notes: list[str] | None = None,
+                     staged: bool = False) -> Checkpoint:  # fmt: skip
     """The dump with the snapshot in its frozen window, then the commit; on failure nothing of
     it is left and the pod runs on."""
     backend = ctx.pool.backend
@@ -283,7 +322,7 @@ def _dump_and_commit(ctx: Context, s: Session, rec: intents.Record, pod: Pod, ck
             shutil.rmtree(pre, ignore_errors=True)
             ck = commit_pair(ctx, s, pod, ck_id, images, message, kind, info, t_start=t_start, rec=rec,
                              frozen_ms=stats.frozen_ms, dump_ms=dump_ms, fs_snapshot_ms=fs_ms, processes=processes,
-                             stopped=stop, criu_run_id=run_id, predump_ms=predump_ms)  # fmt: skip
+                             stopped=stop, criu_run_id=run_id, predump_ms=predump_ms, staged=staged)  # fmt: skip
     except BaseException:
         _rollback(s)
         # Undone by what was really made (on NILFS2 a checkpoint of mkcp's, not `snap`).

@@ -29,6 +29,13 @@ class Record:
         record stays, for recovery to finish the undoing once this zap has exited."""
         self.kept = True
 
+    def adopt(self) -> None:
+        """This process owns the operation now (the background half of a restore, forked after
+        it reported: system/detach.py): recovery leaves it alone while this one lives."""
+        me = os.getpid()
+        with self.ctx.catalog.session() as s:
+            rows.set_owner(s, self.id, me, procinfo.starttime(me) or 0)
+
     def note(self, **data: Any) -> None:
         """Add to the record, durably, before acting on it (the operation's own session must
         have nothing uncommitted: see recorded)."""

@@ -123,7 +123,8 @@ def _drop_uncommitted(ctx, s, d: dict) -> None:
 
 
 def _restore(ctx, s, d: dict) -> str:
-    from zapckpt.ops.restore import materialized, restore_processes
+    from zapckpt.ops.restore import _saved_images
+    from zapckpt.ops.revive import restore_processes
 
     _wait_tools(d.get("stage"))
     backend = ctx.pool.backend
@@ -133,14 +134,28 @@ def _restore(ctx, s, d: dict) -> str:
         _remove_stage(d.get("stage"))
         return "nothing to do (the pod or checkpoint is gone)"
     volume, new, old = Path(pod.volume), Path(d["new"]), Path(d["old"])
+    saved = queries.checkpoint_by_id(s, d["saved_id"]) if d.get("saved_id") else None
+    if d.get("phase") == "storing":
+        # The restore was done (every page in); only the state it replaced was left to store.
+        _remove_stage(d.get("stage"))
+        kept = _store_staged(ctx, s, saved)
+        if volume.exists():
+            backend.delete_volume(old)
+        pod.restoring = False
+        return f"finished (restored to {target.ref}{kept})"
     restored = _restored_init(d.get("stage"))
     _remove_stage(d.get("stage"))
+    if d.get("phase") == "pages" and procinfo.is_alive(pod.init_pid, pod.init_starttime):
+        # It ran while its memory came in, and zap died before every page had: the keeper kills
+        # it (criu/lazy.py); so do we, in case the keeper is gone too.
+        procinfo.kill_pod_tree(pod.init_pid)
     if restored and d.get("relock") and procinfo.any_stopped(restored[0]):
-        # CRIU finished, but the tasks still wait for the locks CRIU dropped (criu/locks.py):
-        # they are not the state they were, so the restore is undone.
+        # CRIU finished, but the tasks still wait stopped (for the locks CRIU dropped, or for the
+        # keeper of a lazy restore): they are not the state they were, so the restore is undone.
         procinfo.kill_pod_tree(restored[0])
         restored = None
-    if restored and volume.exists() and not procinfo.is_alive(pod.init_pid, pod.init_starttime):
+    pod.restoring = False
+    if d.get("phase") != "pages" and restored and volume.exists() and not procinfo.is_alive(pod.init_pid, pod.init_starttime):
         # CRIU finished: the target's processes run on the new volume. Finish the restore.
         pod.init_pid, pod.init_starttime = restored
         pod.desired_state = "running"
@@ -150,7 +165,7 @@ def _restore(ctx, s, d: dict) -> str:
             podnet.abort_external(ctx.net, pod)
         for leftover in (old, new):
             backend.delete_volume(leftover)
-        return f"finished (restored to {target.ref})"
+        return f"finished (restored to {target.ref}{_store_staged(ctx, s, saved)})"
     if restored:
         procinfo.kill_pod_tree(restored[0])  # never two copies
     # Undo: the replaced volume back in place.
@@ -159,25 +174,60 @@ def _restore(ctx, s, d: dict) -> str:
             backend.delete_volume(volume)
         backend.rename_volume(old, volume)
     backend.delete_volume(new)
-    if procinfo.is_alive(pod.init_pid, pod.init_starttime):
+    if d.get("phase") != "pages" and procinfo.is_alive(pod.init_pid, pod.init_starttime):
         _resume(pod)
         return "undone (the pod kept running as it was)"
-    saved = queries.checkpoint_by_id(s, d["saved_id"]) if d.get("saved_id") else None
-    if saved is not None and saved.has_images:
+    pod.init_pid = pod.init_starttime = None
+    pod.desired_state = "stopped"
+    if saved is not None and saved.has_images and not _staged_lost(saved):
         podnet.ensure(s, ctx.net, pod)
-        with materialized(ctx, s, saved) as images:
-            pod.init_pid, pod.init_starttime = restore_processes(ctx, images, pod, max(criu.timeout(), criu.DEFAULT_TIMEOUT))
+        with _saved_images(ctx, s, saved) as prep:
+            run = restore_processes(ctx, prep, pod, max(criu.timeout(), criu.DEFAULT_TIMEOUT))
+            pod.init_pid, pod.init_starttime = run.pid, run.start
+            run.wait()
         pod.desired_state = "running"
-        return f"undone (the pod was put back as it was, from {saved.ref})"
-    return "undone (the pod stays stopped, as it was)"
+        return f"undone (the pod was put back as it was, from {saved.ref}{_store_staged(ctx, s, saved)})"
+    return f"undone (the pod stays stopped, as it was{_store_staged(ctx, s, saved)})"
+
+
+def _staged_lost(saved) -> bool:
+    from zapckpt.ops.checkpoint import STAGED
+
+    return saved.image_format == STAGED and not (saved.image_dir and Path(saved.image_dir).is_dir())
+
+
+def _store_staged(ctx, s, saved) -> str:
+    """A restore's saved state still in staging, into the store now (its staging directory is
+    removed with the other orphans after recovery); where its images are lost (a reboot emptied
+    the tmpfs), the checkpoint keeps its files only. Returns a note for the outcome."""
+    from zapckpt.ops.checkpoint import STAGED, store_staged
+
+    if saved is None or saved.image_format != STAGED:
+        return ""
+    if not _staged_lost(saved):
+        try:
+            store_staged(ctx, s, saved)
+            return f"; the state it replaced is stored as {saved.ref}"
+        except ZapError as e:
+            why = str(e)
+    else:
+        why = "its images were lost (the machine restarted?)"
+    saved.image_format = saved.image_dir = None
+    return f"; {saved.ref} keeps the files of the state it replaced, not its processes: {why}"
 
 
 def _branch(ctx, s, d: dict) -> str:
     _wait_tools(d.get("stage"))
     restored = _restored_init(d.get("stage"))
     _remove_stage(d.get("stage"))
-    if queries.find_pod(s, d["pod"]) is not None:
+    pod = queries.find_pod(s, d["pod"])
+    if pod is not None and d.get("phase") != "pages":
         return "finished (the branch was committed)"
+    if pod is not None:
+        # It ran while its memory came in, and zap died before every page had: it goes.
+        if procinfo.is_alive(pod.init_pid, pod.init_starttime):
+            procinfo.kill_pod_tree(pod.init_pid)
+        s.delete(pod)
     if restored:
         procinfo.kill_pod_tree(restored[0])
     podnet.remove(ctx.net, Pod(name=d["pod"], net=d.get("net", "host")))

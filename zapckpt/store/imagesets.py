@@ -47,3 +47,17 @@ def materialize(ctx, s: Session, ck: Checkpoint, target: Path) -> None:
             raise DamagedImages(f"checkpoint {ck.ref} holds files only, no processes")
     except StoreError as e:
         raise DamagedImages(f"checkpoint {ck.ref} cannot be restored: {e}") from None
+
+
+def page_images(ctx, s: Session, ck: Checkpoint):
+    """ck's image set for a lazy restore (store/pages.py): its frames found and checked, its
+    packs here (fetched from a remote store) and mapped, nothing reassembled yet."""
+    from zapckpt.store.pages import PageImages
+
+    if not in_store(ck):
+        return None
+    try:
+        with store(ctx).lock(), store(ctx).fetched(pack_digests(ctx, s, ck)):
+            return PageImages(store(ctx), s, ck.id)
+    except StoreError as e:
+        raise DamagedImages(f"checkpoint {ck.ref} cannot be restored: {e}") from None
