@@ -180,6 +180,7 @@ def _leftovers(home: Path) -> list[str]:
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         if str(home) in line:
             found.append("mount: " + line.split()[4])
+    staging = f"zapckpt.{hashlib.sha1(str(home).encode()).hexdigest()[:10]}".encode()  # as zapckpt/state.py names it
     out = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
     found += ["loop: " + ln for ln in out.splitlines() if str(home) in ln]
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -188,8 +189,8 @@ def _leftovers(home: Path) -> list[str]:
             st = proc_state(int(pid))
         except (FileNotFoundError, ProcessLookupError):
             continue
-        if str(home).encode() in cmd and st not in (None, "Z"):
-            found.append(f"process {pid}: {cmd[:120]!r}")
+        if (str(home).encode() in cmd or staging in cmd) and st not in (None, "Z"):
+            found.append(f"process {pid}: {cmd[:120]!r}")  # a pod's, a CRIU daemon on its staging
     # the control groups of pods with limits: zapckpt/<8 hex digits of the state directory>-<pod>
     tag = hashlib.sha256(os.fsencode(home)).hexdigest()[:8]
     found += [f"cgroup: {g}" for pattern in (f"*/zapckpt/{tag}-*", f"zapckpt/{tag}-*")

@@ -148,20 +148,37 @@ def test_concurrent_checkpoints_wait_or_fail_clearly(zap):
 
 
 def test_damaged_images_refuse_restore_before_touching_anything(zap):
+    """Eager (ZAP_LAZY=0): every frame is read and checked before anything changes. Lazily, a
+    truncated or missing pack is found before anything changes too (every frame's presence is
+    checked up front); a damaged frame is found when its pages are served, before any process
+    runs on them (test_lazy.py)."""
     zap.run_counter("web")
     zap("checkpoint", "web")
     (pack,) = _packs(zap)
     pages = zap.home / "store" / "packs" / pack
-    data = bytearray(pages.read_bytes())
+    good = pages.read_bytes()
+    data = bytearray(good)
     data[len(data) // 2] ^= 0xFF
     pages.write_bytes(bytes(data))
     pid = zap.pod("web")["pid"]
-    msg = zap.fails("restore", "web@1", code=1)
+    msg = zap.fails("restore", "web@1", code=1, env={"ZAP_LAZY": "0"})
     assert "cannot be restored" in msg and "damaged" in msg
     assert zap.pod("web")["pid"] == pid
     _assert_running_and_counting(zap, "web")
     assert [c["ref"] for c in zap.json("list")["checkpoints"]] == ["web@1"]  # no "before restore" left
-    zap.fails("branch", "web@1", "b", code=1)
+    zap.fails("branch", "web@1", "b", code=1, env={"ZAP_LAZY": "0"})
+    assert [p["name"] for p in zap.json("ps")["pods"]] == ["web"]
+    # A pack cut short, or gone: refused before anything changes, lazily too.
+    pages.write_bytes(good[: len(good) - 4096])
+    for gone in (False, True):
+        if gone:
+            pages.unlink()
+        msg = zap.fails("restore", "web@1", code=1)
+        assert "cannot be restored" in msg and ("truncated" in msg or "missing" in msg), msg
+        assert zap.pod("web")["pid"] == pid
+        zap.fails("branch", "web@1", "b", code=1)
+    _assert_running_and_counting(zap, "web")
+    assert [c["ref"] for c in zap.json("list")["checkpoints"]] == ["web@1"]
     assert [p["name"] for p in zap.json("ps")["pods"]] == ["web"]
 
 

@@ -70,8 +70,9 @@ def pod_record(pod: Pod, n_checkpoints: int, here: bool = True) -> dict:
 def pod_row_record(row: PodRow) -> dict:
     # Another host's processes cannot be looked at from here: its state is what the catalog says.
     state = live_state(row) if row.here else row.desired_state
-    if state == "running" and row.restoring:
-        state = "restoring"  # its memory still comes in, or the state it replaced is being stored
+    if row.restoring and state in ("running", "dead", "stopped"):
+        # its memory still comes in (or, a page having failed to, it is being put back as it was)
+        state = "restoring"
     return {
         "name": row.name,
         "state": state,

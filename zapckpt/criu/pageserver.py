@@ -23,6 +23,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from zapckpt.common.errors import ZapError
 from zapckpt.criu.images import PAGE_SIZE, PE_LAZY, ImageFormatError, read_pagemap
 
 # {u32 cmd; u64 nr_pages; u64 vaddr; u64 dst_id} in the host's layout (criu/page-xfer.c)
@@ -121,6 +122,7 @@ class PageServer:
         self.stats = Stats()
         self.closed = threading.Event()  # the daemon said it is done (or the connection ended)
         self.error: str | None = None
+        self.lost = False  # the daemon went away mid-way
         self._seen: set[tuple[int, int]] = set()
         self._gate = threading.Lock()  # held while a request is answered
         self._thread: threading.Thread | None = None
@@ -168,8 +170,11 @@ class PageServer:
                         self.closed.set()  # the daemon went away: its exit status says how
                         return
                     self._answer(*HEADER.unpack(head))
+        except (BrokenPipeError, ConnectionError) as e:
+            self.lost = True  # the daemon is gone: its exit status says why (the keeper tells)
+            self.fail(f"the connection to CRIU's lazy-pages daemon broke ({e.strerror or e})")
         except Exception as e:  # noqa: BLE001 - any failure ends the serving, and the pod (on_failure)
-            self.fail(str(e) if isinstance(e, ProtocolError) else f"{type(e).__name__}: {e}")
+            self.fail(str(e) if isinstance(e, (ProtocolError, ZapError)) else f"{type(e).__name__}: {e}")
 
     def fail(self, why: str) -> None:
         if self.error is None:

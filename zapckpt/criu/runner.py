@@ -179,20 +179,22 @@ def timeout() -> float:
     return value
 
 
-@functools.cache  # a property of this process: looked up once, not per path
 def host_root_pid() -> int:
     """A process whose root (/proc/<pid>/root) is ours, the host's, as seen from inside a pod's
     mount namespace (where /dev/shm, /dev/pts and the state directory are the pod's own): the
     init (pid 1) when it shares our root, since it outlives zap and a CRIU run then still finds
     its images, pidfile and hook if zap dies half-way (recovery.py relies on it); else our own
-    (zap in a chroot)."""
+    (zap in a chroot; looked up each time: a restore's background half is a fork, another pid)."""
+    return 1 if _pid1_shares_root() else os.getpid()
+
+
+@functools.cache  # a property of this machine: looked up once per process, not per path
+def _pid1_shares_root() -> bool:
     try:
         a, b = os.stat("/proc/1/root"), os.stat("/")
-        if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) and os.readlink("/proc/1/ns/mnt") == os.readlink("/proc/self/ns/mnt"):
-            return 1
+        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) and os.readlink("/proc/1/ns/mnt") == os.readlink("/proc/self/ns/mnt")
     except OSError:
-        pass
-    return os.getpid()
+        return False
 
 
 def host_root() -> str:

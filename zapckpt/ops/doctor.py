@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from zapckpt.common import proc
-from zapckpt.criu import incremental
+from zapckpt.criu import incremental, lazy
 from zapckpt.criu import probe as criu_probe
 from zapckpt.criu import runner as criu
 from zapckpt.state import StateDir
@@ -58,6 +58,7 @@ def _criu() -> list[Check]:
     out.append(Check("criu check", res.returncode == 0, text[-1] if text else f"exit {res.returncode}",
                      "" if res.returncode == 0 else f"see `{binary} check` output; {INSTALL}"))  # fmt: skip
     out.append(_dirty_tracking(binary))
+    out.append(_lazy_restore())
     # `criu check` passes for CRIUs that cannot dump one inet socket: judge it by doing that.
     try:
         out.append(Check("criu sockets probe", True, criu_probe.probe(binary)))
@@ -82,6 +83,15 @@ def _dirty_tracking(binary: str) -> Check:
                   "written since")  # fmt: skip
     return Check("incremental dumps", on, detail, "" if on else "a kernel built with CONFIG_MEM_SOFT_DIRTY",
                  required=False)
+
+
+def _lazy_restore() -> Check:
+    """Restores and branches bring memory in on demand (criu/lazy.py) where userfaultfd works."""
+    on, why = lazy.mode()
+    detail = (f"{why}: restore and branch return once the processes run, and their pages follow"
+              if on else f"{why}: restore and branch read all of a pod's memory before it runs")  # fmt: skip
+    return Check("lazy restore", on, detail, "" if on or "ZAP_LAZY" in why else
+                 "a kernel with CONFIG_USERFAULTFD, and CRIU >= 4 (uffd-noncoop)", required=False)  # fmt: skip
 
 
 def _cap_sys_resource() -> Check:

@@ -149,6 +149,11 @@ def _restore(ctx, s, d: dict) -> str:
         # It ran while its memory came in, and zap died before every page had: the keeper kills
         # it (criu/lazy.py); so do we, in case the keeper is gone too.
         procinfo.kill_pod_tree(pod.init_pid)
+    if restored and d.get("lazy"):
+        # A lazy restore is done only once every page is in (phase "storing"): whatever CRIU
+        # restored before is killed (by its keeper too), never adopted as the pod.
+        procinfo.kill_pod_tree(restored[0])
+        restored = None
     if restored and d.get("relock") and procinfo.any_stopped(restored[0]):
         # CRIU finished, but the tasks still wait stopped (for the locks CRIU dropped, or for the
         # keeper of a lazy restore): they are not the state they were, so the restore is undone.

@@ -82,15 +82,27 @@ def _go_background(run: Running | None, outcome: Outcome, report: Report | None,
     if report is None:
         return None
     s.commit()  # nothing uncommitted crosses the fork
-    handover = detach.go(lambda: report(outcome), before_fork=run.pages.pause if run and run.pages else None)
+
+    def before_fork() -> None:
+        if run is not None and run.pages is not None:
+            run.pages.pause()
+        # No SQLite connection may cross the fork: SQLite keeps its POSIX locks' bookkeeping per
+        # process, and a child that inherits it believes it holds locks it does not (another
+        # process then resets the WAL index under it: commits lost). The child opens its own.
+        # (A fleet's advisory lock is on a connection of its own, checked out: not closed here.)
+        rec.ctx.catalog.engine.dispose()
+
+    handover = detach.go(lambda: report(outcome), before_fork=before_fork,
+                         log=rec.ctx.log_path(outcome.pod, "background"))  # fmt: skip
     try:
         rec.adopt()
-        if run is not None and run.pages is not None:
-            run.pages.resume()
     except BaseException as e:
         handover.failed(one_line(e) if isinstance(e, ZapError) else f"{type(e).__name__}: {e}")
         raise
     handover.ready()
+    faults.point("restore:detached")  # the background half, pages held back: tests kill it, or the daemon, here
+    if run is not None and run.pages is not None:
+        run.pages.resume()
     return handover
 
 
@@ -136,7 +148,7 @@ def _restore_locked(ctx: Context, s: Session, pod: Pod, ck: Checkpoint, snap: Pa
     # is left to store.
     with ExitStack() as keep, intents.recorded(
         ctx, "restore", pod.name, session=s, ck_id=ck.id, saved_id=saved_id, new=str(new), old=str(old),
-        resume=resume, stage=str(prep.images.parent) if prep.images else None, phase="swap",
+        resume=resume, stage=str(prep.images.parent) if prep.images else None, phase="swap", lazy=prep.lazy,
         relock=prep.lazy or (prep.images is not None and bool(locks.posix_locks(prep.images))),
     ) as rec:  # fmt: skip
         return _swap_and_restore(ctx, s, rec, keep, pod, ck, snap, prep, saved_message, resume, saved_id, volume,
@@ -191,16 +203,17 @@ def _swap_and_restore(ctx: Context, s: Session, rec: intents.Record, keep: ExitS
         raise ZapError(f"restore to {ck.ref} failed: {e}.{back}") from None
     faults.point("restore:restored")
     staged = saved is not None and saved.image_format == ckpt.STAGED
-    if run and run.pages or staged:
+    lazy = bool(run and run.pages)
+    if lazy or staged:
         s.commit()  # the note is written in a session of its own (SQLite: one writer)
-        rec.note(phase="pages" if run and run.pages else "storing")
+        rec.note(phase="pages" if lazy else "storing")
     pod.head_checkpoint_id = ck.id
     pod.note = None
-    pod.restoring = bool(run and run.pages) or staged
+    pod.restoring = lazy  # `restoring` in `zap ps` while its memory comes in
     s.commit()
     outcome = Outcome(ck.ref, pod.name, prep.images is None, saved.ref if saved else None,
                       list(getattr(ck, "restore_warnings", [])), bool(run and run.pages))  # fmt: skip
-    handover = _go_background(run, outcome, report, rec, s) if pod.restoring else None
+    handover = _go_background(run, outcome, report, rec, s) if lazy or staged else None
     failure = None
     try:
         if run is not None:
@@ -211,8 +224,12 @@ def _swap_and_restore(ctx: Context, s: Session, rec: intents.Record, keep: ExitS
         failure = f"restore to {ck.ref} failed while its memory came in: {e}.{back}"
     if run is not None and run.pages is not None and failure is None:
         ck.working_set = run.pages.working_set or ck.working_set
+    pod.restoring = False  # its memory is all in (or it was put back): what is left, storing, is not the pod's
+    pod.note = failure
+    s.commit()
     if staged:
         rec.note(phase="storing")
+        faults.point("restore:storing")
         step("storing the state it replaced")
         _store_saved(ctx, s, pod, saved, rec)
     if failure is None:

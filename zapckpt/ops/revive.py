@@ -37,6 +37,7 @@ from zapckpt.criu.pageserver import PageMaps, PageServer
 from zapckpt.net import netns, podnet
 from zapckpt.pod import console
 from zapckpt.pod.mounts import pod_root, restore_argv
+from zapckpt.store import StoreError
 from zapckpt.store import imagesets as image_sets
 from zapckpt.system import cgroups, faults, procinfo, staging
 
@@ -78,22 +79,41 @@ def prepared(ctx: Context, s: Session, ck: Checkpoint, pod: str, allow_lazy: boo
         prep = Prepared(images)
         try:
             step(f"preparing the images of {ck.ref} (its memory comes on demand)")
-            pages.write_whole(images)
             try:
+                pages.write_whole(images)
                 maps = PageMaps(images)
-            except ImageFormatError as e:
+                on_demand = maps.lazy_pages > 0 and {t.pages for t in maps.tasks.values()} <= pages.files.keys()
+                for name, pf in pages.files.items():
+                    pages.write_pages(images, name, maps.eager.get(name, []) if on_demand else [(0, pf.pages)])
+            except (ImageFormatError, StoreError) as e:
                 raise image_sets.DamagedImages(f"checkpoint {ck.ref} cannot be restored: {e}") from None
-            on_demand = maps.lazy_pages > 0 and {t.pages for t in maps.tasks.values()} <= pages.files.keys()
-            for name, pf in pages.files.items():
-                pages.write_pages(images, name, maps.eager.get(name, []) if on_demand else [(0, pf.pages)])
             if on_demand:
                 prep = Prepared(images, pages, maps)
                 prep.coming = LazyPages.start(ctx, prep, pod)
+                _prefetch(ck.working_set, maps, pages)
             yield prep
         finally:
             if prep.coming is not None and not prep.coming.finished:
                 prep.coming.abandon()  # never restored, or failed: the keeper ends the daemon
             pages.close()
+
+
+def _prefetch(working_set: bytes | None, maps: PageMaps, pages) -> None:
+    """The frames of the pages the last lazy restore of this checkpoint saw faulted first,
+    decompressed before the processes run (REAP's idea: the working set first)."""
+    if not working_set:
+        return
+    try:
+        raw = zlib.decompress(working_set)
+    except zlib.error:
+        return
+    for i in range(0, len(raw) - 11, 12):
+        task, vaddr = int.from_bytes(raw[i : i + 4], "little"), int.from_bytes(raw[i + 4 : i + 12], "little")
+        try:
+            name, first, _n = maps.locate(task, vaddr, 1)
+        except Exception:  # noqa: BLE001 - a page the image set does not have lazily: nothing to fetch
+            continue
+        pages.prefetch(name, first, 1)
 
 
 @dataclass
@@ -228,8 +248,12 @@ class LazyPages:
         try:
             while True:
                 kind, value = self.keeper.poll(0.2)
-                if self.server.error:
+                if self.server.error and not self.server.lost:  # a page it could not give (a damaged frame)
                     raise ZapError(f"a page of its memory could not be brought in: {self.server.error}")
+                if self.server.lost and kind != b"D":  # the daemon died: its exit status says more
+                    kind, value = self.keeper.poll(2.0)
+                    if kind != b"D":
+                        raise ZapError(f"a page of its memory could not be brought in: {self.server.error}")
                 if kind == b"D":
                     if value != 0:
                         raise ZapError(f"CRIU's lazy-pages daemon failed (exit status {value}; "

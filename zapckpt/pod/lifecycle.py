@@ -310,6 +310,7 @@ def start(ctx: Context, name: str, command: list[str] | None = None) -> Pod:
             pod.init_pid, pod.init_starttime = start_processes(ctx, pod, podnet.netns_path(ctx.net, pod))
             pod.desired_state = "running"
             pod.restart_count = 0  # a restart policy's count starts again (ops/restart.py sets its own)
+            pod.note = None  # what happened to it before is over
             return pod
 
 

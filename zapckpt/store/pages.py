@@ -189,7 +189,7 @@ class PageImages:
 
     def _decompress(self, f: int) -> memoryview:
         pack, off, ln = self.frames[f]
-        return self.reader.get(pack, off, ln, f"a frame of its pages (pack {pack} at {off})")
+        return self.reader.get(pack, off, ln, f"the frame at {off}")
 
     def _frame(self, f: int) -> memoryview:
         with self.lock:

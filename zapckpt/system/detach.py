@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Callable
 
 _client_fds: list[int] = []
@@ -51,10 +52,11 @@ class Handover:
         self.fd = -1
 
 
-def go(report: Callable[[], None], before_fork: Callable[[], None] | None = None) -> Handover:
+def go(report: Callable[[], None], before_fork: Callable[[], None] | None = None, log: Path | None = None) -> Handover:
     """Fork. In the parent: wait for the child's word, then report() and exit 0 (or print the
     child's error and exit 1), without unwinding anything (the child holds it now). In the
-    child: returns the Handover, detached from the terminal."""
+    child: returns the Handover, detached from the terminal, its standard error on log (where
+    an unexpected error's traceback lands) or /dev/null."""
     global _in_background
     r, w = os.pipe2(os.O_CLOEXEC)
     if before_fork is not None:
@@ -81,8 +83,15 @@ def go(report: Callable[[], None], before_fork: Callable[[], None] | None = None
     _in_background = True
     os.setsid()
     devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
+    for fd in (0, 1):
         os.dup2(devnull, fd)
+    try:
+        err = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600) if log else devnull
+    except OSError:
+        err = devnull
+    os.dup2(err, 2)
+    if err != devnull:
+        os.close(err)
     os.close(devnull)
     for fd in _client_fds:
         try:
