@@ -30,6 +30,7 @@ SUITE = {
                   ["--runs", "3", "--volumes", "50,200", "--dirty-mib", "32"]),
     "restore_branch": ("restore_branch.py", ["--runs", "5", "--restore-mib", "256", "--volumes", "100,4096"],
                        ["--runs", "3", "--restore-mib", "128", "--volumes", "50,200"]),
+    "lazy_restore": ("lazy_restore.py", ["--runs", "5", "--sizes", "64,1024"], ["--runs", "2", "--sizes", "32,128"]),
     "dedup": ("dedup.py", ["--mib", "512", "--checkpoints", "10", "--pct", "2"],
               ["--mib", "64", "--checkpoints", "10", "--pct", "2"]),
     "fuse_view": ("fuse_view.py", ["--runs", "5", "--files", "100000", "--checkpoints", "10000", "--gib", "1"],

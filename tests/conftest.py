@@ -145,12 +145,14 @@ class Zap:
         return lines[0]
 
     def pod(self, name: str) -> dict:
-        return self.json("show", name)
+        """The pod as `zap show` has it once a restore or branch of it is over: a lazy one
+        reports while the pod's memory still comes in (state "restoring": `zap show` then)."""
+        return self.settled(name)
 
     def settled(self, name: str, timeout: float = 120) -> dict:
         """The pod once a restore or branch of it is over (its memory all in: no longer
-        "restoring"); a lazy restore reports while its pages still come in."""
-        return wait_for(lambda: (p := self.pod(name))["state"] != "restoring" and p, timeout=timeout,
+        "restoring")."""
+        return wait_for(lambda: (p := self.json("show", name))["state"] != "restoring" and p, timeout=timeout,
                         what=f"{name} to finish restoring")  # fmt: skip
 
     def volume(self, name: str) -> Path:

@@ -75,7 +75,7 @@ def test_lazy_restore_and_branch_memory_exact(zap, mib):
     # The running pod is saved (its images stored after the restored one runs), then restored.
     out = zap("restore", "m@1")
     assert out.stdout.strip() == "restored m@1" and "m@2" in out.stderr
-    assert zap.pod("m")["state"] in ("restoring", "running")
+    assert zap.json("show", "m")["state"] in ("restoring", "running")
     pod = zap.settled("m")
     assert pod["state"] == "running" and pod["pid"] != pid
     assert memory_intact(zap.volume("m"), timeout=120)
@@ -181,20 +181,22 @@ def _owner_alive(zap) -> bool:
 
 
 def test_lazy_daemon_killed_puts_the_pod_back(zap, tmp_path):
-    """CRIU's lazy-pages daemon killed while pages are still to come: the pod never runs on
-    without them; it is put back as it was, and its note says why."""
+    """CRIU's lazy-pages daemon killed while pages are still to come (here: the tree restored
+    and stopped, the keeper holding its userfaultfds): the pod never runs on without them; it
+    is put back as it was, and its note says why."""
     run_memhog(zap, "m", 128)
     zap("checkpoint", "m")
-    env = {"ZAP_FAULT": "wait@restore:detached", "ZAP_FAULT_DIR": str(tmp_path)}
-    cp = zap("restore", "m@1", env=env)  # reported; its background half waits, pages held back
-    assert cp.stdout.strip() == "restored m@1"
-    wait_for(lambda: (tmp_path / "restore:detached.reached").exists(), what="the background half")
+    env = dict(zap.env, ZAP_FAULT="wait@restore:lazy-stopped", ZAP_FAULT_DIR=str(tmp_path))
+    p = subprocess.Popen([*zap.cmd, "restore", "m@1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (tmp_path / "restore:lazy-stopped.reached").exists(), what="the restored tree, stopped")
     (daemon,) = lazy_daemons(zap)
     os.kill(daemon, signal.SIGKILL)
-    (tmp_path / "restore:detached.go").touch()
+    (tmp_path / "restore:lazy-stopped.go").touch()
+    out, err = p.communicate(timeout=180)
+    assert p.returncode == 0 and out.strip() == "restored m@1", err  # reported: the failure comes after
     pod = zap.settled("m", timeout=180)
     assert "failed while its memory came in" in (pod.get("note") or ""), pod
-    assert "lazy-pages daemon failed" in pod["note"]
+    assert "lazy-pages daemon failed" in pod["note"] and "put back as it was" in pod["note"], pod["note"]
     ps = zap("ps")
     assert "m: restore to m@1 failed while its memory came in" in ps.stderr
     assert_whole(zap, "m")
@@ -264,11 +266,11 @@ def test_eager_fallback_and_doctor(zap):
     run_memhog(zap, "m", 64)
     zap("checkpoint", "m")
     zap("restore", "m@1", env={"ZAP_LAZY": "0"})
-    assert zap.pod("m")["state"] == "running"  # eager: every page in before it reports (the state
+    assert zap.json("show", "m")["state"] == "running"  # eager: every page in before it reports (the state
     # it replaced may still be being stored, in the background)
     assert memory_intact(zap.volume("m"))
     zap("branch", "m@1", "mb", env={"ZAP_LAZY": "0"})
-    assert zap.pod("mb")["state"] == "running" and memory_intact(zap.volume("mb"))
+    assert zap.json("show", "mb")["state"] == "running" and memory_intact(zap.volume("mb"))
     zap("rm", "--force", "mb")
     assert_whole(zap, "m")
 
@@ -281,7 +283,7 @@ def test_commands_wait_for_a_restore_in_progress(zap, tmp_path):
     env = {"ZAP_FAULT": "wait@restore:detached", "ZAP_FAULT_DIR": str(tmp_path)}
     zap("restore", "m@1", env=env)
     wait_for(lambda: (tmp_path / "restore:detached.reached").exists(), what="the background half")
-    assert zap.pod("m")["state"] == "restoring"
+    assert zap.json("show", "m")["state"] == "restoring"
     waiting = subprocess.Popen([*zap.cmd, "checkpoint", "m"], env=zap.env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)  # fmt: skip
     time.sleep(1.0)

@@ -546,7 +546,10 @@ def test_processes_that_exit_right_after_a_restore_are_reported(zap, tmp_path):
     assert "exited" not in cp.stderr
     (shared / "marker").touch()
     cp = zap("restore", "ex@1")
-    assert "exited right after the restore" in cp.stderr and "python3" in cp.stderr, cp.stderr
+    # said when it reports, or (a lazy restore reports before the pod's memory is all in, and
+    # the helper's first moments may come after) in the pod's note, which `zap ps` shows
+    said = cp.stderr + (zap.pod("ex").get("note") or "")
+    assert "exited right after the restore" in said and "python3" in said, said
 
 
 def mariadb(path: str) -> list[str]:

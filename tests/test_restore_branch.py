@@ -27,7 +27,7 @@ def test_restore_in_place_and_undo(zap):
     out = zap("restore", "web@1")
     assert out.stdout.strip() == "restored web@1"
     assert "web@2" in out.stderr  # the replaced state is kept
-    assert zap.pod("web")["state"] in ("restoring", "running")  # its memory may still come in
+    assert zap.json("show", "web")["state"] in ("restoring", "running")  # its memory may still come in
     pod = zap.settled("web")
     assert pod["state"] == "running" and pod["pid"] != old_pid and pod["head"] == "web@1"
     vol = zap.volume("web")

@@ -22,6 +22,7 @@ FILE_LOCKS_MAGIC = 0x54323616
 PSTREE_MAGIC = 0x50273030
 CORE_MAGIC = 0x55053847
 REMAP_FPATH_MAGIC = 0x59133954
+MM_MAGIC = 0x57492820
 FD_REG = 1
 FD_INETSK = 4  # fdinfo.proto fd_types
 FD_UNIXSK = 5
@@ -389,4 +390,35 @@ def link_remaps(images: Path) -> list[str]:
             name = fields(reg).get(6)
             if isinstance(name, bytes):
                 out.append(name.decode(errors="surrogateescape"))
+    return out
+
+
+# VmaEntry.status (criu/include/image.h), mmap flags
+VMA_FILE_PRIVATE = 1 << 6
+VMA_ANON_PRIVATE = 1 << 9
+MAP_NORESERVE = 0x4000
+
+
+@dataclass(frozen=True)
+class Vma:
+    start: int
+    end: int
+    flags: int  # mmap flags
+    status: int  # CRIU's VMA_* bits
+
+    @property
+    def private(self) -> bool:
+        return bool(self.status & (VMA_FILE_PRIVATE | VMA_ANON_PRIVATE))
+
+
+def vmas(path: Path) -> list[Vma]:
+    """The memory areas of one dumped process (mm-<pid>.img)."""
+    entry = next(entries(path.read_bytes(), MM_MAGIC), None)
+    if entry is None:
+        return []
+    out = []
+    for num, wt, raw in raw_fields(entry):
+        if num == 14 and wt == 2:
+            f = fields(raw)  # type: ignore[arg-type]
+            out.append(Vma(int(f.get(1, 0)), int(f.get(2, 0)), int(f.get(6, 0)), int(f.get(7, 0))))
     return out

@@ -24,7 +24,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from zapckpt.common.errors import ZapError
-from zapckpt.criu.images import PAGE_SIZE, PE_LAZY, ImageFormatError, read_pagemap
+from zapckpt.criu.images import MAP_NORESERVE, PAGE_SIZE, PE_LAZY, ImageFormatError, read_pagemap, vmas
 
 # {u32 cmd; u64 nr_pages; u64 vaddr; u64 dst_id} in the host's layout (criu/page-xfer.c)
 HEADER = struct.Struct("=I4xQQQ")
@@ -85,6 +85,27 @@ class PageMaps:
                 self.tasks[int(m.group(1))] = TaskPages(name, np.array(cols[0], dtype=np.uint64),
                                                         np.array(cols[1], dtype=np.int64), np.array(cols[2], dtype=np.int64),
                                                         np.array(cols[3], dtype=bool))  # fmt: skip
+
+    def premap_refused(self, images: Path) -> str | None:
+        """Why CRIU's lazy restore would fail here, or None. It maps every private memory area of
+        the tree, writable, before it restores (an eager restore maps them in place, as they
+        were): an area the kernel will not commit to (MariaDB reserves 8 TiB of address space)
+        makes that mmap fail. Judged by the kernel's own overcommit rule."""
+        mode = _read_int("/proc/sys/vm/overcommit_memory", 0)
+        if mode == 1:
+            return None
+        mem = _meminfo()
+        total = 0
+        for path in sorted(images.glob("mm-*.img")):
+            for v in vmas(path):
+                if v.private and not v.flags & MAP_NORESERVE:
+                    size = v.end - v.start
+                    total += size
+                    if mode == 0 and size > (mem.get("MemTotal", 0) + mem.get("SwapTotal", 0)) << 10:
+                        return f"it reserves {size >> 30} GiB of address space in one area (more than this machine's memory)"
+        if mode == 2 and total > (mem.get("CommitLimit", 0) - mem.get("Committed_AS", 0)) << 10:
+            return "its private memory areas exceed what this kernel will commit to (vm.overcommit_memory=2)"
+        return None
 
     @property
     def lazy_pages(self) -> int:
@@ -220,3 +241,22 @@ def _send(sock: socket.socket, parts: list) -> None:
                 batch.pop(0)
             if batch and sent:
                 batch[0] = batch[0][sent:]
+
+
+def _read_int(path: str, default: int) -> int:
+    try:
+        return int(Path(path).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def _meminfo() -> dict[str, int]:
+    """/proc/meminfo in KiB."""
+    out = {}
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            k, _, v = line.partition(":")
+            out[k] = int(v.split()[0]) if v.split() else 0
+    except (OSError, ValueError):
+        pass
+    return out

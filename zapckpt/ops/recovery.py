@@ -232,7 +232,7 @@ def _branch(ctx, s, d: dict) -> str:
         # It ran while its memory came in, and zap died before every page had: it goes.
         if procinfo.is_alive(pod.init_pid, pod.init_starttime):
             procinfo.kill_pod_tree(pod.init_pid)
-        s.delete(pod)
+        queries.delete_pod(s, pod)
     if restored:
         procinfo.kill_pod_tree(restored[0])
     podnet.remove(ctx.net, Pod(name=d["pod"], net=d.get("net", "host")))

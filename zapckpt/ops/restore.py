@@ -12,6 +12,7 @@ before the call returns."""
 from __future__ import annotations
 
 import sys
+import time
 import traceback
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
@@ -52,6 +53,24 @@ class Outcome:
     warnings: list[str] = field(default_factory=list)
     lazy: bool = False  # its memory still comes in
     mount_path: str = ""
+    expected: list[dict] = field(default_factory=list)  # the processes the checkpoint held
+    init_pid: int | None = None
+
+    def final(self) -> "Outcome":
+        """At report time (as late as can be: a process that dies of what it finds restored
+        needs its first moments): the processes that exited right after the restore, said."""
+        if gone := self.exited():
+            self.warnings.append(gone)
+        return self
+
+    def exited(self, within: float = 0.0) -> str | None:
+        """The processes of the checkpoint gone now (looked for again for `within` seconds)."""
+        deadline = time.monotonic() + within
+        while True:
+            gone = procinfo.missing_processes(self.expected, self.init_pid) if self.init_pid and self.expected else []
+            if gone or time.monotonic() >= deadline:
+                return f"exited right after the restore: {procinfo.name_processes(gone)}" if gone else None
+            time.sleep(0.02)
 
 
 def _check_snapshot(ctx: Context, s: Session, ck: Checkpoint) -> Path:
@@ -92,17 +111,18 @@ def _go_background(run: Running | None, outcome: Outcome, report: Report | None,
         # (A fleet's advisory lock is on a connection of its own, checked out: not closed here.)
         rec.ctx.catalog.engine.dispose()
 
-    handover = detach.go(lambda: report(outcome), before_fork=before_fork,
+    handover = detach.go(lambda: report(outcome.final()), before_fork=before_fork,
                          log=rec.ctx.log_path(outcome.pod, "background"))  # fmt: skip
     try:
         rec.adopt()
+        if run is not None and run.pages is not None:
+            run.pages.resume()
+            run.pages.settle()
     except BaseException as e:
         handover.failed(one_line(e) if isinstance(e, ZapError) else f"{type(e).__name__}: {e}")
         raise
     handover.ready()
-    faults.point("restore:detached")  # the background half, pages held back: tests kill it, or the daemon, here
-    if run is not None and run.pages is not None:
-        run.pages.resume()
+    faults.point("restore:detached")  # the background half, after it reported: tests kill or hold it here
     return handover
 
 
@@ -193,7 +213,6 @@ def _swap_and_restore(ctx: Context, s: Session, rec: intents.Record, keep: ExitS
             pod.desired_state = "running"
             if not resume:
                 podnet.abort_external(ctx.net, pod)
-            ck.restore_warnings = exited_warning(ck, pod.init_pid)
         else:
             pod.init_pid = pod.init_starttime = None
             pod.desired_state = "stopped"
@@ -211,8 +230,8 @@ def _swap_and_restore(ctx: Context, s: Session, rec: intents.Record, keep: ExitS
     pod.note = None
     pod.restoring = lazy  # `restoring` in `zap ps` while its memory comes in
     s.commit()
-    outcome = Outcome(ck.ref, pod.name, prep.images is None, saved.ref if saved else None,
-                      list(getattr(ck, "restore_warnings", [])), bool(run and run.pages))  # fmt: skip
+    outcome = Outcome(ck.ref, pod.name, prep.images is None, saved.ref if saved else None, lazy=lazy,
+                      expected=list(ck.processes or []), init_pid=run.pid if run else None)  # fmt: skip
     handover = _go_background(run, outcome, report, rec, s) if lazy or staged else None
     failure = None
     try:
@@ -225,7 +244,8 @@ def _swap_and_restore(ctx: Context, s: Session, rec: intents.Record, keep: ExitS
     if run is not None and run.pages is not None and failure is None:
         ck.working_set = run.pages.working_set or ck.working_set
     pod.restoring = False  # its memory is all in (or it was put back): what is left, storing, is not the pod's
-    pod.note = failure
+    # Reported before its memory was in: what died meanwhile is the pod's note (`zap ps` says it).
+    pod.note = failure or (outcome.exited(within=0.25) if handover is not None else None)
     s.commit()
     if staged:
         rec.note(phase="storing")
@@ -242,7 +262,7 @@ def _swap_and_restore(ctx: Context, s: Session, rec: intents.Record, keep: ExitS
             raise ZapError(failure)
         _log_failure(ctx, pod.name, failure)
     elif report is not None and handover is None:
-        report(outcome)
+        report(outcome.final())
     return saved
 
 
@@ -384,7 +404,6 @@ def _make_branch(ctx: Context, s: Session, rec: intents.Record, pool, pod: Pod, 
                 # its own name, as its own address (the uts namespace came back as the original's)
                 proc.run(["nsenter", "-t", str(pod.init_pid), "-u", "--", "hostname", pod.name], check=False)
             pod.desired_state = "running"
-            pod.restore_warnings = exited_warning(ck, pod.init_pid)
         pod.restoring = bool(run and run.pages)
         if pod.restoring:
             rec.note(phase="pages")  # recovery removes a branch whose pages did not all come
@@ -396,12 +415,12 @@ def _make_branch(ctx: Context, s: Session, rec: intents.Record, pool, pod: Pod, 
         s.rollback()
         _remove_branch(ctx, pool, pod, run)
         raise
-    outcome = Outcome(ck.ref, pod.name, prep.images is None, warnings=list(getattr(pod, "restore_warnings", [])),
-                      lazy=pod.restoring, mount_path=pod.mount_path)  # fmt: skip
+    outcome = Outcome(ck.ref, pod.name, prep.images is None, lazy=pod.restoring, mount_path=pod.mount_path,
+                      expected=list(ck.processes or []), init_pid=run.pid if run else None)  # fmt: skip
     handover = _go_background(run, outcome, report, rec, s) if pod.restoring else None
     if run is None or run.pages is None:
         if report is not None:
-            report(outcome)
+            report(outcome.final())
         return
     try:
         run.wait()
@@ -411,7 +430,7 @@ def _make_branch(ctx: Context, s: Session, rec: intents.Record, pool, pod: Pod, 
         s.rollback()
         row = queries.find_pod(s, pod.name)
         if row is not None:
-            s.delete(row)
+            queries.delete_pod(s, row)
         s.commit()
         if pod.ports:
             podnet.sync_nat(s, ctx.net)
@@ -421,11 +440,12 @@ def _make_branch(ctx: Context, s: Session, rec: intents.Record, pool, pod: Pod, 
         _log_failure(ctx, pod.name, why)
         return
     pod.restoring = False
+    pod.note = outcome.exited(within=0.25) if handover is not None else None
     if ck.working_set is None:
         ck.working_set = run.pages.working_set
     s.commit()
     if report is not None and handover is None:
-        report(outcome)
+        report(outcome.final())
 
 
 def _remove_branch(ctx: Context, pool, pod: Pod, run: Running | None) -> None:

@@ -82,7 +82,8 @@ def prepared(ctx: Context, s: Session, ck: Checkpoint, pod: str, allow_lazy: boo
             try:
                 pages.write_whole(images)
                 maps = PageMaps(images)
-                on_demand = maps.lazy_pages > 0 and {t.pages for t in maps.tasks.values()} <= pages.files.keys()
+                on_demand = (maps.lazy_pages > 0 and {t.pages for t in maps.tasks.values()} <= pages.files.keys()
+                             and maps.premap_refused(images) is None)  # fmt: skip
                 for name, pf in pages.files.items():
                     pages.write_pages(images, name, maps.eager.get(name, []) if on_demand else [(0, pf.pages)])
             except (ImageFormatError, StoreError) as e:
@@ -241,6 +242,17 @@ class LazyPages:
 
     def resume(self) -> None:
         self.server.resume()
+
+    def settle(self, quiet: float = 0.005, most: float = 0.05) -> None:
+        """Give the processes their first moments before the restore is reported (until none
+        faulted for `quiet` seconds, at most `most`): one that dies of what it finds restored
+        has then died, and the report says so."""
+        deadline = time.monotonic() + most
+        while time.monotonic() < deadline:
+            n = self.server.stats.faults
+            time.sleep(quiet)
+            if self.server.stats.faults == n:
+                return
 
     def wait(self, timeout: float | None = None) -> None:
         """Until every page is in; raises ZapError (the pod killed) if one cannot come."""

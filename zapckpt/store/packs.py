@@ -38,14 +38,17 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+IOV_MAX = 1024  # buffers one writev takes
+
+
 def write_all(fd: int, parts: list) -> None:
-    """writev, finishing a short write the slow way."""
-    if not parts:
-        return
-    done = os.writev(fd, parts)
-    want = sum(len(x) for x in parts)
-    if done < want:
-        os.write(fd, b"".join(parts)[done:])
+    """writev, at most IOV_MAX buffers at a time, finishing a short write the slow way."""
+    for i in range(0, len(parts), IOV_MAX):
+        batch = parts[i : i + IOV_MAX]
+        done = os.writev(fd, batch)
+        want = sum(len(x) for x in batch)
+        if done < want:
+            os.write(fd, b"".join(batch)[done:])
 
 
 class PackWriter:

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 RUN_GAP = 4096  # chunk ids this far apart are looked up in one range of frame rows
 CACHE_BYTES = 96 << 20  # decompressed frames kept (a frame is 256 KiB of pages)
-WRITE_PAGES = 16384  # pages per writev of write_pages (at most 257 frames' slices)
+WRITE_PAGES = 16384  # pages read and written at a time by write_pages (64 MiB)
 
 
 def is_pages(name: str) -> bool:
@@ -145,7 +145,7 @@ class PageImages:
         with _create(target / name) as out:
             out.truncate(self.sizes[name])
             for first, n in runs:
-                for at in range(first, first + n, WRITE_PAGES):  # a writev takes at most 1024 slices
+                for at in range(first, first + n, WRITE_PAGES):
                     take = min(WRITE_PAGES, first + n - at)
                     os.lseek(out.fileno(), at * PAGE, os.SEEK_SET)
                     write_all(out.fileno(), self.read(name, at, take))

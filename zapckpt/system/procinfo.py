@@ -112,6 +112,11 @@ def describe(pid: int) -> dict | None:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    except OSError:  # EIO: its arguments are in memory a lazy restore has not brought in yet
+        argv = []
+    try:
         with open(f"/proc/{pid}/status") as f:
             nspid = next((ln.split()[1:] for ln in f if ln.startswith("NSpid:")), [str(pid)])
         cwd, root = os.readlink(f"/proc/{pid}/cwd"), os.readlink(f"/proc/{pid}/root")
