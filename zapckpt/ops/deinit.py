@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import ExitStack
 from pathlib import Path
 
 from catalog import hosts, queries
@@ -51,16 +52,23 @@ def deinit(ctx: Context, purge: bool, stop_timeout: float = 3.0) -> list[str]:
     pool = existing_pool(ctx.state, ctx.catalog, ctx.host_id) if known else None
     if known:
         with ctx.catalog.session() as s:
-            for pod in queries.list_pods(s, ctx.host_id):
-                if procinfo.is_alive(pod.init_pid, pod.init_starttime):
-                    stop_processes(pod, stop_timeout)
-                    pod.desired_state = "stopped"
-                    stopped.append(pod.name)
-                console.wait_for_loggers(ctx.state.console_log(pod.name))  # its last lines written
-                cgroups.remove(ctx.state.root, pod.name)  # made again by its next start
-                if purge and pod.net_locked_by:
-                    # nothing will ever restore these: a --net host pod's lock lives in the host's namespace
-                    podnet.release_locks(ctx.net, pod, queries.criu_run_id(s, pod.net_locked_by))
+            names = [p.name for p in queries.list_pods(s, ctx.host_id)]
+        with ExitStack() as held:
+            # Each pod's lock: an operation on it finishes first (a restore still bringing a
+            # pod's memory in, in the background, holds it until the last page).
+            for name in names:
+                held.enter_context(ctx.pod_lock(name, own=False))
+            with ctx.catalog.session() as s:
+                for pod in queries.list_pods(s, ctx.host_id):
+                    if procinfo.is_alive(pod.init_pid, pod.init_starttime):
+                        stop_processes(pod, stop_timeout)
+                        pod.desired_state = "stopped"
+                        stopped.append(pod.name)
+                    console.wait_for_loggers(ctx.state.console_log(pod.name))  # its last lines written
+                    cgroups.remove(ctx.state.root, pod.name)  # made again by its next start
+                    if purge and pod.net_locked_by:
+                        # nothing will ever restore these: a --net host pod's lock lives in the host's namespace
+                        podnet.release_locks(ctx.net, pod, queries.criu_run_id(s, pod.net_locked_by))
     if purge and known and not ctx.catalog.url.embedded:
         _leave_fleet(ctx)
     if pool is not None:

@@ -82,8 +82,11 @@ def prepared(ctx: Context, s: Session, ck: Checkpoint, pod: str, allow_lazy: boo
             try:
                 pages.write_whole(images)
                 maps = PageMaps(images)
+                # Eager where zap must write into the restored processes before they run (the
+                # POSIX locks CRIU drops, taken again through ptrace: criu/locks.py): their pages
+                # must be there, and the kernel gives no access to a missing one from outside.
                 on_demand = (maps.lazy_pages > 0 and {t.pages for t in maps.tasks.values()} <= pages.files.keys()
-                             and maps.premap_refused(images) is None)  # fmt: skip
+                             and maps.premap_refused(images) is None and not locks.posix_locks(images))  # fmt: skip
                 for name, pf in pages.files.items():
                     pages.write_pages(images, name, maps.eager.get(name, []) if on_demand else [(0, pf.pages)])
             except (ImageFormatError, StoreError) as e:
