@@ -1,10 +1,16 @@
 #!/usr/bin/env python3
-"""A probe for issue 25, not a bench part: raw CRIU lazy restore (`criu lazy-pages` serving an
-uncompressed image set from tmpfs, `criu restore --lazy-pages`), and the same daemon reading the
-pages through the history view's `images/` (served from the chunk store, never reassembled),
-against the eager restore of the same image set, of a real pod (tests/workloads/memhog.py) restored the way zap restores it. Each
-restored process hashes its memory again and the hash must equal the one it wrote before the
-checkpoint. Prints one line per run and the medians.
+"""A probe for issue 25, not a bench part: the ways a lazy restore can get its pages, measured
+side by side on a real pod (tests/workloads/memhog.py) restored the way zap restores it:
+
+  eager      the whole image set, uncompressed in tmpfs, read by `criu restore` (no lazy pages)
+  lazy       raw CRIU: `criu lazy-pages` reading the same uncompressed set from tmpfs
+  lazy-view  the daemon reading its pages through the history view's `images/` (a FUSE file
+             system serving the chunk store: design B)
+  lazy-zap   the daemon asking zap's page server (criu/pageserver.py), which answers from the
+             chunk store's packs (store/pages.py): design A, the one zap uses
+
+Each restored process hashes its memory again and the hash must equal the one it wrote before
+the checkpoint. Prints one line per run and the medians.
 
     .venv/bin/python bench/lazy_probe.py [--mib 256] [--runs 5]
 """
@@ -29,6 +35,23 @@ sys.path.insert(0, str(ROOT))
 MEMHOG = ROOT / "tests" / "workloads" / "memhog.py"
 
 
+def zap_pages(ctx, s, ck, skel: Path):
+    """What zap's lazy restore prepares (ops/revive.py): the image set but its lazy pages, in
+    skel; the page server and CRIU's daemon (under its keeper) started."""
+    from zapckpt.criu.pageserver import PageMaps
+    from zapckpt.ops.revive import LazyPages, Prepared
+    from zapckpt.store import imagesets
+
+    pages = imagesets.page_images(ctx, s, ck)
+    pages.write_whole(skel)
+    maps = PageMaps(skel)
+    for name in pages.files:
+        pages.write_pages(skel, name, maps.eager.get(name, []))
+    prep = Prepared(skel, pages, maps)
+    prep.coming = LazyPages.start(ctx, prep, "probe")
+    return prep.coming, skel
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mib", type=int, default=256)
@@ -44,7 +67,7 @@ def main() -> int:
     from catalog import queries
     from zapckpt.system import procinfo
 
-    results: dict[str, list] = {"eager": [], "lazy": [], "lazy-view": []}
+    results: dict[str, list] = {"eager": [], "lazy": [], "lazy-view": [], "lazy-zap": []}
     view = Path(tempfile.mkdtemp(prefix="zapbench-lazy-view-"))
     try:
         zap(home, "init", "--size", "2G")
@@ -66,11 +89,22 @@ def main() -> int:
         mounts = {"volume": str(vol), "mount_path": str(mount_path), "system": False, "volumes": [],
                   "state_root": str(mount_path.parent.parent), "private_tmp": True}  # fmt: skip
         for r in range(args.runs):
-            for mode in (("eager", "lazy", "lazy-view") if r % 2 == 0 else ("lazy-view", "lazy", "eager")):
+            modes = ("eager", "lazy", "lazy-view", "lazy-zap")
+            for mode in (modes if r % 2 == 0 else modes[::-1]):
                 (vol / "memsum").unlink(missing_ok=True)
                 daemon = None
                 log = stage / f"{mode}-{r}.log"
-                if mode != "eager":
+                coming = None
+                if mode == "lazy-zap":
+                    # zap's own: the images but the lazy pages, the rest from its page server
+                    t = time.perf_counter()
+                    ctx = Context()
+                    with ctx.catalog.session() as s:
+                        coming, skel = zap_pages(ctx, s, queries.resolve_ref(s, ref), stage / f"skel-{r}")
+                    ctx.close()
+                    coming.wait_ready()
+                    skel_s = time.perf_counter() - t
+                elif mode != "eager":
                     for f in images.glob("lazy-pages*"):
                         f.unlink()
                     # its socket in the restore's work directory; its pages from -D
@@ -82,9 +116,12 @@ def main() -> int:
                 pidfile = stage / "pid"
                 pidfile.unlink(missing_ok=True)
                 t = time.perf_counter()
-                pid = criu.restore(images, pidfile, restore_argv(mounts), os.path.join(pod_root(str(mount_path)), "proc"),
+                where = skel if coming is not None else images
+                pid = criu.restore(where, pidfile, restore_argv(mounts), os.path.join(pod_root(str(mount_path)), "proc"),
                                    None, log, extra=("--lazy-pages",) if mode != "eager" else ())  # fmt: skip
-                returned = time.perf_counter() - t
+                if coming is not None:
+                    coming.restored(pid)
+                returned = time.perf_counter() - t + (skel_s if coming is not None else 0.0)
                 (vol / "memsum.req").touch()
                 wait_for(lambda: (vol / "memsum").exists(), what="the restored memhog's hash", timeout=120)
                 hashed = time.perf_counter() - t
@@ -92,6 +129,10 @@ def main() -> int:
                 done = hashed
                 if daemon is not None:
                     daemon.wait(timeout=120)
+                    done = time.perf_counter() - t
+                if coming is not None:
+                    coming.wait()
+                    coming.prep.pages.close()
                     done = time.perf_counter() - t
                 procinfo.kill_pod_tree(pid)
                 ok = got == want
