@@ -134,6 +134,9 @@ def main() -> int:
                     coming.wait()
                     coming.prep.pages.close()
                     done = time.perf_counter() - t
+                    st = coming.server.stats
+                    print(f"  zap's page server: {st.requests} requests ({st.faults} faults), {st.pages} pages, "
+                          f"busy {st.busy_s * 1000:.0f} ms", flush=True)  # fmt: skip
                 procinfo.kill_pod_tree(pid)
                 ok = got == want
                 results[mode].append((returned, hashed, done, ok))

@@ -35,7 +35,7 @@ esac
 
 # What zap itself needs (pyfuse3 is built from source: the compiler and FUSE headers).
 APT_PACKAGES=(btrfs-progs fuse3 libfuse3-dev pkg-config util-linux mount debootstrap
-              zstd procps e2fsprogs python3 python3-venv python3-dev gcc make iproute2 nftables groff-base
+              zstd libzstd-dev procps e2fsprogs python3 python3-venv python3-dev gcc make iproute2 nftables groff-base
               catatonit)
 EXTRAS=""
 if [[ $FOR_TESTS -eq 1 ]]; then
@@ -233,18 +233,22 @@ fi
 "$VENV/bin/python" -m compileall -q -j 0 "$REPO/zapckpt" "$REPO/catalog" "$REPO/fsbackend" >/dev/null \
     || warn "compileall failed: zap works, a little slower to start"
 
-# ---------------------------------------------------------------- c2. the console logger and the zap command
-# Small C programs: the logger runs beside every running pod (zapckpt/pod/logger.c); the `zap`
-# command (zapckpt/client.c) hands each command to the zap server, whose Python is warm already.
+# ---------------------------------------------------------------- c2. the console logger, the page server and the zap command
+# Small C programs: the logger runs beside every running pod (zapckpt/pod/logger.c); the page
+# server answers CRIU's lazy-pages daemon from the image store (zapckpt/criu/pageserver.c); the
+# `zap` command (zapckpt/client.c) hands each command to the zap server, whose Python is warm already.
 mkdir -p "$VENV/libexec"
 LOGGER="$VENV/libexec/zap-console"
+PAGES="$VENV/libexec/zap-pages"
 CLIENT="$VENV/libexec/zap"
+logged cc -O2 -Wall -o "$PAGES.tmp" "$REPO/zapckpt/criu/pageserver.c" -lzstd || die "cc zapckpt/criu/pageserver.c failed"
+mv -f "$PAGES.tmp" "$PAGES"
 logged cc -O2 -Wall -o "$LOGGER.tmp" "$REPO/zapckpt/pod/logger.c" || die "cc zapckpt/pod/logger.c failed"
 mv -f "$LOGGER.tmp" "$LOGGER"
 logged cc -O2 -Wall -DZAP_PYTHON="\"$VENV/bin/python\"" -DZAP_ROOT="\"$(realpath "$REPO")\"" \
     -DZAP_PREFIX="\"$(realpath "$VENV")\"" -o "$CLIENT.tmp" "$REPO/zapckpt/client.c" || die "cc zapckpt/client.c failed"
 mv -f "$CLIENT.tmp" "$CLIENT"
-done_step "console logger and zap command: ok (built $LOGGER and $CLIENT)"
+done_step "console logger, page server and zap command: ok (built $LOGGER, $PAGES and $CLIENT)"
 
 # ---------------------------------------------------------------- d. zap link
 target="$CLIENT"

@@ -205,6 +205,39 @@ def test_lazy_daemon_killed_puts_the_pod_back(zap, tmp_path):
     assert_whole(zap, "m")
 
 
+def page_servers(zap) -> list[int]:
+    tag = hashlib.sha1(str(zap.home).encode()).hexdigest()[:10]
+    return [p for p, c in _cmdlines().items() if b"zap-pages" in c and tag.encode() in c]
+
+
+def test_page_server_killed_puts_the_pod_back(zap, tmp_path):
+    """zap's page server (zap-pages) killed while CRIU restores (a page CRIU waits for would
+    never come: CRIU is stopped, the restore fails and the pod is put back), and after the
+    restore reported (the pod is killed before it runs on a missing page, and put back)."""
+    run_memhog(zap, "m", 128)
+    zap("checkpoint", "m")
+    for point in ("restore:lazy-daemon", "restore:detached"):
+        for f in tmp_path.iterdir():
+            f.unlink()
+        env = dict(zap.env, ZAP_FAULT=f"wait@{point}", ZAP_FAULT_DIR=str(tmp_path))
+        p = subprocess.Popen([*zap.cmd, "restore", "m@1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)  # fmt: skip
+        wait_for(lambda: (tmp_path / f"{point}.reached").exists(), what=point)
+        if point == "restore:detached":
+            out, err = p.communicate(timeout=60)  # reported before the background half waits
+            assert p.returncode == 0, err
+        (server,) = page_servers(zap)
+        os.kill(server, signal.SIGKILL)
+        (tmp_path / f"{point}.go").touch()
+        if point == "restore:lazy-daemon":
+            out, err = p.communicate(timeout=60)
+            assert p.returncode == 1 and "could not be served" in err and "put back as it was" in err, err
+        pod = zap.settled("m", timeout=120)
+        if point == "restore:detached":
+            assert "page server was killed" in (pod.get("note") or "") or "daemon failed" in (pod.get("note") or ""), pod
+        assert_whole(zap, "m")
+
+
 def test_lazy_branch_killed_leaves_nothing(zap):
     run_memhog(zap, "m", 128)
     zap("checkpoint", "m")

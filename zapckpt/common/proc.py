@@ -100,7 +100,7 @@ def run(
     except subprocess.SubprocessError as e:  # stdio_from failed in the child
         raise CommandError(argv, -1, f"preparing {argv[0]} failed: {e}") from None
     if on_start is not None:
-        on_start()
+        on_start(child.pid) if getattr(on_start, "wants_pid", False) else on_start()
     try:
         out, err = child.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -1,43 +1,34 @@
 """CRIU's page-server protocol, answered by zap: in a lazy restore, CRIU's lazy-pages daemon
 (`criu lazy-pages --page-server --ps-socket FD`) asks for the pages of the restored processes,
 first those they fault on, then all the others, and zap sends them from wherever it keeps them
-(the image store: store/pages.py). docs/lazy-restore.md has the protocol as CRIU 4 speaks it.
+(the image store's packs: store/pages.py writes where each page is). docs/lazy-restore.md has
+the protocol as CRIU 4 speaks it.
 
 PageMaps: which page of which pages image holds each page of each process, from the pagemap
-images; which runs are lazy (anonymous private memory: served here) and which CRIU restores
-itself (written into the pages file before the restore).
-PageServer: one connection, one thread answering requests in order; pause() stops it at a
-request boundary (before a fork), resume() starts it again (in the copy that goes on)."""
+images; which runs are lazy (anonymous private memory: served) and which CRIU restores itself
+(written into the pages file before the restore).
+PageServer: zap-pages (pageserver.c), the server itself, a process of its own started on an
+index of the pages; this module writes the index's processes part and watches it."""
 
 from __future__ import annotations
 
 import os
 import re
 import select
+import signal
 import socket
 import struct
-import threading
-from dataclasses import dataclass, field
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from zapckpt.common.errors import ZapError
 from zapckpt.criu.images import MAP_NORESERVE, PAGE_SIZE, PE_LAZY, ImageFormatError, read_pagemap, vmas
 
-# {u32 cmd; u64 nr_pages; u64 vaddr; u64 dst_id} in the host's layout (criu/page-xfer.c)
-HEADER = struct.Struct("=I4xQQQ")
-PS_IOV_ADD_F = 6
-PS_IOV_GET = 7
-PS_IOV_CLOSE = 0x1023
-PS_IOV_FORCE_CLOSE = 0x1024
-PS_CMD_BITS = 16
-PE_PRESENT = 1 << 2
-STATUS = struct.Struct("=i")
-MAX_IOV = 1000  # slices per sendmsg (the kernel takes at most 1024)
-PREFETCH_PAGES = 1024  # decompressed ahead of the daemon's background requests (4 MiB)
-WORKING_SET_MAX = 1 << 16  # faulted pages remembered for the next restore
 TASK_PAGEMAP = re.compile(r"pagemap-(\d+)\.img")
 
 
@@ -46,8 +37,9 @@ class ProtocolError(Exception):
 
 
 class Pages(Protocol):
-    def read(self, name: str, first: int, n: int) -> list[memoryview]: ...
-    def prefetch(self, name: str, first: int, n: int) -> None: ...
+    pack_fds: dict[str, int]
+
+    def write_index(self, target: Path) -> list[str]: ...
 
 
 @dataclass
@@ -134,113 +126,122 @@ class Stats:
     requests: int = 0
     pages: int = 0
     faults: int = 0
-    working_set: list[tuple[int, int]] = field(default_factory=list)  # (process, address), first faults first
+    busy_s: float = 0.0  # answering (the rest of the time it waits for the daemon)
 
 
 class PageServer:
-    def __init__(self, sock: socket.socket, maps: PageMaps, pages: Pages, on_failure: Callable[[str], None]):
-        self.sock, self.maps, self.pages, self.on_failure = sock, maps, pages, on_failure
-        self.stats = Stats()
-        self.closed = threading.Event()  # the daemon said it is done (or the connection ended)
-        self.error: str | None = None
-        self.lost = False  # the daemon went away mid-way
-        self._seen: set[tuple[int, int]] = set()
-        self._gate = threading.Lock()  # held while a request is answered
-        self._thread: threading.Thread | None = None
-        self._wake_r = self._wake_w = -1
+    """zap-pages (pageserver.c), the page server of one lazy restore: a process of its own (a
+    request costs it microseconds, and it goes on untouched when zap's command forks into its
+    background half). Its index is written into `index` (a staging directory's: root's alone)."""
 
-    def start(self) -> None:
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._thread = threading.Thread(target=self._run, name="zap-page-server", daemon=True)
-        self._thread.start()
+    def __init__(self, index: Path, maps: PageMaps, pages: "Pages", working_set: list[tuple[int, int]] = ()):
+        self.index, self.maps = index, maps
+        names = pages.write_index(index)
+        number = {n: i for i, n in enumerate(names)}
+        out = bytearray()
+        for task, t in sorted(maps.tasks.items()):
+            runs = [(int(v), int(f), int(c)) for v, f, c, lz in zip(t.vaddr, t.first, t.count, t.lazy) if lz and c]
+            out += struct.pack("<QII", task, number[t.pages], len(runs))
+            out += b"".join(struct.pack("<QQQ", *r) for r in runs)
+        (index / "tasks").write_bytes(bytes(out))
+        ahead = bytearray()
+        for task, vaddr in working_set:
+            try:
+                name, first, _n = maps.locate(task, vaddr, 1)
+            except ProtocolError:
+                continue
+            ahead += struct.pack("<II", number[name], first)
+        if ahead:
+            (index / "ahead").write_bytes(bytes(ahead))
+        self.pack_fds = tuple(pages.pack_fds.values())
+        self.proc: subprocess.Popen | None = None
+        self.pidfd = -1
 
-    def pause(self) -> None:
-        """Stop answering, between two requests (those that arrive meanwhile wait in the socket)."""
-        if self._thread is None:
-            return
-        with self._gate:
-            os.write(self._wake_w, b"x")
-        self._thread.join()
-        self._thread = None
-        for fd in (self._wake_r, self._wake_w):
-            os.close(fd)
+    def start(self, sock: socket.socket) -> None:
+        err = os.open(self.index / "err", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            self.proc = subprocess.Popen([binary(), str(self.index), str(sock.fileno())], stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=err, pass_fds=(sock.fileno(), *self.pack_fds),
+                                         start_new_session=True)  # fmt: skip
+        finally:
+            os.close(err)
+        self.pidfd = os.pidfd_open(self.proc.pid)
 
-    resume = start
+    @property
+    def gone(self) -> bool:
+        """It has exited (a pidfd turns readable then, whoever its parent is now)."""
+        return self.pidfd < 0 or bool(select.select([self.pidfd], [], [], 0)[0])
+
+    @property
+    def error(self) -> str | None:
+        """Why it stopped serving, once it has: what it said, or None (the daemon said it was done)."""
+        if not self.gone:
+            return None
+        try:
+            said = (self.index / "err").read_text(errors="replace").strip()
+        except OSError:
+            said = ""
+        if said:
+            return said.splitlines()[-1]
+        if not (self.index / "stats").exists():
+            return "zap's page server was killed"
+        return None
+
+    @property
+    def lost(self) -> bool:
+        """It stopped because the daemon went away (the daemon's exit status says more)."""
+        return bool(self.error and "went away" in self.error)
+
+    @property
+    def faults(self) -> int:
+        """Faults answered so far (live)."""
+        try:
+            with open(self.index / "live", "rb") as f:
+                return struct.unpack("<QQ", f.read(16))[1]
+        except (OSError, struct.error):
+            return 0
+
+    @property
+    def stats(self) -> Stats:
+        try:
+            r, p, f, us = (int(x) for x in (self.index / "stats").read_text().split())
+            return Stats(r, p, f, us / 1e6)
+        except (OSError, ValueError):
+            return Stats()
+
+    @property
+    def working_set(self) -> list[tuple[int, int]]:
+        """The pages faulted on, first faults first: (pagemap id, address)."""
+        try:
+            raw = (self.index / "faults").read_bytes()
+        except OSError:
+            return []
+        return [struct.unpack_from("<IQ", raw, i) for i in range(0, len(raw) - 11, 12)]
+
+    def kill(self) -> None:
+        if self.proc is not None and not self.gone:
+            try:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def close(self) -> None:
-        """The thread joined, the connection closed (the daemon is done, or is to stop)."""
-        if self._thread is not None:
-            self.pause()
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def _run(self) -> None:
-        poller = select.poll()
-        poller.register(self.sock.fileno(), select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
-        head = bytearray(HEADER.size)
-        try:
-            while not self.closed.is_set():
-                ready = {fd for fd, _ev in poller.poll()}
-                if self._wake_r in ready:
-                    return
-                with self._gate:
-                    if self.sock.recv_into(head, HEADER.size, socket.MSG_WAITALL) < HEADER.size:
-                        self.closed.set()  # the daemon went away: its exit status says how
-                        return
-                    self._answer(*HEADER.unpack(head))
-        except (BrokenPipeError, ConnectionError) as e:
-            self.lost = True  # the daemon is gone: its exit status says why (the keeper tells)
-            self.fail(f"the connection to CRIU's lazy-pages daemon broke ({e.strerror or e})")
-        except Exception as e:  # noqa: BLE001 - any failure ends the serving, and the pod (on_failure)
-            self.fail(str(e) if isinstance(e, (ProtocolError, ZapError)) else f"{type(e).__name__}: {e}")
-
-    def fail(self, why: str) -> None:
-        if self.error is None:
-            self.error = why
-            self.on_failure(why)
-        self.closed.set()
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)  # the daemon stops at once
-        except OSError:
-            pass
-
-    def _answer(self, cmd: int, nr: int, vaddr: int, dst: int) -> None:
-        op = cmd & ((1 << PS_CMD_BITS) - 1)
-        if op in (PS_IOV_CLOSE, PS_IOV_FORCE_CLOSE):
-            self.sock.sendall(STATUS.pack(0))
-            self.closed.set()
-            return
-        if op != PS_IOV_GET:
-            raise ProtocolError(f"unexpected page-server command {cmd:#x} from the lazy-pages daemon")
-        name, first, n = self.maps.locate(dst, vaddr, nr)
-        data = self.pages.read(name, first, n)
-        _send(self.sock, [HEADER.pack(PS_IOV_ADD_F | (PE_PRESENT << PS_CMD_BITS), n, vaddr, dst), *data])
-        st = self.stats
-        st.requests += 1
-        st.pages += n
-        if nr == 1:  # a fault (background requests ask for 16 pages and more)
-            st.faults += 1
-            if len(st.working_set) < WORKING_SET_MAX and (dst, vaddr) not in self._seen:
-                self._seen.add((dst, vaddr))
-                st.working_set.append((dst, vaddr))
-        else:
-            self.pages.prefetch(name, first + n, min(PREFETCH_PAGES, 2 * n))
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=0)  # ours to reap, if we are still its parent
+            except (subprocess.TimeoutExpired, ChildProcessError):
+                pass
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
 
 
-def _send(sock: socket.socket, parts: list) -> None:
-    """sendmsg of every part, in batches the kernel takes, finishing short sends."""
-    for i in range(0, len(parts), MAX_IOV):
-        batch = [memoryview(p).cast("B") for p in parts[i : i + MAX_IOV]]
-        while batch:
-            sent = sock.sendmsg(batch)
-            while batch and sent >= len(batch[0]):
-                sent -= len(batch[0])
-                batch.pop(0)
-            if batch and sent:
-                batch[0] = batch[0][sent:]
+def binary() -> str:
+    """ZAP_PAGES, else zap-pages beside the zap command (scripts/install.sh builds it)."""
+    path = os.environ.get("ZAP_PAGES") or os.path.join(sys.prefix, "libexec", "zap-pages")
+    if not os.access(path, os.X_OK):
+        raise ZapError(f"zap's page server {path} is missing: run `make install` (or set ZAP_LAZY=0)")
+    return path
 
 
 def _read_int(path: str, default: int) -> int:

@@ -207,16 +207,23 @@ def through_host_root(path: Path) -> str:
 
 def _run_bounded(argv: list[str], what: str, own_log: Path, log: Path, env: dict | None = None,
                  limit: float | None = None, umask: int = -1, pass_fds: tuple[int, ...] = (),
-                 join_cgroups: list[str] | tuple[str, ...] = ()) -> proc.Result:  # fmt: skip
+                 join_cgroups: list[str] | tuple[str, ...] = (), watch=None) -> proc.Result:  # fmt: skip
     """Run CRIU with the timeout; on expiry its whole process group is killed (the tasks it had
     seized are let go by the kernel when their tracer dies, the ones it was restoring die with
-    it) and its log is kept."""
+    it) and its log is kept. watch: called with CRIU's pid once it runs (a watchdog that may
+    kill its group sooner)."""
     limit = limit or timeout()
+    action = next((a for a in ("dump", "restore") if a in argv), "criu")
+
+    def started(pid: int) -> None:
+        if watch is not None:
+            watch(pid)
+        faults.point(f"criu-{action}", delay=0.05)
+
+    started.wants_pid = True  # type: ignore[attr-defined]
     try:
-        action = next((a for a in ("dump", "restore") if a in argv), "criu")
         return proc.run(argv, check=False, own_session=True, timeout=limit, kill_group=True, env=env, umask=umask,
-                        on_start=lambda: faults.point(f"criu-{action}", delay=0.05), pass_fds=pass_fds,
-                        join_cgroups=join_cgroups)  # fmt: skip
+                        on_start=started, pass_fds=pass_fds, join_cgroups=join_cgroups)  # fmt: skip
     except proc.CommandError:
         _keep_log(own_log, log)
         raise CriuError(what, log, [f"CRIU did not finish within {limit:g}s (ZAP_CRIU_TIMEOUT) and was killed"]) from None
@@ -289,7 +296,7 @@ def dump(init_pid: int, images: Path, hook: Path, log: Path, *, leave_stopped: b
 def restore(images: Path, pidfile: Path, prepare: list[str], proc_mount: str, netns: str | None, log: Path,
             limit: float | None = None, inherit: dict[int, int] | None = None,
             join_cgroups: list[str] | None = None, leave_stopped: bool = False,
-            extra: tuple[str, ...] = ()) -> int:  # fmt: skip
+            extra: tuple[str, ...] = (), watch=None) -> int:  # fmt: skip
     """Restore the tree detached, in a fresh mount namespace made like the pod's own, inside
     the network namespace `netns` (None: the host's); returns the host pid of the restored init.
     prepare: the command that makes the pod's mounts there and then execs what follows it (the
@@ -319,7 +326,7 @@ def restore(images: Path, pidfile: Path, prepare: list[str], proc_mount: str, ne
     argv = [*enter, "unshare", "--mount", "--propagation", "slave", "--", *prepare, *criu]
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "PYTHONPATH": os.pathsep.join(sys.path)}
     res = _run_bounded(argv, "CRIU restore failed", images / "restore.log", log, env, limit, pass_fds=tuple(inherit or ()),
-                       join_cgroups=join_cgroups or [])  # fmt: skip
+                       join_cgroups=join_cgroups or [], watch=watch)  # fmt: skip
     if res.returncode != 0:
         _keep_log(images / "restore.log", log)
         lines = log_errors(log) or [proc.CommandError(argv, res.returncode, res.stderr).reason()]

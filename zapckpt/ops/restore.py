@@ -103,8 +103,6 @@ def _go_background(run: Running | None, outcome: Outcome, report: Report | None,
     s.commit()  # nothing uncommitted crosses the fork
 
     def before_fork() -> None:
-        if run is not None and run.pages is not None:
-            run.pages.pause()
         # No SQLite connection may cross the fork: SQLite keeps its POSIX locks' bookkeeping per
         # process, and a child that inherits it believes it holds locks it does not (another
         # process then resets the WAL index under it: commits lost). The child opens its own.
@@ -116,7 +114,6 @@ def _go_background(run: Running | None, outcome: Outcome, report: Report | None,
     try:
         rec.adopt()
         if run is not None and run.pages is not None:
-            run.pages.resume()
             run.pages.settle()
     except BaseException as e:
         handover.failed(one_line(e) if isinstance(e, ZapError) else f"{type(e).__name__}: {e}")

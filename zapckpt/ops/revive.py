@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 import zlib
 from contextlib import contextmanager
@@ -93,31 +94,12 @@ def prepared(ctx: Context, s: Session, ck: Checkpoint, pod: str, allow_lazy: boo
                 raise image_sets.DamagedImages(f"checkpoint {ck.ref} cannot be restored: {e}") from None
             if on_demand:
                 prep = Prepared(images, pages, maps)
-                prep.coming = LazyPages.start(ctx, prep, pod)
-                _prefetch(ck.working_set, maps, pages)
+                prep.coming = LazyPages.start(ctx, prep, pod, ck.working_set)
             yield prep
         finally:
             if prep.coming is not None and not prep.coming.finished:
                 prep.coming.abandon()  # never restored, or failed: the keeper ends the daemon
             pages.close()
-
-
-def _prefetch(working_set: bytes | None, maps: PageMaps, pages) -> None:
-    """The frames of the pages the last lazy restore of this checkpoint saw faulted first,
-    decompressed before the processes run (REAP's idea: the working set first)."""
-    if not working_set:
-        return
-    try:
-        raw = zlib.decompress(working_set)
-    except zlib.error:
-        return
-    for i in range(0, len(raw) - 11, 12):
-        task, vaddr = int.from_bytes(raw[i : i + 4], "little"), int.from_bytes(raw[i + 4 : i + 12], "little")
-        try:
-            name, first, _n = maps.locate(task, vaddr, 1)
-        except Exception:  # noqa: BLE001 - a page the image set does not have lazily: nothing to fetch
-            continue
-        pages.prefetch(name, first, 1)
 
 
 @dataclass
@@ -173,10 +155,17 @@ def restore_processes(ctx: Context, prep: Prepared, pod: Pod, limit: float | Non
             pid = criu.restore(images, images.parent / "pid", restore_argv(mounts), mounts["proc"],
                                podnet.netns_path(ctx.net, pod), ctx.log_path(pod.name, "restore"), limit, inherit=inherit,
                                join_cgroups=join, leave_stopped=relock or pages is not None,
-                               extra=("--lazy-pages",) if pages is not None else ())  # fmt: skip
+                               extra=("--lazy-pages",) if pages is not None else (),
+                               watch=pages.watchdog if pages is not None else None)  # fmt: skip
+        except criu.CriuError:
+            if pages is not None and pages.server.error:  # what stopped CRIU: say that
+                raise ZapError(f"its memory could not be served: {pages.server.error}") from None
+            raise
         finally:
             for w in inherit:
                 os.close(w)  # the restored processes hold it now (or CRIU failed: the logger ends)
+            if pages is not None:
+                pages.watchdog(None)
         if pages is not None:
             pages.restored(pid)
         if relock:
@@ -197,8 +186,8 @@ def restore_processes(ctx: Context, prep: Prepared, pod: Pod, limit: float | Non
 
 
 class LazyPages:
-    """The pages of a lazily restored tree on their way: the page server (a thread of ours), the
-    keeper and CRIU's daemon (its child)."""
+    """The pages of a lazily restored tree on their way: zap's page server (zap-pages, a
+    process), the keeper and CRIU's daemon (its child)."""
 
     def __init__(self, prep: Prepared, keeper: lazy.Keeper, server: PageServer, log: Path):
         self.prep, self.keeper, self.server, self.log = prep, keeper, server, log
@@ -206,15 +195,38 @@ class LazyPages:
         self.started = time.monotonic()
         self.took: float | None = None
         self.finished = False
+        self._watch: threading.Event | None = None
 
     @classmethod
-    def start(cls, ctx: Context, prep: Prepared, pod: str) -> "LazyPages":
+    def start(cls, ctx: Context, prep: Prepared, pod: str, working_set: bytes | None = None) -> "LazyPages":
+        server = PageServer(prep.images.parent / "pages-index", prep.maps, prep.pages, _pairs(working_set))
         ours, theirs = lazy.socket_pair()
-        keeper = lazy.start_keeper(prep.images, theirs)
-        self = cls(prep, keeper, None, ctx.log_path(pod, "lazy-pages"))  # type: ignore[arg-type]
-        self.server = PageServer(ours, prep.maps, prep.pages, on_failure=self._kill)
-        self.server.start()
-        return self
+        try:
+            keeper = lazy.start_keeper(prep.images, theirs)
+            server.start(ours)
+        finally:
+            ours.close()  # the server's now: if it dies, the daemon sees the connection end
+        return cls(prep, keeper, server, ctx.log_path(pod, "lazy-pages"))
+
+    def watchdog(self, criu_pid: int | None) -> None:
+        """While CRIU restores (criu_pid; None: it is over): if the page server dies, a page CRIU
+        waits for will never come, so CRIU's group is killed rather than left waiting."""
+        if criu_pid is None:
+            if self._watch is not None:
+                self._watch.set()
+            return
+        self._watch = stop = threading.Event()
+
+        def run() -> None:
+            while not stop.wait(0.05):
+                if self.server.gone:
+                    try:
+                        os.killpg(criu_pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+                    return
+
+        threading.Thread(target=run, name="zap-restore-watchdog", daemon=True).start()
 
     def wait_ready(self) -> None:
         """Until the daemon listens for the restore."""
@@ -230,7 +242,7 @@ class LazyPages:
         if self.keeper.restored(init_pid) < 0:
             raise ZapError("the lazy restore's keeper could not take hold of the tree's userfaultfds")
 
-    def _kill(self, why: str) -> None:
+    def _kill(self) -> None:
         """No process may run on after a page could not come (a damaged frame, say)."""
         if self.init_fd >= 0:
             try:
@@ -238,23 +250,15 @@ class LazyPages:
             except ProcessLookupError:
                 pass
 
-    def pause(self) -> None:
-        """Before a fork: the page server stops between two requests, its threads gone."""
-        self.server.pause()
-        self.prep.pages.quiesce()
-
-    def resume(self) -> None:
-        self.server.resume()
-
     def settle(self, quiet: float = 0.005, most: float = 0.05) -> None:
         """Give the processes their first moments before the restore is reported (until none
         faulted for `quiet` seconds, at most `most`): one that dies of what it finds restored
         has then died, and the report says so."""
         deadline = time.monotonic() + most
         while time.monotonic() < deadline:
-            n = self.server.stats.faults
+            n = self.server.faults
             time.sleep(quiet)
-            if self.server.stats.faults == n:
+            if self.server.faults == n:
                 return
 
     def wait(self, timeout: float | None = None) -> None:
@@ -262,13 +266,14 @@ class LazyPages:
         deadline = time.monotonic() + (timeout or criu.timeout())
         try:
             while True:
-                kind, value = self.keeper.poll(0.2)
-                if self.server.error and not self.server.lost:  # a page it could not give (a damaged frame)
-                    raise ZapError(f"a page of its memory could not be brought in: {self.server.error}")
-                if self.server.lost and kind != b"D":  # the daemon died: its exit status says more
+                kind, value = self.keeper.poll(0.05)
+                err = self.server.error
+                if err and not self.server.lost:  # a page it could not give (a damaged frame)
+                    raise ZapError(f"a page of its memory could not be brought in: {err}")
+                if err and kind != b"D":  # the daemon died: its exit status says more
                     kind, value = self.keeper.poll(2.0)
                     if kind != b"D":
-                        raise ZapError(f"a page of its memory could not be brought in: {self.server.error}")
+                        raise ZapError(f"a page of its memory could not be brought in: {err}")
                 if kind == b"D":
                     if value != 0:
                         raise ZapError(f"CRIU's lazy-pages daemon failed (exit status {value}; "
@@ -283,7 +288,7 @@ class LazyPages:
             self.finished = True
             self.took = time.monotonic() - self.started
         except BaseException:
-            self._kill("failed")
+            self._kill()
             self.abandon()
             raise
         finally:
@@ -291,7 +296,7 @@ class LazyPages:
 
     @property
     def working_set(self) -> bytes | None:
-        ws = self.server.stats.working_set
+        ws = self.server.working_set
         return zlib.compress(b"".join(p.to_bytes(4, "little") + a.to_bytes(8, "little") for p, a in ws)) if ws else None
 
     def _keep_log(self) -> Path:
@@ -305,12 +310,13 @@ class LazyPages:
     def abandon(self) -> None:
         """Stop everything (the keeper kills the daemon, and the pod if it was told of it)."""
         self.finished = True
-        self.server.fail(self.server.error or "abandoned")
+        self.server.kill()
         for fd in (self.keeper.life, self.keeper.ctl):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
         self.keeper.life = self.keeper.ctl = -1
         self.close()
 
@@ -327,3 +333,15 @@ class LazyPages:
                 except OSError:
                     pass
         self.init_fd = self.keeper.status = -1
+
+
+def _pairs(working_set: bytes | None) -> list[tuple[int, int]]:
+    """A checkpoint's recorded working set: (pagemap id, address) of each page faulted first."""
+    if not working_set:
+        return []
+    try:
+        raw = zlib.decompress(working_set)
+    except zlib.error:
+        return []
+    return [(int.from_bytes(raw[i : i + 4], "little"), int.from_bytes(raw[i + 4 : i + 12], "little"))
+            for i in range(0, len(raw) - 11, 12)]  # fmt: skip

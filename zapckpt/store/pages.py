@@ -11,7 +11,8 @@ collection that rewrites one later does not pull it away. Then:
   write_pages(dir, name, runs)   a pages file of its full size, sparse, holding only the runs
   read(name, page, n)            n pages from page `page` of a pages file (views into
                                  decompressed frames, whose zstd checksums are checked then)
-  prefetch(name, page, n)        the same frames decompressed ahead on worker threads
+  write_index(dir)               where every page is, for zap's page server (criu/pageserver.c),
+                                 which reads the packs through the descriptors held here (pack_fds)
 
 What it costs before a restore does not grow with the memory: a few vectorised passes over the
 chunk ids and one frame row per 64 pages (numpy; a 1 GiB pod has 262,144 pages).
@@ -20,9 +21,7 @@ chunk ids and one frame row per 64 pages (numpy; a 1 GiB pod has 262,144 pages).
 from __future__ import annotations
 
 import os
-import threading
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,13 +30,13 @@ from sqlalchemy.orm import Session
 
 from catalog.chunks import PAGE, ChunkIndex
 from zapckpt.store import StoreError
-from zapckpt.store.packs import WORKERS, FrameReader, write_all
+from zapckpt.store.packs import FrameReader, write_all
 
 if TYPE_CHECKING:
     from zapckpt.store.layout import StoreLayout
 
 RUN_GAP = 4096  # chunk ids this far apart are looked up in one range of frame rows
-CACHE_BYTES = 96 << 20  # decompressed frames kept (a frame is 256 KiB of pages)
+CACHE_BYTES = 32 << 20  # decompressed frames kept while the images are written out
 WRITE_PAGES = 16384  # pages read and written at a time by write_pages (64 MiB)
 
 
@@ -103,9 +102,13 @@ class PageImages:
                 frame[k], start[k] = f, st
             self.files[name] = PageFile(name, self.sizes[name], frame, start.astype(np.int64))
 
-        # Every frame inside a pack that is here, mapped now (a remote store's packs are fetched
-        # whole and checked against their sha256 by the caller, store.fetched).
+        # Every frame inside a pack that is here, mapped now and held open (a remote store's
+        # packs are fetched whole and checked against their sha256 by the caller, store.fetched):
+        # a garbage collection that rewrites one later does not pull it away.
         self.reader = FrameReader(store.pack_path)
+        self.pack_fds: dict[str, int] = {}
+        self.cache: OrderedDict[int, memoryview] = OrderedDict()
+        self.cached = 0
         ends: dict[str, int] = {}
         for pack, off, ln in self.frames:
             ends[pack] = max(ends.get(pack, 0), off + ln)
@@ -114,14 +117,10 @@ class PageImages:
                 mm = self.reader.open(pack)
                 if len(mm) < end:
                     raise StoreError(f"pack {pack} is truncated ({len(mm)} bytes, a frame ends at {end})")
+                self.pack_fds[pack] = os.open(store.pack_path(pack), os.O_RDONLY | os.O_CLOEXEC)
         except BaseException:
-            self.reader.close()
+            self.close()
             raise
-        self.cache: OrderedDict[int, memoryview] = OrderedDict()
-        self.cached = 0
-        self.lock = threading.Lock()
-        self.pending: dict[int, Future] = {}
-        self.workers: ThreadPoolExecutor | None = None
 
     # --- the images written out ------------------------------------------------------------
     def write_whole(self, target: Path) -> None:
@@ -159,6 +158,12 @@ class PageImages:
         pf = self.files[name]
         if first < 0 or n <= 0 or first + n > pf.pages:
             raise StoreError(f"{name}: pages {first}-{first + n - 1} lie outside it ({pf.pages} pages)")
+        if n == 1:  # a fault: no array work
+            f, st = int(pf.frame[first]), int(pf.start[first])
+            frame = self._frame(f)
+            if st + PAGE > len(frame):
+                raise StoreError(f"{name}: a page lies outside its frame in pack {self.frames[f][0]}")
+            return [frame[st : st + PAGE]]
         frames = pf.frame[first : first + n]
         starts = pf.start[first : first + n]
         cut = np.flatnonzero((frames[1:] != frames[:-1]) | (starts[1:] != starts[:-1] + PAGE)) + 1
@@ -174,54 +179,47 @@ class PageImages:
             lo = hi
         return out
 
-    def prefetch(self, name: str, first: int, n: int) -> None:
-        """Decompress the frames of these pages ahead, on worker threads."""
-        pf = self.files.get(name)
-        if pf is None or first >= pf.pages:
-            return
-        wanted = dict.fromkeys(pf.frame[first : min(first + n, pf.pages)].tolist())
-        with self.lock:
-            if self.workers is None:
-                self.workers = ThreadPoolExecutor(WORKERS, thread_name_prefix="zap-pages")
-            for f in wanted:
-                if f not in self.cache and f not in self.pending:
-                    self.pending[f] = self.workers.submit(self._decompress, f)
-
-    def _decompress(self, f: int) -> memoryview:
-        pack, off, ln = self.frames[f]
-        return self.reader.get(pack, off, ln, f"the frame at {off}")
-
     def _frame(self, f: int) -> memoryview:
-        with self.lock:
-            frame = self.cache.get(f)
-            if frame is not None:
-                self.cache.move_to_end(f)
-                return frame
-            fut = self.pending.get(f)
-        frame = fut.result() if fut is not None else self._decompress(f)
-        with self.lock:
-            self.pending.pop(f, None)
-            if f not in self.cache:
-                self.cache[f] = frame
-                self.cached += len(frame)
-                while self.cached > CACHE_BYTES and len(self.cache) > 1:
-                    _k, old = self.cache.popitem(last=False)
-                    self.cached -= len(old)
+        frame = self.cache.get(f)
+        if frame is not None:
+            self.cache.move_to_end(f)
+            return frame
+        pack, off, ln = self.frames[f]
+        frame = self.cache[f] = self.reader.get(pack, off, ln, f"the frame at {off}")
+        self.cached += len(frame)
+        while self.cached > CACHE_BYTES and len(self.cache) > 1:
+            _k, old = self.cache.popitem(last=False)
+            self.cached -= len(old)
         return frame
 
-    def quiesce(self) -> None:
-        """No worker thread left (before a fork: the copy starts its own when it prefetches)."""
-        with self.lock:
-            workers, self.workers = self.workers, None
-            self.pending.clear()
-        if workers is not None:
-            workers.shutdown(wait=True)
+    def write_index(self, target: Path) -> list[str]:
+        """Where every page is, for zap's page server (criu/pageserver.c's INDEXDIR, the format
+        it documents): the packs as the descriptors held here (/dev/fd/N: pass pack_fds to it),
+        the frames, and per pages file its pages' frames and starts. Returns the pages files in
+        their index order."""
+        target.mkdir(mode=0o700, parents=True, exist_ok=True)
+        packs = sorted({p for p, _o, _l in self.frames})
+        number = {p: i for i, p in enumerate(packs)}
+        (target / "packs").write_text("".join(f"/dev/fd/{self.pack_fds[p]}\n" for p in packs))
+        table = np.zeros(len(self.frames), dtype=[("pack", "<u4"), ("length", "<u4"), ("offset", "<u8")])
+        for i, (p, off, ln) in enumerate(self.frames):
+            table[i] = (number[p], ln, off)
+        table.tofile(target / "frames")
+        names = sorted(self.files)
+        (target / "files").write_text("".join(f"{n} {self.files[n].pages}\n" for n in names))
+        for i, n in enumerate(names):
+            pf = self.files[n]
+            spots = np.empty(pf.pages, dtype=[("frame", "<u4"), ("start", "<u4")])
+            spots["frame"], spots["start"] = pf.frame, pf.start
+            spots.tofile(target / f"file-{i}")
+        return names
 
     def close(self) -> None:
-        self.quiesce()
-        with self.lock:
-            self.cache.clear()
+        self.cache.clear()
         self.reader.close()
+        for fd in self.pack_fds.values():
+            os.close(fd)
+        self.pack_fds.clear()
 
 
 def _runs(ids: np.ndarray) -> list[tuple[int, int]]:
