@@ -242,7 +242,7 @@ def _swap_and_restore(ctx: Context, s: Session, rec: intents.Record, keep: ExitS
         ck.working_set = run.pages.working_set or ck.working_set
     pod.restoring = False  # its memory is all in (or it was put back): what is left, storing, is not the pod's
     # Reported before its memory was in: what died meanwhile is the pod's note (`zap ps` says it).
-    pod.note = failure or (outcome.exited(within=0.25) if handover is not None else None)
+    pod.note = failure or (outcome.exited(within=1.0) if handover is not None else None)
     s.commit()
     if staged:
         rec.note(phase="storing")
@@ -437,7 +437,7 @@ def _make_branch(ctx: Context, s: Session, rec: intents.Record, pool, pod: Pod, 
         _log_failure(ctx, pod.name, why)
         return
     pod.restoring = False
-    pod.note = outcome.exited(within=0.25) if handover is not None else None
+    pod.note = outcome.exited(within=1.0) if handover is not None else None
     if ck.working_set is None:
         ck.working_set = run.pages.working_set
     s.commit()

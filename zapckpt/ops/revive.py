@@ -158,7 +158,7 @@ def restore_processes(ctx: Context, prep: Prepared, pod: Pod, limit: float | Non
                                extra=("--lazy-pages",) if pages is not None else (),
                                watch=pages.watchdog if pages is not None else None)  # fmt: skip
         except criu.CriuError:
-            if pages is not None and pages.server.error:  # what stopped CRIU: say that
+            if pages is not None and pages.server.error and not pages.server.lost:  # what stopped CRIU: say that
                 raise ZapError(f"its memory could not be served: {pages.server.error}") from None
             raise
         finally:
