@@ -51,7 +51,7 @@ def main() -> int:
 
     ctx = Context()
     init_pool(ctx.state, ctx.catalog, ctx.host_id, size="4G")
-    store = ChunkStore(home / "store")
+    store = ChunkStore(home / "store", hash_name=ctx.store.hash_name)  # the hash a new store uses
     rows = []
     try:
         pods.run(ctx, "churn", ["python3", str(pod_program(CHURN))], {"CHURN_MIB": str(args.mib), "CHURN_PCT": str(args.pct)}, None)

@@ -199,8 +199,22 @@ class ChunkIndex:
             counts.update(ids)
             rows.append((checkpoint_id, name, raw, encode_ids(ids)))
         self.cur.executemany("INSERT INTO image_files (checkpoint_id, name, raw_bytes, chunk_ids) VALUES (?,?,?,?)", rows)
-        self.cur.executemany("UPDATE chunks SET refcount = refcount + ? WHERE id = ?",
-                             sorted(((n, i) for i, n in counts.items()), key=lambda r: r[1]))  # fmt: skip
+        # An ingest's new chunks have consecutive ids, each named once: one statement per run of
+        # them, one row at a time for the rest.
+        ones, rest = [], []
+        for i in sorted(counts):
+            n = counts[i]
+            if n == 1 and ones and ones[-1][1] == i - 1:
+                ones[-1][1] = i
+            elif n == 1:
+                ones.append([i, i])
+            else:
+                rest.append((n, i))
+        short = [r for r in ones if r[1] - r[0] < RANGE_MIN]
+        rest += [(1, i) for a, b in short for i in range(a, b + 1)]
+        self.cur.executemany("UPDATE chunks SET refcount = refcount + 1 WHERE id BETWEEN ? AND ?",
+                             [tuple(r) for r in ones if r[1] - r[0] >= RANGE_MIN])  # fmt: skip
+        self.cur.executemany("UPDATE chunks SET refcount = refcount + ? WHERE id = ?", sorted(rest, key=lambda r: r[1]))
 
     # --- reading -----------------------------------------------------------------------------
     def files(self, checkpoint_id: str) -> list[tuple[str, int, array]]:

@@ -14,13 +14,23 @@ from zapckpt.common.errors import NotFound, UsageError, unknown_pod
 
 from . import fastread
 from .sql import Cursor
-from .models import Checkpoint, Pod, Setting, Tag, Watch
+from .models import FLEET, Checkpoint, Chunk, Pod, Setting, Tag, Watch
 
 
 def get_setting(s: Session, host_id: int, key: str) -> str | None:
     """A setting of one host (host_id) or of the fleet (models.FLEET)."""
     row = s.get(Setting, (host_id, key))
     return row.value if row else None
+
+
+def store_hash(s: Session, new: str) -> str:
+    """The hash that names the image store's chunks (the fleet's setting store.hash): `new` for a
+    store that holds no chunk yet, sha256 for one made before the setting existed."""
+    name = get_setting(s, FLEET, "store.hash")
+    if name is None:
+        name = "sha256" if s.scalar(select(Chunk.id).limit(1)) is not None else new
+        set_setting(s, FLEET, "store.hash", name)
+    return name
 
 
 def set_setting(s: Session, host_id: int, key: str, value: str) -> None:

@@ -51,6 +51,7 @@ class Context:
         """The image store: this host's directory, or the fleet's object store with this host's
         cache of it (zapckpt/store/layout.py)."""
         from catalog import FLEET
+        from zapckpt.store.chunking import NEW_STORES
         from zapckpt.store.chunkstore import ChunkStore
         from zapckpt.store.objects import ObjectStore, parse_url
 
@@ -58,8 +59,9 @@ class Context:
             url = queries.get_setting(s, FLEET, "store.url")
             endpoint = queries.get_setting(s, FLEET, "store.endpoint")
             cache = queries.get_setting(s, self.host_id, "store.cache_max")
+            hash_name = queries.store_hash(s, NEW_STORES)
         remote = ObjectStore(parse_url(url, endpoint)) if url else None
-        return ChunkStore(self.state.root / "store", remote, int(cache) if cache else None, self.catalog)
+        return ChunkStore(self.state.root / "store", remote, int(cache) if cache else None, self.catalog, hash_name)
 
     def ensure_pool(self) -> Pool:
         """The pool: made on first use, mounted again after a reboot or `zap deinit`."""

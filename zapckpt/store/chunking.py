@@ -1,11 +1,15 @@
 """How an image file is cut into chunks. Page data (pages-*.img) is cut into page-sized chunks
 along the runs of its pagemap (runs are page-aligned, so a chunk never straddles two runs);
-every other image is one chunk. A chunk is identified by the sha256 of its content."""
+every other image is one chunk. A chunk is identified by a cryptographic hash of its content:
+BLAKE3 in a store made since issue 25 (a third less CPU than sha256 on 4 KiB pages here),
+sha256 in an older one; the store's setting says which (store.hash, StoreLayout.hash_name)."""
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+
+import blake3
 from typing import Iterable, Iterator
 
 from zapckpt.criu.images import PAGE_SIZE, ImageFormatError, read_pagemap
@@ -13,7 +17,8 @@ from zapckpt.criu.images import PAGE_SIZE, ImageFormatError, read_pagemap
 CHUNK_PAGES = 1
 SKIP = {"dump.log", "restore.log"}  # CRIU's logs are not part of the image set
 
-chunk_hash = hashlib.sha256
+HASHES = {"sha256": hashlib.sha256, "blake3": blake3.blake3}
+NEW_STORES = "blake3"
 
 
 def stored_images(staging: Path) -> list[Path]:

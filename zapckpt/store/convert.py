@@ -51,7 +51,7 @@ def convert_old_image_sets(ctx) -> tuple[list[str], list[str]]:
     """Convert every schema-0001 image set; returns (converted refs, failures as one line each).
     A set that cannot be read stays as it is (its checkpoint cannot be restored; `zap verify`
     reports it)."""
-    store = ChunkStore(ctx.state.root / "store")
+    store = ChunkStore(ctx.state.root / "store", hash_name=ctx.store.hash_name)
     done, failed = [], []
     with ctx.catalog.session() as s:
         for ck in pending(s):

@@ -5,13 +5,13 @@ re-hashes chunks."""
 
 from __future__ import annotations
 
-import hashlib
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
 from catalog.chunks import ChunkIndex
 from zapckpt.store import StoreError
+from zapckpt.store.chunking import HASHES
 from zapckpt.store.packs import FrameReader, copy_frames, fsync_dir, new_pack_name
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ def verify_chunks(store: StoreLayout, s: Session, ids: set[int]) -> dict[int, tu
                     bad[cid] = (pack, str(e).replace(f" in pack {pack}", "").replace(f" of pack {pack}", ""))
                     continue
                 chunk = frame[c.start : c.start + c.raw_length]
-                if c.start + c.raw_length > len(frame) or hashlib.sha256(chunk).digest() != hashes[cid]:
+                if c.start + c.raw_length > len(frame) or HASHES[store.hash_name](chunk).digest() != hashes[cid]:
                     bad[cid] = (pack, "content does not match its hash")
         finally:
             cached = (None, None)

@@ -27,7 +27,9 @@ DEFAULT_CACHE_MAX = 4 << 30
 
 
 class StoreLayout:
-    def __init__(self, root: Path, remote: ObjectStore | None = None, cache_max: int | None = None, catalog=None):
+    def __init__(self, root: Path, remote: ObjectStore | None = None, cache_max: int | None = None, catalog=None,
+                 hash_name: str = "sha256"):  # fmt: skip
+        self.hash_name = hash_name  # what names a chunk (store/chunking.py)
         self.root = Path(root)
         self.packs = self.root / "packs"
         self.remote = remote

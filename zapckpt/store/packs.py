@@ -23,7 +23,9 @@ GROUP = 64  # new chunks per zstd frame (256 KiB of pages)
 WORKERS = 2  # compressing (and, reading, decompressing) threads
 WRITE_BUFFER = 8 << 20  # pack writes: one syscall per 8 MiB, not per 4 KiB frame
 MAX_FRAME = 1 << 30  # a frame is GROUP pages, or one whole small image
-LEVEL = 3
+# zstd level 1: on page data (random, or runs of patterns) it stores as small as level 3 does
+# here for half the CPU (bench/overhead.py: 64 MiB of fresh pages, 56 -> 17-49 ms)
+LEVEL = 1
 
 
 def new_pack_name() -> str:
@@ -55,10 +57,12 @@ class PackWriter:
     """Writes one new pack. add() each new chunk in order; finish() returns where they went,
     with the pack flushed and fsynced. The caller removes the file if anything fails."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, digest: bool = True):
         self.path = path
         self.size = 0
-        self._sha = hashlib.sha256()
+        # sha256 of the pack, for a remote store's copies to be checked against (a local store's
+        # packs are never copied: not computed, ~0.7 ms a MiB)
+        self._sha = hashlib.sha256() if digest else None
         self.chunks: list[NewChunk] = []
         self._file = open(path, "wb", buffering=WRITE_BUFFER)
         self._workers = ThreadPoolExecutor(WORKERS)
@@ -79,7 +83,8 @@ class PackWriter:
             fut, members = self._in_flight.popleft()
             frame = fut.result()
             self._file.write(frame)
-            self._sha.update(frame)
+            if self._sha is not None:
+                self._sha.update(frame)
             self.chunks.extend(NewChunk(h, self.size, len(frame), start, n) for h, start, n in members)
             self.size += len(frame)
 
@@ -104,9 +109,9 @@ class PackWriter:
         return self.chunks
 
     @property
-    def digest(self) -> str:
-        """sha256 of what was written (after finish: of the whole pack)."""
-        return self._sha.hexdigest()
+    def digest(self) -> str | None:
+        """sha256 of what was written (after finish: of the whole pack); None if not computed."""
+        return self._sha.hexdigest() if self._sha is not None else None
 
     def close(self) -> None:
         self._workers.shutdown(cancel_futures=True)
