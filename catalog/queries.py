@@ -27,10 +27,15 @@ def store_hash(s: Session, new: str) -> str:
     """The hash that names the image store's chunks (the fleet's setting store.hash): `new` for a
     store that holds no chunk yet, sha256 for one made before the setting existed."""
     name = get_setting(s, FLEET, "store.hash")
-    if name is None:
+    if name is None:  # written with the store's first chunks (keep_store_hash), in their transaction
         name = "sha256" if s.scalar(select(Chunk.id).limit(1)) is not None else new
-        set_setting(s, FLEET, "store.hash", name)
     return name
+
+
+def keep_store_hash(s: Session, name: str) -> None:
+    """Record the hash that names the store's chunks, if not yet (the first ingest does)."""
+    if get_setting(s, FLEET, "store.hash") is None:
+        set_setting(s, FLEET, "store.hash", name)
 
 
 def set_setting(s: Session, host_id: int, key: str, value: str) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from zapckpt.store import StoreError
 from zapckpt.store.chunking import HASHES, pieces, stored_images
+from catalog import queries
 from catalog.chunks import ChunkIndex, NewChunk
 from zapckpt.store.packs import PackWriter, fsync_dir, new_pack_name
 
@@ -44,6 +45,8 @@ class PendingIngest:
     def commit(self, s: Session, checkpoint_id: str) -> None:
         """Index the new chunks and the checkpoint's files; the caller's transaction commits."""
         index = ChunkIndex(s)
+        if self.new_chunks:
+            queries.keep_store_hash(s, self.store.hash_name)
         new_ids = index.add_pack(self.pack_name, self.pack_size, self.new_chunks, self.digest)
         index.add_files(checkpoint_id, [(name, raw, [r if isinstance(r, int) else new_ids[r] for r in refs])
                                         for name, raw, refs in self.files])  # fmt: skip
